@@ -1,0 +1,230 @@
+"""The `auditflow` command line.
+
+`run` validates the configuration before anything starts, then runs the Prefect flow
+in-process (Prefect's ephemeral API unless $PREFECT_API_URL points at a server); `report`
+rebuilds a past run's report from MLflow alone; `serve` runs the flow on a cron schedule
+against a Prefect server it finds ($PREFECT_API_URL) or starts; `ui` opens the MLflow UI.
+User errors print one red line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from auditflow.config import available_profiles, load_config
+from auditflow.errors import AuditflowError
+from auditflow.tracking import ARTIFACT_DIR, DB_NAME, resolve_tracking_uri
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, audit, export and benchmark image classifiers.")
+console = Console(stderr=True, soft_wrap=True)  # one error, one line
+# Compute modules log with `logging`; Prefect shows these loggers in the terminal and its UI.
+EXTRA_LOGGERS = "auditflow,models,audits"
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a YAML file.")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image-folder dir, .tar/.tar.gz/.zip archive, or 'cifar10[:ROOT]'.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. train.epochs=3 (repeatable).")]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Folder for the MLflow store, artifacts and caches.")]
+
+
+def _fail(err: BaseException) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {err}")
+    return typer.Exit(code=2)
+
+
+def _prefect_env() -> None:
+    """Settings read when Prefect is imported: show our loggers, no telemetry."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    for name in EXTRA_LOGGERS.split(","):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _find_user_error(err: BaseException) -> AuditflowError | None:
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AuditflowError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@app.command()
+def run(
+    profile: ProfileOpt = "quick",
+    data: DataOpt = "cifar10",
+    overrides: SetOpt = None,
+    workdir: WorkdirOpt = Path("."),
+    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+) -> None:
+    """Run the whole pipeline once and print where its results are."""
+    try:
+        cfg = load_config(profile, overrides or [])  # fail on bad config before any work
+        if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
+            raise AuditflowError(f"data path {data!r} does not exist")
+        workdir.mkdir(parents=True, exist_ok=True)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    _prefect_env()
+    from flows.pipeline import audit_pipeline
+
+    console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], "
+                  f"tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]")
+    start = time.perf_counter()
+    try:
+        result = audit_pipeline(profile=profile, data=data, overrides=list(overrides or []),
+                                workdir=str(workdir), run_name=run_name)
+    except Exception as err:
+        user = _find_user_error(err)
+        if user is not None:
+            raise _fail(user) from err
+        raise
+    table = Table(title=f"auditflow run {result.run_id} ({time.perf_counter() - start:.0f} s)", show_header=False)
+    table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+    table.add_row("fairness", f"{'pass' if result.fairness_passed else 'FAIL'} (worst-class recall {result.worst_class_recall:.3f})")
+    table.add_row("privacy", f"{'pass' if result.privacy_passed else 'FAIL'} (attack AUC {result.attack_auc:.3f})")
+    table.add_row("ONNX model", result.onnx_path)
+    table.add_row("report", result.report_html)
+    table.add_row("MLflow", result.tracking_uri)
+    Console().print(table)
+    if result.tracking_uri.startswith("sqlite:"):
+        Console().print(f"Browse it: [bold]auditflow ui --workdir {workdir}[/]")
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="MLflow id of a pipeline (parent) run.")],
+    workdir: WorkdirOpt = Path("."),
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default auditflow-cache/reports/RUN_ID.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")] = None,
+) -> None:
+    """Rebuild the audit report of a past run from the MLflow store alone."""
+    from auditflow.config import TrackingConfig
+    from auditflow.tracking import Tracker
+    from audits.report import build_report
+
+    try:
+        uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
+        if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+        record = Tracker(uri).load_run(run_id)
+        files = build_report(record, out or workdir / "auditflow-cache" / "reports" / run_id)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    Console().print(f"report: {files.html}\nmarkdown: {files.markdown}")
+
+
+def _server_healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 3 * * *'.")] = "0 3 * * *",
+    profile: ProfileOpt = "quick",
+    data: DataOpt = "cifar10",
+    overrides: SetOpt = None,
+    workdir: WorkdirOpt = Path("."),
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "auditflow-scheduled",
+    port: Annotated[int, typer.Option(help="Port for a Prefect server started here.")] = 4200,
+) -> None:
+    """Serve the pipeline on a cron schedule (needs a Prefect server; starts one if none is set)."""
+    from cronsim import CronSim, CronSimError  # ships with Prefect
+    from datetime import datetime
+
+    try:
+        load_config(profile, overrides or [])
+        try:
+            CronSim(cron, datetime.now())
+        except CronSimError as err:
+            raise AuditflowError(f"invalid cron expression {cron!r}: {err}") from err
+    except AuditflowError as err:
+        raise _fail(err) from err
+    _prefect_env()
+    server: subprocess.Popen[bytes] | None = None
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        api_url = f"http://127.0.0.1:{port}/api"
+        if not _server_healthy(api_url):
+            console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
+            prefect_bin = shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
+            server = subprocess.Popen([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                      start_new_session=True)
+            for _ in range(120):
+                if _server_healthy(api_url):
+                    break
+                if server.poll() is not None:
+                    raise _fail(AuditflowError(f"prefect server exited with code {server.returncode}"))
+                time.sleep(1)
+            else:
+                server.terminate()
+                raise _fail(AuditflowError(f"prefect server did not answer at {api_url} within 120 s"))
+        os.environ["PREFECT_API_URL"] = api_url
+    console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
+    from flows.pipeline import audit_pipeline
+
+    try:
+        audit_pipeline.serve(name=name, cron=cron, parameters={
+            "profile": profile, "data": data, "overrides": list(overrides or []), "workdir": str(workdir.resolve())})
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+
+
+@app.command()
+def ui(
+    workdir: WorkdirOpt = Path("."),
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the local tracking store (same as `mlflow ui --backend-store-uri ...`)."""
+    db = (workdir / DB_NAME).resolve()
+    if not db.is_file():
+        raise _fail(AuditflowError(f"no MLflow store at {db}; run `auditflow run` first or pass --workdir"))
+    cmd = [shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow")), "ui",
+           "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", str((workdir / ARTIFACT_DIR).resolve()),
+           "--host", host, "--port", str(port)]
+    console.print(" ".join(cmd))
+    os.execv(cmd[0], cmd)
+
+
+@app.command()
+def profiles() -> None:
+    """List the shipped profiles."""
+    for name in available_profiles():
+        Console().print(name)
+
+
+@app.command()
+def config(profile: ProfileOpt = "quick", overrides: SetOpt = None) -> None:
+    """Print the resolved configuration of a profile plus overrides, as YAML."""
+    import yaml
+
+    try:
+        cfg = load_config(profile, overrides or [])
+    except AuditflowError as err:
+        raise _fail(err) from err
+    Console().print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), markup=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,245 @@
+"""Typed configuration: one frozen pydantic model per stage, composed into `PipelineConfig`.
+
+Profiles are YAML files in `auditflow/profiles/` (or any path); command-line overrides are
+`section.field=value` strings whose value is parsed as YAML (`train.epochs=3`,
+`benchmark.batch_sizes=[1,64]`). Every value is checked when the config is built, before any
+work starts, and a bad one raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from auditflow.errors import ConfigError
+
+MODEL_NAMES = ("tutorial_net", "fastnet", "resnet18")
+ModelName = Literal["tutorial_net", "fastnet", "resnet18"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """How a data source becomes a snapshot and its splits."""
+
+    image_size: int = Field(32, gt=0, le=1024, description="Expected image side, pixels (square).")
+    resize: bool = Field(
+        False, description="Resize images of another size to image_size instead of rejecting them."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Fraction of train held out for validation (stratified)."
+    )
+    max_train_per_class: int | None = Field(
+        None, gt=0, description="Cap on train images per class (subsampling, seeded); None = all."
+    )
+    max_test_per_class: int | None = Field(
+        None, gt=0, description="Cap on test images per class (subsampling, seeded); None = all."
+    )
+    seed: int = Field(0, description="Seed of the validation split and subsampling.")
+
+
+class TrainConfig(_Section):
+    """Model, optimiser and schedule."""
+
+    model: ModelName = Field("fastnet", description="Architecture from the model registry.")
+    width: int = Field(
+        64, gt=0, description="Base channel width (fastnet, resnet18); tutorial_net ignores it."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    epochs: int = Field(10, gt=0, le=10_000, description="Passes over the training split.")
+    batch_size: int = Field(256, gt=0, description="Images per optimiser step.")
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("sgd", description="Optimiser.")
+    lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (SGD, RMSprop).")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD only).")
+    weight_decay: float = Field(5e-4, ge=0.0, description="Decoupled (AdamW) or L2 weight decay.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy smoothing.")
+    flip: bool = Field(True, description="Random horizontal flip augmentation.")
+    crop_padding: int = Field(4, ge=0, le=16, description="Random-crop padding, pixels; 0 = off.")
+    schedule: Literal["constant", "cosine", "onecycle"] = Field(
+        "onecycle", description="LR schedule: constant, cosine decay, or linear warm-up + decay."
+    )
+    warmup_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of steps spent warming up (onecycle)."
+    )
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Per-step EMA of weights used for eval; None = off."
+    )
+    tta: bool = Field(False, description="Test-time augmentation: average logits with the flip.")
+    seed: int = Field(0, description="Seed of initialisation, shuffling and augmentation.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."
+    )
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None = default.")
+    checkpoint_every: int = Field(1, gt=0, description="Save a checkpoint every N epochs.")
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(1000, gt=0, description="Images per inference batch.")
+    ece_bins: int = Field(15, gt=1, description="Equal-width confidence bins for ECE.")
+
+
+class FairnessConfig(_Section):
+    """Per-class audit; the verdict fails when a threshold is crossed."""
+
+    n_bootstrap: int = Field(500, ge=0, description="Bootstrap resamples for CIs; 0 = no CIs.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
+    min_class_recall: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fail when the worst class recall is below this."
+    )
+    max_recall_gap: float = Field(
+        0.3, ge=0.0, le=1.0, description="Fail when best minus worst class recall exceeds this."
+    )
+    seed: int = Field(0, description="Bootstrap seed.")
+
+
+class PrivacyConfig(_Section):
+    """Loss-threshold membership inference (Yeom et al. 2018)."""
+
+    n_samples: int = Field(
+        5000, gt=0, description="Members and non-members each (capped by what exists)."
+    )
+    n_bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the AUC CI.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
+    max_auc: float = Field(
+        0.6, ge=0.5, le=1.0, description="Fail when the attack AUC exceeds this (0.5 = ideal)."
+    )
+    seed: int = Field(0, description="Sampling seed.")
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
+    parity_samples: int = Field(512, gt=0, description="Test images compared torch vs ONNX.")
+    max_abs_diff: float = Field(1e-3, gt=0.0, description="Largest allowed logit difference.")
+
+
+class BenchmarkConfig(_Section):
+    batch_sizes: tuple[int, ...] = Field((1, 256), min_length=1, description="Batch sizes timed.")
+    warmup: int = Field(5, ge=0, description="Untimed iterations per case.")
+    iterations: int = Field(30, gt=0, description="Timed iterations per case.")
+    num_threads: int | None = Field(None, gt=0, description="Intra-op threads; None = default.")
+
+    @model_validator(mode="after")
+    def _positive_batches(self) -> "BenchmarkConfig":
+        bad = [b for b in self.batch_sizes if b <= 0]
+        if bad:
+            raise ValueError(f"batch sizes must be positive, got {bad}")
+        return self
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("auditflow", min_length=1, description="MLflow experiment name.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow URI; None = $MLFLOW_TRACKING_URI or sqlite in the workdir."
+    )
+
+
+class PipelineConfig(_Section):
+    """The whole run. `profile` records which profile file it came from."""
+
+    profile: str = Field("custom", description="Name of the profile this config came from.")
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    fairness: FairnessConfig = FairnessConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    export: ExportConfig = ExportConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def flat(self) -> dict[str, str]:
+        """`section.field -> value` strings, as MLflow params."""
+        out: dict[str, str] = {}
+        for section, values in self.model_dump(mode="json").items():
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list) else str(value)
+            else:
+                out[section] = str(values)
+        return out
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles shipped with the package."""
+    folder = resources.files("auditflow") / "profiles"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_profile(profile: str) -> dict[str, Any]:
+    path = Path(profile)
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise ConfigError(f"profile file {profile!r} does not exist")
+        text = path.read_text()
+        name = path.stem
+    else:
+        shipped = resources.files("auditflow") / "profiles" / f"{profile}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(
+                f"unknown profile {profile!r}; choose one of {available_profiles()} "
+                "or give a path to a .yaml file"
+            )
+        text = shipped.read_text()
+        name = profile
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"profile {profile!r} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {profile!r} must be a mapping of sections, got {type(raw).__name__}")
+    raw.setdefault("profile", name)
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one `a.b=value` override to a nested dict in place (value parsed as YAML)."""
+    key, sep, value = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML: {err}") from err
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "<root>"
+        got = item.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+        lines.append(f"{field}: {item['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def build_config(raw: dict[str, Any]) -> PipelineConfig:
+    """Validate a nested dict into a `PipelineConfig`, raising `ConfigError` naming fields."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err)) from err
+
+
+def load_config(profile: str = "quick", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a shipped profile (or YAML path), apply `section.field=value` overrides, validate."""
+    raw = _read_profile(profile)
+    for override in overrides:
+        apply_override(raw, override)
+    return build_config(raw)

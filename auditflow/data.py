@@ -1,0 +1,403 @@
+"""The data contract: any supported source becomes a content-addressed uint8 snapshot.
+
+Sources
+- ``cifar10`` or ``cifar10:ROOT``: torchvision's CIFAR-10, downloaded into ROOT when absent.
+- A directory in image-folder layout ``<split>/<class>/<file>`` with splits ``train`` and
+  ``test`` (one wrapping top folder is allowed).
+- A ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` of such a directory. Members are read in
+  memory and validated: an absolute path, a ``..`` component or a link is refused, so nothing
+  can land outside the snapshot folder and no link is followed.
+
+A snapshot folder holds ``{split}_images.npy`` (uint8, N x H x W x 3), ``{split}_labels.npy``
+(int64, N) and ``manifest.json`` (digest, classes, counts). Its name is the sha256 of the
+pixels, labels and class names, so equal data gives the same folder; a small index keyed by
+the source's fingerprint lets an unchanged source skip decoding altogether.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from auditflow.config import DataConfig
+from auditflow.errors import DataError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+SNAPSHOT_FORMAT = 1
+_PROGRESS_EVERY = 10_000
+
+Reader = Callable[[], bytes]
+
+
+# ---------------------------------------------------------------------------- source listing
+def _check_member_name(name: str, archive: Path) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
+        raise UnsafeArchiveError(
+            f"archive {archive} entry {name!r} would escape the extraction folder; refusing it"
+        )
+    return path
+
+
+def _iter_tar(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                path = _check_member_name(member.name, archive)
+                if member.issym() or member.islnk():
+                    raise UnsafeArchiveError(
+                        f"archive {archive} entry {member.name!r} is a link to "
+                        f"{member.linkname!r}; links are not followed"
+                    )
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise UnsafeArchiveError(
+                        f"archive {archive} entry {member.name!r} is not a regular file"
+                    )
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                yield path, (lambda data=data: data)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise DataError(f"cannot read archive {archive}: {err}") from err
+
+
+def _iter_zip(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                path = _check_member_name(info.filename, archive)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise UnsafeArchiveError(
+                        f"archive {archive} entry {info.filename!r} is a link; links are not followed"
+                    )
+                if info.is_dir():
+                    continue
+                data = zf.read(info)  # read now: the archive is closed once listing ends
+                yield path, (lambda data=data: data)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"cannot read archive {archive}: {err}") from err
+
+
+def _iter_dir(root: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            if full.is_symlink():
+                continue
+            rel = PurePosixPath(full.relative_to(root).as_posix())
+            yield rel, (lambda full=full: full.read_bytes())
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+# ---------------------------------------------------------------------------- decoding
+def _decode(name: str, payload: bytes, size: int, resize: bool) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                if not resize:
+                    raise DataError(
+                        f"image {name} is {img.size[0]}x{img.size[1]}, expected {size}x{size}; "
+                        "set data.resize=true to resize"
+                    )
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot decode image {name}: {err}") from err
+
+
+def _strip_wrappers(paths: list[PurePosixPath]) -> int:
+    """How many leading folders all image paths share before the split folder."""
+    depth = 0
+    while paths and all(len(p.parts) > depth + 1 for p in paths):
+        heads = {p.parts[depth] for p in paths}
+        if len(heads) != 1 or next(iter(heads)) in SPLITS:
+            break
+        depth += 1
+    return depth
+
+
+def _read_image_folder(
+    entries: Iterator[tuple[PurePosixPath, Reader]], source: str, cfg: DataConfig
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
+    images: list[tuple[PurePosixPath, Reader]] = [
+        (p, r)
+        for p, r in entries
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+    ]
+    if not images:
+        raise DataError(f"no images found in {source}; expected <split>/<class>/<image> files")
+    depth = _strip_wrappers([p for p, _ in images])
+    by_split: dict[str, dict[str, list[tuple[str, Reader]]]] = {}
+    for path, reader in images:
+        parts = path.parts[depth:]
+        if len(parts) != 3:
+            raise DataError(
+                f"{source}: image {path} is not at <split>/<class>/<file>; "
+                f"splits must be {list(SPLITS)}"
+            )
+        split, cls, _ = parts
+        if split not in SPLITS:
+            raise DataError(f"{source}: unknown split folder {split!r} (in {path}); expected {list(SPLITS)}")
+        by_split.setdefault(split, {}).setdefault(cls, []).append((str(path), reader))
+    missing = [s for s in SPLITS if s not in by_split]
+    if missing:
+        raise DataError(f"{source}: split folder(s) {missing} missing; found {sorted(by_split)}")
+    classes = tuple(sorted(by_split["train"]))
+    for split in SPLITS:
+        if tuple(sorted(by_split[split])) != classes:
+            raise DataError(
+                f"{source}: classes differ between splits: train has {list(classes)}, "
+                f"{split} has {sorted(by_split[split])}"
+            )
+    if len(classes) < 2:
+        raise DataError(f"{source}: need at least 2 classes, found {list(classes)}")
+
+    total = sum(len(files) for split in by_split.values() for files in split.values())
+    done = 0
+    xs: dict[str, np.ndarray] = {}
+    ys: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        pixels, labels = [], []
+        for label, cls in enumerate(classes):
+            for name, reader in sorted(by_split[split][cls], key=lambda item: item[0]):
+                pixels.append(_decode(name, reader(), cfg.image_size, cfg.resize))
+                labels.append(label)
+                done += 1
+                if done % _PROGRESS_EVERY == 0:
+                    log.info("decoded %d/%d images", done, total)
+        xs[split] = np.stack(pixels)
+        ys[split] = np.asarray(labels, dtype=np.int64)
+    return xs, ys, classes
+
+
+def _read_torchvision_cifar10(root: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
+    from torchvision.datasets import CIFAR10  # heavy import, only for this source
+
+    xs, ys = {}, {}
+    classes: tuple[str, ...] = ()
+    for split in SPLITS:
+        try:
+            ds = CIFAR10(root=str(root), train=split == "train", download=True)
+        except Exception as err:  # torchvision raises URLError, RuntimeError, ...
+            raise DataError(
+                f"cannot load torchvision CIFAR-10 from {root} (download failed or files corrupt): {err}. "
+                "Offline, pass an image-folder directory or archive instead"
+            ) from err
+        xs[split] = np.ascontiguousarray(ds.data, dtype=np.uint8)
+        ys[split] = np.asarray(ds.targets, dtype=np.int64)
+        classes = tuple(ds.classes)
+    return xs, ys, classes
+
+
+# ---------------------------------------------------------------------------- snapshot
+@dataclass(frozen=True)
+class Snapshot:
+    """A materialised dataset: where it lives and what it holds."""
+
+    path: Path
+    digest: str
+    classes: tuple[str, ...]
+    counts: dict[str, list[int]]  # split -> images per class
+    image_shape: tuple[int, int, int]  # H, W, C
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 N x H x W x 3, labels int64 N) of one split, memory-mapped."""
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected {list(SPLITS)}")
+        return (
+            np.load(self.path / f"{split}_images.npy", mmap_mode="r"),
+            np.load(self.path / f"{split}_labels.npy"),
+        )
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Snapshot":
+        path = Path(path)
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"{path} is not a snapshot folder (manifest.json unreadable): {err}") from err
+        return cls(
+            path=path,
+            digest=manifest["digest"],
+            classes=tuple(manifest["classes"]),
+            counts=manifest["counts"],
+            image_shape=tuple(manifest["image_shape"]),
+            source=manifest["source"],
+        )
+
+
+def _content_digest(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...]) -> str:
+    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, list(classes)]).encode())
+    for split in SPLITS:
+        h.update(split.encode())
+        h.update(np.ascontiguousarray(xs[split]).data)
+        h.update(np.ascontiguousarray(ys[split]).data)
+    return h.hexdigest()
+
+
+def _source_fingerprint(kind: str, path: Path, cfg: DataConfig) -> str | None:
+    """A cheap fingerprint of the raw source, or None when it cannot be had cheaply."""
+    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, kind, cfg.image_size, cfg.resize]).encode())
+    if kind == "archive":
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    if kind == "dir":
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.lstat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), path)
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    return None
+
+
+def _write_snapshot(
+    xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...], source: str, cache_dir: Path
+) -> Snapshot:
+    digest = _content_digest(xs, ys, classes)
+    final = cache_dir / "snapshots" / digest[:16]
+    if (final / "manifest.json").is_file():
+        return Snapshot.open(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        for split in SPLITS:
+            np.save(tmp / f"{split}_images.npy", xs[split])
+            np.save(tmp / f"{split}_labels.npy", ys[split])
+        manifest = {
+            "format": SNAPSHOT_FORMAT,
+            "digest": digest,
+            "classes": list(classes),
+            "counts": {s: np.bincount(ys[s], minlength=len(classes)).tolist() for s in SPLITS},
+            "image_shape": list(xs["train"].shape[1:]),
+            "source": source,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        try:
+            tmp.rename(final)  # atomic: a half-written snapshot is never visible
+        except OSError:
+            if not (final / "manifest.json").is_file():  # lost a race to an identical writer?
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Snapshot.open(final)
+
+
+def ingest(source: str, cfg: DataConfig, cache_dir: str | Path) -> Snapshot:
+    """Turn `source` into a validated snapshot under `cache_dir`, reusing an unchanged one.
+
+    Raises `DataError` (or `UnsafeArchiveError`) naming the bad path, entry or image.
+    """
+    cache_dir = Path(cache_dir)
+    if source == "cifar10" or source.startswith("cifar10:"):
+        root = Path(source.partition(":")[2] or cache_dir / "torchvision")
+        kind, path = "torchvision", root
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data path {source!r} does not exist")
+        if path.is_dir():
+            kind = "dir"
+        elif path.is_file() and _is_archive(path):
+            kind = "archive"
+        else:
+            raise DataError(
+                f"data path {source!r} is neither a directory nor an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+            )
+        if not os.access(path, os.R_OK):
+            raise DataError(f"data path {source!r} is not readable")
+
+    fingerprint = _source_fingerprint(kind, path, cfg)
+    index = cache_dir / "sources" / f"{fingerprint}.json" if fingerprint else None
+    if index is not None and index.is_file():
+        cached = cache_dir / "snapshots" / json.loads(index.read_text())["snapshot"]
+        if (cached / "manifest.json").is_file():
+            log.info("source unchanged; reusing snapshot %s", cached.name)
+            return Snapshot.open(cached)
+
+    log.info("reading %s (%s)", source, kind)
+    if kind == "torchvision":
+        xs, ys, classes = _read_torchvision_cifar10(path)
+    else:
+        entries = _iter_dir(path) if kind == "dir" else (_iter_zip(path) if path.name.lower().endswith(".zip") else _iter_tar(path))
+        xs, ys, classes = _read_image_folder(entries, source, cfg)
+    snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir)
+    if index is not None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.write_text(json.dumps({"snapshot": snapshot.path.name, "source": str(source)}))
+    log.info("snapshot %s: %d classes, %s", snapshot.digest[:12], snapshot.num_classes,
+             {s: sum(c) for s, c in snapshot.counts.items()})
+    return snapshot
+
+
+# ---------------------------------------------------------------------------- splits
+@dataclass(frozen=True)
+class Splits:
+    """Arrays of one run: train (members), validation and test (non-members). uint8 NHWC."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: tuple[str, ...]
+
+
+def _cap_per_class(labels: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    if cap is None:
+        return np.arange(len(labels))
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:cap] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
+def make_splits(snapshot: Snapshot, cfg: DataConfig) -> Splits:
+    """Deterministic (seeded) subsampling and stratified validation hold-out of a snapshot."""
+    rng = np.random.default_rng(cfg.seed)
+    train_x, train_y = snapshot.arrays("train")
+    test_x, test_y = snapshot.arrays("test")
+    keep = _cap_per_class(train_y, cfg.max_train_per_class, rng)
+    train_x, train_y = np.asarray(train_x[keep]), train_y[keep]
+    keep = _cap_per_class(test_y, cfg.max_test_per_class, rng)
+    test_x, test_y = np.asarray(test_x[keep]), test_y[keep]
+    val_mask = np.zeros(len(train_y), dtype=bool)
+    if cfg.val_fraction > 0:
+        for c in np.unique(train_y):
+            idx = rng.permutation(np.flatnonzero(train_y == c))
+            val_mask[idx[: int(round(len(idx) * cfg.val_fraction))]] = True
+    return Splits(
+        train_x=train_x[~val_mask], train_y=train_y[~val_mask],
+        val_x=train_x[val_mask], val_y=train_y[val_mask],
+        test_x=test_x, test_y=test_y, classes=snapshot.classes,
+    )

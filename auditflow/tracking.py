@@ -1,0 +1,315 @@
+"""Tracking: the only module that imports MLflow.
+
+One parent run per pipeline run and one nested child run per stage. Runs are addressed by id
+through `MlflowClient`, not through MLflow's thread-local "active run", so stages may run in
+any thread or process. A stage that raises ends FAILED with its error recorded as a tag and
+a text artifact; nothing is left RUNNING.
+
+Each stage logs `<stage>/summary.json`; the report is rebuilt from those files and the
+metric histories alone (`load_run`), so a report can be regenerated from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from auditflow.config import PipelineConfig, TrackingConfig
+from auditflow.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+STAGE_TAG = "auditflow.stage"
+SUMMARY = "summary.json"
+DB_NAME = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
+    """Config value, else $MLFLOW_TRACKING_URI, else a SQLite store in `workdir`."""
+    if cfg.tracking_uri:
+        return cfg.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(Path(workdir) / DB_NAME).resolve()}"
+
+
+def environment_tags() -> dict[str, str]:
+    """Versions of the numerical stack and the git commit of this checkout."""
+    import onnxruntime
+    import torch
+
+    tags = {
+        "versions.python": platform.python_version(),
+        "versions.torch": torch.__version__,
+        "versions.cuda": str(torch.version.cuda),
+        "versions.onnxruntime": onnxruntime.__version__,
+        "auditflow.host": platform.node(),
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        tags["auditflow.git_commit"] = commit.stdout.strip() if commit.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        tags["auditflow.git_commit"] = "unknown"
+    return tags
+
+
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (needed by `mlflow.onnx.log_model`) at `uri` for a moment.
+
+    `mlflow.set_tracking_uri` also writes $MLFLOW_TRACKING_URI, which would leak into every
+    later run in this process; both are restored on exit.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = saved_uri
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+@dataclass(frozen=True)
+class TrackingRef:
+    """What a task needs to reach its run: small and picklable, passed between tasks."""
+
+    uri: str
+    experiment_id: str
+    run_id: str  # the parent (pipeline) run
+
+
+class RunLogger:
+    """Logging calls bound to one run id."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+    def log_table(self, data: dict[str, list[Any]], artifact_file: str) -> None:
+        """Columns of equal length, shown as a table in the MLflow UI."""
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_summary(self, stage: str, summary: dict[str, Any]) -> None:
+        """The stage's small result, which the report reads back."""
+        self.log_dict(summary, f"{stage}/{SUMMARY}")
+
+    def log_dataset(self, *, name: str, digest: str, source: str, profile: dict[str, Any], context: str) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset as DatasetEntity
+        from mlflow.entities import DatasetInput, InputTag
+
+        try:
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            src = resolve_dataset_source(str(Path(source).resolve()) if Path(source).exists() else source)
+        except Exception:  # mlflow raises its own resolution errors for non-URIs such as "cifar10"
+            src = HTTPDatasetSource("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+        dataset = MetaDataset(src, name=name, digest=digest[:36])
+        base = dataset._to_mlflow_entity()
+        entity = DatasetEntity(name=base.name, digest=base.digest, source_type=base.source_type,
+                               source=base.source, schema=base.schema, profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_onnx_model(self, path: str | Path, example_in: Any, example_out: dict[str, Any], uri: str,
+                       providers: list[str]) -> str:
+        """Log an ONNX file as an MLflow model whose signature is inferred from one example
+        batch (input array -> named outputs); returns its model URI."""
+        import mlflow
+        import onnx
+        from mlflow.models import infer_signature
+
+        model = onnx.load(str(path))
+        with _fluent_tracking_uri(uri), mlflow.start_run(run_id=self.run_id):
+            info = mlflow.onnx.log_model(model, name="onnx_model", input_example=example_in,
+                                         signature=infer_signature(example_in, example_out),
+                                         onnx_execution_providers=providers)
+        self.client.update_run(self.run_id, status="RUNNING")  # the with-block marked it FINISHED
+        return info.model_uri
+
+
+class Tracker:
+    """Creates and ends runs; reads them back for the report."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def experiment_id(self, name: str, workdir: str | Path | None = None) -> str:
+        """Id of experiment `name`, created on first use (artifacts beside a local SQLite store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                return exp.experiment_id
+            location = None
+            if self.uri.startswith("sqlite:") and workdir is not None:
+                location = (Path(workdir) / ARTIFACT_DIR).resolve().as_uri()
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            raise TrackingError(f"cannot reach the MLflow store at {self.uri}: {err}") from err
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> RunLogger:
+        all_tags = dict(tags)
+        if parent_id:
+            all_tags[PARENT_TAG] = parent_id
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        return RunLogger(self.client, run.info.run_id)
+
+    def end_run(self, run_id: str, error: BaseException | None = None) -> None:
+        if error is not None:
+            message = f"{type(error).__name__}: {error}"
+            self.client.set_tag(run_id, "auditflow.error", message[:5000])
+            self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
+        self.client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+
+    @contextlib.contextmanager
+    def stage(self, ref: TrackingRef, name: str) -> Iterator[RunLogger]:
+        """A child run of `ref.run_id` for one stage; FAILED with the error if the body raises."""
+        run = self.start_run(ref.experiment_id, name, {STAGE_TAG: name}, parent_id=ref.run_id)
+        try:
+            yield run
+        except BaseException as err:
+            self.end_run(run.run_id, err)
+            raise
+        self.end_run(run.run_id)
+
+    # ------------------------------------------------------------------ reading back
+    def get_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as err:
+            raise TrackingError(f"run id {run_id!r} not found in the MLflow store at {self.uri}") from err
+
+    def children(self, run: Any) -> dict[str, Any]:
+        """Stage name -> newest child run of `run`."""
+        found = self.client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        return {r.data.tags.get(STAGE_TAG, r.info.run_name): r for r in found}
+
+    def load_run(self, run_id: str) -> "RunRecord":
+        """Everything the report needs from one pipeline run, read from the store alone."""
+        run = self.get_run(run_id)
+        if PARENT_TAG in run.data.tags:
+            raise TrackingError(f"run {run_id} is a stage run; pass its parent {run.data.tags[PARENT_TAG]}")
+        record = RunRecord(run_id=run_id, name=run.info.run_name, status=run.info.status,
+                           tags=dict(run.data.tags), params=dict(run.data.params),
+                           metrics=dict(run.data.metrics), uri=self.uri, experiment_id=run.info.experiment_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            for stage, child in self.children(run).items():
+                record.stage_status[stage] = child.info.status
+                record.stage_run_ids[stage] = child.info.run_id
+                record.stage_metrics[stage] = dict(child.data.metrics)
+                try:
+                    local = self.client.download_artifacts(child.info.run_id, f"{stage}/{SUMMARY}", tmp)
+                    record.summaries[stage] = json.loads(Path(local).read_text())
+                except Exception:  # a failed stage may have logged no summary
+                    log.debug("no summary for stage %s", stage)
+            try:
+                local = self.client.download_artifacts(run_id, "config.json", tmp)
+                record.config = json.loads(Path(local).read_text())
+            except Exception as err:
+                raise TrackingError(f"run {run_id} has no config.json artifact; is it an auditflow run?") from err
+        train_id = record.stage_run_ids.get("train")
+        if train_id:
+            for key in ("train_loss", "val_accuracy", "train_accuracy", "val_loss"):
+                record.history[key] = [(m.step, m.value) for m in self.client.get_metric_history(train_id, key)]
+        return record
+
+    def run_url(self, ref_or_record: Any) -> str:
+        """A link to the run in the MLflow UI where the URI is an http server, else the URI."""
+        uri = self.uri
+        exp, run = ref_or_record.experiment_id, ref_or_record.run_id
+        base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run}"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    name: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+    uri: str
+    experiment_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stage_status: dict[str, str] = field(default_factory=dict)
+    stage_run_ids: dict[str, str] = field(default_factory=dict)
+    stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, tags: dict[str, str]) -> TrackingRef:
+    """Start the parent run: config as params and as `config.json`, environment tags."""
+    uri = resolve_tracking_uri(cfg.tracking, workdir)
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id(cfg.tracking.experiment, workdir)
+    run = tracker.start_run(exp, run_name, {**environment_tags(), "auditflow.profile": cfg.profile, **tags})
+    run.log_params(cfg.flat())
+    run.log_dict(cfg.model_dump(mode="json"), "config.json")
+    return TrackingRef(uri=uri, experiment_id=exp, run_id=run.run_id)

@@ -1,0 +1,91 @@
+"""Matplotlib figures for the report and the tracking store, returned as figure objects.
+
+Uses the non-interactive Agg backend; callers save or log the figure and then `close` it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrix (rows = true class) with counts annotated."""
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.55 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(history: dict[str, Sequence[tuple[int, float]]]) -> Figure:
+    """Training loss and train/validation accuracy per epoch."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key, ax in (("train_loss", left), ("val_loss", left), ("train_accuracy", right), ("val_accuracy", right)):
+        points = history.get(key) or []
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o", ms=3, label=key.replace("_", " "))
+    left.set_xlabel("epoch"); left.set_ylabel("cross-entropy"); left.legend(); left.set_title("Loss")
+    right.set_xlabel("epoch"); right.set_ylabel("accuracy"); right.legend(); right.set_title("Accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(fpr: Sequence[float], tpr: Sequence[float], auc: float) -> Figure:
+    """Membership-attack ROC on log-log axes, with the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    f, t = np.asarray(fpr), np.asarray(tpr)
+    keep = (f > 0) & (t > 0)
+    ax.loglog(f[keep], t[keep], label=f"loss attack (AUC {auc:.3f})")
+    grid = np.logspace(-5, 0, 50)
+    ax.loglog(grid, grid, "--", color="grey", label="chance")
+    ax.set_xlim(1e-4, 1); ax.set_ylim(1e-4, 1)
+    ax.set_xlabel("false-positive rate"); ax.set_ylabel("true-positive rate")
+    ax.set_title("Membership inference ROC"); ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(classes: Sequence[str], values: Sequence[float], lows: Sequence[float] | None,
+                     highs: Sequence[float] | None, label: str, reference: float | None = None) -> Figure:
+    """Horizontal bars of one per-class metric with CI whiskers and an optional reference line."""
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(classes) + 1.2))
+    v = np.asarray(values)
+    err = None
+    if lows is not None and highs is not None:
+        err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v]).clip(min=0)
+    ax.barh(range(len(classes)), v, xerr=err, color="#4c72b0", capsize=2)
+    ax.set_yticks(range(len(classes)), classes); ax.invert_yaxis()
+    if reference is not None:
+        ax.axvline(reference, color="#c44e52", ls="--", lw=1)
+    ax.set_xlabel(label)
+    fig.tight_layout()
+    return fig
+
+
+def to_png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,68 @@
+"""The audit pipeline: ingest -> train -> evaluate -> fairness -> privacy -> export -> benchmark -> report.
+
+Parameters are plain strings so the same flow runs from the CLI, `flow.serve` and a
+`prefect.yaml` deployment. The configuration is validated before any stage starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from auditflow.config import load_config
+from tasks.audit import fairness_audit, privacy_audit
+from tasks.evaluate import evaluate_model
+from tasks.export import benchmark_model, export_model
+from tasks.ingest import ingest_data
+from tasks.report import report_run
+from tasks.run import close_run, open_run
+from tasks.train import train_model
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    test_accuracy: float
+    fairness_passed: bool
+    privacy_passed: bool
+    attack_auc: float
+    worst_class_recall: float
+    onnx_path: str
+    report_html: str
+    report_markdown: str
+
+
+@flow(name="auditflow-pipeline")
+def audit_pipeline(
+    profile: str = "quick",
+    data: str = "cifar10",
+    overrides: list[str] | None = None,
+    workdir: str = ".",
+    run_name: str | None = None,
+) -> PipelineResult:
+    """Run every stage on `data` with profile `profile` plus `section.field=value` overrides."""
+    cfg = load_config(profile, overrides or [])
+    ref = open_run(cfg, data, workdir, run_name)
+    try:
+        snap = ingest_data(ref, data, cfg.data, workdir)
+        trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
+        evaluated = evaluate_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.evaluate,
+                                   cfg.train.tta, cfg.train.device, workdir)
+        fairness = fairness_audit(ref, evaluated.predictions, snap.classes, cfg.fairness)
+        privacy = privacy_audit(ref, evaluated.predictions, snap.classes, cfg.privacy)
+        exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
+        benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.data, cfg.benchmark, workdir)
+        report = report_run(ref, workdir)
+    except BaseException as err:
+        close_run(ref, err)
+        raise
+    close_run(ref)
+    return PipelineResult(
+        run_id=ref.run_id, tracking_uri=ref.uri, experiment_id=ref.experiment_id,
+        test_accuracy=evaluated.accuracy, fairness_passed=fairness.passed, privacy_passed=privacy.passed,
+        attack_auc=privacy.headline, worst_class_recall=fairness.headline, onnx_path=exported.onnx_path,
+        report_html=report.html, report_markdown=report.markdown,
+    )

@@ -1,0 +1,40 @@
+"""Preprocessing, defined once and reused by training, evaluation, export, benchmark and audits.
+
+Snapshots hold uint8 N x H x W x 3; every model takes float32 N x 3 x H x W in [0, 1] (the
+model normalises internally). Augmentation runs batched on whatever device holds the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_input(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [0, 1] on `device`."""
+    batch = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    batch = batch.to(device, non_blocking=True)
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def augment(
+    batch: torch.Tensor, *, flip: bool, crop_padding: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Random horizontal flip and random crop (reflect padding) of a float N x C x H x W batch."""
+    n, _, h, w = batch.shape
+    if flip:
+        mask = torch.rand(n, generator=generator, device="cpu") < 0.5
+        mask = mask.to(batch.device)
+        batch = torch.where(mask[:, None, None, None], batch.flip(3), batch)
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(batch, (p, p, p, p), mode="reflect")
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(batch.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(batch.device)
+        rows = (dy[:, None] + torch.arange(h, device=batch.device))[:, None, :, None]  # N,1,H,1
+        cols = (dx[:, None] + torch.arange(w, device=batch.device))[:, None, None, :]  # N,1,1,W
+        idx_n = torch.arange(n, device=batch.device)[:, None, None, None]
+        idx_c = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
+        batch = padded[idx_n, idx_c, rows, cols]
+    return batch

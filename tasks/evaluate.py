@@ -1,0 +1,68 @@
+"""Stage 3: checkpoint -> logits of the test split and a member sample, plus test metrics.
+
+The logits file is the one input of the fairness and privacy audits: logits are computed
+once per split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from auditflow.config import DataConfig, EvalConfig
+from auditflow.data import Snapshot, make_splits
+from auditflow.tracking import Tracker, TrackingRef
+from audits.plots import confusion_figure
+from models.evaluation import evaluate
+from models.runtime import resolve_runtime
+from models.training import load_model, predict
+from tasks._common import run_dir
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    predictions: str  # .npz with test_logits, test_labels, member_logits, member_labels
+    accuracy: float  # test top-1, 0..1
+
+
+def load_predictions(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_model(
+    ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg: DataConfig, cfg: EvalConfig,
+    tta: bool, device: str, workdir: str,
+) -> EvaluateResult:
+    with Tracker(ref.uri).stage(ref, "evaluate") as run:
+        runtime = resolve_runtime(device, "fp32")  # the precision of the exported model
+        model, _ = load_model(checkpoint, runtime.device)
+        model = runtime.prepare(model)
+        splits = make_splits(Snapshot.open(snapshot_path), data_cfg)
+        # Members for the privacy audit: as many training images as there are test images.
+        rng = np.random.default_rng(data_cfg.seed)
+        members = np.sort(rng.choice(len(splits.train_y), min(len(splits.train_y), len(splits.test_y)), replace=False))
+        test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta)
+        member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size, tta=tta)
+        path = run_dir(workdir, ref.run_id) / "predictions.npz"
+        np.savez_compressed(path, test_logits=test_logits, test_labels=splits.test_y,
+                            member_logits=member_logits, member_labels=splits.train_y[members], member_index=members)
+
+        result = evaluate(test_logits, splits.test_y, splits.classes, cfg.ece_bins)
+        run.log_metrics({"test_accuracy": result.accuracy, "test_nll": result.nll, "test_ece": result.ece,
+                         "test_macro_f1": result.macro_f1})
+        run.log_metrics({f"recall.{c}": r for c, r in zip(result.classes, result.recall)})
+        rows = result.per_class_rows()
+        run.log_table({key: [r[key] for r in rows] for key in rows[0]}, "evaluate/per_class.json")
+        cm = np.asarray(result.confusion)
+        np.savetxt(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",
+                   header=",".join(result.classes), comments="")
+        run.log_artifact(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", "evaluate")
+        run.log_figure(confusion_figure(result.confusion, result.classes), "evaluate/confusion_matrix.png")
+        run.log_artifact(path, "evaluate")
+        run.log_summary("evaluate", {**asdict(result), "macro_f1": result.macro_f1, "per_class": rows, "tta": tta})
+    return EvaluateResult(str(path), result.accuracy)

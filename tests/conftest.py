@@ -1,0 +1,86 @@
+"""Shared fixtures. Prefect settings are fixed here, before any test imports Prefect."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditflow-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "auditflow,models,audits")
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # compute tests log outside flows
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def _image(cls: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A learnable toy image: each class has its own colour and pattern, plus noise."""
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    if cls == 0:
+        mask = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+        img[mask] = (220, 40, 40)
+    elif cls == 1:
+        img[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = (40, 220, 40)
+    else:
+        img[(xx // 4) % 2 == 0] = (40, 40, 220)
+    return img
+
+
+def make_image_folder(root: Path, n_train: int = 16, n_test: int = 8, size: int = 32, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, cls in enumerate(CLASSES):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_image(k, rng, size)).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class image folder: 16 train and 8 test PNGs per class, 32x32."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "toy")
+
+
+@pytest.fixture(scope="session")
+def image_tar(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("archives") / "toy.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(image_folder, arcname="toy")
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_zip(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("archives") / "toy.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(image_folder.rglob("*.png")):
+            zf.write(file, f"toy/{file.relative_to(image_folder).as_posix()}")
+    return path
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (about 10 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

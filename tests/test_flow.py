@@ -1,0 +1,161 @@
+"""End-to-end: the Prefect flow on toy data under one session-scoped test harness, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from auditflow.cli import app
+from auditflow.errors import DataError
+from auditflow.tracking import Tracker
+
+TINY = [
+    "train.width=8", "train.epochs=4", "train.batch_size=16", "train.lr=0.05", "train.precision=fp32",
+    "data.val_fraction=0.125", "fairness.n_bootstrap=20", "privacy.n_bootstrap=20",
+    "benchmark.batch_sizes=[1, 8]", "benchmark.iterations=3", "benchmark.warmup=1", "export.parity_samples=16",
+]
+STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(prefect_harness, image_tar: Path, tmp_path_factory: pytest.TempPathFactory):
+    from flows.pipeline import audit_pipeline
+
+    workdir = tmp_path_factory.mktemp("work")
+    result = audit_pipeline(profile="quick", data=str(image_tar), overrides=TINY, workdir=str(workdir))
+    return result, workdir
+
+
+@pytest.mark.slow
+def test_pipeline_tracks_every_stage(pipeline_run) -> None:
+    result, workdir = pipeline_run
+    assert result.tracking_uri == f"sqlite:///{workdir.resolve()}/mlflow.db"
+    assert result.test_accuracy > 0.8  # toy classes are easy to tell apart
+    tracker = Tracker(result.tracking_uri)
+    parent = tracker.get_run(result.run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    for key in ("prefect.flow_run_id", "auditflow.data_digest", "auditflow.git_commit", "auditflow.device",
+                "versions.torch", "versions.cuda", "versions.onnxruntime"):
+        assert tags.get(key), key
+    assert parent.data.params["train.model"] == "fastnet" and parent.data.params["train.epochs"] == "4"
+    children = tracker.children(parent)
+    assert set(children) == STAGES
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    history = tracker.client.get_metric_history(children["train"].info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    inputs = children["ingest"].inputs.dataset_inputs
+    assert {i.dataset.digest for i in inputs} == {tags["auditflow.data_digest"][:36]}
+    assert {t.value for i in inputs for t in i.tags} == {"train", "test"}
+    assert children["privacy"].data.metrics["attack_auc"] == pytest.approx(result.attack_auc)
+    assert "attack_auc_ci_low" in children["privacy"].data.metrics
+
+
+@pytest.mark.slow
+def test_onnx_model_is_logged_and_loads(pipeline_run) -> None:
+    import mlflow
+    import numpy as np
+
+    result, _ = pipeline_run
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model must not leak the URI
+    tracker = Tracker(result.tracking_uri)
+    summary = tracker.load_run(result.run_id).summaries["export"]
+    mlflow.set_tracking_uri(result.tracking_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(summary["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    out = pyfunc.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))
+    assert np.asarray(out["logits"]).shape == (3, 3)
+    assert pyfunc.metadata.signature is not None
+
+
+@pytest.mark.slow
+def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Path) -> None:
+    result, workdir = pipeline_run
+    html = Path(result.report_html).read_text()
+    md = Path(result.report_markdown).read_text()
+    for heading in ("## Data", "## Training", "## Evaluation", "## Fairness", "## Privacy", "## ONNX export",
+                    "## Inference benchmark", "## Model card"):
+        assert heading in md
+    assert html.count("data:image/png;base64,") == 4  # curves, confusion, recall, ROC embedded
+    assert "<table>" in html and "Intended use." in html
+    out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "report.md").read_text() == md
+    artifacts = {a.path for a in Tracker(result.tracking_uri).client.list_artifacts(result.run_id, "report")}
+    assert {"report/report.html", "report/report.md"} <= artifacts
+
+
+@pytest.mark.slow
+def test_bad_data_fails_the_run_and_records_why(prefect_harness, tmp_path: Path) -> None:
+    from flows.pipeline import audit_pipeline
+
+    with pytest.raises(DataError, match="does not exist"):
+        audit_pipeline(profile="quick", data=str(tmp_path / "missing"), overrides=TINY, workdir=str(tmp_path))
+    tracker = Tracker(f"sqlite:///{tmp_path.resolve()}/mlflow.db")
+    runs = tracker.client.search_runs(["1"], filter_string="attributes.status = 'FAILED'")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["auditflow.error"].startswith("DataError: data path")
+    assert tracker.children(parent)["ingest"].info.status == "FAILED"
+    assert not any(r.info.status == "RUNNING" for r in tracker.client.search_runs(["1"]))
+
+
+@pytest.mark.slow
+def test_cli_run_reports_corrupt_image_in_one_line(prefect_harness, tmp_path: Path) -> None:
+    from tests.conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
+    (root / "test" / "circle" / "0001.png").write_bytes(b"\x89PNG broken")
+    out = runner.invoke(app, ["run", "--data", str(root), "--workdir", str(tmp_path / "w"), *sum((["--set", o] for o in TINY), [])])
+    assert out.exit_code == 2
+    assert re.search(r"error: cannot decode image test/circle/0001\.png", out.output)
+
+
+def test_cli_rejects_bad_config_before_work(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "--data", str(tmp_path), "--set", "train.lr=-1", "--workdir", str(tmp_path / "w")])
+    assert out.exit_code == 2
+    assert "train.lr: Input should be greater than 0 (got -1)" in out.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_rejects_missing_data(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "--data", str(tmp_path / "nope"), "--workdir", str(tmp_path)])
+    assert out.exit_code == 2
+    assert "does not exist" in out.output
+
+
+def test_cli_report_unknown_run(tmp_path: Path) -> None:
+    from auditflow.config import PipelineConfig
+    from auditflow.tracking import open_pipeline_run
+
+    open_pipeline_run(PipelineConfig(), tmp_path, "t", {})  # a store that exists
+    out = runner.invoke(app, ["report", "0123abcd", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2
+    assert "run id '0123abcd' not found" in out.output
+
+
+def test_cli_report_without_store(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["report", "0123abcd", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "no MLflow store at" in out.output
+
+
+def test_cli_serve_rejects_bad_cron(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["serve", "--cron", "every day", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "invalid cron expression 'every day'" in out.output
+
+
+def test_cli_ui_without_store(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["ui", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "no MLflow store at" in out.output
+
+
+def test_cli_config_prints_resolved_values() -> None:
+    out = runner.invoke(app, ["config", "--profile", "quick", "--set", "train.epochs=7"])
+    assert out.exit_code == 0 and "epochs: 7" in out.output

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from auditflow.config import DataConfig, TrainConfig
+from auditflow.data import ingest, make_splits
+from auditflow.errors import ConfigError, ModelError
+from models.presets import augment, to_input
+from models.registry import FastNet, TutorialNet, build_model
+from models.runtime import resolve_runtime
+from models.training import fit, load_model, predict
+
+CPU = resolve_runtime("cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    snap = ingest(str(image_folder), DataConfig(), tmp_path_factory.mktemp("cache"))
+    return make_splits(snap, DataConfig(val_fraction=0.25))
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu")
+    return TrainConfig(**(base | kw))
+
+
+@pytest.mark.parametrize("name", ["tutorial_net", "fastnet", "resnet18"])
+def test_every_model_maps_images_to_logits(name: str) -> None:
+    model = build_model(name, num_classes=7, width=8).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_tutorial_net_is_the_tutorial() -> None:
+    net = TutorialNet()
+    shapes = [(n, tuple(p.shape)) for n, p in net.named_parameters()]
+    assert shapes == [
+        ("conv1.weight", (6, 3, 5, 5)), ("conv1.bias", (6,)), ("conv2.weight", (16, 6, 5, 5)), ("conv2.bias", (16,)),
+        ("fc1.weight", (120, 400)), ("fc1.bias", (120,)), ("fc2.weight", (84, 120)), ("fc2.bias", (84,)),
+        ("fc3.weight", (10, 84)), ("fc3.bias", (10,)),
+    ]
+    assert sum(p.numel() for p in net.parameters()) == 62006  # the tutorial's count
+
+
+def test_unknown_model_is_named() -> None:
+    with pytest.raises(ModelError, match=r"^unknown model 'vgg'; choose one of \['fastnet', 'resnet18', 'tutorial_net'\]$"):
+        build_model("vgg", 10)
+
+
+def test_cuda_requested_without_gpu_is_a_config_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match=r"train\.device='cuda' but no CUDA device is available"):
+        resolve_runtime("cuda")
+
+
+def test_whitening_stem_whitens_patches() -> None:
+    net = FastNet(width=8)
+    images = torch.rand(64, 3, 16, 16) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
+    net.fit_whitening(images, eps=0.0)
+    out = net.whiten(images)[:, :12]  # first 12 maps = the whitened directions (bias is 0)
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = torch.cov(flat.T)
+    assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
+
+
+def test_augment_flip_and_crop() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    same = augment(x, flip=False, crop_padding=0, generator=g)
+    assert torch.equal(same, x)
+    out = augment(x, flip=True, crop_padding=2, generator=g)
+    assert out.shape == x.shape
+    # every output row comes from the reflect-padded input: values stay in the input's range per image
+    for i in range(2):
+        assert set(out[i].unique().tolist()) <= set(x[i].unique().tolist())
+
+
+def test_to_input_layout_and_range() -> None:
+    images = np.full((2, 4, 5, 3), 255, np.uint8)
+    images[..., 1] = 0
+    x = to_input(images)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    assert x[:, 0].eq(1).all() and x[:, 1].eq(0).all()
+
+
+def test_fit_learns_toy_data_and_checkpoints(splits, tmp_path: Path) -> None:
+    cfg = tiny(epochs=6)
+    result = fit(splits, cfg, CPU, tmp_path)
+    assert len(result.history) == 6
+    assert result.history[-1].val_accuracy >= 0.9  # three very different classes
+    model, payload = load_model(result.checkpoint)
+    assert payload["epoch"] == 6 and payload["config"] == cfg.model_dump(mode="json")
+    acc = (predict(model, splits.test_x, CPU).argmax(1) == splits.test_y).mean()
+    assert acc >= 0.9
+
+
+def test_seeded_cpu_runs_are_identical(splits, tmp_path: Path) -> None:
+    a = fit(splits, tiny(), CPU, tmp_path / "a")
+    b = fit(splits, tiny(), CPU, tmp_path / "b")
+    sa, sb = torch.load(a.checkpoint)["state_dict"], torch.load(b.checkpoint)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = fit(splits, tiny(seed=1), CPU, tmp_path / "c")
+    sc = torch.load(c.checkpoint)["state_dict"]
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(splits, tmp_path: Path) -> None:
+    cfg = tiny(epochs=4, ema_decay=0.9, dropout=0.1)
+    full = fit(splits, cfg, CPU, tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(stats) -> None:
+        if stats.epoch == 2:
+            raise Killed
+
+    # checkpoint_every=1 saves after on_epoch; die before the epoch-2 save -> resume from epoch 1
+    with pytest.raises(Killed):
+        fit(splits, cfg, CPU, tmp_path / "cut", on_epoch=die_after_two)
+    resumed = fit(splits, cfg, CPU, tmp_path / "cut")
+    assert resumed.resumed_from_epoch == 1
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    a, b = torch.load(full.checkpoint), torch.load(resumed.checkpoint)
+    for key in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][key].float(), b["state_dict"][key].float(), atol=1e-6), key
+    for key in a["ema_state_dict"]:
+        assert torch.allclose(a["ema_state_dict"][key].float(), b["ema_state_dict"][key].float(), atol=1e-6), key
+
+
+def test_finished_checkpoint_with_other_config_starts_fresh(splits, tmp_path: Path) -> None:
+    fit(splits, tiny(epochs=2), CPU, tmp_path)
+    again = fit(splits, tiny(epochs=3), CPU, tmp_path)
+    assert again.resumed_from_epoch == 0 and len(again.history) == 3
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_optimizers_and_schedules_train(splits, tmp_path: Path, optimizer: str, schedule: str) -> None:
+    lr = 0.05 if optimizer == "sgd" else 0.003
+    result = fit(splits, tiny(epochs=1, optimizer=optimizer, schedule=schedule, lr=lr, label_smoothing=0.1), CPU, tmp_path)
+    assert np.isfinite(result.history[0].train_loss)
+
+
+def test_bf16_autocast_on_cpu_runs(splits, tmp_path: Path) -> None:
+    rt = resolve_runtime("cpu", "bf16")
+    assert rt.autocast_dtype == torch.bfloat16
+    result = fit(splits, tiny(epochs=1, precision="bf16"), rt, tmp_path)
+    assert np.isfinite(result.history[0].train_loss)
+
+
+def test_bad_checkpoint_is_a_model_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ModelError, match=r"cannot read checkpoint .*x\.pt"):
+        load_model(path)
+
+
+def test_tta_averages_flipped_logits() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    images = np.random.default_rng(0).integers(0, 255, (3, 4, 4, 3), dtype=np.uint8)
+    plain = predict(model, images, CPU)
+    flipped = predict(model, images[:, :, ::-1].copy(), CPU)
+    assert np.allclose(predict(model, images, CPU, tta=True), (plain + flipped) / 2, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    rt = resolve_runtime("auto")
+    assert rt.device.type == "cuda" and rt.autocast_dtype == torch.bfloat16 and rt.channels_last
+    result = fit(splits, tiny(epochs=2, device="cuda", precision="auto"), rt, tmp_path)
+    assert result.history[-1].val_accuracy > 0.5

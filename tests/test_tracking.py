@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditflow.config import PipelineConfig, TrackingConfig
+from auditflow.errors import TrackingError
+from auditflow.tracking import Tracker, open_pipeline_run, resolve_tracking_uri
+
+
+def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert resolve_tracking_uri(TrackingConfig(), tmp_path) == "http://mlflow:5000"
+    assert resolve_tracking_uri(TrackingConfig(tracking_uri="sqlite:///x.db"), tmp_path) == "sqlite:///x.db"
+
+
+def test_failed_stage_ends_failed_with_error(tmp_path: Path) -> None:
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    tracker = Tracker(ref.uri)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracker.stage(ref, "train"):
+            raise RuntimeError("boom")
+    tracker.end_run(ref.run_id, RuntimeError("boom"))
+    parent = tracker.get_run(ref.run_id)
+    child = tracker.children(parent)["train"]
+    assert child.info.status == "FAILED"
+    assert child.data.tags["auditflow.error"] == "RuntimeError: boom"
+    assert parent.info.status == "FAILED"
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts live beside the SQLite store
+
+
+def test_unknown_run_id(tmp_path: Path) -> None:
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    with pytest.raises(TrackingError, match=r"^run id 'deadbeef' not found in the MLflow store at sqlite:///"):
+        Tracker(ref.uri).load_run("deadbeef")
+
+
+def test_stage_run_is_not_a_report_target(tmp_path: Path) -> None:
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    tracker = Tracker(ref.uri)
+    with tracker.stage(ref, "ingest") as run:
+        child_id = run.run_id
+    with pytest.raises(TrackingError, match=rf"run {child_id} is a stage run; pass its parent {ref.run_id}"):
+        tracker.load_run(child_id)
