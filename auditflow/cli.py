@@ -182,6 +182,8 @@ def serve(
     console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
     from flows.pipeline import audit_pipeline
 
+    # A plain SIGTERM would skip `finally` and orphan the server started above.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         audit_pipeline.serve(name=name, cron=cron, parameters={
             "profile": profile, "data": data, "overrides": list(overrides or []), "workdir": str(workdir.resolve())})

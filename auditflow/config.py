@@ -79,7 +79,24 @@ class TrainConfig(_Section):
         "auto", description="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None = default.")
+    compile: bool = Field(False, description="torch.compile the model (compile time is not training time).")
+    drop_last: bool = Field(True, description="Drop each epoch's last partial batch (one shape: no re-tuning).")
     checkpoint_every: int = Field(1, gt=0, description="Save a checkpoint every N epochs.")
+    target_accuracy: float | None = Field(
+        None, gt=0.0, le=1.0, description="Validation accuracy whose first reach is timed (seconds of training)."
+    )
+    init_from: str | None = Field(
+        None, description="Fine-tune: MLflow pipeline run id or checkpoint path whose weights start training; "
+        "layers whose shapes differ (the classifier, for other classes) start fresh."
+    )
+    teacher: str | None = Field(
+        None, description="Distil: MLflow pipeline run id or checkpoint path of a teacher trained on the same classes."
+    )
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation term (0 = plain CE).")
+    distill_temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
+    world_size: int = Field(
+        1, ge=1, le=64, description="Data-parallel processes (torchrun + DistributedDataParallel); 1 = in-process."
+    )
 
 
 class EvalConfig(_Section):

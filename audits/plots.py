@@ -45,7 +45,8 @@ def curves_figure(history: dict[str, Sequence[tuple[int, float]]]) -> Figure:
         points = history.get(key) or []
         if points:
             steps, values = zip(*points)
-            ax.plot(steps, values, marker="o", ms=3, label=key.replace("_", " "))
+            label = key.replace("_", " ") + (" (augmented, smoothed)" if key.startswith("train") else "")
+            ax.plot(steps, values, marker="o", ms=3, label=label)
     left.set_xlabel("epoch"); left.set_ylabel("cross-entropy"); left.legend(); left.set_title("Loss")
     right.set_xlabel("epoch"); right.set_ylabel("accuracy"); right.legend(); right.set_title("Accuracy")
     fig.tight_layout()

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from auditflow.config import TrainConfig
@@ -29,6 +31,7 @@ from auditflow.errors import ModelError
 from models.presets import augment, to_input
 from models.registry import build_model, prepare_from_data
 from models.runtime import Runtime
+from models.speed import train_flops_per_image
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class FitResult:
     images_per_second: float  # training images processed per second of train_seconds
     parameters: int  # trainable and frozen parameters of the model
     resumed_from_epoch: int  # 0 = fresh start
+    flops_per_image: float  # forward + backward FLOPs of one training image
+    time_to_target: float | None  # training seconds until val accuracy first reached the target
 
 
 def checkpoint_payload(
@@ -146,6 +151,25 @@ def predict(
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): KL(teacher || student) on temperature-softened logits, scaled by
+    T^2 so its gradients keep their size as T changes."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                    log_target=True) * t * t
+
+
+def _shard(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
+    """This process's batches of one epoch's permutation: every rank gets the same count."""
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    per_rank = len(order) // world
+    mine = order[rank * per_rank : (rank + 1) * per_rank]
+    batches = list(mine.split(batch_size))
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
 def train_one_epoch(
     model: nn.Module,
     images: torch.Tensor,
@@ -156,16 +180,20 @@ def train_one_epoch(
     runtime: Runtime,
     generator: torch.Generator,
     ema: AveragedModel | None = None,
-) -> tuple[float, float, float]:
-    """One pass over uint8 `images` (N x H x W x 3, on the device). Returns (loss, accuracy, seconds)."""
+    teacher: nn.Module | None = None,
+) -> tuple[float, float, float, int]:
+    """One pass over uint8 `images` (N x H x W x 3, on the device).
+
+    Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
+    """
     model.train()
-    n = len(images)
-    order = torch.randperm(n, generator=generator).to(images.device)
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    batches = _shard(order, cfg.batch_size, cfg.drop_last)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device)
+    seen = 0
     start = time.perf_counter()
-    for first in range(0, n, cfg.batch_size):
-        idx = order[first : first + cfg.batch_size]
+    for idx in batches:
         x = augment(to_input(images[idx], runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding,
                     generator=generator)
         if runtime.channels_last:
@@ -174,19 +202,45 @@ def train_one_epoch(
         with runtime.autocast():
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(x).float()
+                kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(_unwrap(model))
         # Accumulate on the device; reading .item() per step would sync every batch.
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return loss_sum.item() / n, correct.item() / n, seconds
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seconds, seen
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of `state` whose name and shape fit `model`; returns the names left
+    at their fresh initialisation (e.g. the classifier when the classes differ)."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)
 
 
 def fit(
@@ -195,24 +249,40 @@ def fit(
     runtime: Runtime,
     checkpoint_dir: str | Path,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    teacher: nn.Module | None = None,
 ) -> FitResult:
     """Train `cfg.model` on `splits.train_*`, validating on `splits.val_*` after each epoch.
+
+    - `init_state`: weights to fine-tune from (tensors whose shapes differ start fresh).
+    - `teacher`: a model on the same classes whose softened logits are distilled.
+    - Under `torch.distributed` (torchrun), wraps the model in DistributedDataParallel and
+      gives each process its shard of every epoch; only rank 0 writes checkpoints and calls
+      `on_epoch`.
 
     Writes `checkpoint_dir/last.pt` every `cfg.checkpoint_every` epochs and at the end; when
     `last.pt` already holds an unfinished run of the same config, training continues from it.
     """
     checkpoint = Path(checkpoint_dir) / "last.pt"
+    rank = dist.get_rank() if dist.is_initialized() else 0
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout)
     if len(splits.train_y) == 0:
         raise ModelError("the training split is empty")
-    prepare_from_data(model, to_input(splits.train_x[:5000]))
+    fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
+    if any("whiten" in name for name in fresh):
+        prepare_from_data(model, to_input(splits.train_x[:5000]))
+    elif init_state is not None:
+        log.info("fine-tuning: %d tensors start fresh: %s", len(fresh), fresh)
+    flops = train_flops_per_image(model, splits.train_x.shape[1:], len(splits.classes))
     model = runtime.prepare(model)
+    base = model
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(model, cfg.weight_decay), cfg)
-    steps_per_epoch = math.ceil(len(splits.train_y) / cfg.batch_size)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    steps_per_epoch = len(_shard(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * cfg.epochs))
     ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        AveragedModel(base, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         if cfg.ema_decay
         else None
     )
@@ -222,7 +292,7 @@ def fit(
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
         if state.get("config") == cfg.model_dump(mode="json") and state.get("epoch", 0) < cfg.epochs:
-            model.load_state_dict(state["state_dict"])
+            base.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if ema is not None and state.get("ema_state_dict"):
@@ -232,16 +302,26 @@ def fit(
             history = [EpochStats(**h) for h in state.get("history", [])]
             log.info("resuming from %s at epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
 
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    if teacher is not None:
+        teacher = runtime.prepare(teacher).eval()
     train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
     train_y = torch.as_tensor(splits.train_y).to(runtime.device)
     val_y = torch.as_tensor(splits.val_y)
-    eval_model = ema.module if ema is not None else model
+    eval_model = ema.module if ema is not None else base
+    time_to_target = next((sum(h.seconds for h in history[: i + 1]) for i, h in enumerate(history)
+                           if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
+    seen_total = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout, per epoch: resumable
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        loss, acc, seconds = train_one_epoch(
-            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, ema
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
+        loss, acc, seconds, seen = train_one_epoch(
+            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, ema, teacher
         )
+        seen_total += seen * world
         if len(val_y):
             logits = torch.as_tensor(predict(eval_model, splits.val_x, runtime, tta=cfg.tta))
             val_loss = F.cross_entropy(logits, val_y).item()
@@ -250,9 +330,13 @@ def fit(
             val_loss = val_acc = float("nan")
         stats = EpochStats(
             epoch=epoch, train_loss=loss, train_accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
-            lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=len(train_y) / seconds,
+            lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
         )
         history.append(stats)
+        if time_to_target is None and cfg.target_accuracy and val_acc >= cfg.target_accuracy:
+            time_to_target = sum(h.seconds for h in history)
+        if rank != 0:
+            continue
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s)",
             epoch, cfg.epochs, loss, acc, val_acc, seconds, stats.images_per_second,
@@ -268,13 +352,17 @@ def fit(
             if ema is not None:
                 extra["ema_state_dict"] = ema.module.state_dict()
                 extra["ema_n_averaged"] = int(ema.n_averaged.item())
-            save_checkpoint(checkpoint_payload(model, cfg, splits.classes, epoch, **extra), checkpoint)
+            save_checkpoint(checkpoint_payload(base, cfg, splits.classes, epoch, **extra), checkpoint)
 
+    train_seconds = sum(h.seconds for h in history)
+    images = sum(h.images_per_second * h.seconds for h in history)
     return FitResult(
         checkpoint=checkpoint,
         history=tuple(history),
-        train_seconds=sum(h.seconds for h in history),
-        images_per_second=len(train_y) * len(history) / max(sum(h.seconds for h in history), 1e-9),
-        parameters=sum(p.numel() for p in model.parameters()),
+        train_seconds=train_seconds,
+        images_per_second=images / max(train_seconds, 1e-9),
+        parameters=sum(p.numel() for p in base.parameters()),
         resumed_from_epoch=start_epoch,
+        flops_per_image=flops,
+        time_to_target=time_to_target,
     )

@@ -640,7 +640,7 @@ def test_deployment_schedule(deployment):
                 if tz != "UTC":  # UTC needs no tz database; others do
                     pytest.fail(f"unknown timezone {tz!r}")
     assert crons[0].get("timezone") == "UTC"
-    assert deployment["parameters"] == {"profile": "quick", "data": "/data/cifar10-jpeg.tar.gz"}
+    assert deployment["parameters"] == {"profile": "quick", "data": "/data/cifar10-jpeg.tar.gz", "workdir": "/var/lib/auditflow"}
 
 
 # --------------------------------------------------------------------------- docker compose CLI
@@ -664,3 +664,19 @@ def test_docker_compose_config_validates():
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_deployment_parameters_fit_the_flow_and_config(deployment, services):
+    """Every parameter is an argument of audit_pipeline, the profile loads, and the workdir
+    is a volume mounted into the worker (so snapshots and checkpoints survive rebuilds)."""
+    import inspect
+
+    from auditflow.config import load_config
+    from flows.pipeline import audit_pipeline
+
+    params = deployment["parameters"]
+    accepted = set(inspect.signature(audit_pipeline.fn).parameters)
+    assert set(params) <= accepted, f"unknown flow parameters: {set(params) - accepted}"
+    load_config(params.get("profile", "quick"), params.get("overrides") or [])
+    mounts = [str(v).split(":")[1] for v in services["worker"].get("volumes", [])]
+    assert params["workdir"] in mounts
