@@ -249,6 +249,19 @@ class Tracker:
         )
         return {r.data.tags.get(STAGE_TAG, r.info.run_name): r for r in found}
 
+    def fetch_checkpoint(self, ref: str, dest: str | Path) -> Path:
+        """`ref` itself when it is a checkpoint file, else the final checkpoint of pipeline run
+        `ref`, downloaded into `dest` (teachers and fine-tuning sources)."""
+        if Path(ref).is_file():
+            return Path(ref)
+        run = self.get_run(ref)
+        train = self.children(run).get("train")
+        if train is None or train.info.status != "FINISHED":
+            raise TrackingError(f"run {ref} has no finished train stage to take a checkpoint from")
+        target = Path(dest) / ref
+        target.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(train.info.run_id, "checkpoint/model.pt", str(target)))
+
     def load_run(self, run_id: str) -> "RunRecord":
         """Everything the report needs from one pipeline run, read from the store alone."""
         run = self.get_run(run_id)

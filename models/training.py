@@ -8,6 +8,7 @@ one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import pickle
@@ -94,6 +95,16 @@ class FitResult:
     resumed_from_epoch: int  # 0 = fresh start
     flops_per_image: float  # forward + backward FLOPs of one training image
     time_to_target: float | None  # training seconds until val accuracy first reached the target
+    state_digest: str  # sha256 of the final weights (equal on every data-parallel rank)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and bytes of a state dict's tensors."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def checkpoint_payload(
@@ -314,14 +325,15 @@ def fit(
     eval_model = ema.module if ema is not None else base
     time_to_target = next((sum(h.seconds for h in history[: i + 1]) for i, h in enumerate(history)
                            if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
-    seen_total = 0
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
         loss, acc, seconds, seen = train_one_epoch(
             model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, ema, teacher
         )
-        seen_total += seen * world
+        if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
+            for buffer in base.buffers():
+                dist.broadcast(buffer, 0)
         if len(val_y):
             logits = torch.as_tensor(predict(eval_model, splits.val_x, runtime, tta=cfg.tta))
             val_loss = F.cross_entropy(logits, val_y).item()
@@ -365,4 +377,5 @@ def fit(
         resumed_from_epoch=start_epoch,
         flops_per_image=flops,
         time_to_target=time_to_target,
+        state_digest=state_digest(base.state_dict()),
     )

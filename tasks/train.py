@@ -1,4 +1,4 @@
-"""Stage 2: snapshot -> trained checkpoint, with per-epoch metrics in MLflow."""
+"""Stage 2: snapshot -> trained checkpoint, with per-epoch metrics and speed figures in MLflow."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from prefect.cache_policies import NO_CACHE
 
 from auditflow.config import DataConfig, TrainConfig
 from auditflow.data import Snapshot, make_splits
+from auditflow.errors import ConfigError
 from auditflow.tracking import RunLogger, Tracker, TrackingRef
+from models.distributed import launch
 from models.runtime import resolve_runtime
-from models.training import EpochStats, fit
+from models.speed import device_peak
+from models.training import EpochStats, FitResult, fit, load_model
 from tasks._common import cache_dir, run_dir
 
 
@@ -31,37 +34,72 @@ def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig) -> str
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def speed_metrics(result: FitResult, peak_flops: float) -> dict[str, float]:
+    """Throughput and utilisation: achieved FLOP/s = FLOPs per image x images per second."""
+    achieved = result.flops_per_image * result.images_per_second
+    metrics = {
+        "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
+        "flops_per_image": result.flops_per_image, "achieved_flops_per_second": achieved,
+        "peak_flops_per_second": peak_flops, "fraction_of_peak": achieved / peak_flops,
+    }
+    if result.time_to_target is not None:
+        metrics["time_to_target_seconds"] = result.time_to_target
+    return metrics
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str) -> TrainResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "train") as run:
         runtime = resolve_runtime(cfg.device, cfg.precision, cfg.num_threads)
         run.log_params({f"train.{k}": v for k, v in cfg.model_dump().items()})
-        run.set_tags(runtime.describe())
+        described = runtime.describe()
+        run.set_tags(described)
         RunLogger(tracker.client, ref.run_id).set_tags(
-            {"auditflow.device": runtime.describe()["device_name"], "auditflow.precision": runtime.describe()["precision"]}
-        )
+            {"auditflow.device": described["device_name"], "auditflow.precision": described["precision"]})
         snapshot = Snapshot.open(snapshot_path)
-        splits = make_splits(snapshot, data_cfg)
         work = cache_dir(workdir) / "checkpoints" / resume_key(snapshot.digest, data_cfg, cfg)
+        sources = {name: tracker.fetch_checkpoint(value, cache_dir(workdir) / "sources-of-weights")
+                   for name, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)) if value}
+        init_model = teacher = None
+        if "init_from" in sources:
+            init_model, payload = load_model(sources["init_from"])
+            if payload["config"]["model"] != cfg.model:
+                raise ConfigError(f"train.init_from={cfg.init_from!r} holds a {payload['config']['model']!r} model, "
+                                  f"but train.model={cfg.model!r}")
+        if "teacher" in sources:
+            teacher, payload = load_model(sources["teacher"])
+            if tuple(payload["classes"]) != snapshot.classes:
+                raise ConfigError(f"train.teacher={cfg.teacher!r} was trained on classes {payload['classes']}, "
+                                  f"not this data's {list(snapshot.classes)}")
+        run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
-        def on_epoch(stats: EpochStats) -> None:
-            run.log_metrics({k: v for k, v in stats.__dict__.items() if k != "epoch"}, step=stats.epoch)
+        if cfg.world_size > 1:
+            spec = {"snapshot": snapshot_path, "data": data_cfg.model_dump(mode="json"),
+                    "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(work),
+                    **{k: str(v) for k, v in sources.items()}}
+            result, _ = launch(spec, cfg.world_size, work / "ddp")
+            for stats in result.history:  # logged after the fact: the workers do not track
+                run.log_metrics({k: v for k, v in stats.__dict__.items() if k != "epoch"}, step=stats.epoch)
+        else:
+            def on_epoch(stats: EpochStats) -> None:
+                run.log_metrics({k: v for k, v in stats.__dict__.items() if k != "epoch"}, step=stats.epoch)
 
-        result = fit(splits, cfg, runtime, work, on_epoch=on_epoch)
+            result = fit(make_splits(snapshot, data_cfg), cfg, runtime, work, on_epoch=on_epoch,
+                         init_state=init_model.state_dict() if init_model is not None else None, teacher=teacher)
         final = run_dir(workdir, ref.run_id) / "model.pt"
         shutil.copy2(result.checkpoint, final)
         shutil.rmtree(work, ignore_errors=True)  # finished: nothing left to resume
         run.log_artifact(final, "checkpoint")
         last = result.history[-1]
-        summary = {
+        peak = device_peak(runtime)
+        metrics = speed_metrics(result, peak.flops_per_second)
+        run.set_tags({"auditflow.peak_source": peak.source, "auditflow.weights_sha256": result.state_digest})
+        run.log_metrics(metrics | {"final_val_accuracy": last.val_accuracy, "parameters": result.parameters})
+        run.log_summary("train", {
             "model": cfg.model, "parameters": result.parameters, "epochs": cfg.epochs,
-            "train_seconds": result.train_seconds,
-            "images_per_second": result.images_per_second,
-            "final_val_accuracy": last.val_accuracy,
-            "best_val_accuracy": max(h.val_accuracy for h in result.history),
-            "resumed_from_epoch": result.resumed_from_epoch, "runtime": runtime.describe(),
-        }
-        run.log_metrics({k: summary[k] for k in ("train_seconds", "images_per_second", "final_val_accuracy", "parameters")})
-        run.log_summary("train", summary)
+            "final_val_accuracy": last.val_accuracy, "best_val_accuracy": max(h.val_accuracy for h in result.history),
+            "resumed_from_epoch": result.resumed_from_epoch, "runtime": described, "world_size": cfg.world_size,
+            "peak_source": peak.source, "init_from": cfg.init_from, "teacher": cfg.teacher, **metrics,
+        })
     return TrainResult(str(final), last.val_accuracy, result.train_seconds)

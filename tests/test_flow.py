@@ -159,3 +159,69 @@ def test_cli_ui_without_store(tmp_path: Path) -> None:
 def test_cli_config_prints_resolved_values() -> None:
     out = runner.invoke(app, ["config", "--profile", "quick", "--set", "train.epochs=7"])
     assert out.exit_code == 0 and "epochs: 7" in out.output
+
+
+def _train_from(pipeline_run, data: Path, workdir: Path, **train):
+    from auditflow.config import DataConfig, PipelineConfig, TrainConfig
+    from auditflow.tracking import open_pipeline_run
+    from tasks.ingest import ingest_data
+    from tasks.train import train_model
+
+    result, store = pipeline_run
+    cfg = PipelineConfig(tracking={"tracking_uri": result.tracking_uri})
+    ref = open_pipeline_run(cfg, store, "derived", {})
+    snap = ingest_data.fn(ref, str(data), DataConfig(val_fraction=0.125), str(workdir))
+    tcfg = TrainConfig(**({"width": 8, "epochs": 2, "batch_size": 16, "lr": 0.05, "precision": "fp32"} | train))
+    return train_model.fn(ref, snap.snapshot, DataConfig(val_fraction=0.125), tcfg, str(workdir)), ref
+
+
+@pytest.mark.slow
+def test_distil_from_a_past_run(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
+    result, _ = pipeline_run
+    trained, ref = _train_from(pipeline_run, image_folder, tmp_path, epochs=4, teacher=result.run_id, distill_alpha=0.7)
+    summary = Tracker(ref.uri).load_run(ref.run_id).summaries["train"]
+    assert summary["teacher"] == result.run_id and summary["flops_per_image"] > 0
+    assert 0 < summary["fraction_of_peak"] < 1.5
+    assert trained.val_accuracy >= 0.8
+
+
+@pytest.mark.slow
+def test_fine_tune_a_past_run_onto_new_classes(pipeline_run, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import make_image_folder
+
+    result, _ = pipeline_run
+    data = make_image_folder(tmp_path / "new", n_train=8, n_test=4, seed=5)
+    shutil.rmtree(data / "train" / "stripes"), shutil.rmtree(data / "test" / "stripes")
+    for split in ("train", "test"):
+        (data / split / "square").rename(data / split / "box")
+    trained, ref = _train_from(pipeline_run, data, tmp_path, init_from=result.run_id, epochs=1)
+    payload = torch_load(trained.checkpoint)
+    assert payload["classes"] == ["box", "circle"] and payload["config"]["init_from"] == result.run_id
+
+
+def torch_load(path: str):
+    import torch
+
+    return torch.load(path, weights_only=False)
+
+
+@pytest.mark.slow
+def test_teacher_with_other_classes_is_refused(pipeline_run, tmp_path: Path) -> None:
+    from auditflow.errors import ConfigError
+    from tests.conftest import make_image_folder
+
+    result, _ = pipeline_run
+    data = make_image_folder(tmp_path / "other", n_train=4, n_test=2)
+    (data / "train" / "circle").rename(data / "train" / "disc"), (data / "test" / "circle").rename(data / "test" / "disc")
+    with pytest.raises(ConfigError, match=rf"train\.teacher='{result.run_id}' was trained on classes \['circle', 'square', 'stripes'\]"):
+        _train_from(pipeline_run, data, tmp_path, teacher=result.run_id)
+
+
+@pytest.mark.slow
+def test_unknown_source_run_is_named(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
+    from auditflow.errors import TrackingError
+
+    with pytest.raises(TrackingError, match=r"run id 'feedface' not found"):
+        _train_from(pipeline_run, image_folder, tmp_path, init_from="feedface")

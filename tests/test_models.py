@@ -177,3 +177,45 @@ def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
     assert rt.device.type == "cuda" and rt.autocast_dtype == torch.bfloat16 and rt.channels_last
     result = fit(splits, tiny(epochs=2, device="cuda", precision="auto"), rt, tmp_path)
     assert result.history[-1].val_accuracy > 0.5
+
+
+def test_distillation_loss_is_zero_only_when_matching_the_teacher() -> None:
+    from models.training import distillation_loss
+
+    logits = torch.randn(5, 4)
+    assert distillation_loss(logits, logits, 4.0).abs().item() < 1e-6
+    assert distillation_loss(logits, logits.flip(1), 4.0).item() > 0.01
+
+
+def test_fit_with_teacher_and_init_state(splits, tmp_path: Path) -> None:
+    teacher_run = fit(splits, tiny(epochs=4), CPU, tmp_path / "teacher")
+    teacher, _ = load_model(teacher_run.checkpoint)
+    # alpha=1: the labels play no part, so whatever the student learns comes from the teacher
+    student_run = fit(splits, tiny(epochs=4, distill_alpha=1.0), CPU, tmp_path / "student", teacher=teacher)
+    student, _ = load_model(student_run.checkpoint)
+    agree = (predict(student, splits.test_x, CPU).argmax(1) == predict(teacher, splits.test_x, CPU).argmax(1)).mean()
+    assert agree >= 0.8
+    tuned = fit(splits, tiny(epochs=1), CPU, tmp_path / "tuned", init_state=teacher.state_dict())
+    assert tuned.history[0].val_accuracy >= 0.9  # starts from a trained model
+
+
+def test_load_matching_keeps_the_new_classifier_fresh() -> None:
+    from models.training import load_matching
+
+    source = build_model("fastnet", 10, width=8).state_dict()
+    target = build_model("fastnet", 3, width=8)
+    fresh = load_matching(target, source)
+    assert fresh == ["1.head.weight"]
+    assert torch.equal(target.state_dict()["1.groups.0.conv1.weight"], source["1.groups.0.conv1.weight"])
+
+
+def test_flop_count_of_the_tutorial_net() -> None:
+    from models.speed import train_flops_per_image
+
+    # forward multiply-adds of the tutorial Net: conv1 28*28*6*75, conv2 10*10*16*150, fc 400*120+120*84+84*10
+    conv1 = 28 * 28 * 6 * 75
+    macs = conv1 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    flops = train_flops_per_image(build_model("tutorial_net", 10), (32, 32, 3), 10)
+    # forward 2*macs; backward 2*macs for weight grads + 2*macs for input grads, except that
+    # the first layer needs no gradient for the image itself
+    assert flops == 2 * macs + 2 * macs + 2 * (macs - conv1)

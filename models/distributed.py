@@ -1,0 +1,84 @@
+"""Data-parallel training under torchrun: one process per device, DistributedDataParallel.
+
+`launch` starts `torchrun --standalone --nproc_per_node N -m models.distributed SPEC` and
+waits; every process runs `fit` on its shard (NCCL on CUDA, gloo on CPU), rank 0 writes the
+checkpoint, and each rank writes `result-RANK.json` (history and a digest of its final
+weights, which must agree across ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from auditflow.config import DataConfig, TrainConfig
+from auditflow.data import Snapshot, make_splits
+from auditflow.errors import ModelError
+from models.runtime import Runtime, resolve_runtime
+from models.training import EpochStats, FitResult, fit, load_model
+
+
+def _worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = torch.cuda.is_available() and spec["train"]["device"] != "cpu"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
+    try:
+        cfg = TrainConfig.model_validate(spec["train"])
+        base = resolve_runtime("cuda" if cuda else "cpu", cfg.precision, cfg.num_threads)
+        runtime = Runtime(torch.device("cuda", local), base.autocast_dtype, base.channels_last) if cuda else base
+        if cuda:
+            torch.cuda.set_device(local)
+        splits = make_splits(Snapshot.open(spec["snapshot"]), DataConfig.model_validate(spec["data"]))
+        init_state = load_model(spec["init_from"])[0].state_dict() if spec.get("init_from") else None
+        teacher = load_model(spec["teacher"])[0] if spec.get("teacher") else None
+        result = fit(splits, cfg, runtime, spec["checkpoint_dir"], init_state=init_state, teacher=teacher)
+        dist.barrier()
+        out = {
+            "history": [h.__dict__ for h in result.history], "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second, "parameters": result.parameters,
+            "resumed_from_epoch": result.resumed_from_epoch, "flops_per_image": result.flops_per_image,
+            "time_to_target": result.time_to_target, "checkpoint": str(result.checkpoint),
+            "world_size": dist.get_world_size(),
+            "state_digest": result.state_digest,
+        }
+        Path(spec["result_dir"], f"result-{rank}.json").write_text(json.dumps(out))
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tuple[FitResult, list[dict[str, Any]]]:
+    """Run `fit` in `world_size` torchrun processes; returns rank 0's result and every rank's record."""
+    result_dir = Path(result_dir)
+    result_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = result_dir / "spec.json"
+    spec_path.write_text(json.dumps({**spec, "result_dir": str(result_dir)}))
+    env = dict(os.environ)
+    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
+           "-m", "models.distributed", str(spec_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        raise ModelError(f"distributed training ({world_size} processes) failed with exit code {proc.returncode}:\n{tail}")
+    records = [json.loads((result_dir / f"result-{r}.json").read_text()) for r in range(world_size)]
+    r0 = records[0]
+    result = FitResult(
+        checkpoint=Path(r0["checkpoint"]), history=tuple(EpochStats(**h) for h in r0["history"]),
+        train_seconds=r0["train_seconds"], images_per_second=r0["images_per_second"], parameters=r0["parameters"],
+        resumed_from_epoch=r0["resumed_from_epoch"], flops_per_image=r0["flops_per_image"],
+        time_to_target=r0["time_to_target"], state_digest=r0["state_digest"],
+    )
+    return result, records
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
