@@ -53,6 +53,17 @@ def _prefect_env() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
+def _log_to_console() -> None:
+    """Progress of compute code (epochs, decoding) on stderr, for commands that run no flow."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False)
+    for name in EXTRA_LOGGERS.split(","):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+
+
 def _find_user_error(err: BaseException) -> AuditflowError | None:
     seen: set[int] = set()
     current: BaseException | None = err
@@ -160,36 +171,47 @@ def serve(
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()
-    server: subprocess.Popen[bytes] | None = None
-    api_url = os.environ.get("PREFECT_API_URL")
-    if not api_url:
-        api_url = f"http://127.0.0.1:{port}/api"
-        if not _server_healthy(api_url):
-            console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
-            prefect_bin = shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
-            server = subprocess.Popen([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      start_new_session=True)
-            for _ in range(120):
-                if _server_healthy(api_url):
-                    break
-                if server.poll() is not None:
-                    raise _fail(AuditflowError(f"prefect server exited with code {server.returncode}"))
-                time.sleep(1)
-            else:
-                server.terminate()
-                raise _fail(AuditflowError(f"prefect server did not answer at {api_url} within 120 s"))
-        os.environ["PREFECT_API_URL"] = api_url
-    console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
-    from flows.pipeline import audit_pipeline
-
-    # A plain SIGTERM would skip `finally` and orphan the server started above.
+    # A plain SIGTERM would skip `finally` and orphan the server started below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server: subprocess.Popen[bytes] | None = None
     try:
+        api_url = os.environ.get("PREFECT_API_URL")
+        if not api_url:
+            api_url = f"http://127.0.0.1:{port}/api"
+            if not _server_healthy(api_url):
+                server = _start_prefect_server(api_url, port)
+            os.environ["PREFECT_API_URL"] = api_url
+        console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
+        from flows.pipeline import audit_pipeline
+
+        source = data if data.startswith("cifar10") else str(Path(data).resolve())  # runs start elsewhere
         audit_pipeline.serve(name=name, cron=cron, parameters={
-            "profile": profile, "data": data, "overrides": list(overrides or []), "workdir": str(workdir.resolve())})
+            "profile": profile, "data": source, "overrides": list(overrides or []), "workdir": str(workdir.resolve())})
+    except AuditflowError as err:
+        raise _fail(err) from err
     finally:
-        if server is not None:
+        if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
+
+
+def _start_prefect_server(api_url: str, port: int) -> subprocess.Popen[bytes]:
+    """`prefect server start` (SQLite under $PREFECT_HOME) in its own session; waits for health."""
+    console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
+    prefect_bin = shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
+    server = subprocess.Popen([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              start_new_session=True)
+    try:
+        for _ in range(120):
+            if _server_healthy(api_url):
+                return server
+            if server.poll() is not None:
+                raise AuditflowError(f"prefect server exited with code {server.returncode}")
+            time.sleep(1)
+        raise AuditflowError(f"prefect server did not answer at {api_url} within 120 s")
+    except BaseException:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        raise
 
 
 @app.command()
@@ -207,6 +229,75 @@ def ui(
            "--host", host, "--port", str(port)]
     console.print(" ".join(cmd))
     os.execv(cmd[0], cmd)
+
+
+@app.command("bench-train")
+def bench_train_cmd(
+    profile: ProfileOpt = "quick",
+    data: DataOpt = "cifar10",
+    overrides: SetOpt = None,
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 to train.")] = 3,
+    baseline: Annotated[Optional[str], typer.Option(help="Profile to run once (seed 0) for ratios; '' = none.")] = "tutorial",
+    overhead: Annotated[bool, typer.Option(help="Also run the train task in a flow and report its overhead.")] = False,
+    workdir: WorkdirOpt = Path("."),
+    out: Annotated[Optional[Path], typer.Option(help="Write all figures to this JSON file.")] = None,
+) -> None:
+    """Benchmark training speed and accuracy of a profile over seeds (direct `fit` calls;
+    only `--overhead` runs a flow and tracks it)."""
+    import json
+    from dataclasses import asdict
+
+    from auditflow.data import ingest
+    from models.benchtrain import bench_train, summarise
+
+    try:
+        cfg = load_config(profile, overrides or [])
+        base_cfg = load_config(baseline) if baseline else None
+        if seeds < 1:
+            raise AuditflowError(f"--seeds must be at least 1, got {seeds}")
+        snapshot = ingest(data, cfg.data, workdir / "auditflow-cache")
+    except AuditflowError as err:
+        raise _fail(err) from err
+    out_console = Console(width=None if sys.stdout.isatty() else 150)
+    _log_to_console()
+    rows = []
+    for seed in range(seeds):
+        console.print(f"[bold]{cfg.profile}[/] seed {seed} ...")
+        rows.append(bench_train(snapshot, cfg, seed))
+    base = bench_train(snapshot, base_cfg, 0) if base_cfg else None
+    table = Table(title=f"bench-train: {cfg.profile} on {data}")
+    for col in ("profile", "seed", "test acc", "train s", "img/s", "MFLOP/img", "GFLOP/s", "of peak", "to target s"):
+        table.add_column(col, justify="right")
+    for r in rows + ([base] if base else []):
+        table.add_row(r.profile, str(r.seed), f"{r.test_accuracy:.2%}", f"{r.train_seconds:.1f}",
+                      f"{r.images_per_second:.0f}", f"{r.flops_per_image / 1e6:.1f}",
+                      f"{r.achieved_flops_per_second / 1e9:.1f}", f"{r.fraction_of_peak:.1%}",
+                      "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}")
+    out_console.print(table)
+    summary = summarise(rows)
+    out_console.print(f"{cfg.profile}: mean test accuracy {summary['accuracy_mean']:.2%} "
+                      f"(sd {summary['accuracy_std']:.2%}, n={seeds}); mean training {summary['train_seconds_mean']:.1f} s; "
+                      f"peak: {rows[0].peak_source}")
+    report: dict[str, object] = {"rows": [asdict(r) for r in rows], "summary": summary}
+    if base:
+        ratio = {"accuracy_points": 100 * (summary["accuracy_mean"] - base.test_accuracy),
+                 "train_time_ratio": summary["train_seconds_mean"] / base.train_seconds,
+                 "error_ratio": (1 - summary["accuracy_mean"]) / (1 - base.test_accuracy)}
+        report |= {"baseline": asdict(base), "vs_baseline": ratio}
+        out_console.print(f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, "
+                          f"{ratio['error_ratio']:.2f}x the error rate, {ratio['train_time_ratio']:.1f}x the training time")
+    if overhead:
+        _prefect_env()
+        from flows.bench import train_overhead
+
+        flow_result = train_overhead(profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir))
+        direct = rows[0].wall_seconds
+        report["overhead"] = {"direct_wall_seconds": direct, **flow_result,
+                              "overhead_fraction": flow_result["task_wall_seconds"] / direct - 1}
+        out_console.print(f"train task in a flow: {flow_result['task_wall_seconds']:.1f} s vs direct fit "
+                          f"{direct:.1f} s (seed 0): overhead {report['overhead']['overhead_fraction']:+.1%}")  # type: ignore[index]
+    if out:
+        out.write_text(json.dumps(report, indent=2))
 
 
 @app.command()

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from auditflow.errors import ConfigError
 
-MODEL_NAMES = ("tutorial_net", "fastnet", "resnet18")
 ModelName = Literal["tutorial_net", "fastnet", "resnet18"]
+MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 
 
 class _Section(BaseModel):
@@ -54,7 +54,7 @@ class TrainConfig(_Section):
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     epochs: int = Field(10, gt=0, le=10_000, description="Passes over the training split.")
-    batch_size: int = Field(256, gt=0, description="Images per optimiser step.")
+    batch_size: int = Field(256, gt=0, description="Images per optimiser step and process (x world_size under DDP).")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("sgd", description="Optimiser.")
     lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (SGD, RMSprop).")
@@ -67,12 +67,15 @@ class TrainConfig(_Section):
         "onecycle", description="LR schedule: constant, cosine decay, or linear warm-up + decay."
     )
     warmup_fraction: float = Field(
-        0.2, ge=0.0, lt=1.0, description="Share of steps spent warming up (onecycle)."
+        0.2, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly (onecycle, cosine)."
     )
     ema_decay: float | None = Field(
         None, gt=0.0, lt=1.0, description="Per-step EMA of weights used for eval; None = off."
     )
     tta: bool = Field(False, description="Test-time augmentation: average logits with the flip.")
+    tta_translate: int = Field(
+        0, ge=0, le=4, description="With tta, also average views shifted by this many pixels (airbench); 0 = off."
+    )
     seed: int = Field(0, description="Seed of initialisation, shuffling and augmentation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -82,6 +85,12 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model (compile time is not training time).")
     drop_last: bool = Field(True, description="Drop each epoch's last partial batch (one shape: no re-tuning).")
     checkpoint_every: int = Field(1, gt=0, description="Save a checkpoint every N epochs.")
+
+    @model_validator(mode="after")
+    def _translate_needs_tta(self) -> "TrainConfig":
+        if self.tta_translate and not self.tta:
+            raise ValueError(f"tta_translate={self.tta_translate} needs tta=true")
+        return self
     target_accuracy: float | None = Field(
         None, gt=0.0, le=1.0, description="Validation accuracy whose first reach is timed (seconds of training)."
     )

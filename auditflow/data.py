@@ -26,6 +26,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -92,7 +93,8 @@ def _iter_zip(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
                     continue
                 data = zf.read(info)  # read now: the archive is closed once listing ends
                 yield path, (lambda data=data: data)
-    except (zipfile.BadZipFile, OSError) as err:
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error) as err:
+        # RuntimeError: encrypted member; NotImplementedError: unsupported compression
         raise DataError(f"cannot read archive {archive}: {err}") from err
 
 
@@ -242,16 +244,16 @@ class Snapshot:
         path = Path(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"{path} is not a snapshot folder (manifest.json unreadable): {err}") from err
-        return cls(
-            path=path,
-            digest=manifest["digest"],
-            classes=tuple(manifest["classes"]),
-            counts=manifest["counts"],
-            image_shape=tuple(manifest["image_shape"]),
-            source=manifest["source"],
-        )
+            return cls(
+                path=path,
+                digest=manifest["digest"],
+                classes=tuple(manifest["classes"]),
+                counts=manifest["counts"],
+                image_shape=tuple(manifest["image_shape"]),
+                source=manifest["source"],
+            )
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path} is not a snapshot folder (manifest.json unreadable or incomplete): {err}") from err
 
 
 def _content_digest(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...]) -> str:

@@ -142,7 +142,17 @@ class RunLogger:
         self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        """Log a matplotlib figure and close it (MLflow only saves it; open figures pile up)."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        finally:
+            plt.close(figure)
+
+    def log_rows(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        """A list of same-keyed records as an MLflow table."""
+        self.log_table({key: [r[key] for r in rows] for key in rows[0]}, artifact_file)
 
     def log_summary(self, stage: str, summary: dict[str, Any]) -> None:
         """The stage's small result, which the report reads back."""
@@ -155,11 +165,12 @@ class RunLogger:
         from mlflow.entities import Dataset as DatasetEntity
         from mlflow.entities import DatasetInput, InputTag
 
-        try:
-            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-            src = resolve_dataset_source(str(Path(source).resolve()) if Path(source).exists() else source)
-        except Exception:  # mlflow raises its own resolution errors for non-URIs such as "cifar10"
+        if source == "cifar10" or source.startswith("cifar10:"):
             src = HTTPDatasetSource("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+        else:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local
+                warnings.simplefilter("ignore", UserWarning)
+                src = resolve_dataset_source(str(Path(source).resolve()))
         dataset = MetaDataset(src, name=name, digest=digest[:36])
         base = dataset._to_mlflow_entity()
         entity = DatasetEntity(name=base.name, digest=base.digest, source_type=base.source_type,
@@ -215,11 +226,15 @@ class Tracker:
         return RunLogger(self.client, run.info.run_id)
 
     def end_run(self, run_id: str, error: BaseException | None = None) -> None:
-        if error is not None:
-            message = f"{type(error).__name__}: {error}"
-            self.client.set_tag(run_id, "auditflow.error", message[:5000])
-            self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
-        self.client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+        """FINISHED, or FAILED with the error as a tag and `error.txt`. The status is set even
+        when recording the error fails, so no run is left RUNNING."""
+        try:
+            if error is not None:
+                message = f"{type(error).__name__}: {error}"
+                self.client.set_tag(run_id, "auditflow.error", message[:5000])
+                self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
+        finally:
+            self.client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
 
     @contextlib.contextmanager
     def stage(self, ref: TrackingRef, name: str) -> Iterator[RunLogger]:
@@ -291,8 +306,13 @@ class Tracker:
                 record.history[key] = [(m.step, m.value) for m in self.client.get_metric_history(train_id, key)]
         return record
 
+    def parent(self, ref: TrackingRef) -> RunLogger:
+        """Logging calls on the pipeline (parent) run."""
+        return RunLogger(self.client, ref.run_id)
+
     def run_url(self, ref_or_record: Any) -> str:
-        """A link to the run in the MLflow UI where the URI is an http server, else the URI."""
+        """A link to the run in the MLflow UI: the tracking server's when the URI is http(s),
+        else the address `auditflow ui` serves on by default."""
         uri = self.uri
         exp, run = ref_or_record.experiment_id, ref_or_record.run_id
         base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
@@ -323,6 +343,10 @@ def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, t
     tracker = Tracker(uri)
     exp = tracker.experiment_id(cfg.tracking.experiment, workdir)
     run = tracker.start_run(exp, run_name, {**environment_tags(), "auditflow.profile": cfg.profile, **tags})
-    run.log_params(cfg.flat())
-    run.log_dict(cfg.model_dump(mode="json"), "config.json")
+    try:
+        run.log_params(cfg.flat())
+        run.log_dict(cfg.model_dump(mode="json"), "config.json")
+    except BaseException as err:  # a retry will open a new run: do not leave this one RUNNING
+        tracker.end_run(run.run_id, err)
+        raise
     return TrackingRef(uri=uri, experiment_id=exp, run_id=run.run_id)

@@ -85,6 +85,16 @@ def per_class_figure(classes: Sequence[str], values: Sequence[float], lows: Sequ
     return fig
 
 
+def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
+    """Per-class recall of a fairness result, with CI whiskers when present."""
+    has_ci = "recall_ci_low" in per_class[0]
+    return per_class_figure(
+        [r["class"] for r in per_class], [r["recall"] for r in per_class],
+        [r["recall_ci_low"] for r in per_class] if has_ci else None,
+        [r["recall_ci_high"] for r in per_class] if has_ci else None,
+        "recall (true-positive rate), higher is better", min_class_recall)
+
+
 def to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

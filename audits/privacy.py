@@ -28,6 +28,13 @@ def per_example_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(labels)), labels]
 
 
+def safe_auc(is_member: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or nan where a group (or a bootstrap resample of it) holds one side only."""
+    if len(np.unique(is_member)) < 2:
+        return float("nan")
+    return float(roc_auc_score(is_member, scores))
+
+
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """Highest TPR reachable with FPR <= target on a ROC curve."""
     ok = fpr <= target
@@ -80,7 +87,8 @@ def audit_membership(
 ) -> PrivacyResult:
     """Loss-threshold attack on the given (already equal-size) member / non-member samples."""
     if len(member_labels) == 0 or len(nonmember_labels) == 0:
-        raise ValueError("the privacy audit needs at least one member and one non-member")
+        raise ValueError(f"the privacy audit needs members and non-members, got {len(member_labels)} "
+                         f"and {len(nonmember_labels)}")
     scores = -np.concatenate([per_example_loss(member_logits, member_labels),
                               per_example_loss(nonmember_logits, nonmember_labels)])
     is_member = np.concatenate([np.ones(len(member_labels), int), np.zeros(len(nonmember_labels), int)])
@@ -90,7 +98,7 @@ def audit_membership(
     alpha = (1 - cfg.confidence) / 2
     boot = {"n_boot": cfg.n_bootstrap, "ci_quantiles": [alpha, 1 - alpha], "random_state": cfg.seed} if cfg.n_bootstrap else {}
     mf = MetricFrame(
-        metrics={"auc": roc_auc_score},
+        metrics={"auc": safe_auc},
         y_true=is_member,
         y_pred=scores,
         sensitive_features=pd.Series(np.asarray(classes, dtype=object)[labels], name="class"),

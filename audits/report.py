@@ -59,13 +59,8 @@ def report_context(record: RunRecord) -> dict[str, Any]:
     if "evaluate" in s:
         figures["confusion"] = _png_b64(plots.confusion_figure(s["evaluate"]["confusion"], s["evaluate"]["classes"]))
     if "fairness" in s:
-        rows = s["fairness"]["per_class"]
-        has_ci = "recall_ci_low" in rows[0]
-        figures["recall"] = _png_b64(plots.per_class_figure(
-            [r["class"] for r in rows], [r["recall"] for r in rows],
-            [r["recall_ci_low"] for r in rows] if has_ci else None,
-            [r["recall_ci_high"] for r in rows] if has_ci else None,
-            "recall (true-positive rate), higher is better", s["fairness"]["thresholds"]["min_class_recall"]))
+        figures["recall"] = _png_b64(plots.recall_figure(s["fairness"]["per_class"],
+                                                         s["fairness"]["thresholds"]["min_class_recall"]))
     if "privacy" in s:
         p = s["privacy"]
         figures["roc"] = _png_b64(plots.roc_figure(p["roc_fpr"], p["roc_tpr"], p["auc"]))
@@ -102,7 +97,11 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     env = _env()
     ctx = report_context(record)
     md = env.get_template("report.md.j2").render(embed=False, **ctx)
-    body = markdown.markdown(env.get_template("report.md.j2").render(embed=True, **ctx),
+    # Values (class folder names, paths, run names) may come from untrusted archives: escape
+    # them before Markdown passes raw HTML through.
+    escaping = _env()
+    escaping.autoescape = True
+    body = markdown.markdown(escaping.get_template("report.md.j2").render(embed=True, **ctx),
                              extensions=["tables", "sane_lists"])
     html_env = Environment(loader=PackageLoader("audits", "templates"), autoescape=True)
     html = html_env.get_template("report.html.j2").render(title=record.name, overall=ctx["overall"],

@@ -50,11 +50,11 @@ def audit_pipeline(
         snap = ingest_data(ref, data, cfg.data, workdir)
         trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
         evaluated = evaluate_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.evaluate,
-                                   cfg.train.tta, cfg.train.device, workdir)
+                                   cfg.train.tta, cfg.train.tta_translate, cfg.train.device, workdir)
         fairness = fairness_audit(ref, evaluated.predictions, snap.classes, cfg.fairness)
         privacy = privacy_audit(ref, evaluated.predictions, snap.classes, cfg.privacy)
         exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
-        benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.data, cfg.benchmark, workdir)
+        benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
         report = report_run(ref, workdir)
     except BaseException as err:
         close_run(ref, err)

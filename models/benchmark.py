@@ -1,11 +1,14 @@
 """Inference benchmark: torch eager vs ONNX Runtime (CPU; CUDA where a GPU exists).
 
 Each case runs `warmup` untimed batches, then `iterations` timed ones; latency is per batch
-(p50/p95, ms), throughput is images per second at the median latency.
+(p50/p95, ms), throughput is images per second at the median latency. Inputs start in host
+memory for ONNX Runtime (its CUDA timings include the copy to the GPU) and on the device for
+torch.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -59,7 +62,7 @@ def _backends(model: nn.Module, onnx_path: Path, threads: int | None) -> dict[st
         return None
 
     def torch_on(device: str) -> Callable[[np.ndarray], Callable[[], object]]:
-        net = model.to(device).float().eval()
+        net = copy.deepcopy(model).to(device).float().eval()  # .to() is in place: one copy per device
 
         def make(batch: np.ndarray) -> Callable[[], object]:
             x = to_input(batch, device)
@@ -96,6 +99,8 @@ def benchmark(
     threads: int | None = None,
 ) -> list[BenchRow]:
     """Time every available backend at every batch size on uint8 NHWC `images` (tiled if short)."""
+    if threads:
+        torch.set_num_threads(threads)  # the same budget for torch as for ONNX Runtime
     rows: list[BenchRow] = []
     for name, (make, sync) in _backends(model, Path(onnx_path), threads).items():
         for bs in batch_sizes:

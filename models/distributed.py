@@ -25,17 +25,22 @@ from models.runtime import Runtime, resolve_runtime
 from models.training import EpochStats, FitResult, fit, load_model
 
 
+def _uses_cuda(device: str) -> bool:
+    return torch.cuda.is_available() and device != "cpu"
+
+
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
-    cuda = torch.cuda.is_available() and spec["train"]["device"] != "cpu"
+    cuda = _uses_cuda(spec["train"]["device"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)  # before the process group, so NCCL binds the right GPU
     dist.init_process_group("nccl" if cuda else "gloo")
-    rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
+    rank = dist.get_rank()
     try:
         cfg = TrainConfig.model_validate(spec["train"])
         base = resolve_runtime("cuda" if cuda else "cpu", cfg.precision, cfg.num_threads)
         runtime = Runtime(torch.device("cuda", local), base.autocast_dtype, base.channels_last) if cuda else base
-        if cuda:
-            torch.cuda.set_device(local)
         splits = make_splits(Snapshot.open(spec["snapshot"]), DataConfig.model_validate(spec["data"]))
         init_state = load_model(spec["init_from"])[0].state_dict() if spec.get("init_from") else None
         teacher = load_model(spec["teacher"])[0] if spec.get("teacher") else None
@@ -46,7 +51,7 @@ def _worker(spec_path: str) -> None:
             "images_per_second": result.images_per_second, "parameters": result.parameters,
             "resumed_from_epoch": result.resumed_from_epoch, "flops_per_image": result.flops_per_image,
             "time_to_target": result.time_to_target, "checkpoint": str(result.checkpoint),
-            "world_size": dist.get_world_size(),
+            "world_size": dist.get_world_size(), "compile_seconds": result.compile_seconds,
             "state_digest": result.state_digest,
         }
         Path(spec["result_dir"], f"result-{rank}.json").write_text(json.dumps(out))
@@ -56,12 +61,15 @@ def _worker(spec_path: str) -> None:
 
 def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tuple[FitResult, list[dict[str, Any]]]:
     """Run `fit` in `world_size` torchrun processes; returns rank 0's result and every rank's record."""
+    cuda = _uses_cuda(spec["train"]["device"])
+    if cuda and world_size > torch.cuda.device_count():
+        raise ModelError(f"train.world_size={world_size} but only {torch.cuda.device_count()} GPU(s) are visible")
     result_dir = Path(result_dir)
     result_dir.mkdir(parents=True, exist_ok=True)
     spec_path = result_dir / "spec.json"
     spec_path.write_text(json.dumps({**spec, "result_dir": str(result_dir)}))
     env = dict(os.environ)
-    if not torch.cuda.is_available():  # share the cores instead of oversubscribing them
+    if not cuda:  # share the cores instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
            "-m", "models.distributed", str(spec_path)]
@@ -70,12 +78,15 @@ def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tup
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
         raise ModelError(f"distributed training ({world_size} processes) failed with exit code {proc.returncode}:\n{tail}")
     records = [json.loads((result_dir / f"result-{r}.json").read_text()) for r in range(world_size)]
+    digests = {r["state_digest"] for r in records}
+    if len(digests) != 1:  # every rank must end with the same weights, or DDP did not sync
+        raise ModelError(f"data-parallel ranks ended with different weights: {sorted(digests)}")
     r0 = records[0]
     result = FitResult(
         checkpoint=Path(r0["checkpoint"]), history=tuple(EpochStats(**h) for h in r0["history"]),
         train_seconds=r0["train_seconds"], images_per_second=r0["images_per_second"], parameters=r0["parameters"],
         resumed_from_epoch=r0["resumed_from_epoch"], flops_per_image=r0["flops_per_image"],
-        time_to_target=r0["time_to_target"], state_digest=r0["state_digest"],
+        time_to_target=r0["time_to_target"], state_digest=r0["state_digest"], compile_seconds=r0["compile_seconds"],
     )
     return result, records
 

@@ -12,6 +12,12 @@ from scipy.special import log_softmax, softmax
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
+def load_predictions(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an evaluation's `predictions.npz` (test and member logits and labels)."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """ECE (Guo et al. 2017): sum over equal-width confidence bins of |accuracy - confidence|
     weighted by bin share. 0 is ideal, lower is better, range 0..1.

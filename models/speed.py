@@ -71,3 +71,19 @@ def device_peak(runtime: Runtime) -> Peak:
                 return Peak(peak, f"{name} datasheet dense bf16 peak {peak / 1e12:.0f} TFLOP/s")
     measured = _matmul_probe(runtime.device, dtype)
     return Peak(measured, f"measured {dtype} 2048x2048 matmul on {runtime.device.type}: {measured / 1e9:.0f} GFLOP/s")
+
+
+def speed_metrics(
+    flops_per_image: float, images_per_second: float, train_seconds: float, peak_flops: float,
+    time_to_target: float | None = None,
+) -> dict[str, float]:
+    """Throughput and utilisation: achieved FLOP/s = FLOPs per image x images per second."""
+    achieved = flops_per_image * images_per_second
+    metrics = {
+        "train_seconds": train_seconds, "images_per_second": images_per_second,
+        "flops_per_image": flops_per_image, "achieved_flops_per_second": achieved,
+        "peak_flops_per_second": peak_flops, "fraction_of_peak": achieved / peak_flops,
+    }
+    if time_to_target is not None:
+        metrics["time_to_target_seconds"] = time_to_target
+    return metrics

@@ -8,6 +8,7 @@ one.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -53,10 +54,12 @@ def _schedule(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def constant(step: int) -> float:
         return 1.0
 
-    def cosine(step: int) -> float:
-        if step < warmup and cfg.warmup_fraction > 0:
+    def cosine(step: int) -> float:  # linear warm-up, then cosine from the peak down to zero
+        if cfg.warmup_fraction == 0:
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
+        if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps)))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
 
     def onecycle(step: int) -> float:  # linear up to the peak, then linearly down to zero
         if step < warmup:
@@ -76,8 +79,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int  # 1-based
-    train_loss: float  # mean cross-entropy (with smoothing) over the epoch
-    train_accuracy: float  # on augmented batches, 0..1
+    train_loss: float  # mean training loss (smoothed CE, plus the distillation term if any); rank 0's shard
+    train_accuracy: float  # on augmented batches, 0..1; rank 0's shard under DDP
     val_loss: float  # plain cross-entropy; nan without a validation split
     val_accuracy: float  # 0..1; nan without a validation split
     lr: float  # learning rate at the end of the epoch
@@ -96,6 +99,7 @@ class FitResult:
     flops_per_image: float  # forward + backward FLOPs of one training image
     time_to_target: float | None  # training seconds until val accuracy first reached the target
     state_digest: str  # sha256 of the final weights (equal on every data-parallel rank)
+    compile_seconds: float = 0.0  # torch.compile + warm-up, before the training clock starts
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -132,10 +136,13 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
     """Model in eval mode from a checkpoint (the EMA weights when they exist), plus the payload."""
     try:
         payload = torch.load(checkpoint, map_location=device, weights_only=False)
+        cfg = TrainConfig.model_validate(payload["config"])
+        classes = payload["classes"]
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise ModelError(f"cannot read checkpoint {checkpoint}: {err}") from err
-    cfg = TrainConfig.model_validate(payload["config"])
-    model = build_model(cfg.model, len(payload["classes"]), cfg.width, cfg.dropout)
+    except (KeyError, TypeError, ValueError) as err:  # ValidationError is a ValueError
+        raise ModelError(f"{checkpoint} is not an auditflow checkpoint (no valid config/classes): {err}") from err
+    model = build_model(cfg.model, len(classes), cfg.width, cfg.dropout)
     try:
         model.load_state_dict(payload.get("ema_state_dict") or payload["state_dict"])
     except RuntimeError as err:
@@ -143,11 +150,21 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
     return model.to(device).eval(), payload
 
 
+def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x).float() + model(x.flip(3)).float())
+
+
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int = 1000, tta: bool = False
+    model: nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int = 1000, tta: bool = False,
+    translate: int = 0,
 ) -> np.ndarray:
-    """Logits (float32, N x classes) of uint8 N x H x W x 3 images; `tta` averages with the flip."""
+    """Logits (float32, N x classes) of uint8 N x H x W x 3 images.
+
+    `tta` averages each image with its mirror; `translate` > 0 also averages in two shifted
+    copies (up-left and down-right by that many pixels, reflect-padded), weighted as in
+    airbench: 0.5 original + 0.25 each shift.
+    """
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -155,9 +172,15 @@ def predict(
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
-            logits = model(x).float()
-            if tta:
-                logits = 0.5 * (logits + model(x.flip(3)).float())
+            if not tta:
+                logits = model(x).float()
+            elif translate == 0:
+                logits = _flip_average(model, x)
+            else:
+                t, (h, w) = translate, x.shape[-2:]
+                padded = F.pad(x, (t, t, t, t), mode="reflect")
+                shifted = [padded[..., : h, : w], padded[..., 2 * t : 2 * t + h, 2 * t : 2 * t + w]]
+                logits = 0.5 * _flip_average(model, x) + 0.25 * sum(_flip_average(model, v) for v in shifted)
         out.append(logits.cpu())  # sync point
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -245,6 +268,38 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def compile_with_warmup(
+    model: nn.Module, base: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, runtime: Runtime
+) -> tuple[nn.Module, float]:
+    """torch.compile `model` and run two throwaway training steps so compilation happens
+    before the clock starts (as the speed records time it); the weights, BN statistics and
+    gradients are restored afterwards. Returns (model to train, compile seconds). If
+    compilation fails (no C compiler, unsupported op), logs why and returns the eager model."""
+    initial = copy.deepcopy(base.state_dict())
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    try:
+        idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
+        for _ in range(2):
+            x = augment(to_input(images[idx], runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding)
+            if runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with runtime.autocast():
+                loss = F.cross_entropy(compiled(x).float(), labels[idx])
+            loss.backward()
+    except Exception as err:  # inductor raises many types; eager training still works
+        if dist.is_initialized():
+            raise  # a half-run collective would leave the other ranks waiting
+        log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
+        compiled, start = model, time.perf_counter()
+    finally:
+        base.load_state_dict(initial)
+        base.zero_grad(set_to_none=True)
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    return compiled, time.perf_counter() - start
+
+
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Copy every tensor of `state` whose name and shape fit `model`; returns the names left
     at their fresh initialisation (e.g. the classifier when the classes differ)."""
@@ -279,10 +334,12 @@ def fit(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout)
     if len(splits.train_y) == 0:
-        raise ModelError("the training split is empty")
+        raise ModelError(f"the training split is empty; nothing to train {cfg.model!r} on")
     fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
     if any("whiten" in name for name in fresh):
-        prepare_from_data(model, to_input(splits.train_x[:5000]))
+        # a seeded random sample: snapshots are stored class by class
+        sample = np.sort(np.random.default_rng(cfg.seed).permutation(len(splits.train_y))[:5000])
+        prepare_from_data(model, to_input(splits.train_x[sample]))
     elif init_state is not None:
         log.info("fine-tuning: %d tensors start fresh: %s", len(fresh), fresh)
     flops = train_flops_per_image(model, splits.train_x.shape[1:], len(splits.classes))
@@ -302,7 +359,7 @@ def fit(
     start_epoch = 0
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
-        if state.get("config") == cfg.model_dump(mode="json") and state.get("epoch", 0) < cfg.epochs:
+        if state.get("config") == cfg.model_dump(mode="json") and state.get("epoch", 0) <= cfg.epochs:
             base.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -311,16 +368,18 @@ def fit(
                 ema.n_averaged.fill_(state["ema_n_averaged"])
             start_epoch = state["epoch"]
             history = [EpochStats(**h) for h in state.get("history", [])]
-            log.info("resuming from %s at epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+            log.info("resuming from %s at epoch %d/%d", checkpoint, start_epoch, cfg.epochs)  # == epochs: done
 
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
     if teacher is not None:
         teacher = runtime.prepare(teacher).eval()
     train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
     train_y = torch.as_tensor(splits.train_y).to(runtime.device)
+    compile_seconds = 0.0
+    if cfg.compile:
+        model, compile_seconds = compile_with_warmup(model, base, train_x, train_y, cfg, runtime)
+        log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
     val_y = torch.as_tensor(splits.val_y)
     eval_model = ema.module if ema is not None else base
     time_to_target = next((sum(h.seconds for h in history[: i + 1]) for i, h in enumerate(history)
@@ -335,7 +394,7 @@ def fit(
             for buffer in base.buffers():
                 dist.broadcast(buffer, 0)
         if len(val_y):
-            logits = torch.as_tensor(predict(eval_model, splits.val_x, runtime, tta=cfg.tta))
+            logits = torch.as_tensor(predict(eval_model, splits.val_x, runtime, tta=cfg.tta, translate=cfg.tta_translate))
             val_loss = F.cross_entropy(logits, val_y).item()
             val_acc = (logits.argmax(1) == val_y).float().mean().item()
         else:
@@ -378,4 +437,5 @@ def fit(
         flops_per_image=flops,
         time_to_target=time_to_target,
         state_digest=state_digest(base.state_dict()),
+        compile_seconds=compile_seconds,
     )

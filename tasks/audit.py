@@ -9,11 +9,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.config import FairnessConfig, PrivacyConfig
-from auditflow.tracking import RunLogger, Tracker, TrackingRef
+from auditflow.tracking import Tracker, TrackingRef
 from audits.fairness import audit_fairness
-from audits.plots import per_class_figure, roc_figure
+from audits.plots import recall_figure, roc_figure
 from audits.privacy import audit_membership, sample_equal
-from tasks.evaluate import load_predictions
+from models.evaluation import load_predictions
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,11 @@ def fairness_audit(ref: TrackingRef, predictions: str, classes: tuple[str, ...],
                 metrics |= {f"{name}_difference_ci_low": d.difference_ci[0], f"{name}_difference_ci_high": d.difference_ci[1]}
         run.log_metrics(metrics | {"passed": float(result.passed)})
         rows = result.per_class
-        run.log_table({key: [r[key] for r in rows] for key in rows[0]}, "fairness/per_class.json")
-        has_ci = "recall_ci_low" in rows[0]
-        run.log_figure(per_class_figure(
-            [r["class"] for r in rows], [r["recall"] for r in rows],  # type: ignore[misc]
-            [r["recall_ci_low"] for r in rows] if has_ci else None,  # type: ignore[misc]
-            [r["recall_ci_high"] for r in rows] if has_ci else None,  # type: ignore[misc]
-            "recall", cfg.min_class_recall), "fairness/recall_by_class.png")
+        run.log_rows(rows, "fairness/per_class.json")
+        run.log_figure(recall_figure(rows, cfg.min_class_recall), "fairness/recall_by_class.png")
         verdict = "pass" if result.passed else "fail"
         run.set_tags({"auditflow.verdict": verdict})
-        RunLogger(tracker.client, ref.run_id).set_tags({"auditflow.fairness_verdict": verdict})
+        tracker.parent(ref).set_tags({"auditflow.fairness_verdict": verdict})
         run.log_summary("fairness", asdict(result))
     return VerdictResult(result.passed, result.reasons, result.disparities["recall"].group_min)
 
@@ -68,10 +63,10 @@ def privacy_audit(ref: TrackingRef, predictions: str, classes: tuple[str, ...], 
             metrics |= {"attack_auc_ci_low": result.auc_ci[0], "attack_auc_ci_high": result.auc_ci[1]}
         run.log_metrics(metrics | {f"attack_auc.{r['class']}": r["auc"] for r in result.per_class})  # type: ignore[misc]
         rows = result.per_class
-        run.log_table({key: [r[key] for r in rows] for key in rows[0]}, "privacy/per_class.json")
+        run.log_rows(rows, "privacy/per_class.json")
         run.log_figure(roc_figure(result.roc_fpr, result.roc_tpr, result.auc), "privacy/roc_loglog.png")
         verdict = "pass" if result.passed else "fail"
         run.set_tags({"auditflow.verdict": verdict})
-        RunLogger(tracker.client, ref.run_id).set_tags({"auditflow.privacy_verdict": verdict})
+        tracker.parent(ref).set_tags({"auditflow.privacy_verdict": verdict})
         run.log_summary("privacy", asdict(result))
     return VerdictResult(result.passed, result.reasons, result.auc)

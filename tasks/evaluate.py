@@ -28,15 +28,10 @@ class EvaluateResult:
     accuracy: float  # test top-1, 0..1
 
 
-def load_predictions(path: str) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_model(
     ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg: DataConfig, cfg: EvalConfig,
-    tta: bool, device: str, workdir: str,
+    tta: bool, tta_translate: int, device: str, workdir: str,
 ) -> EvaluateResult:
     with Tracker(ref.uri).stage(ref, "evaluate") as run:
         runtime = resolve_runtime(device, "fp32")  # the precision of the exported model
@@ -46,8 +41,8 @@ def evaluate_model(
         # Members for the privacy audit: as many training images as there are test images.
         rng = np.random.default_rng(data_cfg.seed)
         members = np.sort(rng.choice(len(splits.train_y), min(len(splits.train_y), len(splits.test_y)), replace=False))
-        test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta)
-        member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size, tta=tta)
+        test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
+        member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         path = run_dir(workdir, ref.run_id) / "predictions.npz"
         np.savez_compressed(path, test_logits=test_logits, test_labels=splits.test_y,
                             member_logits=member_logits, member_labels=splits.train_y[members], member_index=members)
@@ -57,12 +52,12 @@ def evaluate_model(
                          "test_macro_f1": result.macro_f1})
         run.log_metrics({f"recall.{c}": r for c, r in zip(result.classes, result.recall)})
         rows = result.per_class_rows()
-        run.log_table({key: [r[key] for r in rows] for key in rows[0]}, "evaluate/per_class.json")
+        run.log_rows(rows, "evaluate/per_class.json")
         cm = np.asarray(result.confusion)
         np.savetxt(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", cm, fmt="%d", delimiter=",",
                    header=",".join(result.classes), comments="")
         run.log_artifact(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", "evaluate")
         run.log_figure(confusion_figure(result.confusion, result.classes), "evaluate/confusion_matrix.png")
         run.log_artifact(path, "evaluate")
-        run.log_summary("evaluate", {**asdict(result), "macro_f1": result.macro_f1, "per_class": rows, "tta": tta})
+        run.log_summary("evaluate", {**asdict(result), "macro_f1": result.macro_f1, "per_class": rows, "tta": tta, "tta_translate": tta_translate})
     return EvaluateResult(str(path), result.accuracy)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.config import BenchmarkConfig, DataConfig, ExportConfig
-from auditflow.data import Snapshot, make_splits
+from auditflow.data import Snapshot
 from auditflow.errors import ModelError
 from auditflow.tracking import Tracker, TrackingRef
 from models.benchmark import benchmark, describe_device
@@ -32,7 +34,10 @@ def export_model(ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg
         model, _ = load_model(checkpoint)
         snapshot = Snapshot.open(snapshot_path)
         path = export_onnx(model, snapshot.image_shape, run_dir(workdir, ref.run_id) / "model.onnx", cfg.opset)
-        test_x = make_splits(snapshot, data_cfg).test_x[: cfg.parity_samples]
+        images, _ = snapshot.arrays("test")
+        # a seeded sample across classes (snapshots are stored class by class)
+        pick = np.sort(np.random.default_rng(data_cfg.seed).permutation(len(images))[: cfg.parity_samples])
+        test_x = np.asarray(images[pick])
         parity = check_parity(model, path, test_x)
         passed = parity.max_abs_diff <= cfg.max_abs_diff
         example = to_input(test_x[:2]).numpy()
@@ -48,18 +53,17 @@ def export_model(ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
-def benchmark_model(ref: TrackingRef, checkpoint: str, onnx_path: str, snapshot_path: str, data_cfg: DataConfig,
-                    cfg: BenchmarkConfig, workdir: str) -> str:
+def benchmark_model(ref: TrackingRef, checkpoint: str, onnx_path: str, snapshot_path: str, cfg: BenchmarkConfig) -> str:
     with Tracker(ref.uri).stage(ref, "benchmark") as run:
         run.log_params({f"benchmark.{k}": v for k, v in cfg.model_dump().items()})
         model, _ = load_model(checkpoint)
-        test_x = make_splits(Snapshot.open(snapshot_path), data_cfg).test_x[: max(cfg.batch_sizes)]
+        test_x = np.asarray(Snapshot.open(snapshot_path).arrays("test")[0][: max(cfg.batch_sizes)])  # timing only
         rows = benchmark(model, onnx_path, test_x, cfg.batch_sizes, cfg.warmup, cfg.iterations, cfg.num_threads)
         for r in rows:
             run.log_metrics({f"{r.backend}.bs{r.batch_size}.p50_ms": r.p50_ms, f"{r.backend}.bs{r.batch_size}.p95_ms": r.p95_ms,
                              f"{r.backend}.bs{r.batch_size}.images_per_second": r.images_per_second,
                              f"{r.backend}.bs{r.batch_size}.speedup_vs_torch": r.speedup_vs_torch})
         table = [asdict(r) for r in rows]
-        run.log_table({key: [r[key] for r in table] for key in table[0]}, "benchmark/latency.json")
+        run.log_rows(table, "benchmark/latency.json")
         run.log_summary("benchmark", {"rows": table, "device": describe_device()})
     return "benchmark/latency.json"

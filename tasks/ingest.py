@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from auditflow.config import DataConfig
 from auditflow.data import ingest, make_splits
-from auditflow.tracking import RunLogger, Tracker, TrackingRef
+from auditflow.tracking import Tracker, TrackingRef
 from tasks._common import cache_dir
 
 
@@ -42,5 +42,5 @@ def ingest_data(ref: TrackingRef, source: str, cfg: DataConfig, workdir: str) ->
         summary = {"source": source, "digest": snapshot.digest, "classes": list(snapshot.classes),
                    "counts": counts, "image_shape": list(snapshot.image_shape), "snapshot": str(snapshot.path)}
         run.log_summary("ingest", summary)
-        RunLogger(tracker.client, ref.run_id).set_tags({"auditflow.data_digest": snapshot.digest})
+        tracker.parent(ref).set_tags({"auditflow.data_digest": snapshot.digest})
     return IngestResult(str(snapshot.path), snapshot.digest, snapshot.classes)

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.tracking import RunLogger, Tracker, TrackingRef
+from auditflow.tracking import Tracker, TrackingRef
 from audits.report import build_report
 from tasks._common import run_dir
 
@@ -25,7 +25,7 @@ def report_run(ref: TrackingRef, workdir: str) -> ReportResult:
     tracker = Tracker(ref.uri)
     record = tracker.load_run(ref.run_id)
     files = build_report(record, run_dir(workdir, ref.run_id) / "report")
-    parent = RunLogger(tracker.client, ref.run_id)
+    parent = tracker.parent(ref)
     parent.log_artifact(files.html, "report")
     parent.log_artifact(files.markdown, "report")
     for png in sorted(Path(files.html).parent.glob("figures/*.png")):

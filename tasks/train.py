@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.config import DataConfig, TrainConfig
 from auditflow.data import Snapshot, make_splits
-from auditflow.errors import ConfigError
-from auditflow.tracking import RunLogger, Tracker, TrackingRef
+from auditflow.errors import ConfigError, ModelError
+from auditflow.tracking import Tracker, TrackingRef
 from models.distributed import launch
 from models.runtime import resolve_runtime
-from models.speed import device_peak
-from models.training import EpochStats, FitResult, fit, load_model
+from models.speed import device_peak, speed_metrics
+from models.training import EpochStats, fit, load_model
 from tasks._common import cache_dir, run_dir
 
 
@@ -28,23 +32,27 @@ class TrainResult:
     train_seconds: float  # training passes only
 
 
+def epoch_metrics(stats: EpochStats) -> dict[str, float]:
+    return {k: v for k, v in stats.__dict__.items() if k != "epoch"}
+
+
+@contextlib.contextmanager
+def exclusive(work: Path) -> Iterator[None]:
+    """Hold `work/.lock`: two runs of the same data and config must not share checkpoints."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise ModelError(f"another run is training the same data and config in {work}; "
+                             "wait for it or change the config") from err
+        yield
+
+
 def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig) -> str:
     """Checkpoints of an unfinished run are found again by data + config."""
     blob = json.dumps([digest, data_cfg.model_dump(mode="json"), train_cfg.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def speed_metrics(result: FitResult, peak_flops: float) -> dict[str, float]:
-    """Throughput and utilisation: achieved FLOP/s = FLOPs per image x images per second."""
-    achieved = result.flops_per_image * result.images_per_second
-    metrics = {
-        "train_seconds": result.train_seconds, "images_per_second": result.images_per_second,
-        "flops_per_image": result.flops_per_image, "achieved_flops_per_second": achieved,
-        "peak_flops_per_second": peak_flops, "fraction_of_peak": achieved / peak_flops,
-    }
-    if result.time_to_target is not None:
-        metrics["time_to_target_seconds"] = result.time_to_target
-    return metrics
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -55,7 +63,7 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
         run.log_params({f"train.{k}": v for k, v in cfg.model_dump().items()})
         described = runtime.describe()
         run.set_tags(described)
-        RunLogger(tracker.client, ref.run_id).set_tags(
+        tracker.parent(ref).set_tags(
             {"auditflow.device": described["device_name"], "auditflow.precision": described["precision"]})
         snapshot = Snapshot.open(snapshot_path)
         work = cache_dir(workdir) / "checkpoints" / resume_key(snapshot.digest, data_cfg, cfg)
@@ -64,9 +72,10 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
         init_model = teacher = None
         if "init_from" in sources:
             init_model, payload = load_model(sources["init_from"])
-            if payload["config"]["model"] != cfg.model:
-                raise ConfigError(f"train.init_from={cfg.init_from!r} holds a {payload['config']['model']!r} model, "
-                                  f"but train.model={cfg.model!r}")
+            src = (payload["config"]["model"], payload["config"]["width"])
+            if src != (cfg.model, cfg.width):
+                raise ConfigError(f"train.init_from={cfg.init_from!r} holds a {src[0]!r} model of width {src[1]}, "
+                                  f"but train.model={cfg.model!r}, train.width={cfg.width}")
         if "teacher" in sources:
             teacher, payload = load_model(sources["teacher"])
             if tuple(payload["classes"]) != snapshot.classes:
@@ -74,26 +83,34 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
                                   f"not this data's {list(snapshot.classes)}")
         run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
-        if cfg.world_size > 1:
-            spec = {"snapshot": snapshot_path, "data": data_cfg.model_dump(mode="json"),
-                    "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(work),
-                    **{k: str(v) for k, v in sources.items()}}
-            result, _ = launch(spec, cfg.world_size, work / "ddp")
-            for stats in result.history:  # logged after the fact: the workers do not track
-                run.log_metrics({k: v for k, v in stats.__dict__.items() if k != "epoch"}, step=stats.epoch)
-        else:
-            def on_epoch(stats: EpochStats) -> None:
-                run.log_metrics({k: v for k, v in stats.__dict__.items() if k != "epoch"}, step=stats.epoch)
+        with exclusive(work):
+            if cfg.world_size > 1:
+                spec = {"snapshot": snapshot_path, "data": data_cfg.model_dump(mode="json"),
+                        "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(work),
+                        **{k: str(v) for k, v in sources.items()}}
+                result, _ = launch(spec, cfg.world_size, work / "ddp")
+                logged_epochs = 0  # the workers do not track: log every epoch afterwards
+            else:
+                def on_epoch(stats: EpochStats) -> None:
+                    run.log_metrics(epoch_metrics(stats), step=stats.epoch)
 
-            result = fit(make_splits(snapshot, data_cfg), cfg, runtime, work, on_epoch=on_epoch,
-                         init_state=init_model.state_dict() if init_model is not None else None, teacher=teacher)
-        final = run_dir(workdir, ref.run_id) / "model.pt"
-        shutil.copy2(result.checkpoint, final)
-        shutil.rmtree(work, ignore_errors=True)  # finished: nothing left to resume
-        run.log_artifact(final, "checkpoint")
+                result = fit(make_splits(snapshot, data_cfg), cfg, runtime, work, on_epoch=on_epoch,
+                             init_state=init_model.state_dict() if init_model is not None else None, teacher=teacher)
+                logged_epochs = len(result.history) - result.resumed_from_epoch
+            # epochs not logged live (restored from a checkpoint, or trained by workers)
+            for stats in result.history[: len(result.history) - logged_epochs]:
+                run.log_metrics(epoch_metrics(stats), step=stats.epoch)
+            final = run_dir(workdir, ref.run_id) / "model.pt"
+            shutil.copy2(result.checkpoint, final)
+            run.log_artifact(final, "checkpoint")
+            shutil.rmtree(work, ignore_errors=True)  # logged: nothing left to resume
         last = result.history[-1]
         peak = device_peak(runtime)
-        metrics = speed_metrics(result, peak.flops_per_second)
+        # one GPU per process under DDP; CPU processes share the same cores
+        devices = cfg.world_size if runtime.device.type == "cuda" else 1
+        metrics = speed_metrics(result.flops_per_image, result.images_per_second, result.train_seconds,
+                                peak.flops_per_second * devices, result.time_to_target)
+        metrics["compile_seconds"] = result.compile_seconds
         run.set_tags({"auditflow.peak_source": peak.source, "auditflow.weights_sha256": result.state_digest})
         run.log_metrics(metrics | {"final_val_accuracy": last.val_accuracy, "parameters": result.parameters})
         run.log_summary("train", {

@@ -19,11 +19,11 @@ def test_shipped_profiles_all_load() -> None:
 def test_quick_profile_is_the_cpu_fastnet() -> None:
     cfg = load_config("quick")
     assert cfg.train.model == "fastnet"
-    assert cfg.train.epochs == 10
+    assert cfg.train.epochs == 13 and cfg.train.compile
 
 
 def test_override_changes_field_and_parses_yaml_values() -> None:
-    cfg = load_config("quick", ["train.epochs=3", "benchmark.batch_sizes=[1, 8]", "train.tta=false"])
+    cfg = load_config("quick", ["train.epochs=3", "benchmark.batch_sizes=[1, 8]", "train.tta=false", "train.tta_translate=0"])
     assert cfg.train.epochs == 3
     assert cfg.benchmark.batch_sizes == (1, 8)
     assert cfg.train.tta is False
@@ -80,3 +80,8 @@ def test_model_names_match_registry() -> None:
     from models.registry import REGISTRY
 
     assert tuple(REGISTRY) == MODEL_NAMES
+
+
+def test_translate_tta_needs_tta() -> None:
+    with pytest.raises(ConfigError, match=r"tta_translate=1 needs tta=true"):
+        load_config("quick", ["train.tta=false", "train.tta_translate=1"])

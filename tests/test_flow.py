@@ -15,6 +15,7 @@ from auditflow.tracking import Tracker
 
 TINY = [
     "train.width=8", "train.epochs=4", "train.batch_size=16", "train.lr=0.05", "train.precision=fp32",
+    "train.compile=false", "train.ema_decay=null", "train.tta_translate=0",
     "data.val_fraction=0.125", "fairness.n_bootstrap=20", "privacy.n_bootstrap=20",
     "benchmark.batch_sizes=[1, 8]", "benchmark.iterations=3", "benchmark.warmup=1", "export.parity_samples=16",
 ]
@@ -225,3 +226,61 @@ def test_unknown_source_run_is_named(pipeline_run, image_folder: Path, tmp_path:
 
     with pytest.raises(TrackingError, match=r"run id 'feedface' not found"):
         _train_from(pipeline_run, image_folder, tmp_path, init_from="feedface")
+
+
+@pytest.mark.slow
+def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_folder: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "bench.json"
+    args = ["bench-train", "--data", str(image_folder), "--seeds", "2", "--baseline", "tutorial", "--overhead",
+            "--workdir", str(tmp_path), "--out", str(out), *sum((["--set", o] for o in TINY), []),
+            "--set", "train.target_accuracy=0.5"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert [r["seed"] for r in report["rows"]] == [0, 1]
+    assert report["summary"]["n"] == 2
+    for r in report["rows"]:
+        assert r["test_accuracy"] > 0.8 and r["flops_per_image"] > 0 and 0 < r["fraction_of_peak"]
+        assert r["time_to_target_seconds"] is not None and r["time_to_target_seconds"] <= r["train_seconds"]
+    assert report["baseline"]["profile"] == "tutorial"
+    assert report["vs_baseline"]["train_time_ratio"] > 0
+    assert report["overhead"]["task_wall_seconds"] > 0
+    assert "overhead" in res.output and "vs tutorial" in res.output
+
+
+@pytest.mark.slow
+def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
+    """Kill training after epoch 2 (as a crash would), then rerun the train task with the same
+    data and config: it continues at epoch 3 and ends at the configured 4 epochs."""
+    from auditflow.config import DataConfig, PipelineConfig, TrainConfig
+    from auditflow.data import Snapshot, make_splits
+    from auditflow.tracking import open_pipeline_run
+    from models.runtime import resolve_runtime
+    from models.training import fit
+    from tasks._common import cache_dir
+    from tasks.ingest import ingest_data
+    from tasks.train import resume_key, train_model
+
+    result, store = pipeline_run
+    data_cfg = DataConfig(val_fraction=0.125)
+    cfg = TrainConfig(width=8, epochs=4, batch_size=16, lr=0.05, precision="fp32")
+    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": result.tracking_uri}), store, "resumed", {})
+    snap = ingest_data.fn(ref, str(image_folder), data_cfg, str(tmp_path))
+    work = cache_dir(tmp_path) / "checkpoints" / resume_key(snap.digest, data_cfg, cfg)
+
+    def kill_after_two(stats) -> None:
+        if stats.epoch == 3:
+            raise KeyboardInterrupt  # checkpoint of epoch 2 is on disk, epoch 3's is not
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_splits(Snapshot.open(snap.snapshot), data_cfg), cfg, resolve_runtime("cpu", "fp32"), work,
+            on_epoch=kill_after_two)
+    train_model.fn(ref, snap.snapshot, data_cfg, cfg, str(tmp_path))
+    tracker = Tracker(ref.uri)
+    summary = tracker.load_run(ref.run_id).summaries["train"]
+    assert summary["resumed_from_epoch"] == 2 and summary["epochs"] == 4
+    steps = [m.step for m in tracker.client.get_metric_history(tracker.load_run(ref.run_id).stage_run_ids["train"], "val_accuracy")]
+    assert steps == [1, 2, 3, 4]  # restored epochs are logged too, so the curves are whole
+    assert not work.exists()  # finished: nothing left to resume

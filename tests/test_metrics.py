@@ -136,3 +136,13 @@ def test_sample_equal_sizes_and_seed() -> None:
     assert np.array_equal(a, a2)
     small, _ = sample_equal(100, 40, 10, seed=0)
     assert len(small) == 10
+
+
+def test_class_with_one_side_only_gives_nan_not_a_crash() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(40, 3))
+    member_labels = np.array([0, 1, 2] * 6 + [2, 2])  # class 2 among members only below
+    non_labels = np.array([0, 1] * 10)
+    result = audit_membership(logits[:20], member_labels, logits[20:], non_labels, CLASSES, PrivacyConfig(n_bootstrap=20))
+    by_class = {r["class"]: r["auc"] for r in result.per_class}
+    assert np.isnan(by_class["c"]) and not np.isnan(by_class["a"])

@@ -219,3 +219,58 @@ def test_flop_count_of_the_tutorial_net() -> None:
     # forward 2*macs; backward 2*macs for weight grads + 2*macs for input grads, except that
     # the first layer needs no gradient for the image itself
     assert flops == 2 * macs + 2 * macs + 2 * (macs - conv1)
+
+
+def test_translate_tta_weights_shifted_views() -> None:
+    import torch.nn.functional as F
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 2))
+    images = np.random.default_rng(1).integers(0, 255, (2, 6, 6, 3), dtype=np.uint8)
+    x = to_input(images)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[..., :6, :6], padded[..., 2:8, 2:8]]
+    with torch.no_grad():
+        flip_avg = [0.5 * (model(v) + model(v.flip(3))) for v in views]
+    expected = 0.5 * flip_avg[0] + 0.25 * flip_avg[1] + 0.25 * flip_avg[2]
+    assert np.allclose(predict(model, images, CPU, tta=True, translate=1), expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_warmup_restores_the_initial_weights(splits) -> None:
+    from models.training import compile_with_warmup
+
+    base = build_model("fastnet", 3, width=8)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
+    compiled, seconds = compile_with_warmup(base, base, x, y, tiny(), CPU)
+    assert hasattr(compiled, "_orig_mod") and seconds > 0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
+    assert all(p.grad is None for p in base.parameters())
+    assert torch.allclose(compiled(to_input(splits.test_x[:4])), base(to_input(splits.test_x[:4])), atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from models.training import compile_with_warmup
+
+    def broken(model):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C compiler")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    base = build_model("fastnet", 3, width=8)
+    x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
+    model, _ = compile_with_warmup(base, base, x, y, tiny(), CPU)
+    assert model is base
+    assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
+
+
+def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) -> None:
+    from tasks.train import exclusive
+
+    with exclusive(tmp_path / "w"):
+        with pytest.raises(ModelError, match=r"another run is training the same data and config in .*/w"):
+            with exclusive(tmp_path / "w"):
+                pass
+    with exclusive(tmp_path / "w"):  # released
+        pass

@@ -45,3 +45,32 @@ def test_stage_run_is_not_a_report_target(tmp_path: Path) -> None:
         child_id = run.run_id
     with pytest.raises(TrackingError, match=rf"run {child_id} is a stage run; pass its parent {ref.run_id}"):
         tracker.load_run(child_id)
+
+
+def test_run_ends_failed_even_when_recording_the_error_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    tracker = Tracker(ref.uri)
+
+    def store_down(*args, **kwargs):
+        raise OSError("artifact store down")
+
+    monkeypatch.setattr(tracker.client, "log_text", store_down)
+    with pytest.raises(OSError, match="artifact store down"):
+        tracker.end_run(ref.run_id, RuntimeError("boom"))
+    assert tracker.get_run(ref.run_id).info.status == "FAILED"
+
+
+def test_report_escapes_values_from_the_data(tmp_path: Path) -> None:
+    from auditflow.tracking import RunRecord
+    from audits.report import build_report
+
+    evil = "<img src=x onerror=alert(1)>"
+    record = RunRecord(run_id="r1", name="n", status="FINISHED", tags={}, params={}, metrics={}, uri="sqlite:///x",
+                       experiment_id="1", config={"profile": "quick"},
+                       summaries={"ingest": {"source": "/d", "digest": "0" * 64, "classes": [evil, "b"],
+                                             "counts": {"train": [1, 1], "val": [0, 0], "test": [1, 1]},
+                                             "image_shape": [32, 32, 3]}})
+    files = build_report(record, tmp_path)
+    html = files.html.read_text()
+    assert evil not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert evil in files.markdown.read_text()  # Markdown keeps the name as it is

@@ -1,0 +1,69 @@
+"""Training benchmark: one profile, several seeds, `fit` called directly (no orchestration).
+
+Each seed trains from scratch, then the test split is scored with the profile's test-time
+augmentation in fp32 (as the pipeline's evaluation does). Training time excludes validation,
+checkpoints and start-up, as the public CIFAR-10 speed records time it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from auditflow.config import PipelineConfig
+from auditflow.data import Snapshot, make_splits
+from models.runtime import resolve_runtime
+from models.speed import Peak, device_peak, speed_metrics
+from models.training import fit, load_model, predict
+
+
+@dataclass(frozen=True)
+class TrainBench:
+    profile: str
+    seed: int
+    test_accuracy: float  # 0..1, with the profile's TTA
+    wall_seconds: float  # splits + fit, as a direct call
+    train_seconds: float
+    images_per_second: float
+    flops_per_image: float
+    achieved_flops_per_second: float
+    fraction_of_peak: float
+    peak_source: str
+    time_to_target_seconds: float | None
+
+
+def bench_train(snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak | None = None,
+                scratch: str | Path | None = None) -> TrainBench:
+    """Train `cfg` with `seed` on `snapshot` and measure it."""
+    train = cfg.train.model_copy(update={"seed": seed})
+    runtime = resolve_runtime(train.device, train.precision, train.num_threads)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        start = time.perf_counter()
+        splits = make_splits(snapshot, cfg.data)
+        result = fit(splits, train, runtime, tmp)
+        wall = time.perf_counter() - start
+        model, _ = load_model(result.checkpoint, runtime.device)
+    logits = predict(model, splits.test_x, resolve_runtime(train.device, "fp32"), tta=train.tta,
+                     translate=train.tta_translate)
+    peak = peak or device_peak(runtime)
+    speed = speed_metrics(result.flops_per_image, result.images_per_second, result.train_seconds,
+                          peak.flops_per_second, result.time_to_target)
+    return TrainBench(
+        profile=cfg.profile, seed=seed, test_accuracy=float((logits.argmax(1) == splits.test_y).mean()),
+        wall_seconds=wall, train_seconds=result.train_seconds, images_per_second=result.images_per_second,
+        flops_per_image=result.flops_per_image, achieved_flops_per_second=speed["achieved_flops_per_second"],
+        fraction_of_peak=speed["fraction_of_peak"], peak_source=peak.source,
+        time_to_target_seconds=result.time_to_target,
+    )
+
+
+def summarise(rows: list[TrainBench]) -> dict[str, float]:
+    """Mean and sample standard deviation of accuracy and time over seeds."""
+    acc = np.array([r.test_accuracy for r in rows])
+    secs = np.array([r.train_seconds for r in rows])
+    return {"n": len(rows), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(rows) > 1 else 0.0,
+            "train_seconds_mean": float(secs.mean()), "train_seconds_max": float(secs.max())}

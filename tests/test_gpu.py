@@ -1,0 +1,68 @@
+"""GPU paths. Every test here skips cleanly without CUDA; on a GPU machine run `pytest -m gpu`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from auditflow.config import DataConfig, TrainConfig
+from auditflow.data import ingest, make_splits
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    snap = ingest(str(image_folder), DataConfig(), tmp_path_factory.mktemp("cache"))
+    return make_splits(snap, DataConfig(val_fraction=0.25))
+
+
+def test_compiled_bf16_training_on_cuda(splits, tmp_path: Path) -> None:
+    from models.runtime import resolve_runtime
+    from models.training import fit
+
+    rt = resolve_runtime("auto")
+    cfg = TrainConfig(width=8, epochs=4, batch_size=12, lr=0.05, compile=True, ema_decay=0.9, tta=True, tta_translate=1)
+    result = fit(splits, cfg, rt, tmp_path)
+    assert result.compile_seconds > 0 and result.history[-1].val_accuracy >= 0.9
+
+
+def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
+    from models.runtime import resolve_runtime
+    from models.speed import GPU_BF16_PEAK, device_peak
+
+    peak = device_peak(resolve_runtime("auto"))
+    name = torch.cuda.get_device_name()
+    if any(k in name for k in GPU_BF16_PEAK):
+        assert "datasheet" in peak.source
+    assert peak.flops_per_second > 1e12
+
+
+def test_benchmark_includes_cuda_backends(tmp_path: Path) -> None:
+    from models.benchmark import benchmark
+    from models.export import export_onnx
+    from models.registry import build_model
+
+    model = build_model("fastnet", 4, width=8).eval()
+    path = export_onnx(model, (32, 32, 3), tmp_path / "m.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    backends = {r.backend for r in benchmark(model, path, images, (1, 8), warmup=1, iterations=3)}
+    assert "torch-cuda" in backends and "onnxruntime-cuda" in backends
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
+    from models.distributed import launch
+
+    snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
+    cfg = TrainConfig(width=8, epochs=2, batch_size=8, lr=0.05, world_size=2)
+    spec = {"snapshot": str(snap.path), "data": DataConfig(val_fraction=0.25).model_dump(mode="json"),
+            "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(tmp_path / "ckpt")}
+    _, records = launch(spec, 2, tmp_path / "ddp")
+    assert records[0]["state_digest"] == records[1]["state_digest"]
