@@ -283,10 +283,12 @@ def bench_train_cmd(
     if base:
         ratio = {"accuracy_points": 100 * (summary["accuracy_mean"] - base.test_accuracy),
                  "train_time_ratio": summary["train_seconds_mean"] / base.train_seconds,
-                 "error_ratio": (1 - summary["accuracy_mean"]) / (1 - base.test_accuracy)}
+                 # None when the baseline makes no error: a ratio to zero means nothing
+                 "error_ratio": (1 - summary["accuracy_mean"]) / (1 - base.test_accuracy) if base.test_accuracy < 1 else None}
         report |= {"baseline": asdict(base), "vs_baseline": ratio}
-        out_console.print(f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, "
-                          f"{ratio['error_ratio']:.2f}x the error rate, {ratio['train_time_ratio']:.1f}x the training time")
+        errors = "" if ratio["error_ratio"] is None else f"{ratio['error_ratio']:.2f}x the error rate, "
+        out_console.print(f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, {errors}"
+                          f"{ratio['train_time_ratio']:.1f}x the training time")
     if overhead:
         for name in EXTRA_LOGGERS.split(","):  # Prefect's console handler takes over in the flow
             logging.getLogger(name).removeHandler(handler)

@@ -303,7 +303,9 @@ class Tracker:
         train_id = record.stage_run_ids.get("train")
         if train_id:
             for key in ("train_loss", "val_accuracy", "train_accuracy", "val_loss"):
-                record.history[key] = [(m.step, m.value) for m in self.client.get_metric_history(train_id, key)]
+                # sorted by epoch: epochs restored from a checkpoint are logged after the live ones
+                history = self.client.get_metric_history(train_id, key)
+                record.history[key] = sorted((m.step, m.value) for m in history)
         return record
 
     def parent(self, ref: TrackingRef) -> RunLogger:
