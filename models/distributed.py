@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,7 @@ def _worker(spec_path: str) -> None:
         teacher = load_model(spec["teacher"])[0] if spec.get("teacher") else None
         result = fit(splits, cfg, runtime, spec["checkpoint_dir"], init_state=init_state, teacher=teacher)
         dist.barrier()
-        out = {
-            "history": [h.__dict__ for h in result.history], "train_seconds": result.train_seconds,
-            "images_per_second": result.images_per_second, "parameters": result.parameters,
-            "resumed_from_epoch": result.resumed_from_epoch, "flops_per_image": result.flops_per_image,
-            "time_to_target": result.time_to_target, "checkpoint": str(result.checkpoint),
-            "world_size": dist.get_world_size(), "compile_seconds": result.compile_seconds,
-            "state_digest": result.state_digest,
-        }
+        out = {**asdict(result), "checkpoint": str(result.checkpoint), "world_size": dist.get_world_size()}
         Path(spec["result_dir"], f"result-{rank}.json").write_text(json.dumps(out))
     finally:
         dist.destroy_process_group()
@@ -81,13 +75,8 @@ def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tup
     digests = {r["state_digest"] for r in records}
     if len(digests) != 1:  # every rank must end with the same weights, or DDP did not sync
         raise ModelError(f"data-parallel ranks ended with different weights: {sorted(digests)}")
-    r0 = records[0]
-    result = FitResult(
-        checkpoint=Path(r0["checkpoint"]), history=tuple(EpochStats(**h) for h in r0["history"]),
-        train_seconds=r0["train_seconds"], images_per_second=r0["images_per_second"], parameters=r0["parameters"],
-        resumed_from_epoch=r0["resumed_from_epoch"], flops_per_image=r0["flops_per_image"],
-        time_to_target=r0["time_to_target"], state_digest=r0["state_digest"], compile_seconds=r0["compile_seconds"],
-    )
+    r0 = {f.name: records[0][f.name] for f in fields(FitResult)}
+    result = FitResult(**r0 | {"checkpoint": Path(r0["checkpoint"]), "history": tuple(EpochStats(**h) for h in r0["history"])})
     return result, records
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 import math
 import pickle
@@ -382,8 +383,6 @@ def fit(
         log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
     val_y = torch.as_tensor(splits.val_y)
     eval_model = ema.module if ema is not None else base
-    time_to_target = next((sum(h.seconds for h in history[: i + 1]) for i, h in enumerate(history)
-                           if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
@@ -404,8 +403,6 @@ def fit(
             lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
         )
         history.append(stats)
-        if time_to_target is None and cfg.target_accuracy and val_acc >= cfg.target_accuracy:
-            time_to_target = sum(h.seconds for h in history)
         if rank != 0:
             continue
         log.info(
@@ -427,6 +424,9 @@ def fit(
 
     train_seconds = sum(h.seconds for h in history)
     images = sum(h.images_per_second * h.seconds for h in history)
+    elapsed = itertools.accumulate(h.seconds for h in history)  # training seconds at each epoch's end
+    time_to_target = next((t for t, h in zip(elapsed, history)
+                           if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
     return FitResult(
         checkpoint=checkpoint,
         history=tuple(history),

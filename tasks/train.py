@@ -89,16 +89,15 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
                         "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(work),
                         **{k: str(v) for k, v in sources.items()}}
                 result, _ = launch(spec, cfg.world_size, work / "ddp")
-                logged_epochs = 0  # the workers do not track: log every epoch afterwards
             else:
                 def on_epoch(stats: EpochStats) -> None:
                     run.log_metrics(epoch_metrics(stats), step=stats.epoch)
 
                 result = fit(make_splits(snapshot, data_cfg), cfg, runtime, work, on_epoch=on_epoch,
                              init_state=init_model.state_dict() if init_model is not None else None, teacher=teacher)
-                logged_epochs = len(result.history) - result.resumed_from_epoch
-            # epochs not logged live (restored from a checkpoint, or trained by workers)
-            for stats in result.history[: len(result.history) - logged_epochs]:
+            # epochs not logged live: all of them from the (untracked) workers, else those restored
+            unlogged = result.history if cfg.world_size > 1 else result.history[: result.resumed_from_epoch]
+            for stats in unlogged:
                 run.log_metrics(epoch_metrics(stats), step=stats.epoch)
             final = run_dir(workdir, ref.run_id) / "model.pt"
             shutil.copy2(result.checkpoint, final)
