@@ -24,14 +24,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from auditflow.config import available_profiles, load_config
-from auditflow.errors import AuditflowError
-from auditflow.tracking import ARTIFACT_DIR, DB_NAME, resolve_tracking_uri
+from auditflow.core.config import available_profiles, load_config
+from auditflow.core.errors import AuditflowError
+from auditflow.core.paths import ARTIFACT_DIR, CACHE_DIR, DB_NAME, cache_dir, reports_dir
+from auditflow.core.tracking import resolve_tracking_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, audit, export and benchmark image classifiers.")
 console = Console(stderr=True, soft_wrap=True)  # one error, one line
 # Compute modules log with `logging`; Prefect shows these loggers in the terminal and its UI.
-EXTRA_LOGGERS = "auditflow,models,audits"
+EXTRA_LOGGERS = "auditflow"
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a YAML file.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image-folder dir, .tar/.tar.gz/.zip archive, or 'cifar10[:ROOT]'.")]
@@ -93,7 +94,7 @@ def run(
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()
-    from flows.pipeline import audit_pipeline
+    from auditflow.flows.pipeline import audit_pipeline
 
     console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], "
                   f"tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]")
@@ -108,6 +109,8 @@ def run(
         raise
     table = Table(title=f"auditflow run {result.run_id} ({time.perf_counter() - start:.0f} s)", show_header=False)
     table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+    if result.learning != "pass":
+        table.add_row("[bold red]MODEL DID NOT LEARN[/]", f"[red]{result.learning_message}[/]")
     table.add_row("fairness", f"{'pass' if result.fairness_passed else 'FAIL'} (worst-class recall {result.worst_class_recall:.3f})")
     table.add_row("privacy", f"{'pass' if result.privacy_passed else 'FAIL'} (attack AUC {result.attack_auc:.3f})")
     table.add_row("ONNX model", result.onnx_path)
@@ -122,20 +125,20 @@ def run(
 def report(
     run_id: Annotated[str, typer.Argument(help="MLflow id of a pipeline (parent) run.")],
     workdir: WorkdirOpt = Path("."),
-    out: Annotated[Optional[Path], typer.Option(help="Output folder; default auditflow-cache/reports/RUN_ID.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=f"Output folder; default {CACHE_DIR}/reports/RUN_ID.")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")] = None,
 ) -> None:
     """Rebuild the audit report of a past run from the MLflow store alone."""
-    from auditflow.config import TrackingConfig
-    from auditflow.tracking import Tracker
-    from audits.report import build_report
+    from auditflow.core.config import TrackingConfig
+    from auditflow.core.tracking import Tracker
+    from auditflow.audits.report import build_report
 
     try:
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
         if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
         record = Tracker(uri).load_run(run_id)
-        files = build_report(record, out or workdir / "auditflow-cache" / "reports" / run_id)
+        files = build_report(record, out or reports_dir(workdir, run_id))
     except AuditflowError as err:
         raise _fail(err) from err
     Console().print(f"report: {files.html}\nmarkdown: {files.markdown}")
@@ -183,7 +186,7 @@ def serve(
                 server = _start_prefect_server(api_url, port)
             os.environ["PREFECT_API_URL"] = api_url
         console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
-        from flows.pipeline import audit_pipeline
+        from auditflow.flows.pipeline import audit_pipeline
 
         source = data if data.startswith("cifar10") else str(Path(data).resolve())  # runs start elsewhere
         audit_pipeline.serve(name=name, cron=cron, parameters={
@@ -248,15 +251,15 @@ def bench_train_cmd(
     import json
     from dataclasses import asdict
 
-    from auditflow.data import ingest
-    from models.benchtrain import bench_train, summarise
+    from auditflow.core.data import ingest
+    from auditflow.models.benchtrain import bench_train, compare_to_baseline, summarise
 
     try:
         cfg = load_config(profile, overrides or [])
         base_cfg = load_config(baseline) if baseline else None
         if seeds < 1:
             raise AuditflowError(f"--seeds must be at least 1, got {seeds}")
-        snapshot = ingest(data, cfg.data, workdir / "auditflow-cache")
+        snapshot = ingest(data, cfg.data, cache_dir(workdir))
     except AuditflowError as err:
         raise _fail(err) from err
     out_console = Console(width=None if sys.stdout.isatty() else 150)
@@ -281,10 +284,7 @@ def bench_train_cmd(
                       f"peak: {rows[0].peak_source}")
     report: dict[str, object] = {"rows": [asdict(r) for r in rows], "summary": summary}
     if base:
-        ratio = {"accuracy_points": 100 * (summary["accuracy_mean"] - base.test_accuracy),
-                 "train_time_ratio": summary["train_seconds_mean"] / base.train_seconds,
-                 # None when the baseline makes no error: a ratio to zero means nothing
-                 "error_ratio": (1 - summary["accuracy_mean"]) / (1 - base.test_accuracy) if base.test_accuracy < 1 else None}
+        ratio = compare_to_baseline(summary, base)
         report |= {"baseline": asdict(base), "vs_baseline": ratio}
         errors = "" if ratio["error_ratio"] is None else f"{ratio['error_ratio']:.2f}x the error rate, "
         out_console.print(f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, {errors}"
@@ -293,16 +293,11 @@ def bench_train_cmd(
         for name in EXTRA_LOGGERS.split(","):  # Prefect's console handler takes over in the flow
             logging.getLogger(name).removeHandler(handler)
         _prefect_env()
-        from flows.bench import train_overhead
+        from auditflow.flows.bench import overhead_split, train_overhead
 
         flow_result = train_overhead(profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir))
-        direct = rows[0].wall_seconds
-        # Time outside the training loop, in each: what orchestration and tracking can add to;
-        # the loop itself runs the same code in both and differs only by noise.
-        outside = (flow_result["task_wall_seconds"] - flow_result["train_seconds"]) - (direct - rows[0].train_seconds)
-        over = {"direct_wall_seconds": direct, "direct_train_seconds": rows[0].train_seconds, **flow_result,
-                "overhead_fraction": flow_result["task_wall_seconds"] / direct - 1,
-                "outside_loop_extra_seconds": outside, "outside_loop_extra_fraction": outside / direct}
+        over = overhead_split(rows[0], flow_result)
+        direct, outside = over["direct_wall_seconds"], over["outside_loop_extra_seconds"]
         report["overhead"] = over
         out_console.print(f"train task in a flow: {over['task_wall_seconds']:.1f} s vs direct fit {direct:.1f} s "
                           f"(seed 0): overhead {over['overhead_fraction']:+.1%}; training loops "

@@ -26,7 +26,7 @@ import pandas as pd
 from fairlearn.metrics import MetricFrame, false_positive_rate
 from sklearn.metrics import precision_score, recall_score
 
-from auditflow.config import FairnessConfig
+from auditflow.core.config import FairnessConfig
 
 
 def _recall(y_true: np.ndarray, y_pred: np.ndarray) -> float:

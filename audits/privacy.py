@@ -20,7 +20,7 @@ from fairlearn.metrics import MetricFrame
 from scipy.special import log_softmax
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from auditflow.config import PrivacyConfig
+from auditflow.core.config import PrivacyConfig
 
 
 def per_example_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

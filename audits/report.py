@@ -15,8 +15,8 @@ import markdown
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from auditflow.tracking import RunRecord
-from audits import plots
+from auditflow.core.tracking import RunRecord
+from auditflow.audits import plots
 
 STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
 
@@ -35,6 +35,10 @@ def _png_b64(fig: Any) -> str:
 def _verdicts(s: dict[str, dict[str, Any]], status: dict[str, str]) -> list[dict[str, str]]:
     rows = []
     ev = s.get("evaluate")
+    if ev and "learning" in ev:
+        learned = ev["learning"]
+        rows.append({"check": "Model learned (test accuracy above chance)", "result": learned["message"],
+                     "verdict": "pass" if learned["verdict"] == "pass" else "FAIL"})
     rows.append({"check": "Test accuracy", "result": f"{ev['accuracy']:.2%}" if ev else "missing",
                  "verdict": "info" if ev else "missing"})
     for stage, label in (("fairness", "Per-class fairness"), ("privacy", "Membership privacy")):
@@ -46,7 +50,7 @@ def _verdicts(s: dict[str, dict[str, Any]], status: dict[str, str]) -> list[dict
                          "verdict": "pass" if r["passed"] else "FAIL"})
     ex = s.get("export")
     rows.append({"check": "ONNX parity", "verdict": ("pass" if ex["passed"] else "FAIL") if ex else "missing",
-                 "result": f"max |diff| {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}" if ex else "missing"})
+                 "result": f"max abs logit diff {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}" if ex else "missing"})
     return rows
 
 
@@ -80,7 +84,7 @@ def report_context(record: RunRecord) -> dict[str, Any]:
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("audits", "templates"), undefined=StrictUndefined,
+    env = Environment(loader=PackageLoader("auditflow.audits", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.2%}"
     env.filters["f3"] = lambda v: "n/a" if v is None else f"{v:.3f}"
@@ -103,7 +107,7 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     escaping.autoescape = True
     body = markdown.markdown(escaping.get_template("report.md.j2").render(embed=True, **ctx),
                              extensions=["tables", "sane_lists"])
-    html_env = Environment(loader=PackageLoader("audits", "templates"), autoescape=True)
+    html_env = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)
     html = html_env.get_template("report.html.j2").render(title=record.name, overall=ctx["overall"],
                                                          body=Markup(body))
     pngs = {name: base64.b64decode(data) for name, data in ctx["figures"].items()}

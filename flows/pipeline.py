@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from auditflow.config import load_config
-from tasks.audit import fairness_audit, privacy_audit
-from tasks.evaluate import evaluate_model
-from tasks.export import benchmark_model, export_model
-from tasks.ingest import ingest_data
-from tasks.report import report_run
-from tasks.run import close_run, open_run
-from tasks.train import train_model
+from auditflow.core.config import load_config
+from auditflow.tasks.audit import fairness_audit, privacy_audit
+from auditflow.tasks.evaluate import evaluate_model
+from auditflow.tasks.export import benchmark_model, export_model
+from auditflow.tasks.ingest import ingest_data
+from auditflow.tasks.report import report_run
+from auditflow.tasks.run import close_run, open_run
+from auditflow.tasks.train import train_model
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class PipelineResult:
     tracking_uri: str
     experiment_id: str
     test_accuracy: float
+    learning: str  # "pass" or "fail": test accuracy above chance
+    learning_message: str
     fairness_passed: bool
     privacy_passed: bool
     attack_auc: float
@@ -62,7 +64,7 @@ def audit_pipeline(
     close_run(ref)
     return PipelineResult(
         run_id=ref.run_id, tracking_uri=ref.uri, experiment_id=ref.experiment_id,
-        test_accuracy=evaluated.accuracy, fairness_passed=fairness.passed, privacy_passed=privacy.passed,
+        test_accuracy=evaluated.accuracy, learning=evaluated.learning, learning_message=evaluated.learning_message, fairness_passed=fairness.passed, privacy_passed=privacy.passed,
         attack_auc=privacy.headline, worst_class_recall=fairness.headline, onnx_path=exported.onnx_path,
         report_html=report.html, report_markdown=report.markdown,
     )

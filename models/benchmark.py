@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.export import INPUT_NAME, OUTPUT_NAME, inference_providers, onnx_session
-from models.presets import to_input
+from auditflow.models.export import INPUT_NAME, OUTPUT_NAME, inference_providers, onnx_session
+from auditflow.models.presets import to_input
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from auditflow.config import PipelineConfig
-from auditflow.data import Snapshot, make_splits
-from models.runtime import resolve_runtime
-from models.speed import Peak, device_peak, speed_metrics
-from models.training import fit, load_model, predict
+from auditflow.core.config import PipelineConfig
+from auditflow.core.data import Snapshot, make_splits
+from auditflow.models.runtime import resolve_runtime
+from auditflow.models.speed import Peak, device_peak, speed_metrics
+from auditflow.models.training import fit, load_model, predict
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,14 @@ def summarise(rows: list[TrainBench]) -> dict[str, float]:
     secs = np.array([r.train_seconds for r in rows])
     return {"n": len(rows), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(rows) > 1 else 0.0,
             "train_seconds_mean": float(secs.mean()), "train_seconds_max": float(secs.max())}
+
+
+def compare_to_baseline(summary: dict[str, float], base: TrainBench) -> dict[str, float | None]:
+    """The profile's mean against one baseline run: accuracy points gained (higher is better),
+    error-rate ratio (lower is better; None when the baseline makes no error, as a ratio to
+    zero means nothing) and training-time ratio."""
+    return {
+        "accuracy_points": 100 * (summary["accuracy_mean"] - base.test_accuracy),
+        "train_time_ratio": summary["train_seconds_mean"] / base.train_seconds,
+        "error_ratio": (1 - summary["accuracy_mean"]) / (1 - base.test_accuracy) if base.test_accuracy < 1 else None,
+    }

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from auditflow.config import DataConfig, TrainConfig
-from auditflow.data import Snapshot, make_splits
-from auditflow.errors import ModelError
-from models.runtime import Runtime, resolve_runtime
-from models.training import EpochStats, FitResult, fit, load_model
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.errors import ModelError
+from auditflow.models.runtime import Runtime, resolve_runtime
+from auditflow.models.training import EpochStats, FitResult, fit, load_model
 
 
 def _uses_cuda(device: str) -> bool:
@@ -66,7 +66,7 @@ def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tup
     if not cuda:  # share the cores instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
-           "-m", "models.distributed", str(spec_path)]
+           "-m", "auditflow.models.distributed", str(spec_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])

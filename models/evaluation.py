@@ -79,3 +79,43 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], e
         confusion=tuple(tuple(map(int, row)) for row in confusion_matrix(labels, preds, labels=range(k))),
         classes=tuple(classes),
     )
+
+
+@dataclass(frozen=True)
+class LearningCheck:
+    """Did the model learn? Fails when held-out accuracy cannot be told apart from chance.
+
+    `chance` is what always answering the most frequent class scores (1/K on balanced data);
+    the verdict fails when the accuracy's Wilson interval reaches down to it, whatever the
+    training accuracy says (a high one there means the weights that were evaluated are not
+    the ones that learned, or the model memorised without generalising)."""
+
+    verdict: str  # "pass" or "fail"
+    accuracy: float  # held-out top-1, 0..1
+    interval: tuple[float, float]  # Wilson interval of `accuracy` at `confidence`
+    chance: float  # majority-class share of the held-out labels, 0..1
+    train_accuracy: float  # same model on training images, no augmentation, 0..1
+    confidence: float
+    message: str
+
+
+def check_learning(
+    preds: np.ndarray, labels: np.ndarray, train_accuracy: float, confidence: float = 0.99
+) -> LearningCheck:
+    """Compare held-out accuracy (`preds` vs `labels`) with chance and with `train_accuracy`."""
+    from scipy.stats import binomtest
+
+    n = len(labels)
+    correct = int((preds == labels).sum())
+    chance = float(np.bincount(labels).max() / n)
+    ci = binomtest(correct, n).proportion_ci(confidence, method="wilson")
+    acc = correct / n
+    if ci.low > chance:
+        return LearningCheck("pass", acc, (ci.low, ci.high), chance, train_accuracy, confidence,
+                             f"held-out accuracy {acc:.1%} is above chance ({chance:.1%})")
+    if train_accuracy - chance > 0.2:
+        why = (f"held-out accuracy {acc:.1%} ({confidence:.0%} CI [{ci.low:.1%}, {ci.high:.1%}]) is at chance ({chance:.1%}) "
+               f"while training accuracy is {train_accuracy:.1%}: the model did not generalise")
+    else:
+        why = f"accuracy {acc:.1%} on held-out and {train_accuracy:.1%} on training images is at chance ({chance:.1%}): the model did not learn"
+    return LearningCheck("fail", acc, (ci.low, ci.high), chance, train_accuracy, confidence, why)

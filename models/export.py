@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from models.presets import to_input
+from auditflow.models.presets import to_input
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "pixels"

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditflow.errors import ModelError
+from auditflow.core.errors import ModelError
 
 # Per-channel statistics of CIFAR-10's training set; a fine default for natural images.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from auditflow.errors import ConfigError
+from auditflow.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,42 +1,55 @@
-"""The training loop: `fit` = `train_one_epoch` + validation + checkpoints; `predict` for logits.
+"""The training loop: `fit` = restore, plan, epoch loop with cheap validation, weight
+selection, summary; `predict` for logits.
 
-Checkpoints are plain dicts (weights, config, epoch, optimiser state) written atomically, so
-a killed run can continue from its last epoch. Every epoch's shuffling and augmentation are
-seeded from (seed, epoch), which makes a resumed run follow the same path as an uninterrupted
-one.
+Checkpoints (see `checkpoints.py`) hold weights, config, epoch and optimiser state, written
+atomically, so a killed run continues from its last epoch. Every epoch's shuffling and
+augmentation are seeded from (seed, epoch), which makes a resumed run follow the same path as
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
-from auditflow.config import TrainConfig
-from auditflow.data import Splits
-from auditflow.errors import ModelError
-from models.presets import augment, to_input
-from models.registry import build_model, prepare_from_data
-from models.runtime import Runtime
-from models.speed import train_flops_per_image
+from auditflow.core.config import TrainConfig
+from auditflow.core.data import Splits
+from auditflow.core.errors import ModelError
+from auditflow.models.averaging import WarmupEMA, make_ema, update_ema
+from auditflow.models.budget import EpochPlan, plan_epochs
+from auditflow.models.checkpoints import (
+    checkpoint_payload,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
+from auditflow.models.presets import augment, to_input
+from auditflow.models.registry import build_model, prepare_from_data
+from auditflow.models.runtime import Runtime
+from auditflow.models.speed import train_flops_per_image
+
+__all__ = ["EpochStats", "FitResult", "fit", "load_model", "predict", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
+
+TIMED_STEPS = 3  # throwaway optimiser steps timed to plan a time budget
+
 
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {
     "sgd": lambda groups, c: torch.optim.SGD(
@@ -82,11 +95,22 @@ class EpochStats:
     epoch: int  # 1-based
     train_loss: float  # mean training loss (smoothed CE, plus the distillation term if any); rank 0's shard
     train_accuracy: float  # on augmented batches, 0..1; rank 0's shard under DDP
-    val_loss: float  # plain cross-entropy; nan without a validation split
-    val_accuracy: float  # 0..1; nan without a validation split
+    val_loss: float  # plain cross-entropy, no TTA, on the per-epoch subset; nan when not validated
+    val_accuracy: float  # 0..1, same images; nan when not validated this epoch or no validation split
     lr: float  # learning rate at the end of the epoch
     seconds: float  # wall time of the training pass (validation excluded)
     images_per_second: float  # training throughput
+    val_seconds: float = 0.0  # wall time of this epoch's validation
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    """Which weights the run ships: the raw ones or their average, whichever validates better."""
+
+    kept: str  # "raw" or "ema"
+    raw_accuracy: float  # on the whole validation split (or a train sample), no TTA, 0..1
+    ema_accuracy: float | None  # None without EMA
+    scored_on: str  # "validation" or "train sample" (no validation split)
 
 
 @dataclass(frozen=True)
@@ -99,56 +123,13 @@ class FitResult:
     resumed_from_epoch: int  # 0 = fresh start
     flops_per_image: float  # forward + backward FLOPs of one training image
     time_to_target: float | None  # training seconds until val accuracy first reached the target
-    state_digest: str  # sha256 of the final weights (equal on every data-parallel rank)
+    state_digest: str  # sha256 of the raw final weights (equal on every data-parallel rank)
     compile_seconds: float = 0.0  # torch.compile + warm-up, before the training clock starts
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the names and bytes of a state dict's tensors."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def checkpoint_payload(
-    model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], epoch: int, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "state_dict": model.state_dict(),
-        "config": cfg.model_dump(mode="json"),
-        "classes": list(classes),
-        "epoch": epoch,
-        **extra,
-    }
-
-
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Model in eval mode from a checkpoint (the EMA weights when they exist), plus the payload."""
-    try:
-        payload = torch.load(checkpoint, map_location=device, weights_only=False)
-        cfg = TrainConfig.model_validate(payload["config"])
-        classes = payload["classes"]
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ModelError(f"cannot read checkpoint {checkpoint}: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:  # ValidationError is a ValueError
-        raise ModelError(f"{checkpoint} is not an auditflow checkpoint (no valid config/classes): {err}") from err
-    model = build_model(cfg.model, len(classes), cfg.width, cfg.dropout)
-    try:
-        model.load_state_dict(payload.get("ema_state_dict") or payload["state_dict"])
-    except RuntimeError as err:
-        raise ModelError(f"checkpoint {checkpoint} does not fit model {cfg.model!r}: {err}") from err
-    return model.to(device).eval(), payload
+    plan: dict[str, Any] = field(default_factory=dict)  # EpochPlan.as_dict(): epochs chosen and why
+    choice: dict[str, Any] = field(default_factory=dict)  # WeightChoice as a dict
+    final_val_accuracy: float = float("nan")  # kept weights, whole validation split, with the profile's TTA
+    final_val_loss: float = float("nan")
+    val_seconds: float = 0.0  # sum of per-epoch validations
 
 
 def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +195,7 @@ def train_one_epoch(
     cfg: TrainConfig,
     runtime: Runtime,
     generator: torch.Generator,
-    ema: AveragedModel | None = None,
+    ema: tuple[AveragedModel, WarmupEMA] | None = None,
     teacher: nn.Module | None = None,
 ) -> tuple[float, float, float, int]:
     """One pass over uint8 `images` (N x H x W x 3, on the device).
@@ -228,26 +209,12 @@ def train_one_epoch(
     correct = torch.zeros((), device=images.device)
     seen = 0
     start = time.perf_counter()
-    for idx in batches:
-        x = augment(to_input(images[idx], runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding,
-                    generator=generator)
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for step, idx in enumerate(batches):
         y = labels[idx]
-        with runtime.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = teacher(x).float()
-                kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
-                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher)
         scheduler.step()
-        if ema is not None:
-            ema.update_parameters(_unwrap(model))
+        if ema is not None and (step + 1) % cfg.ema_every == 0:
+            update_ema(ema[0], ema[1], _unwrap(model))
         # Accumulate on the device; reading .item() per step would sync every batch.
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
@@ -256,6 +223,77 @@ def train_one_epoch(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seconds, seen
+
+
+def _train_step(
+    model: nn.Module, images: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+    runtime: Runtime, generator: torch.Generator | None = None, teacher: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device."""
+    x = augment(to_input(images, runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding, generator=generator)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(x).float()
+            kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def warm_up(
+    model: nn.Module, base: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+    cfg: TrainConfig, runtime: Runtime, timed_steps: int = 0,
+) -> tuple[nn.Module, float, float]:
+    """Before the training clock starts: `torch.compile` the model when configured (two
+    throwaway steps compile it, as the speed records time it), then time `timed_steps` more
+    optimiser steps for the time budget. Weights, BatchNorm statistics, gradients and the
+    optimiser state are restored afterwards.
+
+    Returns (model to train, compile seconds, seconds per optimiser step or nan). If
+    compilation fails (no C compiler, unsupported op), logs why and trains eagerly."""
+    initial_model = copy.deepcopy(base.state_dict())
+    initial_optim = copy.deepcopy(optimizer.state_dict())
+    idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
+    compile_seconds, step_seconds = 0.0, float("nan")
+    try:
+        if cfg.compile:
+            compiled = torch.compile(model)
+            start = time.perf_counter()
+            try:
+                for _ in range(2):
+                    _train_step(compiled, images[idx], labels[idx], optimizer, cfg, runtime)
+                model = compiled
+            except Exception as err:  # inductor raises many types; eager training still works
+                if dist.is_initialized():
+                    raise  # a half-run collective would leave the other ranks waiting
+                log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
+            _sync(runtime)
+            compile_seconds = time.perf_counter() - start
+        if timed_steps:
+            _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)  # eager: first-call costs
+            _sync(runtime)
+            start = time.perf_counter()
+            for _ in range(timed_steps):
+                _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)
+            _sync(runtime)
+            step_seconds = (time.perf_counter() - start) / timed_steps
+    finally:
+        base.load_state_dict(initial_model)
+        optimizer.load_state_dict(initial_optim)
+        base.zero_grad(set_to_none=True)
+    return model, compile_seconds, step_seconds
+
+
+def _sync(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -269,38 +307,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def compile_with_warmup(
-    model: nn.Module, base: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, runtime: Runtime
-) -> tuple[nn.Module, float]:
-    """torch.compile `model` and run two throwaway training steps so compilation happens
-    before the clock starts (as the speed records time it); the weights, BN statistics and
-    gradients are restored afterwards. Returns (model to train, compile seconds). If
-    compilation fails (no C compiler, unsupported op), logs why and returns the eager model."""
-    initial = copy.deepcopy(base.state_dict())
-    compiled = torch.compile(model)
-    start = time.perf_counter()
-    try:
-        idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
-        for _ in range(2):
-            x = augment(to_input(images[idx], runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding)
-            if runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with runtime.autocast():
-                loss = F.cross_entropy(compiled(x).float(), labels[idx])
-            loss.backward()
-    except Exception as err:  # inductor raises many types; eager training still works
-        if dist.is_initialized():
-            raise  # a half-run collective would leave the other ranks waiting
-        log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
-        compiled, start = model, time.perf_counter()
-    finally:
-        base.load_state_dict(initial)
-        base.zero_grad(set_to_none=True)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-    return compiled, time.perf_counter() - start
-
-
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Copy every tensor of `state` whose name and shape fit `model`; returns the names left
     at their fresh initialisation (e.g. the classifier when the classes differ)."""
@@ -308,6 +314,98 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)
     return sorted(k for k in own if k not in fitting)
+
+
+def _val_subset(splits: Splits, cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
+    """The per-epoch validation images: a seeded sample of `val_subset` (all when None or fewer)."""
+    n = len(splits.val_y)
+    if cfg.val_subset is None or n <= cfg.val_subset:
+        return np.asarray(splits.val_x), torch.as_tensor(splits.val_y)
+    pick = np.sort(np.random.default_rng(cfg.seed).permutation(n)[: cfg.val_subset])
+    return np.asarray(splits.val_x[pick]), torch.as_tensor(splits.val_y[pick])
+
+
+def _score(model: nn.Module, images: np.ndarray, labels: torch.Tensor, runtime: Runtime,
+           tta: bool = False, translate: int = 0) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of `model` on uint8 images."""
+    logits = torch.as_tensor(predict(model, images, runtime, tta=tta, translate=translate))
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
+
+
+@dataclass
+class _Trainer:
+    """What one `fit` call builds once and its steps share."""
+
+    cfg: TrainConfig
+    runtime: Runtime
+    base: nn.Module  # the plain module: checkpoints, evaluation
+    optimizer: torch.optim.Optimizer
+    ema: tuple[AveragedModel, WarmupEMA] | None
+    checkpoint: Path
+    classes: tuple[str, ...]
+    rank: int
+
+    def restore(self) -> tuple[int, list[EpochStats], dict[str, Any] | None, dict[str, Any] | None]:
+        """Continue an unfinished run of the same config from `last.pt`: (epoch, history, plan,
+        optimiser and scheduler states, to load once the scheduler exists). A checkpoint that
+        cannot be read is discarded with a warning."""
+        if not self.checkpoint.is_file():
+            return 0, [], None, None
+        try:
+            state = read_checkpoint(self.checkpoint, self.runtime.device)
+        except ModelError as err:
+            log.warning("discarding unreadable checkpoint and starting over: %s", err)
+            self.checkpoint.unlink(missing_ok=True)
+            return 0, [], None, None
+        if state.get("config") != self.cfg.model_dump(mode="json") or "plan" not in state:
+            return 0, [], None, None
+        self.base.load_state_dict(state["state_dict"])
+        if self.ema is not None and state.get("ema_state_dict"):
+            self.ema[0].module.load_state_dict(state["ema_state_dict"])
+            self.ema[0].n_averaged.fill_(state["ema_n_averaged"])
+            self.ema[1].updates = int(state["ema_n_averaged"])
+        history = [EpochStats(**h) for h in state.get("history", [])]
+        log.info("resuming from %s at epoch %d/%d", self.checkpoint, state["epoch"], state["plan"]["epochs"])
+        return state["epoch"], history, state["plan"], {k: state[k] for k in ("optimizer", "scheduler")}
+
+    def validate(self, images: np.ndarray, labels: torch.Tensor) -> tuple[float, float, float]:
+        """(loss, accuracy, seconds) of the weights being averaged (or the raw ones), no TTA."""
+        if not len(labels):
+            return float("nan"), float("nan"), 0.0
+        start = time.perf_counter()
+        loss, acc = _score(self.ema[0].module if self.ema else self.base, images, labels, self.runtime)
+        return loss, acc, time.perf_counter() - start
+
+    def save(self, epoch: int, history: list[EpochStats], plan: EpochPlan,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, **extra: Any) -> None:
+        if self.rank != 0:
+            return
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "history": [h.__dict__ for h in history], "plan": plan.as_dict(), **extra,
+        }
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema[0].module.state_dict()
+            state["ema_n_averaged"] = self.ema[1].updates
+        save_checkpoint(checkpoint_payload(self.base, self.cfg, self.classes, epoch, **state), self.checkpoint)
+
+    def choose_weights(self, splits: Splits) -> WeightChoice:
+        """Score the raw and the averaged weights on the whole validation split (no TTA; a
+        seeded train sample when there is no validation split) and keep the better one; the
+        average wins ties. Under DDP, rank 0's choice holds everywhere."""
+        if len(splits.val_y):
+            images, labels, where = np.asarray(splits.val_x), torch.as_tensor(splits.val_y), "validation"
+        else:
+            pick = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(splits.train_y))[:2000])
+            images, labels, where = np.asarray(splits.train_x[pick]), torch.as_tensor(splits.train_y[pick]), "train sample"
+        raw = _score(self.base, images, labels, self.runtime)[1]
+        if self.ema is None:
+            return WeightChoice("raw", raw, None, where)
+        averaged = _score(self.ema[0].module, images, labels, self.runtime)[1]
+        keep_ema = torch.tensor(int(averaged >= raw))
+        if dist.is_initialized():
+            dist.broadcast(keep_ema, 0)
+        return WeightChoice("ema" if keep_ema.item() else "raw", raw, averaged, where)
 
 
 def fit(
@@ -319,23 +417,93 @@ def fit(
     init_state: dict[str, torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
 ) -> FitResult:
-    """Train `cfg.model` on `splits.train_*`, validating on `splits.val_*` after each epoch.
+    """Train `cfg.model` on `splits.train_*`, validating cheaply on `splits.val_*` as it goes.
+
+    Steps: build and initialise the model; restore an unfinished run of the same config from
+    `checkpoint_dir/last.pt`; warm up (compile) and plan the epoch count for
+    `cfg.time_budget_s`; the epoch loop (checkpoint every `cfg.checkpoint_every` epochs);
+    choose the raw or averaged weights; score them with TTA on the whole validation split.
 
     - `init_state`: weights to fine-tune from (tensors whose shapes differ start fresh).
     - `teacher`: a model on the same classes whose softened logits are distilled.
     - Under `torch.distributed` (torchrun), wraps the model in DistributedDataParallel and
       gives each process its shard of every epoch; only rank 0 writes checkpoints and calls
       `on_epoch`.
-
-    Writes `checkpoint_dir/last.pt` every `cfg.checkpoint_every` epochs and at the end; when
-    `last.pt` already holds an unfinished run of the same config, training continues from it.
     """
-    checkpoint = Path(checkpoint_dir) / "last.pt"
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout)
     if len(splits.train_y) == 0:
         raise ModelError(f"the training split is empty; nothing to train {cfg.model!r} on")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    base, flops = _build(splits, cfg, runtime, init_state)
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
+    trainer = _Trainer(cfg, runtime, base, optimizer, make_ema(base, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None,
+                       Path(checkpoint_dir) / "last.pt", splits.classes, rank)
+    start_epoch, history, saved_plan, saved_states = trainer.restore()
+
+    model: nn.Module = base
+    if world > 1:
+        model = DistributedDataParallel(base, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if teacher is not None:
+        teacher = runtime.prepare(teacher).eval()
+    train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
+    train_y = torch.as_tensor(splits.train_y).to(runtime.device)
+    val_x, val_y = _val_subset(splits, cfg)
+    steps_per_epoch = len(_shard(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
+
+    timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
+    model, compile_seconds, step_seconds = warm_up(model, base, optimizer, train_x, train_y, cfg, runtime, timed)
+    if compile_seconds:
+        log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
+    if saved_plan is not None:
+        plan = EpochPlan(**saved_plan)
+    else:
+        val_cost = trainer.validate(val_x, val_y)[2] if cfg.time_budget_s is not None else 0.0
+        plan = _agree(plan_epochs(cfg.epochs, cfg.time_budget_s, step_seconds, steps_per_epoch, val_cost, cfg.val_every))
+    log.info("plan: %s", plan.reason)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * plan.epochs))
+    if saved_states is not None:  # after the scheduler: its constructor resets the learning rate
+        optimizer.load_state_dict(saved_states["optimizer"])
+        scheduler.load_state_dict(saved_states["scheduler"])
+
+    for epoch in range(start_epoch + 1, plan.epochs + 1):
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
+        loss, acc, seconds, seen = train_one_epoch(
+            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, trainer.ema, teacher
+        )
+        if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
+            for buffer in base.buffers():
+                dist.broadcast(buffer, 0)
+        due = epoch % cfg.val_every == 0 or epoch == plan.epochs
+        val_loss, val_acc, val_seconds = trainer.validate(val_x, val_y) if due else (float("nan"),) * 2 + (0.0,)
+        stats = EpochStats(epoch=epoch, train_loss=loss, train_accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
+                           lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
+                           val_seconds=val_seconds)
+        history.append(stats)
+        if rank == 0:
+            log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s) + val %.1fs",
+                     epoch, plan.epochs, loss, acc, val_acc, seconds, stats.images_per_second, val_seconds)
+            if on_epoch is not None:
+                on_epoch(stats)
+        if epoch % cfg.checkpoint_every == 0 and epoch < plan.epochs:
+            trainer.save(epoch, history, plan, scheduler)
+
+    choice = trainer.choose_weights(splits)
+    log.info("kept the %s weights (%s accuracy: raw %.4f, averaged %s)", choice.kept, choice.scored_on,
+             choice.raw_accuracy, "-" if choice.ema_accuracy is None else f"{choice.ema_accuracy:.4f}")
+    kept = trainer.ema[0].module if choice.kept == "ema" and trainer.ema else base
+    final_loss, final_acc = (_score(kept, np.asarray(splits.val_x), torch.as_tensor(splits.val_y), runtime,
+                                    cfg.tta, cfg.tta_translate) if len(splits.val_y) else (float("nan"),) * 2)
+    trainer.save(plan.epochs, history, plan, scheduler, kept=choice.kept, choice=choice.__dict__)
+    return _summary(trainer, history, plan, choice, start_epoch, flops, compile_seconds, final_acc, final_loss)
+
+
+def _build(splits: Splits, cfg: TrainConfig, runtime: Runtime,
+           init_state: dict[str, torch.Tensor] | None) -> tuple[nn.Module, float]:
+    """The model on its device, initialised (fine-tuned weights, whitening from the data),
+    and its training FLOPs per image."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout)
     fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
     if any("whiten" in name for name in fresh):
         # a seeded random sample: snapshots are stored class by class
@@ -344,98 +512,40 @@ def fit(
     elif init_state is not None:
         log.info("fine-tuning: %d tensors start fresh: %s", len(fresh), fresh)
     flops = train_flops_per_image(model, splits.train_x.shape[1:], len(splits.classes))
-    model = runtime.prepare(model)
-    base = model
-    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(model, cfg.weight_decay), cfg)
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    steps_per_epoch = len(_shard(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * cfg.epochs))
-    ema = (
-        AveragedModel(base, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay
-        else None
-    )
+    return runtime.prepare(model), flops
 
-    history: list[EpochStats] = []
-    start_epoch = 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=runtime.device, weights_only=False)
-        if state.get("config") == cfg.model_dump(mode="json") and state.get("epoch", 0) <= cfg.epochs:
-            base.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema_state_dict"):
-                ema.module.load_state_dict(state["ema_state_dict"])
-                ema.n_averaged.fill_(state["ema_n_averaged"])
-            start_epoch = state["epoch"]
-            history = [EpochStats(**h) for h in state.get("history", [])]
-            log.info("resuming from %s at epoch %d/%d", checkpoint, start_epoch, cfg.epochs)  # == epochs: done
 
-    if world > 1:
-        model = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    if teacher is not None:
-        teacher = runtime.prepare(teacher).eval()
-    train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
-    train_y = torch.as_tensor(splits.train_y).to(runtime.device)
-    compile_seconds = 0.0
-    if cfg.compile:
-        model, compile_seconds = compile_with_warmup(model, base, train_x, train_y, cfg, runtime)
-        log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
-    val_y = torch.as_tensor(splits.val_y)
-    eval_model = ema.module if ema is not None else base
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
-        loss, acc, seconds, seen = train_one_epoch(
-            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, ema, teacher
-        )
-        if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
-            for buffer in base.buffers():
-                dist.broadcast(buffer, 0)
-        if len(val_y):
-            logits = torch.as_tensor(predict(eval_model, splits.val_x, runtime, tta=cfg.tta, translate=cfg.tta_translate))
-            val_loss = F.cross_entropy(logits, val_y).item()
-            val_acc = (logits.argmax(1) == val_y).float().mean().item()
-        else:
-            val_loss = val_acc = float("nan")
-        stats = EpochStats(
-            epoch=epoch, train_loss=loss, train_accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
-            lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
-        )
-        history.append(stats)
-        if rank != 0:
-            continue
-        log.info(
-            "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s)",
-            epoch, cfg.epochs, loss, acc, val_acc, seconds, stats.images_per_second,
-        )
-        if on_epoch is not None:
-            on_epoch(stats)
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            extra: dict[str, Any] = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": [h.__dict__ for h in history],
-            }
-            if ema is not None:
-                extra["ema_state_dict"] = ema.module.state_dict()
-                extra["ema_n_averaged"] = int(ema.n_averaged.item())
-            save_checkpoint(checkpoint_payload(base, cfg, splits.classes, epoch, **extra), checkpoint)
+def _agree(plan: EpochPlan) -> EpochPlan:
+    """Under DDP every rank must run the same epochs: rank 0's plan holds."""
+    if not dist.is_initialized():
+        return plan
+    epochs = torch.tensor(plan.epochs)
+    dist.broadcast(epochs, 0)
+    return EpochPlan(**plan.as_dict() | {"epochs": int(epochs)})
 
+
+def _summary(trainer: _Trainer, history: list[EpochStats], plan: EpochPlan, choice: WeightChoice, start_epoch: int,
+             flops: float, compile_seconds: float, final_acc: float, final_loss: float) -> FitResult:
+    cfg = trainer.cfg
     train_seconds = sum(h.seconds for h in history)
     images = sum(h.images_per_second * h.seconds for h in history)
     elapsed = itertools.accumulate(h.seconds for h in history)  # training seconds at each epoch's end
     time_to_target = next((t for t, h in zip(elapsed, history)
                            if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
     return FitResult(
-        checkpoint=checkpoint,
+        checkpoint=trainer.checkpoint,
         history=tuple(history),
         train_seconds=train_seconds,
         images_per_second=images / max(train_seconds, 1e-9),
-        parameters=sum(p.numel() for p in base.parameters()),
+        parameters=sum(p.numel() for p in trainer.base.parameters()),
         resumed_from_epoch=start_epoch,
         flops_per_image=flops,
         time_to_target=time_to_target,
-        state_digest=state_digest(base.state_dict()),
+        state_digest=state_digest(trainer.base.state_dict()),
         compile_seconds=compile_seconds,
+        plan=plan.as_dict(),
+        choice=choice.__dict__,
+        final_val_accuracy=final_acc,
+        final_val_loss=final_loss,
+        val_seconds=sum(h.val_seconds for h in history),
     )

@@ -8,12 +8,12 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.config import FairnessConfig, PrivacyConfig
-from auditflow.tracking import Tracker, TrackingRef
-from audits.fairness import audit_fairness
-from audits.plots import recall_figure, roc_figure
-from audits.privacy import audit_membership, sample_equal
-from models.evaluation import load_predictions
+from auditflow.core.config import FairnessConfig, PrivacyConfig
+from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.audits.fairness import audit_fairness
+from auditflow.audits.plots import recall_figure, roc_figure
+from auditflow.audits.privacy import audit_membership, sample_equal
+from auditflow.models.evaluation import load_predictions
 
 
 @dataclass(frozen=True)

@@ -6,26 +6,33 @@ once per split.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.config import DataConfig, EvalConfig
-from auditflow.data import Snapshot, make_splits
-from auditflow.tracking import Tracker, TrackingRef
-from audits.plots import confusion_figure
-from models.evaluation import evaluate
-from models.runtime import resolve_runtime
-from models.training import load_model, predict
-from tasks._common import run_dir
+from auditflow.core.config import DataConfig, EvalConfig
+from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.audits.plots import confusion_figure
+from auditflow.models.checkpoints import load_model
+from auditflow.models.evaluation import check_learning, evaluate
+from auditflow.models.runtime import resolve_runtime
+from auditflow.models.training import predict
+from auditflow.core.paths import run_dir
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
     predictions: str  # .npz with test_logits, test_labels, member_logits, member_labels
     accuracy: float  # test top-1, 0..1
+    learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
+    learning_message: str
+
+
+log = logging.getLogger(__name__)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -48,6 +55,13 @@ def evaluate_model(
                             member_logits=member_logits, member_labels=splits.train_y[members], member_index=members)
 
         result = evaluate(test_logits, splits.test_y, splits.classes, cfg.ece_bins)
+        member_accuracy = float((member_logits.argmax(1) == splits.train_y[members]).mean())
+        learned = check_learning(test_logits.argmax(1), splits.test_y, member_accuracy)
+        if learned.verdict == "fail":
+            log.warning("MODEL DID NOT LEARN: %s", learned.message)
+        run.set_tags({"verdict/learning": learned.verdict})
+        Tracker(ref.uri).parent(ref).set_tags({"verdict/learning": learned.verdict})
+        run.log_metrics({"learning_chance_accuracy": learned.chance, "member_accuracy": member_accuracy})
         run.log_metrics({"test_accuracy": result.accuracy, "test_nll": result.nll, "test_ece": result.ece,
                          "test_macro_f1": result.macro_f1})
         run.log_metrics({f"recall.{c}": r for c, r in zip(result.classes, result.recall)})
@@ -59,5 +73,6 @@ def evaluate_model(
         run.log_artifact(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", "evaluate")
         run.log_figure(confusion_figure(result.confusion, result.classes), "evaluate/confusion_matrix.png")
         run.log_artifact(path, "evaluate")
-        run.log_summary("evaluate", {**asdict(result), "macro_f1": result.macro_f1, "per_class": rows, "tta": tta, "tta_translate": tta_translate})
-    return EvaluateResult(str(path), result.accuracy)
+        run.log_summary("evaluate", {**asdict(result), "macro_f1": result.macro_f1, "per_class": rows, "tta": tta, "tta_translate": tta_translate,
+                                         "learning": asdict(learned)})
+    return EvaluateResult(str(path), result.accuracy, learned.verdict, learned.message)

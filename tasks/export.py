@@ -9,15 +9,15 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.config import BenchmarkConfig, DataConfig, ExportConfig
-from auditflow.data import Snapshot
-from auditflow.errors import ModelError
-from auditflow.tracking import Tracker, TrackingRef
-from models.benchmark import benchmark, describe_device
-from models.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, inference_providers, onnx_session
-from models.presets import to_input
-from models.training import load_model
-from tasks._common import run_dir
+from auditflow.core.config import BenchmarkConfig, DataConfig, ExportConfig
+from auditflow.core.data import Snapshot
+from auditflow.core.errors import ModelError
+from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.models.benchmark import benchmark, describe_device
+from auditflow.models.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, inference_providers, onnx_session
+from auditflow.models.presets import to_input
+from auditflow.models.checkpoints import load_model
+from auditflow.core.paths import run_dir
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.config import DataConfig
-from auditflow.data import ingest, make_splits
-from auditflow.tracking import Tracker, TrackingRef
-from tasks._common import cache_dir
+from auditflow.core.config import DataConfig
+from auditflow.core.data import ingest, make_splits
+from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.core.paths import cache_dir
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from auditflow.config import PipelineConfig
-from auditflow.tracking import Tracker, TrackingRef, open_pipeline_run
+from auditflow.core.config import PipelineConfig
+from auditflow.core.tracking import Tracker, TrackingRef, open_pipeline_run
 
 
 @task(name="open-run", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -14,15 +14,16 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.config import DataConfig, TrainConfig
-from auditflow.data import Snapshot, make_splits
-from auditflow.errors import ConfigError, ModelError
-from auditflow.tracking import Tracker, TrackingRef
-from models.distributed import launch
-from models.runtime import resolve_runtime
-from models.speed import device_peak, speed_metrics
-from models.training import EpochStats, fit, load_model
-from tasks._common import cache_dir, run_dir
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.errors import ConfigError, ModelError
+from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.models.distributed import launch
+from auditflow.models.runtime import resolve_runtime
+from auditflow.models.speed import device_peak, speed_metrics
+from auditflow.models.checkpoints import load_model
+from auditflow.models.training import EpochStats, fit
+from auditflow.core.paths import cache_dir, run_dir
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,22 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
         devices = cfg.world_size if runtime.device.type == "cuda" else 1
         metrics = speed_metrics(result.flops_per_image, result.images_per_second, result.train_seconds,
                                 peak.flops_per_second * devices, result.time_to_target)
-        metrics["compile_seconds"] = result.compile_seconds
-        run.set_tags({"auditflow.peak_source": peak.source, "auditflow.weights_sha256": result.state_digest})
-        run.log_metrics(metrics | {"final_val_accuracy": last.val_accuracy, "parameters": result.parameters})
+        metrics |= {"compile_seconds": result.compile_seconds, "val_seconds": result.val_seconds,
+                    "planned_epochs": result.plan["epochs"]}
+        choice = result.choice
+        run.set_tags({"auditflow.peak_source": peak.source, "auditflow.weights_sha256": result.state_digest,
+                      "train/kept_weights": choice["kept"], "train/plan": result.plan["reason"]})
+        run.log_metrics(metrics | {"final_val_accuracy": result.final_val_accuracy, "parameters": result.parameters,
+                                   "final_train_accuracy": last.train_accuracy,
+                                   "raw_val_accuracy": choice["raw_accuracy"]}
+                        | ({"ema_val_accuracy": choice["ema_accuracy"]} if choice["ema_accuracy"] is not None else {}))
         run.log_summary("train", {
-            "model": cfg.model, "parameters": result.parameters, "epochs": cfg.epochs,
-            "final_val_accuracy": last.val_accuracy, "best_val_accuracy": max(h.val_accuracy for h in result.history),
+            "model": cfg.model, "parameters": result.parameters, "epochs": result.plan["epochs"],
+            "max_epochs": cfg.epochs, "plan": result.plan, "weights": choice,
+            "final_train_accuracy": last.train_accuracy, "final_val_accuracy": result.final_val_accuracy,
+            "best_val_accuracy": max((h.val_accuracy for h in result.history if h.val_accuracy == h.val_accuracy),
+                                     default=float("nan")),
             "resumed_from_epoch": result.resumed_from_epoch, "runtime": described, "world_size": cfg.world_size,
             "peak_source": peak.source, "init_from": cfg.init_from, "teacher": cfg.teacher, **metrics,
         })
-    return TrainResult(str(final), last.val_accuracy, result.train_seconds)
+    return TrainResult(str(final), result.final_val_accuracy, result.train_seconds)

@@ -671,8 +671,8 @@ def test_deployment_parameters_fit_the_flow_and_config(deployment, services):
     is a volume mounted into the worker (so snapshots and checkpoints survive rebuilds)."""
     import inspect
 
-    from auditflow.config import load_config
-    from flows.pipeline import audit_pipeline
+    from auditflow.core.config import load_config
+    from auditflow.flows.pipeline import audit_pipeline
 
     params = deployment["parameters"]
     accepted = set(inspect.signature(audit_pipeline.fn).parameters)

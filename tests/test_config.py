@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from auditflow.config import MODEL_NAMES, PipelineConfig, TrainConfig, available_profiles, load_config
-from auditflow.errors import ConfigError
+from auditflow.core.config import MODEL_NAMES, PipelineConfig, TrainConfig, available_profiles, load_config
+from auditflow.core.errors import ConfigError
 
 
 def test_shipped_profiles_all_load() -> None:
@@ -77,7 +77,7 @@ def test_flat_params_cover_every_field() -> None:
 
 
 def test_model_names_match_registry() -> None:
-    from models.registry import REGISTRY
+    from auditflow.models.registry import REGISTRY
 
     assert tuple(REGISTRY) == MODEL_NAMES
 

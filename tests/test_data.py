@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditflow.config import DataConfig
-from auditflow.data import Snapshot, ingest, make_splits
-from auditflow.errors import DataError, UnsafeArchiveError
-from tests.conftest import CLASSES, make_image_folder, png_bytes
+from auditflow.core.config import DataConfig
+from auditflow.core.data import Snapshot, ingest, make_splits
+from auditflow.core.errors import DataError, UnsafeArchiveError
+from conftest import CLASSES, make_image_folder, png_bytes
 
 
 def test_ingest_folder_builds_snapshot(image_folder: Path, tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_archives_give_the_same_content_digest(image_folder: Path, image_tar: Pa
 
 def test_unchanged_source_reuses_snapshot(image_tar: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first = ingest(str(image_tar), DataConfig(), tmp_path)
-    caplog.set_level("INFO", logger="auditflow.data")
+    caplog.set_level("INFO", logger="auditflow.core.data")
     second = ingest(str(image_tar), DataConfig(), tmp_path)
     assert second.path == first.path
     assert "source unchanged; reusing snapshot" in caplog.text

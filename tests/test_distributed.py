@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditflow.config import DataConfig, TrainConfig
-from auditflow.data import ingest
-from models.distributed import launch
-from models.training import load_model
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import ingest
+from auditflow.models.distributed import launch
+from auditflow.models.checkpoints import load_model
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_two_gloo_processes_train_in_sync(image_folder: Path, tmp_path: Path) ->
 
 
 def test_failed_launch_reports_the_error(tmp_path: Path) -> None:
-    from auditflow.errors import ModelError
+    from auditflow.core.errors import ModelError
 
     spec = {"snapshot": str(tmp_path / "missing"), "data": DataConfig().model_dump(mode="json"),
             "train": TrainConfig(device="cpu").model_dump(mode="json"), "checkpoint_dir": str(tmp_path)}

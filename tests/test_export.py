@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from models.benchmark import benchmark
-from models.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, onnx_session
-from models.presets import to_input
-from models.registry import build_model, prepare_from_data
+from auditflow.models.benchmark import benchmark
+from auditflow.models.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, onnx_session
+from auditflow.models.presets import to_input
+from auditflow.models.registry import build_model, prepare_from_data
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from auditflow.cli import app
-from auditflow.errors import DataError
-from auditflow.tracking import Tracker
+from auditflow.core.errors import DataError
+from auditflow.core.tracking import Tracker
 
 TINY = [
     "train.width=8", "train.epochs=4", "train.batch_size=16", "train.lr=0.05", "train.precision=fp32",
@@ -25,7 +25,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def pipeline_run(prefect_harness, image_tar: Path, tmp_path_factory: pytest.TempPathFactory):
-    from flows.pipeline import audit_pipeline
+    from auditflow.flows.pipeline import audit_pipeline
 
     workdir = tmp_path_factory.mktemp("work")
     result = audit_pipeline(profile="quick", data=str(image_tar), overrides=TINY, workdir=str(workdir))
@@ -96,7 +96,7 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
 
 @pytest.mark.slow
 def test_bad_data_fails_the_run_and_records_why(prefect_harness, tmp_path: Path) -> None:
-    from flows.pipeline import audit_pipeline
+    from auditflow.flows.pipeline import audit_pipeline
 
     with pytest.raises(DataError, match="does not exist"):
         audit_pipeline(profile="quick", data=str(tmp_path / "missing"), overrides=TINY, workdir=str(tmp_path))
@@ -110,7 +110,7 @@ def test_bad_data_fails_the_run_and_records_why(prefect_harness, tmp_path: Path)
 
 @pytest.mark.slow
 def test_cli_run_reports_corrupt_image_in_one_line(prefect_harness, tmp_path: Path) -> None:
-    from tests.conftest import make_image_folder
+    from conftest import make_image_folder
 
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
     (root / "test" / "circle" / "0001.png").write_bytes(b"\x89PNG broken")
@@ -133,8 +133,8 @@ def test_cli_rejects_missing_data(tmp_path: Path) -> None:
 
 
 def test_cli_report_unknown_run(tmp_path: Path) -> None:
-    from auditflow.config import PipelineConfig
-    from auditflow.tracking import open_pipeline_run
+    from auditflow.core.config import PipelineConfig
+    from auditflow.core.tracking import open_pipeline_run
 
     open_pipeline_run(PipelineConfig(), tmp_path, "t", {})  # a store that exists
     out = runner.invoke(app, ["report", "0123abcd", "--workdir", str(tmp_path)])
@@ -163,10 +163,10 @@ def test_cli_config_prints_resolved_values() -> None:
 
 
 def _train_from(pipeline_run, data: Path, workdir: Path, **train):
-    from auditflow.config import DataConfig, PipelineConfig, TrainConfig
-    from auditflow.tracking import open_pipeline_run
-    from tasks.ingest import ingest_data
-    from tasks.train import train_model
+    from auditflow.core.config import DataConfig, PipelineConfig, TrainConfig
+    from auditflow.core.tracking import open_pipeline_run
+    from auditflow.tasks.ingest import ingest_data
+    from auditflow.tasks.train import train_model
 
     result, store = pipeline_run
     cfg = PipelineConfig(tracking={"tracking_uri": result.tracking_uri})
@@ -190,7 +190,7 @@ def test_distil_from_a_past_run(pipeline_run, image_folder: Path, tmp_path: Path
 def test_fine_tune_a_past_run_onto_new_classes(pipeline_run, tmp_path: Path) -> None:
     import shutil
 
-    from tests.conftest import make_image_folder
+    from conftest import make_image_folder
 
     result, _ = pipeline_run
     data = make_image_folder(tmp_path / "new", n_train=8, n_test=4, seed=5)
@@ -210,8 +210,8 @@ def torch_load(path: str):
 
 @pytest.mark.slow
 def test_teacher_with_other_classes_is_refused(pipeline_run, tmp_path: Path) -> None:
-    from auditflow.errors import ConfigError
-    from tests.conftest import make_image_folder
+    from auditflow.core.errors import ConfigError
+    from conftest import make_image_folder
 
     result, _ = pipeline_run
     data = make_image_folder(tmp_path / "other", n_train=4, n_test=2)
@@ -222,7 +222,7 @@ def test_teacher_with_other_classes_is_refused(pipeline_run, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_unknown_source_run_is_named(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
-    from auditflow.errors import TrackingError
+    from auditflow.core.errors import TrackingError
 
     with pytest.raises(TrackingError, match=r"run id 'feedface' not found"):
         _train_from(pipeline_run, image_folder, tmp_path, init_from="feedface")
@@ -254,14 +254,14 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
 def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
     """Kill training after epoch 2 (as a crash would), then rerun the train task with the same
     data and config: it continues at epoch 3 and ends at the configured 4 epochs."""
-    from auditflow.config import DataConfig, PipelineConfig, TrainConfig
-    from auditflow.data import Snapshot, make_splits
-    from auditflow.tracking import open_pipeline_run
-    from models.runtime import resolve_runtime
-    from models.training import fit
-    from tasks._common import cache_dir
-    from tasks.ingest import ingest_data
-    from tasks.train import resume_key, train_model
+    from auditflow.core.config import DataConfig, PipelineConfig, TrainConfig
+    from auditflow.core.data import Snapshot, make_splits
+    from auditflow.core.tracking import open_pipeline_run
+    from auditflow.models.runtime import resolve_runtime
+    from auditflow.models.training import fit
+    from auditflow.tasks._common import cache_dir
+    from auditflow.tasks.ingest import ingest_data
+    from auditflow.tasks.train import resume_key, train_model
 
     result, store = pipeline_run
     data_cfg = DataConfig(val_fraction=0.125)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from auditflow.config import DataConfig, TrainConfig
-from auditflow.data import ingest, make_splits
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import ingest, make_splits
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,8 +24,8 @@ def splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_compiled_bf16_training_on_cuda(splits, tmp_path: Path) -> None:
-    from models.runtime import resolve_runtime
-    from models.training import fit
+    from auditflow.models.runtime import resolve_runtime
+    from auditflow.models.training import fit
 
     rt = resolve_runtime("auto")
     cfg = TrainConfig(width=8, epochs=4, batch_size=12, lr=0.05, compile=True, ema_decay=0.9, tta=True, tta_translate=1)
@@ -34,8 +34,8 @@ def test_compiled_bf16_training_on_cuda(splits, tmp_path: Path) -> None:
 
 
 def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
-    from models.runtime import resolve_runtime
-    from models.speed import GPU_BF16_PEAK, device_peak
+    from auditflow.models.runtime import resolve_runtime
+    from auditflow.models.speed import GPU_BF16_PEAK, device_peak
 
     peak = device_peak(resolve_runtime("auto"))
     name = torch.cuda.get_device_name()
@@ -45,9 +45,9 @@ def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
 
 
 def test_benchmark_includes_cuda_backends(tmp_path: Path) -> None:
-    from models.benchmark import benchmark
-    from models.export import export_onnx
-    from models.registry import build_model
+    from auditflow.models.benchmark import benchmark
+    from auditflow.models.export import export_onnx
+    from auditflow.models.registry import build_model
 
     model = build_model("fastnet", 4, width=8).eval()
     path = export_onnx(model, (32, 32, 3), tmp_path / "m.onnx")
@@ -58,7 +58,7 @@ def test_benchmark_includes_cuda_backends(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
-    from models.distributed import launch
+    from auditflow.models.distributed import launch
 
     snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
     cfg = TrainConfig(width=8, epochs=2, batch_size=8, lr=0.05, world_size=2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auditflow.config import FairnessConfig, PrivacyConfig
-from audits.fairness import audit_fairness
-from audits.privacy import audit_membership, per_example_loss, sample_equal, tpr_at_fpr
-from models.evaluation import evaluate, expected_calibration_error
+from auditflow.core.config import FairnessConfig, PrivacyConfig
+from auditflow.audits.fairness import audit_fairness
+from auditflow.audits.privacy import audit_membership, per_example_loss, sample_equal, tpr_at_fpr
+from auditflow.models.evaluation import evaluate, expected_calibration_error
 
 CLASSES = ("a", "b", "c")
 

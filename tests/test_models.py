@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from auditflow.config import DataConfig, TrainConfig
-from auditflow.data import ingest, make_splits
-from auditflow.errors import ConfigError, ModelError
-from models.presets import augment, to_input
-from models.registry import FastNet, TutorialNet, build_model
-from models.runtime import resolve_runtime
-from models.training import fit, load_model, predict
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import ingest, make_splits
+from auditflow.core.errors import ConfigError, ModelError
+from auditflow.models.presets import augment, to_input
+from auditflow.models.registry import FastNet, TutorialNet, build_model
+from auditflow.models.runtime import resolve_runtime
+from auditflow.models.training import fit, load_model, predict
 
 CPU = resolve_runtime("cpu", "fp32")
 
@@ -180,7 +180,7 @@ def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
 
 
 def test_distillation_loss_is_zero_only_when_matching_the_teacher() -> None:
-    from models.training import distillation_loss
+    from auditflow.models.training import distillation_loss
 
     logits = torch.randn(5, 4)
     assert distillation_loss(logits, logits, 4.0).abs().item() < 1e-6
@@ -200,7 +200,7 @@ def test_fit_with_teacher_and_init_state(splits, tmp_path: Path) -> None:
 
 
 def test_load_matching_keeps_the_new_classifier_fresh() -> None:
-    from models.training import load_matching
+    from auditflow.models.training import load_matching
 
     source = build_model("fastnet", 10, width=8).state_dict()
     target = build_model("fastnet", 3, width=8)
@@ -210,7 +210,7 @@ def test_load_matching_keeps_the_new_classifier_fresh() -> None:
 
 
 def test_flop_count_of_the_tutorial_net() -> None:
-    from models.speed import train_flops_per_image
+    from auditflow.models.speed import train_flops_per_image
 
     # forward multiply-adds of the tutorial Net: conv1 28*28*6*75, conv2 10*10*16*150, fc 400*120+120*84+84*10
     conv1 = 28 * 28 * 6 * 75
@@ -236,21 +236,24 @@ def test_translate_tta_weights_shifted_views() -> None:
 
 
 @pytest.mark.slow
-def test_compile_warmup_restores_the_initial_weights(splits) -> None:
-    from models.training import compile_with_warmup
+def test_warm_up_compiles_times_steps_and_restores_everything(splits) -> None:
+    from auditflow.models.training import OPTIMIZERS, _param_groups, warm_up
 
     base = build_model("fastnet", 3, width=8)
+    cfg = tiny(compile=True)
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    compiled, seconds = compile_with_warmup(base, base, x, y, tiny(), CPU)
-    assert hasattr(compiled, "_orig_mod") and seconds > 0
+    compiled, seconds, step = warm_up(base, base, optimizer, x, y, cfg, CPU, timed_steps=2)
+    assert hasattr(compiled, "_orig_mod") and seconds > 0 and step > 0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
     assert all(p.grad is None for p in base.parameters())
+    assert not optimizer.state  # no momentum left from the throwaway steps
     assert torch.allclose(compiled(to_input(splits.test_x[:4])), base(to_input(splits.test_x[:4])), atol=1e-4)
 
 
 def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    from models.training import compile_with_warmup
+    from auditflow.models.training import OPTIMIZERS, _param_groups, warm_up
 
     def broken(model):
         def call(*args, **kwargs):
@@ -259,14 +262,16 @@ def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(torch, "compile", broken)
     base = build_model("fastnet", 3, width=8)
+    cfg = tiny(compile=True)
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    model, _ = compile_with_warmup(base, base, x, y, tiny(), CPU)
-    assert model is base
+    model, _, step = warm_up(base, base, optimizer, x, y, cfg, CPU)
+    assert model is base and step != step  # nan: nothing timed without a budget
     assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
 
 
 def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) -> None:
-    from tasks.train import exclusive
+    from auditflow.tasks.train import exclusive
 
     with exclusive(tmp_path / "w"):
         with pytest.raises(ModelError, match=r"another run is training the same data and config in .*/w"):

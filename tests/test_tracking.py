@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from auditflow.config import PipelineConfig, TrackingConfig
-from auditflow.errors import TrackingError
-from auditflow.tracking import Tracker, open_pipeline_run, resolve_tracking_uri
+from auditflow.core.config import PipelineConfig, TrackingConfig
+from auditflow.core.errors import TrackingError
+from auditflow.core.tracking import Tracker, open_pipeline_run, resolve_tracking_uri
 
 
 def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,8 +61,8 @@ def test_run_ends_failed_even_when_recording_the_error_fails(tmp_path: Path, mon
 
 
 def test_report_escapes_values_from_the_data(tmp_path: Path) -> None:
-    from auditflow.tracking import RunRecord
-    from audits.report import build_report
+    from auditflow.core.tracking import RunRecord
+    from auditflow.audits.report import build_report
 
     evil = "<img src=x onerror=alert(1)>"
     record = RunRecord(run_id="r1", name="n", status="FINISHED", tags={}, params={}, metrics={}, uri="sqlite:///x",

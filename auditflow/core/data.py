@@ -34,8 +34,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from auditflow.config import DataConfig
-from auditflow.errors import DataError, UnsafeArchiveError
+from auditflow.core.config import DataConfig
+from auditflow.core.errors import DataError, UnsafeArchiveError
 
 log = logging.getLogger(__name__)
 

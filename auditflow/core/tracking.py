@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditflow.config import PipelineConfig, TrackingConfig
-from auditflow.errors import TrackingError
+from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
+from auditflow.core.config import PipelineConfig, TrackingConfig
+from auditflow.core.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 STAGE_TAG = "auditflow.stage"
 SUMMARY = "summary.json"
-DB_NAME = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from auditflow.errors import ConfigError
+from auditflow.core.errors import ConfigError
 
 ModelName = Literal["tutorial_net", "fastnet", "resnet18"]
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
@@ -53,7 +53,13 @@ class TrainConfig(_Section):
         64, gt=0, description="Base channel width (fastnet, resnet18); tutorial_net ignores it."
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
-    epochs: int = Field(10, gt=0, le=10_000, description="Passes over the training split.")
+    epochs: int = Field(
+        10, gt=0, le=10_000, description="Passes over the training split; with time_budget_s, the most it may run."
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0.0, description="Seconds for training passes plus per-epoch validation. Throughput is measured "
+        "before the clock starts and the epoch count (at most `epochs`) chosen to fit; None = run `epochs`.",
+    )
     batch_size: int = Field(256, gt=0, description="Images per optimiser step and process (x world_size under DDP).")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("sgd", description="Optimiser.")
     lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
@@ -70,7 +76,14 @@ class TrainConfig(_Section):
         0.2, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly (onecycle, cosine)."
     )
     ema_decay: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Per-step EMA of weights used for eval; None = off."
+        None, gt=0.0, lt=1.0, description="EMA of the weights, with the decay warmed up as min(decay, (1+n)/(10+n)) "
+        "over n updates; the raw or averaged weights are kept, whichever validates better. None = off.",
+    )
+    ema_every: int = Field(1, ge=1, description="Average every k optimiser steps (decay**k per update).")
+    val_every: int = Field(1, ge=1, description="Validate every k epochs (and always after the last).")
+    val_subset: int | None = Field(
+        2000, gt=0, description="Images of the validation split scored per epoch, without TTA (seeded sample); "
+        "None = all. The whole split is scored, with TTA, once at the end.",
     )
     tta: bool = Field(False, description="Test-time augmentation: average logits with the flip.")
     tta_translate: int = Field(
@@ -195,7 +208,7 @@ class PipelineConfig(_Section):
 
 def available_profiles() -> list[str]:
     """Names of the profiles shipped with the package."""
-    folder = resources.files("auditflow") / "profiles"
+    folder = resources.files("auditflow.core") / "profiles"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -207,7 +220,7 @@ def _read_profile(profile: str) -> dict[str, Any]:
         text = path.read_text()
         name = path.stem
     else:
-        shipped = resources.files("auditflow") / "profiles" / f"{profile}.yaml"
+        shipped = resources.files("auditflow.core") / "profiles" / f"{profile}.yaml"
         if not shipped.is_file():
             raise ConfigError(
                 f"unknown profile {profile!r}; choose one of {available_profiles()} "

@@ -1,10 +1,12 @@
-"""Where a run's files live inside the work folder."""
+"""The work folder's layout, defined once: the MLflow store, artifacts and caches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CACHE_DIR = "auditflow-cache"
+DB_NAME = "mlflow.db"  # the default SQLite tracking store
+ARTIFACT_DIR = "mlartifacts"  # artifacts of the default store
+CACHE_DIR = "auditflow-cache"  # snapshots, resumable checkpoints, per-run files, reports
 
 
 def cache_dir(workdir: str | Path) -> Path:
@@ -17,3 +19,8 @@ def run_dir(workdir: str | Path, run_id: str) -> Path:
     path = cache_dir(workdir) / "runs" / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def reports_dir(workdir: str | Path, run_id: str) -> Path:
+    """Where `auditflow report RUN_ID` rebuilds a past run's report."""
+    return cache_dir(workdir) / "reports" / run_id
