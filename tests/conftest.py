@@ -15,7 +15,7 @@ from PIL import Image
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditflow-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "auditflow,models,audits")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "auditflow")
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # compute tests log outside flows
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
@@ -84,3 +84,45 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def make_digits_archive(path: Path, size: int = 24, seed: int = 0) -> Path:
+    """The user-style dataset of issue 7: sklearn's 1,797 handwritten digits (shipped with
+    scikit-learn, no download), upscaled to `size` px grayscale PNG, class folders `zero`..`nine`,
+    a stratified 80/20 train/test split, packed as tar.gz."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        for k, name in enumerate(DIGIT_NAMES):
+            idx = rng.permutation(np.flatnonzero(digits.target == k))
+            n_test = len(idx) // 5
+            for split, part in (("test", idx[:n_test]), ("train", idx[n_test:])):
+                for i in part:
+                    img = Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L")
+                    data = png_bytes(np.asarray(img.resize((size, size), Image.Resampling.BILINEAR)))
+                    info = tarfile.TarInfo(f"digits/{split}/{name}/{i:04d}.png")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_digits_archive(tmp_path_factory.mktemp("digits") / "digits.tar.gz")
+
+
+def compiled_ema_run(splits, runtime, checkpoint_dir: Path):
+    """The GPU test's training case (compile + EMA + TTA), on whatever `runtime` is given, so
+    the CPU suite runs the same EMA path that the GPU test does."""
+    from auditflow.core.config import TrainConfig
+    from auditflow.models.training import fit
+
+    precision = "bf16" if runtime.autocast_dtype is not None else "fp32"
+    cfg = TrainConfig(width=8, epochs=4, batch_size=12, lr=0.05, compile=True, ema_decay=0.9, tta=True,
+                      tta_translate=1, device=runtime.device.type, precision=precision)
+    return fit(splits, cfg, runtime, checkpoint_dir)

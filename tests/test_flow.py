@@ -259,7 +259,7 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     from auditflow.core.tracking import open_pipeline_run
     from auditflow.models.runtime import resolve_runtime
     from auditflow.models.training import fit
-    from auditflow.tasks._common import cache_dir
+    from auditflow.core.paths import cache_dir
     from auditflow.tasks.ingest import ingest_data
     from auditflow.tasks.train import resume_key, train_model
 

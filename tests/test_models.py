@@ -279,3 +279,47 @@ def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) ->
                 pass
     with exclusive(tmp_path / "w"):  # released
         pass
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        # 100 steps, 20 of warm-up: onecycle rises linearly from 0.1 to 1, then falls to 0
+        ("onecycle", {0: 0.1, 10: 0.55, 20: 1.0, 60: 0.5, 100: 0.0}),
+        # cosine: linear warm-up to 1 at step 19, then half a cosine down to 0
+        ("cosine", {0: 0.05, 19: 1.0, 20: 1.0, 60: 0.5, 100: 0.0}),
+        ("constant", {0: 1.0, 50: 1.0, 100: 1.0}),
+    ],
+)
+def test_lr_schedule_values(schedule: str, expected: dict[int, float]) -> None:
+    from auditflow.models.training import _schedule
+
+    f = _schedule(tiny(schedule=schedule, warmup_fraction=0.2), total_steps=100)
+    assert {step: f(step) for step in expected} == pytest.approx(expected)
+
+
+def test_random_crops_are_windows_of_the_padded_image_at_every_offset() -> None:
+    from auditflow.models.presets import augment
+
+    n, p, h = 400, 2, 6
+    # every pixel holds its own coordinates, so a crop reveals its offset
+    grid = torch.arange(h * h, dtype=torch.float32).reshape(1, 1, h, h).repeat(n, 1, 1, 1)
+    out = augment(grid, flip=False, crop_padding=p, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(grid, (p, p, p, p), mode="reflect")
+    offsets = set()
+    for i in range(n):
+        match = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
+                 if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + h])]
+        assert match, f"crop {i} is not a window of the padded image"
+        offsets.add(match[0])
+    assert offsets == {(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)}  # all 25 reached
+
+
+def test_flips_mirror_about_half_of_the_batch() -> None:
+    from auditflow.models.presets import augment
+
+    batch = torch.arange(8, dtype=torch.float32).reshape(1, 1, 1, 8).repeat(1000, 1, 1, 1)
+    out = augment(batch, flip=True, crop_padding=0, generator=torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, batch[0].flip(2)) for o in out]
+    kept = [torch.equal(o, batch[0]) for o in out]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 450 < sum(flipped) < 550

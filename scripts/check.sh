@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's checks, in the order CI runs them: lint and format (ruff), the layering
+# contracts (import-linter), then the tests (pytest, arguments passed through).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== ruff: lint and format"
+ruff check .
+ruff format --check .
+
+echo "== import-linter: core -> models | audits -> tasks -> flows -> cli"
+# import-linter reads packages from their folders; the editable install maps models/, tasks/...
+# into auditflow.* with an import hook it cannot follow, so check a real (non-editable) copy of
+# the installed layout, from outside the repository so the source tree does not shadow it.
+site="$(mktemp -d)"
+trap 'rm -rf "$site"' EXIT
+pip install --quiet --no-deps --no-build-isolation --target "$site" . >/dev/null
+rm -rf build
+(cd "$site" && PYTHONPATH="$site" lint-imports "$OLDPWD/pyproject.toml")
+
+echo "== pytest"
+pytest "$@"

@@ -1,0 +1,186 @@
+"""Training that learns on small data, fits its time budget, and says when a model did not learn."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import compiled_ema_run
+
+from auditflow.core.config import DataConfig, TrainConfig, load_config
+from auditflow.core.data import ingest, make_splits
+from auditflow.core.errors import ModelError
+from auditflow.models.averaging import WarmupEMA, make_ema, update_ema, warmup_decay
+from auditflow.models.budget import plan_epochs
+from auditflow.models.checkpoints import load_model, read_checkpoint
+from auditflow.models.evaluation import check_learning
+from auditflow.models.runtime import resolve_runtime
+from auditflow.models.training import fit, predict
+
+CPU = resolve_runtime("cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def toy_splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    snap = ingest(str(image_folder), DataConfig(), tmp_path_factory.mktemp("cache"))
+    return make_splits(snap, DataConfig(val_fraction=0.25))
+
+
+# --- EMA ----------------------------------------------------------------------------------
+
+
+def test_warmup_decay_follows_the_tf_schedule() -> None:
+    assert [warmup_decay(0.99, n) for n in (0, 1, 8, 90)] == [0.1, 2 / 11, 0.5, 0.91]
+    assert warmup_decay(0.99, 10_000) == 0.99
+
+
+def test_ema_of_a_short_run_keeps_little_of_the_initialisation() -> None:
+    """65 updates (the digits case): with a fixed 0.99 the start would keep 0.99**64 = 53% of
+    the average; with the warm-up it keeps the product of the warm-up decays, about 0.2%."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)  # "initialisation" 0, then the weights jump to 1 and stay
+    ema, rule = make_ema(model, 0.99)
+    update_ema(ema, rule, model)  # the first update copies the starting weights
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(64):
+        update_ema(ema, rule, model)
+    init_share = math.prod(warmup_decay(0.99, n) for n in range(1, 65))
+    assert ema.module.weight.item() == pytest.approx(1 - init_share, abs=1e-6)
+    assert 1 - ema.module.weight.item() < 0.01 < 0.99**64
+
+
+def test_ema_every_k_steps_keeps_the_horizon() -> None:
+    rule = WarmupEMA(0.99, every=5)
+    assert rule.decay == pytest.approx(0.99**5)
+
+
+def test_compiled_ema_run_learns_on_cpu(toy_splits, tmp_path: Path) -> None:
+    """The same case as tests/test_gpu.py::test_compiled_bf16_training_on_cuda, on the CPU."""
+    result = compiled_ema_run(toy_splits, CPU, tmp_path)
+    assert result.compile_seconds > 0
+    assert result.final_val_accuracy >= 0.9 and result.history[-1].val_accuracy >= 0.9, result.choice
+    assert result.choice["kept"] in ("raw", "ema") and result.choice["ema_accuracy"] is not None
+
+
+def test_the_better_weights_are_kept_and_shipped(toy_splits, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="fastnet", width=8, epochs=2, batch_size=12, lr=0.05, precision="fp32", device="cpu",
+                      ema_decay=0.999)
+    result = fit(toy_splits, cfg, CPU, tmp_path)
+    choice = result.choice
+    assert choice["kept"] == ("ema" if choice["ema_accuracy"] >= choice["raw_accuracy"] else "raw")
+    model, payload = load_model(result.checkpoint)
+    assert payload["kept"] == choice["kept"]
+    shipped = payload["ema_state_dict"] if choice["kept"] == "ema" else payload["state_dict"]
+    assert all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_quick_profile_on_small_digits_is_no_worse_with_ema(digits_archive: Path, tmp_path: Path) -> None:
+    """Issue 7: 1,797 digits, ~5 optimiser steps per epoch. The landed code scored 11.7% with
+    the quick profile's EMA and 98.3% without it. compile is off to keep the test short; it does
+    not touch the averaging."""
+    cfg = load_config("quick", ["data.resize=true", "train.compile=false", "train.time_budget_s=null"])
+    splits = make_splits(ingest(str(digits_archive), cfg.data, tmp_path / "cache"), cfg.data)
+    assert len(splits.train_y) // cfg.train.batch_size <= 6  # a few steps per epoch, as in the report
+    accuracy = {}
+    for name, train in (("ema", cfg.train), ("raw", cfg.train.model_copy(update={"ema_decay": None}))):
+        result = fit(splits, train, CPU, tmp_path / name)
+        model, _ = load_model(result.checkpoint)
+        logits = predict(model, splits.test_x, CPU, tta=train.tta, translate=train.tta_translate)
+        accuracy[name] = float((logits.argmax(1) == splits.test_y).mean())
+    assert accuracy["raw"] > 0.9, accuracy
+    # one point of slack: the run with EMA may keep its raw weights, which differ from the
+    # other run's only by that run's own noise (360 test images: 1 point = 4 images)
+    assert accuracy["ema"] >= accuracy["raw"] - 0.01, accuracy
+
+
+# --- the time budget ----------------------------------------------------------------------
+
+
+def test_plan_fits_the_budget_and_never_exceeds_the_maximum() -> None:
+    plan = plan_epochs(13, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=2.0, val_every=1)
+    assert plan.epochs == 7  # 0.95 * 100 / (10 + 2) = 7.9
+    assert plan.epoch_seconds == pytest.approx(10.0)
+    assert "7 of 13 epochs fit the 100 s budget" in plan.reason
+    assert plan_epochs(13, 1e6, 0.1, 100, 2.0, 1).epochs == 13
+    assert plan_epochs(13, None, float("nan"), 100, 0.0, 1).epochs == 13
+    tight = plan_epochs(13, 5.0, 0.1, 100, 2.0, 1)
+    assert tight.epochs == 1 and "not even one epoch fits" in tight.reason
+    assert plan_epochs(13, 100.0, 0.1, 100, 2.0, val_every=4).epochs == 9  # 95 / (10 + 0.5)
+
+
+def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_splits, tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO", logger="auditflow.models.training")
+    cfg = TrainConfig(model="fastnet", width=8, epochs=50, batch_size=12, lr=0.05, precision="fp32", device="cpu",
+                      time_budget_s=1e-3)
+    result = fit(toy_splits, cfg, CPU, tmp_path)
+    assert result.plan["epochs"] == 1 and len(result.history) == 1
+    assert result.plan["step_seconds"] > 0 and "not even one epoch fits" in caplog.text
+    payload = read_checkpoint(result.checkpoint)
+    assert payload["plan"]["epochs"] == 1  # a resumed run follows the same plan
+
+
+def test_per_epoch_validation_is_cheap_and_the_end_is_scored_in_full(toy_splits, tmp_path: Path) -> None:
+    cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu",
+                      val_every=2, val_subset=5, tta=True)
+    result = fit(toy_splits, cfg, CPU, tmp_path)
+    validated = [not math.isnan(h.val_accuracy) for h in result.history]
+    assert validated == [False, True, True]  # every 2nd epoch and the last
+    scored = [h.val_accuracy * 5 for h in result.history if not math.isnan(h.val_accuracy)]
+    assert scored == pytest.approx([round(x) for x in scored])  # 5 images per epoch, not the 12 of the split
+    model, _ = load_model(result.checkpoint)
+    full = predict(model, toy_splits.val_x, CPU, tta=True)
+    assert result.final_val_accuracy == pytest.approx(float((full.argmax(1) == toy_splits.val_y).mean()))
+
+
+# --- did it learn? ------------------------------------------------------------------------
+
+
+def test_learning_check_fails_at_chance_and_names_the_gap() -> None:
+    labels = np.repeat(np.arange(10), 36)  # 360 test images, chance 10%
+    at_chance = np.where(np.arange(360) % 9 == 0, labels, (labels + 1) % 10)  # 40 right = 11.1%
+    check = check_learning(at_chance, labels, train_accuracy=0.978)
+    assert check.verdict == "fail" and check.chance == pytest.approx(0.1)
+    assert "is at chance (10.0%) while training accuracy is 97.8%: the model did not generalise" in check.message
+    assert check_learning(labels, labels, 1.0).verdict == "pass"
+    assert "did not learn" in check_learning(at_chance, labels, train_accuracy=0.12).message
+
+
+def test_learning_check_edge_is_the_wilson_bound() -> None:
+    from scipy.stats import binomtest
+
+    labels = np.repeat(np.arange(2), 100)  # chance 50%
+    for correct in range(100, 200):
+        preds = np.where(np.arange(200) < correct, labels, 1 - labels)
+        low = binomtest(correct, 200).proportion_ci(0.99, method="wilson").low
+        assert (check_learning(preds, labels, 1.0).verdict == "pass") == (low > 0.5), correct
+
+
+# --- checkpoints are data, not code --------------------------------------------------------
+
+
+class _Payload:
+    def __reduce__(self):  # what a hostile checkpoint would run when unpickled
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_carrying_code_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = _Payload()
+    evil.marker = str(marker)
+    torch.save({"state_dict": {}, "config": {}, "classes": [], "x": evil}, tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match=rf"cannot read checkpoint {tmp_path}/evil.pt: UnpicklingError"):
+        load_model(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_a_junk_resume_checkpoint_is_discarded_with_a_warning(toy_splits, tmp_path: Path, caplog) -> None:
+    (tmp_path / "last.pt").write_bytes(b"junk" * 100)
+    cfg = TrainConfig(model="fastnet", width=8, epochs=1, batch_size=12, lr=0.05, precision="fp32", device="cpu")
+    result = fit(toy_splits, cfg, CPU, tmp_path)
+    assert result.resumed_from_epoch == 0 and len(result.history) == 1
+    assert f"discarding unreadable checkpoint and starting over: cannot read checkpoint {tmp_path}/last.pt" in caplog.text
