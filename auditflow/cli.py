@@ -50,6 +50,8 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # The temporary API server gets 20 s to start by default; on 2 busy cores it can take longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for name in EXTRA_LOGGERS.split(","):
         logging.getLogger(name).setLevel(logging.INFO)
 
@@ -270,14 +272,19 @@ def bench_train_cmd(
         rows.append(bench_train(snapshot, cfg, seed))
     base = bench_train(snapshot, base_cfg, 0) if base_cfg else None
     table = Table(title=f"bench-train: {cfg.profile} on {data}")
-    for col in ("profile", "seed", "test acc", "train s", "img/s", "MFLOP/img", "GFLOP/s", "of peak", "to target s"):
+    columns = ("profile", "seed", "test acc", "epochs", "train s", "val s", "img/s", "MFLOP/img", "GFLOP/s",
+               "of peak", "to target s", "kept")
+    for col in columns:
         table.add_column(col, justify="right")
     for r in rows + ([base] if base else []):
-        table.add_row(r.profile, str(r.seed), f"{r.test_accuracy:.2%}", f"{r.train_seconds:.1f}",
-                      f"{r.images_per_second:.0f}", f"{r.flops_per_image / 1e6:.1f}",
+        table.add_row(r.profile, str(r.seed), f"{r.test_accuracy:.2%}", str(r.epochs), f"{r.train_seconds:.1f}",
+                      f"{r.val_seconds:.1f}", f"{r.images_per_second:.0f}", f"{r.flops_per_image / 1e6:.1f}",
                       f"{r.achieved_flops_per_second / 1e9:.1f}", f"{r.fraction_of_peak:.1%}",
-                      "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}")
+                      "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}", r.kept_weights)
     out_console.print(table)
+    for r in rows + ([base] if base else []):
+        out_console.print(f"{r.profile} seed {r.seed}: {r.plan}; per-epoch validation {r.val_seconds:.1f} s "
+                          f"in all ({r.val_seconds / max(r.epochs, 1):.1f} s per epoch)")
     summary = summarise(rows)
     out_console.print(f"{cfg.profile}: mean test accuracy {summary['accuracy_mean']:.2%} "
                       f"(sd {summary['accuracy_std']:.2%}, n={seeds}); mean training {summary['train_seconds_mean']:.1f} s; "
@@ -324,6 +331,122 @@ def config(profile: ProfileOpt = "quick", overrides: SetOpt = None) -> None:
     except AuditflowError as err:
         raise _fail(err) from err
     Console().print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), markup=False)
+
+
+@app.command()
+def tune(
+    profile: ProfileOpt = "quick",
+    data: DataOpt = "cifar10",
+    trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should hold.")] = 20,
+    time_budget: Annotated[Optional[float], typer.Option(help="Minutes after which no new trial starts.")] = None,
+    space: Annotated[Optional[str], typer.Option(help="Search-space YAML file, or a shipped space name.")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name; the same name resumes. Default: from profile, "
+                                                      "overrides, space and data.")] = None,
+    objective: Annotated[str, typer.Option(help="'accuracy' or 'accuracy+worst-recall' (two objectives).")] = "accuracy",
+    min_worst_recall: Annotated[float, typer.Option(help="Choose the best accuracy among trials whose worst-class "
+                                                         "validation recall is at least this.")] = 0.0,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default $AUDITFLOW_STUDY_STORAGE or "
+                                                        "SQLite in the workdir.")] = None,
+    parallel: Annotated[int, typer.Option(help="Trials run at once.")] = 1,
+    dask: Annotated[Optional[str], typer.Option(envvar="AUDITFLOW_DASK_ADDRESS",
+                                                help="Dask scheduler address: run trials on that cluster.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the tuned profile; default WORKDIR/tuned-STUDY.yaml.")] = None,
+    overrides: SetOpt = None,
+    workdir: WorkdirOpt = Path("."),
+) -> None:
+    """Search hyperparameters with Optuna (TPE, pruning), every trial a Prefect task and an MLflow
+    run, and write the chosen configuration as a profile YAML for `auditflow run --profile`."""
+    from auditflow.models.tuning import load_space, plan_study
+
+    try:
+        cfg = load_config(profile, overrides or [])
+        if parallel < 1:
+            raise AuditflowError(f"--parallel must be at least 1, got {parallel}")
+        if trials < 1:
+            raise AuditflowError(f"--trials must be at least 1, got {trials}")
+        plan = plan_study(cfg, load_space(space), data, trials, objective=objective, min_worst_recall=min_worst_recall,
+                          time_budget_min=time_budget, name=study, storage=storage, workdir=workdir)
+        if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
+            raise AuditflowError(f"data path {data!r} does not exist")
+        workdir.mkdir(parents=True, exist_ok=True)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    _prefect_env()
+    from auditflow.flows.tune import task_runner, tune_study
+
+    console.print(f"[bold]auditflow tune[/] study [cyan]{plan.name}[/] ({plan.objective}, {trials} trials), "
+                  f"storage [cyan]{plan.storage}[/], tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]")
+    try:
+        result = tune_study.with_options(task_runner=task_runner(parallel, dask))(
+            profile=profile, data=data, trials=trials, overrides=list(overrides or []), space=space, study=plan.name,
+            objective=objective, min_worst_recall=min_worst_recall, time_budget_min=time_budget, storage=storage,
+            parallel=parallel, out=str(out) if out else None, workdir=str(workdir))
+    except Exception as err:
+        user = _find_user_error(err)
+        if user is not None:
+            raise _fail(user) from err
+        raise
+    front = Table(title=f"Pareto front (validation accuracy vs worst-class recall) of study {result.study}")
+    for col in ("trial", "accuracy", "worst recall", *result.params):
+        front.add_column(col, justify="right")
+    for row in result.front:
+        mark = " *" if row["trial"] == result.chosen_trial else ""
+        front.add_row(f"{row['trial']}{mark}", f"{row['val_accuracy']:.2%}", f"{row['worst_class_recall']:.3f}",
+                      *(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in result.params))
+    Console().print(front)
+    table = Table(title=f"study {result.study} (MLflow run {result.run_id})", show_header=False)
+    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in sorted(result.states.items())))
+    table.add_row("chosen trial", f"{result.chosen_trial}: {result.reason}" if result.rule_met
+                  else f"[red]{result.chosen_trial}: {result.reason}[/]")
+    table.add_row("validation accuracy", f"{result.val_accuracy:.2%}")
+    table.add_row("worst-class recall", f"{result.worst_class_recall:.3f}")
+    table.add_row("tuned profile", result.profile_path)
+    table.add_row("MLflow", result.tracking_uri)
+    Console().print(table)
+    Console().print(f"Run it: [bold]auditflow run --profile {result.profile_path} --data {data} --workdir {workdir}[/]")
+
+
+@app.command()
+def bench(
+    run_id: Annotated[str, typer.Argument(help="MLflow id of a finished pipeline (parent) run.")],
+    workdir: WorkdirOpt = Path("."),
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Export and benchmark a past run's model again (no retraining), logged to that run.
+    --set takes export.* and benchmark.* fields, e.g. --set benchmark.batch_sizes='[1,32,256]'."""
+    from auditflow.core.config import TrackingConfig, apply_override, build_config
+
+    try:
+        raw: dict = {}  # the defaults of today's code, not the past run's (older) export/benchmark settings
+        for override in overrides or []:
+            if not override.strip().startswith(("export.", "benchmark.")):
+                raise AuditflowError(f"--set {override!r}: bench takes only export.* and benchmark.* overrides")
+            apply_override(raw, override)
+        cfg = build_config(raw)
+        uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
+        if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+        from auditflow.tasks.export import bench_past_run
+
+        _log_to_console()
+        result = bench_past_run(uri, run_id, str(workdir), cfg.export, cfg.benchmark)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    summary = result.summary
+    table = Table(title=f"bench {run_id}: {summary.get('device', '')}")
+    for col in ("backend", "batch", "p50 ms", "p99 ms", "images/s", "vs eager", "of peak", "accuracy"):
+        table.add_column(col, justify="right")
+    for r in summary.get("rows", []):
+        table.add_row(r["backend"], str(r["batch_size"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['images_per_second']:.0f}", f"{r['speedup_vs_eager']:.2f}x", f"{r['fraction_of_peak']:.1%}",
+                      r["verdict"])
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    out.print(table)
+    for device, rec in summary.get("recommendation", {}).items():
+        for target, choice in rec.items():
+            out.print(f"{device}, {target} target: [bold]{choice['backend']}[/] ({choice['reason']})")
+    out.print(f"Rebuild the report with: auditflow report {run_id} --workdir {workdir}")
 
 
 if __name__ == "__main__":

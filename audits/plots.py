@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
@@ -93,6 +93,35 @@ def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
         [r["recall_ci_low"] for r in per_class] if has_ci else None,
         [r["recall_ci_high"] for r in per_class] if has_ci else None,
         "recall (true-positive rate), higher is better", min_class_recall)
+
+
+def _unverified(rows: Sequence[dict]) -> bool:
+    return any(r.get("verdict", "pass") != "pass" for r in rows)
+
+
+def throughput_figure(rows: Sequence[dict]) -> Figure:
+    """Inference benchmark: images/s by batch size (left) and latency of one batch, p50 with a
+    p99 whisker (right), one line per backend; both axes logarithmic."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
+        bs = [r["batch_size"] for r in mine]
+        style = "--" if _unverified(mine) else "-"
+        left.plot(bs, [r["images_per_second"] for r in mine], style, marker="o", ms=3, label=backend)
+        p50 = np.array([r["p50_ms"] for r in mine])
+        right.errorbar(bs, p50, yerr=[np.zeros_like(p50), np.array([r["p99_ms"] for r in mine]) - p50],
+                       fmt="o" + style, ms=3, capsize=2, label=backend)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (images)")
+    left.set_ylabel("images per second (higher is better)")
+    left.set_title("Throughput")
+    right.set_ylabel("ms per batch: p50, whisker to p99")
+    right.set_title("Latency")
+    left.legend(fontsize=7, title="dashed: failed or unchecked accuracy", title_fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def to_png(fig: Figure) -> bytes:

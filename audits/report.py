@@ -15,8 +15,8 @@ import markdown
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from auditflow.core.tracking import RunRecord
 from auditflow.audits import plots
+from auditflow.core.tracking import RunRecord
 
 STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
 
@@ -51,6 +51,11 @@ def _verdicts(s: dict[str, dict[str, Any]], status: dict[str, str]) -> list[dict
     ex = s.get("export")
     rows.append({"check": "ONNX parity", "verdict": ("pass" if ex["passed"] else "FAIL") if ex else "missing",
                  "result": f"max abs logit diff {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}" if ex else "missing"})
+    for v in (ex or {}).get("variants", []):
+        rows.append({"check": f"ONNX {v['variant']} variant (loads everywhere, accuracy kept)",
+                     "verdict": "pass" if v["verdict"] == "pass" else "FAIL",
+                     "result": f"{v['accuracy_drop']:+.2f} accuracy points lost (limit {v['max_accuracy_drop']}), "
+                               f"top-1 agreement {v['top1_agreement']:.2%}" + "".join(f"; {r}" for r in v["reasons"])})
     return rows
 
 
@@ -68,6 +73,8 @@ def report_context(record: RunRecord) -> dict[str, Any]:
     if "privacy" in s:
         p = s["privacy"]
         figures["roc"] = _png_b64(plots.roc_figure(p["roc_fpr"], p["roc_tpr"], p["auc"]))
+    if "recommendation" in s.get("benchmark", {}) and s["benchmark"]["rows"]:  # older runs: table only
+        figures["throughput"] = _png_b64(plots.throughput_figure(s["benchmark"]["rows"]))
     verdicts = _verdicts(s, record.stage_status)
     failed = [stage for stage, st in record.stage_status.items() if st != "FINISHED"]
     return {

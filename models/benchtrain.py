@@ -34,6 +34,10 @@ class TrainBench:
     fraction_of_peak: float
     peak_source: str
     time_to_target_seconds: float | None
+    epochs: int  # epochs run (the time budget's choice, or the configured count)
+    plan: str  # why that many epochs
+    val_seconds: float  # sum of per-epoch validations (outside train_seconds)
+    kept_weights: str  # "raw" or "ema"
 
 
 def bench_train(snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak | None = None,
@@ -58,6 +62,10 @@ def bench_train(snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak |
         flops_per_image=result.flops_per_image, achieved_flops_per_second=speed["achieved_flops_per_second"],
         fraction_of_peak=speed["fraction_of_peak"], peak_source=peak.source,
         time_to_target_seconds=result.time_to_target,
+        epochs=result.plan["epochs"],
+        plan=result.plan["reason"],
+        val_seconds=result.val_seconds,
+        kept_weights=result.choice["kept"],
     )
 
 

@@ -49,3 +49,18 @@ def plan_epochs(
         reason = (f"not even one epoch fits the {budget_seconds:.0f} s budget ({why}); running 1 epoch "
                   f"(~{per_epoch:.0f} s): lower train.width or raise train.time_budget_s")
     return EpochPlan(epochs, step_seconds, epoch, val_seconds, budget_seconds, reason)
+
+
+def replan(plan: EpochPlan, max_epochs: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float,
+           val_every: int) -> EpochPlan:
+    """The plan again after the first epoch, from its measured time: a few throwaway steps on a
+    busy machine can be off by several times, a whole epoch much less. The LR schedule is then
+    rebuilt for the new total (`fit` swaps the scheduler's multiplier function)."""
+    if plan.budget_seconds is None:
+        return plan
+    new = plan_epochs(max_epochs, plan.budget_seconds, epoch_seconds / steps_per_epoch, steps_per_epoch,
+                      val_seconds, val_every)
+    if new.epochs == plan.epochs:
+        return plan
+    return EpochPlan(new.epochs, new.step_seconds, new.epoch_seconds, new.val_seconds, new.budget_seconds,
+                     f"re-planned after epoch 1 (the warm-up estimate gave {plan.epochs}): {new.reason}")

@@ -31,7 +31,7 @@ from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ModelError
 from auditflow.models.averaging import WarmupEMA, make_ema, update_ema
-from auditflow.models.budget import EpochPlan, plan_epochs
+from auditflow.models.budget import EpochPlan, plan_epochs, replan
 from auditflow.models.checkpoints import (
     checkpoint_payload,
     load_model,
@@ -465,7 +465,9 @@ def fit(
         optimizer.load_state_dict(saved_states["optimizer"])
         scheduler.load_state_dict(saved_states["scheduler"])
 
-    for epoch in range(start_epoch + 1, plan.epochs + 1):
+    epoch = start_epoch
+    while epoch < plan.epochs:  # the plan may change once, after the first epoch
+        epoch += 1
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
         loss, acc, seconds, seen = train_one_epoch(
@@ -480,6 +482,11 @@ def fit(
                            lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
                            val_seconds=val_seconds)
         history.append(stats)
+        if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None:
+            plan = _agree(replan(plan, cfg.epochs, steps_per_epoch, seconds, val_seconds, cfg.val_every))
+            scheduler.lr_lambdas[0] = _schedule(cfg, steps_per_epoch * plan.epochs)  # type: ignore[attr-defined]
+            if plan.reason.startswith("re-planned"):
+                log.info("plan: %s", plan.reason)
         if rank == 0:
             log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s) + val %.1fs",
                      epoch, plan.epochs, loss, acc, val_acc, seconds, stats.images_per_second, val_seconds)

@@ -554,26 +554,21 @@ def test_deployment_work_pool_matches_worker(deployment, services):
         assert create[3] == pool and option(create, "--type", "-t") == "process", create
 
 
-def test_deployment_entrypoint_exists(deployment):
-    deployment_ = deployment
-    path, _, func = deployment_["entrypoint"].partition(":")
-    assert path == "flows/pipeline.py" and func == "audit_pipeline"
-    file = REPO / path
-    if not file.is_file():
-        pytest.skip(f"{path} does not exist yet")
-    source = file.read_text()
-    assert re.search(rf"^\s*(async\s+)?def {func}\s*\(", source, re.MULTILINE), f"no `def {func}` in {path}"
+def test_deployment_entrypoint_is_the_installed_flow(deployment):
+    """The entrypoint is a module path in the `auditflow` namespace, and it resolves to the
+    flow the CLI runs, whose parameters accept the deployment's defaults."""
+    import inspect
 
-    # The deployment's default parameters must be parameters of the flow function.
-    fn = next(
-        n
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == func
-    )
-    names = {a.arg for a in fn.args.args + fn.args.kwonlyargs + fn.args.posonlyargs}
-    if fn.args.kwarg is None:
-        unknown = set(deployment_.get("parameters") or {}) - names
-        assert not unknown, f"parameters {sorted(unknown)} are not arguments of {func}"
+    from prefect.flows import load_flow_from_entrypoint
+
+    from auditflow.flows.pipeline import audit_pipeline
+
+    entrypoint = deployment["entrypoint"]
+    assert entrypoint == "auditflow.flows.pipeline.audit_pipeline"
+    flow = load_flow_from_entrypoint(entrypoint)
+    assert flow is audit_pipeline
+    unknown = set(deployment.get("parameters") or {}) - set(inspect.signature(flow.fn).parameters)
+    assert not unknown, f"parameters {sorted(unknown)} are not arguments of {entrypoint}"
 
 
 _CRON_FIELDS = [

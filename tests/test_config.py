@@ -70,7 +70,7 @@ def test_configs_are_frozen() -> None:
 def test_flat_params_cover_every_field() -> None:
     flat = PipelineConfig().flat()
     assert flat["train.model"] == "fastnet"
-    assert flat["benchmark.batch_sizes"] == "[1, 256]"
+    assert flat["benchmark.batch_sizes"] == "[1, 32, 256]"
     assert len(flat) == 1 + sum(len(type(s).model_fields) for s in (
         PipelineConfig().data, PipelineConfig().train, PipelineConfig().evaluate, PipelineConfig().fairness,
         PipelineConfig().privacy, PipelineConfig().export, PipelineConfig().benchmark, PipelineConfig().tracking))

@@ -1,72 +1,169 @@
+"""ONNX variants: export, offline optimisation, INT8/FP16 conversion and the checks before shipping."""
+
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
+from conftest import _image
 
-from auditflow.models.benchmark import benchmark
-from auditflow.models.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, onnx_session
+from auditflow.core.config import ExportConfig
+from auditflow.core.errors import ModelError
+from auditflow.models.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    check_parity,
+    onnx_logits,
+    onnx_session,
+    torch_logits,
+)
 from auditflow.models.presets import to_input
 from auditflow.models.registry import build_model, prepare_from_data
+from auditflow.models.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
+
+
+def toy_model_and_images(n: int = 60, steps: int = 10) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """A width-8 fastnet trained a few steps on the conftest toy images, so its logits are
+    far enough apart that quantization noise is judged, not ties."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 3
+    images = np.stack([_image(int(c), rng) for c in labels])
+    torch.manual_seed(0)
+    model = build_model("fastnet", 3, width=8)
+    prepare_from_data(model, to_input(images))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(to_input(images)), torch.as_tensor(labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), images, labels
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory):
-    import torch
-
-    torch.manual_seed(0)
-    model = build_model("fastnet", 4, width=8)
-    images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    prepare_from_data(model, to_input(images))
-    model.eval()
-    path = export_onnx(model, (32, 32, 3), tmp_path_factory.mktemp("onnx") / "m.onnx", opset=18)
-    return model, path, images
+def variants(tmp_path_factory: pytest.TempPathFactory):
+    model, images, labels = toy_model_and_images()
+    paths, calibration = build_variants(
+        model, (32, 32, 3), tmp_path_factory.mktemp("onnx"), images[:32], ExportConfig()
+    )
+    return model, images, labels, paths, calibration
 
 
-def test_export_is_valid_onnx_with_dynamic_batch(exported) -> None:
-    model, path, images = exported
-    graph = onnx.load(str(path)).graph
+def test_every_variant_is_built_and_the_shipped_file_is_valid_with_dynamic_batch(variants) -> None:
+    _, images, _, paths, calibration = variants
+    assert set(paths) == {"fp32", "int8", "fp16"}
+    assert not (paths["fp32"].parent / "model.raw.onnx").exists()  # only the optimised file ships
+    graph = onnx.load(str(paths["fp32"])).graph
     assert [i.name for i in graph.input] == [INPUT_NAME]
     dim = graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_param and not dim.dim_value  # symbolic batch axis
-    session = onnx_session(path)
-    for n in (1, 7):
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: to_input(images[:n]).numpy()})[0]
-        assert out.shape == (n, 4)
+    assert "Gelu" in {n.op_type for n in graph.node}  # one op, fused by the optimiser at opset 20
+    int8_ops = {n.op_type for n in onnx.load(str(paths["int8"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops
+    assert (calibration.method, calibration.n_images) == ("minmax", 32)
+    for path in paths.values():
+        session = onnx_session(path)
+        for n in (1, 7):
+            out = session.run([OUTPUT_NAME], {INPUT_NAME: to_input(images[:n]).numpy()})[0]
+            assert out.shape == (n, 3) and out.dtype == np.float32
 
 
-def test_parity_with_torch(exported) -> None:
-    model, path, images = exported
-    parity = check_parity(model, path, images, batch_size=8)
-    assert parity.n_samples == 20
-    assert parity.max_abs_diff < 1e-4
-    assert parity.top1_agreement == 1.0
+@pytest.mark.parametrize(("variant", "max_diff"), [("fp32", 1e-4), ("fp16", 2e-2), ("int8", 0.5)])
+def test_each_variant_agrees_with_torch_and_passes_its_checks(variants, variant: str, max_diff: float) -> None:
+    model, images, labels, paths, _ = variants
+    reference = torch_logits(model, images)
+    assert (reference.argmax(1) == labels).mean() == 1.0  # the toy model learned the toy classes
+    check = check_variant(variant, paths[variant], images, labels, reference, max_accuracy_drop=0.5)
+    assert check.providers == {"CPUExecutionProvider": "ok"}
+    assert check.measured_on == "CPUExecutionProvider"
+    assert check.max_abs_diff < max_diff
+    assert check.top1_agreement == 1.0 and check.accuracy == 1.0 and check.accuracy_drop == 0.0
+    assert check.verdict == "pass" and check.reasons == ()
+    direct = onnx_logits(onnx_session(paths[variant]), images)
+    assert check.max_abs_diff == pytest.approx(np.abs(direct - reference).max())  # brute-force recomputation
 
 
-def test_parity_detects_a_different_model(exported) -> None:
+def test_int8_that_loses_too_much_accuracy_is_marked_failing(variants, tmp_path: Path) -> None:
+    """Calibrating on black images collapses every activation range: the model stops telling
+    the classes apart, and the check must say so with the value and the limit."""
+    model, images, labels, _, _ = variants
+    paths, _ = build_variants(
+        model, (32, 32, 3), tmp_path, np.zeros_like(images[:16]), ExportConfig(variants=("fp32", "int8"))
+    )
+    check = check_variant("int8", paths["int8"], images, labels, torch_logits(model, images), max_accuracy_drop=0.5)
+    assert check.verdict == "fail"
+    assert check.accuracy_drop > 0.5
+    assert check.reasons == (
+        f"loses {check.accuracy_drop:.2f} accuracy points on {len(labels)} test images "
+        "(limit export.max_accuracy_drop=0.5)",
+    )
+
+
+def test_accuracy_drop_is_in_points_against_the_torch_model(variants) -> None:
+    model, images, labels, paths, _ = variants
+    wrong = labels.copy()
+    wrong[:6] = (wrong[:6] + 1) % 3  # the reference is right on 54 of 60 against these labels
+    check = check_variant("fp32", paths["fp32"], images, wrong, torch_logits(model, images), max_accuracy_drop=0.0)
+    assert check.reference_accuracy == pytest.approx(0.9)
+    assert check.accuracy == pytest.approx(0.9) and check.accuracy_drop == pytest.approx(0.0)
+    assert check.verdict == "pass"  # a drop of 0 is within a limit of 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "junk", "missing"])
+def test_corrupt_truncated_or_missing_onnx_gives_a_model_error_naming_the_file(
+    variants, tmp_path: Path, damage: str
+) -> None:
+    _, images, labels, paths, _ = variants
+    bad = tmp_path / f"{damage}.onnx"
+    if damage == "truncated":
+        bad.write_bytes(paths["fp32"].read_bytes()[:4000])
+    elif damage == "junk":
+        bad.write_bytes(b"this is not an ONNX model")
+    with pytest.raises(ModelError, match=rf"^cannot load ONNX model {bad}: \[ONNXRuntimeError\]") as info:
+        onnx_session(bad)
+    assert info.value.__cause__ is not None
+    assert "\n" not in str(info.value)  # one line for the terminal
+    reference = np.zeros((len(images), 3), dtype=np.float32)
+    check = check_variant("fp32", bad, images, labels, reference, 0.5) if damage != "missing" else None
+    if check is not None:  # the check records the error instead of raising, and fails the variant
+        assert check.verdict == "fail" and str(bad) in check.providers["CPUExecutionProvider"]
+        assert "no provider could run it" in check.reasons[-1]
+
+
+def test_fp32_parity_detects_a_different_model(variants) -> None:
     import copy
 
-    import torch
-
-    model, path, images = exported
+    model, images, _, paths, _ = variants
     other = copy.deepcopy(model)
     with torch.no_grad():
         other[1].head.weight.add_(0.5)
-    same = check_parity(model, path, images)
-    parity = check_parity(other, path, images)
+    same = check_parity(model, paths["fp32"], images)
+    parity = check_parity(other, paths["fp32"], images)
+    assert same.n_samples == 60 and same.max_abs_diff < 1e-4
     assert parity.max_abs_diff > 100 * max(same.max_abs_diff, 1e-7)
 
 
-def test_benchmark_rows(exported) -> None:
-    model, path, images = exported
-    rows = benchmark(model, path, images, batch_sizes=(1, 32), warmup=1, iterations=3)
-    backends = {r.backend for r in rows}
-    assert {"torch-cpu", "onnxruntime-cpu"} <= backends
-    assert {r.batch_size for r in rows} == {1, 32}
-    for r in rows:
-        assert 0 < r.p50_ms <= r.p95_ms
-        assert r.images_per_second == pytest.approx(r.batch_size / (r.p50_ms / 1e3))
-        if r.backend == "torch-cpu":
-            assert r.speedup_vs_torch == 1.0
+def test_manifest_round_trip_and_fallback(variants, tmp_path: Path) -> None:
+    model, images, labels, paths, calibration = variants
+    reference = torch_logits(model, images)
+    checks = [check_variant(n, p, images, labels, reference, 0.5) for n, p in paths.items()]
+    manifest = write_manifest(paths["fp32"].parent, checks, calibration)
+    assert json.loads(manifest.read_text())["calibration"]["method"] == "minmax"
+    assert read_manifest(paths["fp32"]) == {n: (p, "pass") for n, p in paths.items()}
+    lone = tmp_path / "model.onnx"
+    assert read_manifest(lone) == {"fp32": (lone, "pass")}  # runs exported before variants existed
+    (tmp_path / MANIFEST).write_text("{}")
+    with pytest.raises(ModelError, match="is not a variants manifest"):
+        read_manifest(lone)
+
+
+def test_export_config_needs_fp32_and_names_bad_values() -> None:
+    with pytest.raises(ValueError, match="must include 'fp32'"):
+        ExportConfig(variants=("int8",))
+    with pytest.raises(ValueError, match="calibration_method"):
+        ExportConfig(calibration_method="kl")

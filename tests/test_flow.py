@@ -18,6 +18,7 @@ TINY = [
     "train.compile=false", "train.ema_decay=null", "train.tta_translate=0",
     "data.val_fraction=0.125", "fairness.n_bootstrap=20", "privacy.n_bootstrap=20",
     "benchmark.batch_sizes=[1, 8]", "benchmark.iterations=3", "benchmark.warmup=1", "export.parity_samples=16",
+    "benchmark.backends=[torch-eager, onnx-fp32, onnx-int8]", "benchmark.min_seconds=0", "benchmark.max_seconds=1",
 ]
 STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
 runner = CliRunner()
@@ -85,7 +86,7 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
     for heading in ("## Data", "## Training", "## Evaluation", "## Fairness", "## Privacy", "## ONNX export",
                     "## Inference benchmark", "## Model card"):
         assert heading in md
-    assert html.count("data:image/png;base64,") == 4  # curves, confusion, recall, ROC embedded
+    assert html.count("data:image/png;base64,") == 5  # curves, confusion, recall, ROC, throughput embedded
     assert "<table>" in html and "Intended use." in html
     out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])
     assert out.exit_code == 0, out.output

@@ -184,3 +184,29 @@ def test_a_junk_resume_checkpoint_is_discarded_with_a_warning(toy_splits, tmp_pa
     result = fit(toy_splits, cfg, CPU, tmp_path)
     assert result.resumed_from_epoch == 0 and len(result.history) == 1
     assert f"discarding unreadable checkpoint and starting over: cannot read checkpoint {tmp_path}/last.pt" in caplog.text
+
+
+def test_the_first_epoch_replans_a_wrong_warm_up_estimate() -> None:
+    from auditflow.models.budget import replan
+
+    first = plan_epochs(13, 100.0, step_seconds=1.0, steps_per_epoch=100, val_seconds=0.0, val_every=1)
+    assert first.epochs == 1  # a busy machine made the throwaway steps 10x too slow
+    again = replan(first, 13, 100, epoch_seconds=10.0, val_seconds=0.5, val_every=1)
+    assert again.epochs == 9 and again.reason.startswith("re-planned after epoch 1 (the warm-up estimate gave 1)")
+    assert replan(again, 13, 100, 10.0, 0.5, 1) is again  # same answer: the plan stands
+    unbudgeted = plan_epochs(13, None, 1.0, 100, 0.0, 1)
+    assert replan(unbudgeted, 13, 100, 99.0, 0.0, 1) is unbudgeted
+
+
+def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up estimate is forced far too high; after epoch 1 the budget allows all 3
+    epochs, and the LR schedule must still run down to zero at the new end."""
+    import auditflow.models.training as training
+
+    real = training.warm_up
+    monkeypatch.setattr(training, "warm_up", lambda *a, **k: (*real(*a, **k)[:2], 1e3))
+    cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu",
+                      time_budget_s=600.0)
+    result = fit(toy_splits, cfg, CPU, tmp_path)
+    assert result.plan["epochs"] == 3 and result.plan["reason"].startswith("re-planned after epoch 1")
+    assert len(result.history) == 3 and result.history[-1].lr == 0.0

@@ -155,22 +155,70 @@ class PrivacyConfig(_Section):
 
 
 class ExportConfig(_Section):
-    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
-    parity_samples: int = Field(512, gt=0, description="Test images compared torch vs ONNX.")
-    max_abs_diff: float = Field(1e-3, gt=0.0, description="Largest allowed logit difference.")
+    """ONNX variants of the trained model and the checks each must pass before it may ship."""
+
+    opset: int = Field(
+        20, ge=13, le=23, description="ONNX opset version (20+ keeps GELU one op, which ONNX Runtime fuses)."
+    )
+    parity_samples: int = Field(512, gt=0, description="Test images compared torch vs the FP32 ONNX model.")
+    max_abs_diff: float = Field(1e-3, gt=0.0, description="Largest allowed FP32 logit difference.")
+    variants: tuple[Literal["fp32", "int8", "fp16"], ...] = Field(
+        ("fp32", "int8", "fp16"), min_length=1, description="Variants built: fp32 (graph-optimised, always built), "
+        "int8 (static QDQ quantization for CPUs), fp16 (for GPU providers).",
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile", "distribution"] = Field(
+        "minmax", description="How INT8 activation ranges are chosen from the calibration images."
+    )
+    calibration_samples: int = Field(
+        512, gt=0, description="Training images (seeded sample) run through the model to calibrate INT8 ranges."
+    )
+    calibration_seed: int = Field(0, description="Seed of the calibration sample.")
+    int8_reduce_range: bool = Field(
+        True, description="7-bit INT8 weights: avoids int16 saturation in the u8s8 kernels of CPUs without VNNI."
+    )
+    max_accuracy_drop: float = Field(
+        0.5, ge=0.0, le=100.0, description="A variant whose test accuracy is more than this many percentage points "
+        "below the torch model's is marked failing.",
+    )
+    check_samples: int = Field(8, gt=0, description="Sample queries each variant answers in every provider.")
+
+    @model_validator(mode="after")
+    def _fp32_first(self) -> "ExportConfig":
+        if "fp32" not in self.variants:
+            raise ValueError(f"variants={list(self.variants)} must include 'fp32': the others are built from it")
+        return self
+
+
+BenchBackend = Literal[
+    "torch-eager", "torch-compile", "onnx-fp32", "onnx-int8",
+    "torch-eager-cuda", "torch-compile-cuda", "torch-cudagraph-fp16-cuda", "torch-cudagraph-bf16-cuda",
+    "onnx-fp32-cuda", "onnx-fp16-cuda", "onnx-fp16-tensorrt",
+]
 
 
 class BenchmarkConfig(_Section):
-    batch_sizes: tuple[int, ...] = Field((1, 256), min_length=1, description="Batch sizes timed.")
-    warmup: int = Field(5, ge=0, description="Untimed iterations per case.")
-    iterations: int = Field(30, gt=0, description="Timed iterations per case.")
-    num_threads: int | None = Field(None, gt=0, description="Intra-op threads; None = default.")
+    """Inference timing. Each case is time-boxed: at least `iterations` repetitions and `min_seconds`,
+    at most `max_seconds`, so p99 rests on enough samples where the budget allows."""
+
+    batch_sizes: tuple[int, ...] = Field((1, 32, 256), min_length=1, description="Batch sizes timed, images.")
+    backends: tuple[BenchBackend, ...] | None = Field(
+        None, description="Backends timed; None = every one that can run here (GPU ones need CUDA)."
+    )
+    warmup: int = Field(5, ge=0, description="Untimed calls per case (torch.compile compiles during these).")
+    iterations: int = Field(200, gt=0, description="Least timed repetitions per case (time allowing).")
+    min_seconds: float = Field(1.0, ge=0.0, description="Least timed seconds per case.")
+    max_seconds: float = Field(20.0, gt=0.0, description="Most timed seconds per case; ends a case early.")
+    num_threads: int | None = Field(
+        None, gt=0, description="CPU threads for torch and ONNX Runtime alike; None = every core this process may use."
+    )
 
     @model_validator(mode="after")
     def _positive_batches(self) -> "BenchmarkConfig":
         bad = [b for b in self.batch_sizes if b <= 0]
         if bad:
             raise ValueError(f"batch sizes must be positive, got {bad}")
+        if self.min_seconds > self.max_seconds:
+            raise ValueError(f"min_seconds={self.min_seconds} exceeds max_seconds={self.max_seconds}")
         return self
 
 
@@ -282,3 +330,36 @@ def load_config(profile: str = "quick", overrides: list[str] | tuple[str, ...] =
     for override in overrides:
         apply_override(raw, override)
     return build_config(raw)
+
+
+class SearchParam(_Section):
+    """One dimension of a hyperparameter search (`auditflow tune`): a numeric range or a list of
+    choices, for the config field its key in the search-space YAML names (`train.lr`)."""
+
+    low: float | None = Field(None, description="Smallest value of a range (inclusive), in the field's unit.")
+    high: float | None = Field(None, description="Largest value of a range (inclusive), in the field's unit.")
+    log: bool = Field(False, description="Sample the range uniformly in log space (needs low > 0).")
+    step: float | None = Field(
+        None, gt=0.0, description="Spacing of the values a range takes; None = continuous (floats) or 1 (integers)."
+    )
+    choices: tuple[str | int | float | bool | None, ...] | None = Field(
+        None, description="Values to choose among instead of a range (YAML scalars; null = the field's None)."
+    )
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("give either choices or a low/high range, not both")
+            if not self.choices:
+                raise ValueError("empty choices: give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices)")
+        if self.low > self.high:
+            raise ValueError(f"empty range: low={self.low:g} > high={self.high:g}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got low={self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("a log-scale range takes no step")
+        return self

@@ -1,0 +1,109 @@
+"""Reduced-precision ONNX variants: INT8 static quantization (CPU) and FP16 (GPU providers).
+
+Both are built with ONNX Runtime's own tools from the FP32 export:
+- INT8: `quant_pre_process` (shape inference + basic graph optimisation), then
+  `quantize_static` in QDQ format, uint8 activations and int8 per-channel weights, with
+  activation ranges calibrated on a seeded sample of training images. ONNX Runtime turns the
+  QDQ pairs into integer kernels (QLinearConv, ...) when a CPU session loads the file.
+- FP16: `onnxruntime.transformers.float16.convert_float_to_float16`, float32 inputs and
+  outputs kept, so callers feed the same pixels to every variant. ONNX Runtime's CPU provider
+  runs it through inserted casts; it is meant for CUDA and TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from auditflow.models.export import INPUT_NAME
+from auditflow.models.presets import to_input
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+    "distribution": CalibrationMethod.Distribution,
+}
+CALIBRATION_BATCH = 64  # images per calibration call; ranges do not depend on it
+
+
+@dataclass(frozen=True)
+class CalibrationInfo:
+    """How the INT8 activation ranges were chosen, stored with the variant."""
+
+    method: str  # minmax, entropy, percentile or distribution
+    n_images: int  # training images run through the model
+    seed: int  # seed of their sample
+    reduce_range: bool  # 7-bit weights: no int16 saturation in AVX2/AVX-512 (non-VNNI) u8s8 kernels
+
+
+class _ImageReader(CalibrationDataReader):
+    """Feeds uint8 NHWC images to the calibrator as the model's float input, in batches."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._starts = iter(range(0, len(images), CALIBRATION_BATCH))
+        self._images = images
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        start = next(self._starts, None)
+        if start is None:
+            return None
+        return {INPUT_NAME: to_input(np.asarray(self._images[start : start + CALIBRATION_BATCH])).numpy()}
+
+
+def calibration_sample(n_available: int, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded sample of `n` (at most all) of `n_available` images. Sorted for
+    memory-mapped reads; the order does not affect min/max or histogram calibration."""
+    return np.sort(np.random.default_rng(seed).permutation(n_available)[:n])
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    dst: str | Path,
+    calibration_images: np.ndarray,
+    method: str = "minmax",
+    seed: int = 0,
+    reduce_range: bool = True,
+) -> CalibrationInfo:
+    """Write the static INT8 (QDQ, per-channel weights) model of `fp32_path` to `dst`,
+    calibrated on uint8 NHWC `calibration_images` (already the seeded sample)."""
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # symbolic shape inference cannot follow the exporter's dynamic Reshape; ONNX's own can
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _ImageReader(calibration_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+        )
+    onnx.checker.check_model(str(dst))
+    log.info("quantized %s -> %s (%s calibration on %d images)", fp32_path, dst, method, len(calibration_images))
+    return CalibrationInfo(method=method, n_images=len(calibration_images), seed=seed, reduce_range=reduce_range)
+
+
+def convert_fp16(fp32_path: str | Path, dst: str | Path) -> Path:
+    """Write the FP16 model of `fp32_path` to `dst`, float32 inputs and outputs kept."""
+    import onnx_ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx_ir.from_proto(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True))
+    model.graph.sort()  # the converter appends the input casts after the nodes that read them
+    onnx_ir.save(model, str(dst))
+    onnx.checker.check_model(str(dst))
+    return Path(dst)
