@@ -338,19 +338,32 @@ def tune(
     profile: ProfileOpt = "quick",
     data: DataOpt = "cifar10",
     trials: Annotated[int, typer.Option(help="Finished (complete or pruned) trials the study should hold.")] = 20,
-    time_budget: Annotated[Optional[float], typer.Option(help="Minutes after which no new trial starts.")] = None,
-    space: Annotated[Optional[str], typer.Option(help="Search-space YAML file, or a shipped space name.")] = None,
-    study: Annotated[Optional[str], typer.Option(help="Study name; the same name resumes. Default: from profile, "
-                                                      "overrides, space and data.")] = None,
-    objective: Annotated[str, typer.Option(help="'accuracy' or 'accuracy+worst-recall' (two objectives).")] = "accuracy",
-    min_worst_recall: Annotated[float, typer.Option(help="Choose the best accuracy among trials whose worst-class "
-                                                         "validation recall is at least this.")] = 0.0,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default $AUDITFLOW_STUDY_STORAGE or "
-                                                        "SQLite in the workdir.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Minutes after which no new trial starts.")] = None,
+    space: Annotated[str | None, typer.Option(help="Search-space YAML file, or a shipped space name.")] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name; the same name resumes. Default: from profile, overrides, space and data."),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="'accuracy' or 'accuracy+worst-recall' (two objectives).")
+    ] = "accuracy",
+    min_worst_recall: Annotated[
+        float,
+        typer.Option(
+            help="Choose the best accuracy among trials whose worst-class validation recall is at least this."
+        ),
+    ] = 0.0,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL; default $AUDITFLOW_STUDY_STORAGE or SQLite in the workdir.")
+    ] = None,
     parallel: Annotated[int, typer.Option(help="Trials run at once.")] = 1,
-    dask: Annotated[Optional[str], typer.Option(envvar="AUDITFLOW_DASK_ADDRESS",
-                                                help="Dask scheduler address: run trials on that cluster.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the tuned profile; default WORKDIR/tuned-STUDY.yaml.")] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(envvar="AUDITFLOW_DASK_ADDRESS", help="Dask scheduler address: run trials on that cluster."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write the tuned profile; default WORKDIR/tuned-STUDY.yaml.")
+    ] = None,
     overrides: SetOpt = None,
     workdir: WorkdirOpt = Path("."),
 ) -> None:
@@ -364,8 +377,18 @@ def tune(
             raise AuditflowError(f"--parallel must be at least 1, got {parallel}")
         if trials < 1:
             raise AuditflowError(f"--trials must be at least 1, got {trials}")
-        plan = plan_study(cfg, load_space(space), data, trials, objective=objective, min_worst_recall=min_worst_recall,
-                          time_budget_min=time_budget, name=study, storage=storage, workdir=workdir)
+        plan = plan_study(
+            cfg,
+            load_space(space),
+            data,
+            trials,
+            objective=objective,
+            min_worst_recall=min_worst_recall,
+            time_budget_min=time_budget,
+            name=study,
+            storage=storage,
+            workdir=workdir,
+        )
         if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
             raise AuditflowError(f"data path {data!r} does not exist")
         workdir.mkdir(parents=True, exist_ok=True)
@@ -374,43 +397,69 @@ def tune(
     _prefect_env()
     from auditflow.flows.tune import task_runner, tune_study
 
-    console.print(f"[bold]auditflow tune[/] study [cyan]{plan.name}[/] ({plan.objective}, {trials} trials), "
-                  f"storage [cyan]{plan.storage}[/], tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]")
+    console.print(
+        f"[bold]auditflow tune[/] study [cyan]{plan.name}[/] ({plan.objective}, {trials} trials), "
+        f"storage [cyan]{plan.storage}[/], tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]"
+    )
     try:
         result = tune_study.with_options(task_runner=task_runner(parallel, dask))(
-            profile=profile, data=data, trials=trials, overrides=list(overrides or []), space=space, study=plan.name,
-            objective=objective, min_worst_recall=min_worst_recall, time_budget_min=time_budget, storage=storage,
-            parallel=parallel, out=str(out) if out else None, workdir=str(workdir))
+            profile=profile,
+            data=data,
+            trials=trials,
+            overrides=list(overrides or []),
+            space=space,
+            study=plan.name,
+            objective=objective,
+            min_worst_recall=min_worst_recall,
+            time_budget_min=time_budget,
+            storage=storage,
+            parallel=parallel,
+            out=str(out) if out else None,
+            workdir=str(workdir),
+        )
     except Exception as err:
         user = _find_user_error(err)
         if user is not None:
             raise _fail(user) from err
         raise
+    out_console = Console(width=None if sys.stdout.isatty() else 150)
     front = Table(title=f"Pareto front (validation accuracy vs worst-class recall) of study {result.study}")
-    for col in ("trial", "accuracy", "worst recall", *result.params):
-        front.add_column(col, justify="right")
+    for col in ("trial", "accuracy", "worst recall", "parameters"):
+        front.add_column(col, justify="left" if col == "parameters" else "right")
     for row in result.front:
-        mark = " *" if row["trial"] == result.chosen_trial else ""
-        front.add_row(f"{row['trial']}{mark}", f"{row['val_accuracy']:.2%}", f"{row['worst_class_recall']:.3f}",
-                      *(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in result.params))
-    Console().print(front)
+        values = (f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in result.params)
+        front.add_row(
+            f"{row['trial']}{' *' if row['trial'] == result.chosen_trial else ''}",
+            f"{row['val_accuracy']:.2%}",
+            f"{row['worst_class_recall']:.3f}",
+            " ".join(values),
+        )
+    out_console.print(front)
     table = Table(title=f"study {result.study} (MLflow run {result.run_id})", show_header=False)
     table.add_row("trials", ", ".join(f"{n} {state}" for state, n in sorted(result.states.items())))
-    table.add_row("chosen trial", f"{result.chosen_trial}: {result.reason}" if result.rule_met
-                  else f"[red]{result.chosen_trial}: {result.reason}[/]")
+    table.add_row(
+        "chosen trial",
+        f"{result.chosen_trial}: {result.reason}"
+        if result.rule_met
+        else f"[red]{result.chosen_trial}: {result.reason}[/]",
+    )
     table.add_row("validation accuracy", f"{result.val_accuracy:.2%}")
     table.add_row("worst-class recall", f"{result.worst_class_recall:.3f}")
     table.add_row("tuned profile", result.profile_path)
     table.add_row("MLflow", result.tracking_uri)
-    Console().print(table)
-    Console().print(f"Run it: [bold]auditflow run --profile {result.profile_path} --data {data} --workdir {workdir}[/]")
+    out_console.print(table)
+    out_console.print(
+        f"Run it: [bold]auditflow run --profile {result.profile_path} --data {data} --workdir {workdir}[/]"
+    )
 
 
 @app.command()
 def bench(
     run_id: Annotated[str, typer.Argument(help="MLflow id of a finished pipeline (parent) run.")],
     workdir: WorkdirOpt = Path("."),
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")] = None,
+    tracking_uri: Annotated[
+        Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
+    ] = None,
     overrides: SetOpt = None,
 ) -> None:
     """Export and benchmark a past run's model again (no retraining), logged to that run.

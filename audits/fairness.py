@@ -142,8 +142,12 @@ def audit_fairness(
             lo, hi = np.nanmin(boot[m], axis=1), np.nanmax(boot[m], axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratios = np.where(hi > 0, lo / hi, np.nan)
-            ci = {"difference_ci": _interval(hi - lo, cfg.confidence), "ratio_ci": _interval(ratios, cfg.confidence),
-                  "group_min_ci": _interval(lo, cfg.confidence), "group_max_ci": _interval(hi, cfg.confidence)}
+            ci = {
+                "difference_ci": _interval(hi - lo, cfg.confidence),
+                "ratio_ci": _interval(ratios, cfg.confidence),
+                "group_min_ci": _interval(lo, cfg.confidence),
+                "group_max_ci": _interval(hi, cfg.confidence),
+            }
         disparities[m] = Disparity(m, float(diff[m]), float(ratio[m]), float(gmin[m]), float(gmax[m]), **ci)
 
     recall = disparities["recall"]
@@ -151,7 +155,8 @@ def audit_fairness(
     if recall.group_min < cfg.min_class_recall:
         worst = min(rows, key=lambda r: r["recall"])  # type: ignore[arg-type, return-value]
         reasons.append(
-            f"worst-class recall {recall.group_min:.3f} ({worst['class']}) is below the threshold {cfg.min_class_recall}"
+            f"worst-class recall {recall.group_min:.3f} ({worst['class']}) "
+            f"is below the threshold {cfg.min_class_recall}"
         )
     if recall.difference > cfg.max_recall_gap:
         reasons.append(f"recall gap {recall.difference:.3f} exceeds the threshold {cfg.max_recall_gap}")

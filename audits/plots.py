@@ -30,8 +30,15 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str])
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     ax.set_title("Confusion matrix (test)")
     fig.tight_layout()
@@ -44,11 +51,17 @@ def curves_figure(history: dict[str, Sequence[tuple[int, float]]]) -> Figure:
     for key, ax in (("train_loss", left), ("val_loss", left), ("train_accuracy", right), ("val_accuracy", right)):
         points = history.get(key) or []
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             label = key.replace("_", " ") + (" (augmented, smoothed)" if key.startswith("train") else "")
             ax.plot(steps, values, marker="o", ms=3, label=label)
-    left.set_xlabel("epoch"); left.set_ylabel("cross-entropy"); left.legend(); left.set_title("Loss")
-    right.set_xlabel("epoch"); right.set_ylabel("accuracy"); right.legend(); right.set_title("Accuracy")
+    left.set_xlabel("epoch")
+    left.set_ylabel("cross-entropy")
+    left.legend()
+    left.set_title("Loss")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy")
+    right.legend()
+    right.set_title("Accuracy")
     fig.tight_layout()
     return fig
 
@@ -61,15 +74,24 @@ def roc_figure(fpr: Sequence[float], tpr: Sequence[float], auc: float) -> Figure
     ax.loglog(f[keep], t[keep], label=f"loss attack (AUC {auc:.3f})")
     grid = np.logspace(-5, 0, 50)
     ax.loglog(grid, grid, "--", color="grey", label="chance")
-    ax.set_xlim(1e-4, 1); ax.set_ylim(1e-4, 1)
-    ax.set_xlabel("false-positive rate"); ax.set_ylabel("true-positive rate")
-    ax.set_title("Membership inference ROC"); ax.legend(loc="lower right")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(1e-4, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("Membership inference ROC")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
 
 
-def per_class_figure(classes: Sequence[str], values: Sequence[float], lows: Sequence[float] | None,
-                     highs: Sequence[float] | None, label: str, reference: float | None = None) -> Figure:
+def per_class_figure(
+    classes: Sequence[str],
+    values: Sequence[float],
+    lows: Sequence[float] | None,
+    highs: Sequence[float] | None,
+    label: str,
+    reference: float | None = None,
+) -> Figure:
     """Horizontal bars of one per-class metric with CI whiskers and an optional reference line."""
     fig, ax = plt.subplots(figsize=(6, 0.32 * len(classes) + 1.2))
     v = np.asarray(values)
@@ -77,7 +99,8 @@ def per_class_figure(classes: Sequence[str], values: Sequence[float], lows: Sequ
     if lows is not None and highs is not None:
         err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v]).clip(min=0)
     ax.barh(range(len(classes)), v, xerr=err, color="#4c72b0", capsize=2)
-    ax.set_yticks(range(len(classes)), classes); ax.invert_yaxis()
+    ax.set_yticks(range(len(classes)), classes)
+    ax.invert_yaxis()
     if reference is not None:
         ax.axvline(reference, color="#c44e52", ls="--", lw=1)
     ax.set_xlabel(label)
@@ -89,10 +112,13 @@ def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
     """Per-class recall of a fairness result, with CI whiskers when present."""
     has_ci = "recall_ci_low" in per_class[0]
     return per_class_figure(
-        [r["class"] for r in per_class], [r["recall"] for r in per_class],
+        [r["class"] for r in per_class],
+        [r["recall"] for r in per_class],
         [r["recall_ci_low"] for r in per_class] if has_ci else None,
         [r["recall_ci_high"] for r in per_class] if has_ci else None,
-        "recall (true-positive rate), higher is better", min_class_recall)
+        "recall (true-positive rate), higher is better",
+        min_class_recall,
+    )
 
 
 def _unverified(rows: Sequence[dict]) -> bool:
@@ -109,8 +135,15 @@ def throughput_figure(rows: Sequence[dict]) -> Figure:
         style = "--" if _unverified(mine) else "-"
         left.plot(bs, [r["images_per_second"] for r in mine], style, marker="o", ms=3, label=backend)
         p50 = np.array([r["p50_ms"] for r in mine])
-        right.errorbar(bs, p50, yerr=[np.zeros_like(p50), np.array([r["p99_ms"] for r in mine]) - p50],
-                       fmt="o" + style, ms=3, capsize=2, label=backend)
+        right.errorbar(
+            bs,
+            p50,
+            yerr=[np.zeros_like(p50), np.array([r["p99_ms"] for r in mine]) - p50],
+            fmt="o" + style,
+            ms=3,
+            capsize=2,
+            label=backend,
+        )
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

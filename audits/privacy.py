@@ -87,16 +87,22 @@ def audit_membership(
 ) -> PrivacyResult:
     """Loss-threshold attack on the given (already equal-size) member / non-member samples."""
     if len(member_labels) == 0 or len(nonmember_labels) == 0:
-        raise ValueError(f"the privacy audit needs members and non-members, got {len(member_labels)} "
-                         f"and {len(nonmember_labels)}")
-    scores = -np.concatenate([per_example_loss(member_logits, member_labels),
-                              per_example_loss(nonmember_logits, nonmember_labels)])
+        raise ValueError(
+            f"the privacy audit needs members and non-members, got {len(member_labels)} and {len(nonmember_labels)}"
+        )
+    scores = -np.concatenate(
+        [per_example_loss(member_logits, member_labels), per_example_loss(nonmember_logits, nonmember_labels)]
+    )
     is_member = np.concatenate([np.ones(len(member_labels), int), np.zeros(len(nonmember_labels), int)])
     labels = np.concatenate([member_labels, nonmember_labels])
 
     fpr, tpr, _ = roc_curve(is_member, scores)
     alpha = (1 - cfg.confidence) / 2
-    boot = {"n_boot": cfg.n_bootstrap, "ci_quantiles": [alpha, 1 - alpha], "random_state": cfg.seed} if cfg.n_bootstrap else {}
+    boot = (
+        {"n_boot": cfg.n_bootstrap, "ci_quantiles": [alpha, 1 - alpha], "random_state": cfg.seed}
+        if cfg.n_bootstrap
+        else {}
+    )
     mf = MetricFrame(
         metrics={"auc": safe_auc},
         y_true=is_member,

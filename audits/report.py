@@ -37,25 +37,51 @@ def _verdicts(s: dict[str, dict[str, Any]], status: dict[str, str]) -> list[dict
     ev = s.get("evaluate")
     if ev and "learning" in ev:
         learned = ev["learning"]
-        rows.append({"check": "Model learned (test accuracy above chance)", "result": learned["message"],
-                     "verdict": "pass" if learned["verdict"] == "pass" else "FAIL"})
-    rows.append({"check": "Test accuracy", "result": f"{ev['accuracy']:.2%}" if ev else "missing",
-                 "verdict": "info" if ev else "missing"})
+        rows.append(
+            {
+                "check": "Model learned (test accuracy above chance)",
+                "result": learned["message"],
+                "verdict": "pass" if learned["verdict"] == "pass" else "FAIL",
+            }
+        )
+    rows.append(
+        {
+            "check": "Test accuracy",
+            "result": f"{ev['accuracy']:.2%}" if ev else "missing",
+            "verdict": "info" if ev else "missing",
+        }
+    )
     for stage, label in (("fairness", "Per-class fairness"), ("privacy", "Membership privacy")):
         r = s.get(stage)
         if r is None:
             rows.append({"check": label, "result": status.get(stage, "not run"), "verdict": "missing"})
         else:
-            rows.append({"check": label, "result": "; ".join(r["reasons"]) or "within thresholds",
-                         "verdict": "pass" if r["passed"] else "FAIL"})
+            rows.append(
+                {
+                    "check": label,
+                    "result": "; ".join(r["reasons"]) or "within thresholds",
+                    "verdict": "pass" if r["passed"] else "FAIL",
+                }
+            )
     ex = s.get("export")
-    rows.append({"check": "ONNX parity", "verdict": ("pass" if ex["passed"] else "FAIL") if ex else "missing",
-                 "result": f"max abs logit diff {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}" if ex else "missing"})
+    rows.append(
+        {
+            "check": "ONNX parity",
+            "verdict": ("pass" if ex["passed"] else "FAIL") if ex else "missing",
+            "result": f"max abs logit diff {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}"
+            if ex
+            else "missing",
+        }
+    )
     for v in (ex or {}).get("variants", []):
-        rows.append({"check": f"ONNX {v['variant']} variant (loads everywhere, accuracy kept)",
-                     "verdict": "pass" if v["verdict"] == "pass" else "FAIL",
-                     "result": f"{v['accuracy_drop']:+.2f} accuracy points lost (limit {v['max_accuracy_drop']}), "
-                               f"top-1 agreement {v['top1_agreement']:.2%}" + "".join(f"; {r}" for r in v["reasons"])})
+        rows.append(
+            {
+                "check": f"ONNX {v['variant']} variant (loads everywhere, accuracy kept)",
+                "verdict": "pass" if v["verdict"] == "pass" else "FAIL",
+                "result": f"{v['accuracy_drop']:+.2f} accuracy points lost (limit {v['max_accuracy_drop']}), "
+                f"top-1 agreement {v['top1_agreement']:.2%}" + "".join(f"; {r}" for r in v["reasons"]),
+            }
+        )
     return rows
 
 
@@ -68,8 +94,9 @@ def report_context(record: RunRecord) -> dict[str, Any]:
     if "evaluate" in s:
         figures["confusion"] = _png_b64(plots.confusion_figure(s["evaluate"]["confusion"], s["evaluate"]["classes"]))
     if "fairness" in s:
-        figures["recall"] = _png_b64(plots.recall_figure(s["fairness"]["per_class"],
-                                                         s["fairness"]["thresholds"]["min_class_recall"]))
+        figures["recall"] = _png_b64(
+            plots.recall_figure(s["fairness"]["per_class"], s["fairness"]["thresholds"]["min_class_recall"])
+        )
     if "privacy" in s:
         p = s["privacy"]
         figures["roc"] = _png_b64(plots.roc_figure(p["roc_fpr"], p["roc_tpr"], p["auc"]))
@@ -91,8 +118,14 @@ def report_context(record: RunRecord) -> dict[str, Any]:
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("auditflow.audits", "templates"), undefined=StrictUndefined,
-                      autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=PackageLoader("auditflow.audits", "templates"),
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.2%}"
     env.filters["f3"] = lambda v: "n/a" if v is None else f"{v:.3f}"
     env.filters["ci"] = lambda v: "n/a" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
@@ -112,11 +145,11 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     # them before Markdown passes raw HTML through.
     escaping = _env()
     escaping.autoescape = True
-    body = markdown.markdown(escaping.get_template("report.md.j2").render(embed=True, **ctx),
-                             extensions=["tables", "sane_lists"])
+    body = markdown.markdown(
+        escaping.get_template("report.md.j2").render(embed=True, **ctx), extensions=["tables", "sane_lists"]
+    )
     html_env = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)
-    html = html_env.get_template("report.html.j2").render(title=record.name, overall=ctx["overall"],
-                                                         body=Markup(body))
+    html = html_env.get_template("report.html.j2").render(title=record.name, overall=ctx["overall"], body=Markup(body))
     pngs = {name: base64.b64decode(data) for name, data in ctx["figures"].items()}
     return html, md, env.get_template("summary.md.j2").render(**ctx), pngs
 

@@ -51,8 +51,17 @@ def audit_pipeline(
     try:
         snap = ingest_data(ref, data, cfg.data, workdir)
         trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
-        evaluated = evaluate_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.evaluate,
-                                   cfg.train.tta, cfg.train.tta_translate, cfg.train.device, workdir)
+        evaluated = evaluate_model(
+            ref,
+            trained.checkpoint,
+            snap.snapshot,
+            cfg.data,
+            cfg.evaluate,
+            cfg.train.tta,
+            cfg.train.tta_translate,
+            cfg.train.device,
+            workdir,
+        )
         fairness = fairness_audit(ref, evaluated.predictions, snap.classes, cfg.fairness)
         privacy = privacy_audit(ref, evaluated.predictions, snap.classes, cfg.privacy)
         exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
@@ -63,8 +72,17 @@ def audit_pipeline(
         raise
     close_run(ref)
     return PipelineResult(
-        run_id=ref.run_id, tracking_uri=ref.uri, experiment_id=ref.experiment_id,
-        test_accuracy=evaluated.accuracy, learning=evaluated.learning, learning_message=evaluated.learning_message, fairness_passed=fairness.passed, privacy_passed=privacy.passed,
-        attack_auc=privacy.headline, worst_class_recall=fairness.headline, onnx_path=exported.onnx_path,
-        report_html=report.html, report_markdown=report.markdown,
+        run_id=ref.run_id,
+        tracking_uri=ref.uri,
+        experiment_id=ref.experiment_id,
+        test_accuracy=evaluated.accuracy,
+        learning=evaluated.learning,
+        learning_message=evaluated.learning_message,
+        fairness_passed=fairness.passed,
+        privacy_passed=privacy.passed,
+        attack_auc=privacy.headline,
+        worst_class_recall=fairness.headline,
+        onnx_path=exported.onnx_path,
+        report_html=report.html,
+        report_markdown=report.markdown,
     )

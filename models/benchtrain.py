@@ -16,9 +16,11 @@ import numpy as np
 
 from auditflow.core.config import PipelineConfig
 from auditflow.core.data import Snapshot, make_splits
+from auditflow.models.checkpoints import load_model
+from auditflow.models.inference import predict
 from auditflow.models.runtime import resolve_runtime
 from auditflow.models.speed import Peak, device_peak, speed_metrics
-from auditflow.models.training import fit, load_model, predict
+from auditflow.models.training import fit
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ class TrainBench:
     kept_weights: str  # "raw" or "ema"
 
 
-def bench_train(snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak | None = None,
-                scratch: str | Path | None = None) -> TrainBench:
+def bench_train(
+    snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak | None = None, scratch: str | Path | None = None
+) -> TrainBench:
     """Train `cfg` with `seed` on `snapshot` and measure it."""
     train = cfg.train.model_copy(update={"seed": seed})
     runtime = resolve_runtime(train.device, train.precision, train.num_threads)
@@ -51,16 +54,28 @@ def bench_train(snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak |
         result = fit(splits, train, runtime, tmp)
         wall = time.perf_counter() - start
         model, _ = load_model(result.checkpoint, runtime.device)
-    logits = predict(model, splits.test_x, resolve_runtime(train.device, "fp32"), tta=train.tta,
-                     translate=train.tta_translate)
+    logits = predict(
+        model, splits.test_x, resolve_runtime(train.device, "fp32"), tta=train.tta, translate=train.tta_translate
+    )
     peak = peak or device_peak(runtime)
-    speed = speed_metrics(result.flops_per_image, result.images_per_second, result.train_seconds,
-                          peak.flops_per_second, result.time_to_target)
+    speed = speed_metrics(
+        result.flops_per_image,
+        result.images_per_second,
+        result.train_seconds,
+        peak.flops_per_second,
+        result.time_to_target,
+    )
     return TrainBench(
-        profile=cfg.profile, seed=seed, test_accuracy=float((logits.argmax(1) == splits.test_y).mean()),
-        wall_seconds=wall, train_seconds=result.train_seconds, images_per_second=result.images_per_second,
-        flops_per_image=result.flops_per_image, achieved_flops_per_second=speed["achieved_flops_per_second"],
-        fraction_of_peak=speed["fraction_of_peak"], peak_source=peak.source,
+        profile=cfg.profile,
+        seed=seed,
+        test_accuracy=float((logits.argmax(1) == splits.test_y).mean()),
+        wall_seconds=wall,
+        train_seconds=result.train_seconds,
+        images_per_second=result.images_per_second,
+        flops_per_image=result.flops_per_image,
+        achieved_flops_per_second=speed["achieved_flops_per_second"],
+        fraction_of_peak=speed["fraction_of_peak"],
+        peak_source=peak.source,
         time_to_target_seconds=result.time_to_target,
         epochs=result.plan["epochs"],
         plan=result.plan["reason"],
@@ -73,8 +88,13 @@ def summarise(rows: list[TrainBench]) -> dict[str, float]:
     """Mean and sample standard deviation of accuracy and time over seeds."""
     acc = np.array([r.test_accuracy for r in rows])
     secs = np.array([r.train_seconds for r in rows])
-    return {"n": len(rows), "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(rows) > 1 else 0.0,
-            "train_seconds_mean": float(secs.mean()), "train_seconds_max": float(secs.max())}
+    return {
+        "n": len(rows),
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)) if len(rows) > 1 else 0.0,
+        "train_seconds_mean": float(secs.mean()),
+        "train_seconds_max": float(secs.max()),
+    }
 
 
 def compare_to_baseline(summary: dict[str, float], base: TrainBench) -> dict[str, float | None]:

@@ -29,8 +29,12 @@ class EpochPlan:
 
 
 def plan_epochs(
-    max_epochs: int, budget_seconds: float | None, step_seconds: float, steps_per_epoch: int,
-    val_seconds: float, val_every: int,
+    max_epochs: int,
+    budget_seconds: float | None,
+    step_seconds: float,
+    steps_per_epoch: int,
+    val_seconds: float,
+    val_every: int,
 ) -> EpochPlan:
     """Epochs that fit `budget_seconds` of training passes plus per-epoch validation."""
     epoch = step_seconds * steps_per_epoch
@@ -39,28 +43,40 @@ def plan_epochs(
     per_epoch = epoch + val_seconds / val_every
     fits = math.floor(SAFETY * budget_seconds / per_epoch) if per_epoch > 0 else max_epochs
     epochs = max(1, min(max_epochs, fits))
-    why = (f"{steps_per_epoch} steps x {step_seconds * 1e3:.1f} ms = {epoch:.1f} s per epoch + "
-           f"{val_seconds:.1f} s validation every {val_every}")
+    why = (
+        f"{steps_per_epoch} steps x {step_seconds * 1e3:.1f} ms = {epoch:.1f} s per epoch + "
+        f"{val_seconds:.1f} s validation every {val_every}"
+    )
     if fits >= max_epochs:
         reason = f"{epochs} epochs (the configured maximum) fit the {budget_seconds:.0f} s budget: {why}"
     elif fits >= 1:
         reason = f"{epochs} of {max_epochs} epochs fit the {budget_seconds:.0f} s budget: {why}"
     else:
-        reason = (f"not even one epoch fits the {budget_seconds:.0f} s budget ({why}); running 1 epoch "
-                  f"(~{per_epoch:.0f} s): lower train.width or raise train.time_budget_s")
+        reason = (
+            f"not even one epoch fits the {budget_seconds:.0f} s budget ({why}); running 1 epoch "
+            f"(~{per_epoch:.0f} s): lower train.width or raise train.time_budget_s"
+        )
     return EpochPlan(epochs, step_seconds, epoch, val_seconds, budget_seconds, reason)
 
 
-def replan(plan: EpochPlan, max_epochs: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float,
-           val_every: int) -> EpochPlan:
+def replan(
+    plan: EpochPlan, max_epochs: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float, val_every: int
+) -> EpochPlan:
     """The plan again after the first epoch, from its measured time: a few throwaway steps on a
     busy machine can be off by several times, a whole epoch much less. The LR schedule is then
     rebuilt for the new total (`fit` swaps the scheduler's multiplier function)."""
     if plan.budget_seconds is None:
         return plan
-    new = plan_epochs(max_epochs, plan.budget_seconds, epoch_seconds / steps_per_epoch, steps_per_epoch,
-                      val_seconds, val_every)
+    new = plan_epochs(
+        max_epochs, plan.budget_seconds, epoch_seconds / steps_per_epoch, steps_per_epoch, val_seconds, val_every
+    )
     if new.epochs == plan.epochs:
         return plan
-    return EpochPlan(new.epochs, new.step_seconds, new.epoch_seconds, new.val_seconds, new.budget_seconds,
-                     f"re-planned after epoch 1 (the warm-up estimate gave {plan.epochs}): {new.reason}")
+    return EpochPlan(
+        new.epochs,
+        new.step_seconds,
+        new.epoch_seconds,
+        new.val_seconds,
+        new.budget_seconds,
+        f"re-planned after epoch 1 (the warm-up estimate gave {plan.epochs}): {new.reason}",
+    )

@@ -65,18 +65,30 @@ def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tup
     env = dict(os.environ)
     if not cuda:  # share the cores instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
-           "-m", "auditflow.models.distributed", str(spec_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world_size}",
+        "-m",
+        "auditflow.models.distributed",
+        str(spec_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise ModelError(f"distributed training ({world_size} processes) failed with exit code {proc.returncode}:\n{tail}")
+        raise ModelError(
+            f"distributed training ({world_size} processes) failed with exit code {proc.returncode}:\n{tail}"
+        )
     records = [json.loads((result_dir / f"result-{r}.json").read_text()) for r in range(world_size)]
     digests = {r["state_digest"] for r in records}
     if len(digests) != 1:  # every rank must end with the same weights, or DDP did not sync
         raise ModelError(f"data-parallel ranks ended with different weights: {sorted(digests)}")
     r0 = {f.name: records[0][f.name] for f in fields(FitResult)}
-    result = FitResult(**r0 | {"checkpoint": Path(r0["checkpoint"]), "history": tuple(EpochStats(**h) for h in r0["history"])})
+    result = FitResult(
+        **r0 | {"checkpoint": Path(r0["checkpoint"]), "history": tuple(EpochStats(**h) for h in r0["history"])}
+    )
     return result, records
 
 

@@ -56,7 +56,7 @@ class EvalResult:
     def per_class_rows(self) -> list[dict[str, object]]:
         return [
             {"class": c, "precision": p, "recall": r, "f1": f, "support": s}
-            for c, p, r, f, s in zip(self.classes, self.precision, self.recall, self.f1, self.support)
+            for c, p, r, f, s in zip(self.classes, self.precision, self.recall, self.f1, self.support, strict=True)
         ]
 
 
@@ -111,11 +111,24 @@ def check_learning(
     ci = binomtest(correct, n).proportion_ci(confidence, method="wilson")
     acc = correct / n
     if ci.low > chance:
-        return LearningCheck("pass", acc, (ci.low, ci.high), chance, train_accuracy, confidence,
-                             f"held-out accuracy {acc:.1%} is above chance ({chance:.1%})")
+        return LearningCheck(
+            "pass",
+            acc,
+            (ci.low, ci.high),
+            chance,
+            train_accuracy,
+            confidence,
+            f"held-out accuracy {acc:.1%} is above chance ({chance:.1%})",
+        )
     if train_accuracy - chance > 0.2:
-        why = (f"held-out accuracy {acc:.1%} ({confidence:.0%} CI [{ci.low:.1%}, {ci.high:.1%}]) is at chance ({chance:.1%}) "
-               f"while training accuracy is {train_accuracy:.1%}: the model did not generalise")
+        why = (
+            f"held-out accuracy {acc:.1%} ({confidence:.0%} CI [{ci.low:.1%}, {ci.high:.1%}]) "
+            f"is at chance ({chance:.1%}) "
+            f"while training accuracy is {train_accuracy:.1%}: the model did not generalise"
+        )
     else:
-        why = f"accuracy {acc:.1%} on held-out and {train_accuracy:.1%} on training images is at chance ({chance:.1%}): the model did not learn"
+        why = (
+            f"accuracy {acc:.1%} on held-out and {train_accuracy:.1%} on training images is at chance "
+            f"({chance:.1%}): the model did not learn"
+        )
     return LearningCheck("fail", acc, (ci.low, ci.high), chance, train_accuracy, confidence, why)

@@ -74,15 +74,21 @@ def device_peak(runtime: Runtime) -> Peak:
 
 
 def speed_metrics(
-    flops_per_image: float, images_per_second: float, train_seconds: float, peak_flops: float,
+    flops_per_image: float,
+    images_per_second: float,
+    train_seconds: float,
+    peak_flops: float,
     time_to_target: float | None = None,
 ) -> dict[str, float]:
     """Throughput and utilisation: achieved FLOP/s = FLOPs per image x images per second."""
     achieved = flops_per_image * images_per_second
     metrics = {
-        "train_seconds": train_seconds, "images_per_second": images_per_second,
-        "flops_per_image": flops_per_image, "achieved_flops_per_second": achieved,
-        "peak_flops_per_second": peak_flops, "fraction_of_peak": achieved / peak_flops,
+        "train_seconds": train_seconds,
+        "images_per_second": images_per_second,
+        "flops_per_image": flops_per_image,
+        "achieved_flops_per_second": achieved,
+        "peak_flops_per_second": peak_flops,
+        "fraction_of_peak": achieved / peak_flops,
     }
     if time_to_target is not None:
         metrics["time_to_target_seconds"] = time_to_target

@@ -9,7 +9,6 @@ an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -30,7 +29,7 @@ from torch.optim.swa_utils import AveragedModel
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ModelError
-from auditflow.models.averaging import WarmupEMA, make_ema, update_ema
+from auditflow.models.averaging import WarmupEMA, make_ema
 from auditflow.models.budget import EpochPlan, plan_epochs, replan
 from auditflow.models.checkpoints import (
     checkpoint_payload,
@@ -39,12 +38,15 @@ from auditflow.models.checkpoints import (
     save_checkpoint,
     state_digest,
 )
-from auditflow.models.presets import augment, to_input
+from auditflow.models.inference import predict
+from auditflow.models.loop import epoch_batches, train_one_epoch, warm_up
+from auditflow.models.presets import to_input
 from auditflow.models.registry import build_model, prepare_from_data
 from auditflow.models.runtime import Runtime
 from auditflow.models.speed import train_flops_per_image
+from auditflow.models.transfer import load_matching
 
-__all__ = ["EpochStats", "FitResult", "fit", "load_model", "predict", "train_one_epoch"]
+__all__ = ["EpochStats", "FitResult", "fit", "load_model", "predict", "train_one_epoch", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -132,190 +134,6 @@ class FitResult:
     val_seconds: float = 0.0  # sum of per-epoch validations
 
 
-def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (model(x).float() + model(x.flip(3)).float())
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: np.ndarray, runtime: Runtime, batch_size: int = 1000, tta: bool = False,
-    translate: int = 0,
-) -> np.ndarray:
-    """Logits (float32, N x classes) of uint8 N x H x W x 3 images.
-
-    `tta` averages each image with its mirror; `translate` > 0 also averages in two shifted
-    copies (up-left and down-right by that many pixels, reflect-padded), weighted as in
-    airbench: 0.5 original + 0.25 each shift.
-    """
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], runtime.device)
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            if not tta:
-                logits = model(x).float()
-            elif translate == 0:
-                logits = _flip_average(model, x)
-            else:
-                t, (h, w) = translate, x.shape[-2:]
-                padded = F.pad(x, (t, t, t, t), mode="reflect")
-                shifted = [padded[..., : h, : w], padded[..., 2 * t : 2 * t + h, 2 * t : 2 * t + w]]
-                logits = 0.5 * _flip_average(model, x) + 0.25 * sum(_flip_average(model, v) for v in shifted)
-        out.append(logits.cpu())  # sync point
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. (2015): KL(teacher || student) on temperature-softened logits, scaled by
-    T^2 so its gradients keep their size as T changes."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
-                    log_target=True) * t * t
-
-
-def _shard(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
-    """This process's batches of one epoch's permutation: every rank gets the same count."""
-    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
-    per_rank = len(order) // world
-    mine = order[rank * per_rank : (rank + 1) * per_rank]
-    batches = list(mine.split(batch_size))
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def train_one_epoch(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: TrainConfig,
-    runtime: Runtime,
-    generator: torch.Generator,
-    ema: tuple[AveragedModel, WarmupEMA] | None = None,
-    teacher: nn.Module | None = None,
-) -> tuple[float, float, float, int]:
-    """One pass over uint8 `images` (N x H x W x 3, on the device).
-
-    Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
-    """
-    model.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
-    batches = _shard(order, cfg.batch_size, cfg.drop_last)
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device)
-    seen = 0
-    start = time.perf_counter()
-    for step, idx in enumerate(batches):
-        y = labels[idx]
-        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher)
-        scheduler.step()
-        if ema is not None and (step + 1) % cfg.ema_every == 0:
-            update_ema(ema[0], ema[1], _unwrap(model))
-        # Accumulate on the device; reading .item() per step would sync every batch.
-        loss_sum += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(idx)
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seconds, seen
-
-
-def _train_step(
-    model: nn.Module, images: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-    runtime: Runtime, generator: torch.Generator | None = None, teacher: nn.Module | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device."""
-    x = augment(to_input(images, runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding, generator=generator)
-    if runtime.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with runtime.autocast():
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        if teacher is not None:
-            with torch.no_grad():
-                soft = teacher(x).float()
-            kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
-            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss, logits
-
-
-def warm_up(
-    model: nn.Module, base: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-    cfg: TrainConfig, runtime: Runtime, timed_steps: int = 0,
-) -> tuple[nn.Module, float, float]:
-    """Before the training clock starts: `torch.compile` the model when configured (two
-    throwaway steps compile it, as the speed records time it), then time `timed_steps` more
-    optimiser steps for the time budget. Weights, BatchNorm statistics, gradients and the
-    optimiser state are restored afterwards.
-
-    Returns (model to train, compile seconds, seconds per optimiser step or nan). If
-    compilation fails (no C compiler, unsupported op), logs why and trains eagerly."""
-    initial_model = copy.deepcopy(base.state_dict())
-    initial_optim = copy.deepcopy(optimizer.state_dict())
-    idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
-    compile_seconds, step_seconds = 0.0, float("nan")
-    try:
-        if cfg.compile:
-            compiled = torch.compile(model)
-            start = time.perf_counter()
-            try:
-                for _ in range(2):
-                    _train_step(compiled, images[idx], labels[idx], optimizer, cfg, runtime)
-                model = compiled
-            except Exception as err:  # inductor raises many types; eager training still works
-                if dist.is_initialized():
-                    raise  # a half-run collective would leave the other ranks waiting
-                log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
-            _sync(runtime)
-            compile_seconds = time.perf_counter() - start
-        if timed_steps:
-            _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)  # eager: first-call costs
-            _sync(runtime)
-            start = time.perf_counter()
-            for _ in range(timed_steps):
-                _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)
-            _sync(runtime)
-            step_seconds = (time.perf_counter() - start) / timed_steps
-    finally:
-        base.load_state_dict(initial_model)
-        optimizer.load_state_dict(initial_optim)
-        base.zero_grad(set_to_none=True)
-    return model, compile_seconds, step_seconds
-
-
-def _sync(runtime: Runtime) -> None:
-    if runtime.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
-
-
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Copy every tensor of `state` whose name and shape fit `model`; returns the names left
-    at their fresh initialisation (e.g. the classifier when the classes differ)."""
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
-    return sorted(k for k in own if k not in fitting)
-
-
 def _val_subset(splits: Splits, cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
     """The per-epoch validation images: a seeded sample of `val_subset` (all when None or fewer)."""
     n = len(splits.val_y)
@@ -325,8 +143,9 @@ def _val_subset(splits: Splits, cfg: TrainConfig) -> tuple[np.ndarray, torch.Ten
     return np.asarray(splits.val_x[pick]), torch.as_tensor(splits.val_y[pick])
 
 
-def _score(model: nn.Module, images: np.ndarray, labels: torch.Tensor, runtime: Runtime,
-           tta: bool = False, translate: int = 0) -> tuple[float, float]:
+def _score(
+    model: nn.Module, images: np.ndarray, labels: torch.Tensor, runtime: Runtime, tta: bool = False, translate: int = 0
+) -> tuple[float, float]:
     """(cross-entropy, accuracy) of `model` on uint8 images."""
     logits = torch.as_tensor(predict(model, images, runtime, tta=tta, translate=translate))
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
@@ -376,13 +195,22 @@ class _Trainer:
         loss, acc = _score(self.ema[0].module if self.ema else self.base, images, labels, self.runtime)
         return loss, acc, time.perf_counter() - start
 
-    def save(self, epoch: int, history: list[EpochStats], plan: EpochPlan,
-             scheduler: torch.optim.lr_scheduler.LRScheduler, **extra: Any) -> None:
+    def save(
+        self,
+        epoch: int,
+        history: list[EpochStats],
+        plan: EpochPlan,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        **extra: Any,
+    ) -> None:
         if self.rank != 0:
             return
         state: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": [h.__dict__ for h in history], "plan": plan.as_dict(), **extra,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": [h.__dict__ for h in history],
+            "plan": plan.as_dict(),
+            **extra,
         }
         if self.ema is not None:
             state["ema_state_dict"] = self.ema[0].module.state_dict()
@@ -397,7 +225,11 @@ class _Trainer:
             images, labels, where = np.asarray(splits.val_x), torch.as_tensor(splits.val_y), "validation"
         else:
             pick = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(splits.train_y))[:2000])
-            images, labels, where = np.asarray(splits.train_x[pick]), torch.as_tensor(splits.train_y[pick]), "train sample"
+            images, labels, where = (
+                np.asarray(splits.train_x[pick]),
+                torch.as_tensor(splits.train_y[pick]),
+                "train sample",
+            )
         raw = _score(self.base, images, labels, self.runtime)[1]
         if self.ema is None:
             return WeightChoice("raw", raw, None, where)
@@ -436,19 +268,29 @@ def fit(
     world = dist.get_world_size() if dist.is_initialized() else 1
     base, flops = _build(splits, cfg, runtime, init_state)
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
-    trainer = _Trainer(cfg, runtime, base, optimizer, make_ema(base, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None,
-                       Path(checkpoint_dir) / "last.pt", splits.classes, rank)
+    trainer = _Trainer(
+        cfg,
+        runtime,
+        base,
+        optimizer,
+        make_ema(base, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None,
+        Path(checkpoint_dir) / "last.pt",
+        splits.classes,
+        rank,
+    )
     start_epoch, history, saved_plan, saved_states = trainer.restore()
 
     model: nn.Module = base
     if world > 1:
-        model = DistributedDataParallel(base, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            base, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     if teacher is not None:
         teacher = runtime.prepare(teacher).eval()
     train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
     train_y = torch.as_tensor(splits.train_y).to(runtime.device)
     val_x, val_y = _val_subset(splits, cfg)
-    steps_per_epoch = len(_shard(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
+    steps_per_epoch = len(epoch_batches(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
 
     timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
     model, compile_seconds, step_seconds = warm_up(model, base, optimizer, train_x, train_y, cfg, runtime, timed)
@@ -458,7 +300,9 @@ def fit(
         plan = EpochPlan(**saved_plan)
     else:
         val_cost = trainer.validate(val_x, val_y)[2] if cfg.time_budget_s is not None else 0.0
-        plan = _agree(plan_epochs(cfg.epochs, cfg.time_budget_s, step_seconds, steps_per_epoch, val_cost, cfg.val_every))
+        plan = _agree(
+            plan_epochs(cfg.epochs, cfg.time_budget_s, step_seconds, steps_per_epoch, val_cost, cfg.val_every)
+        )
     log.info("plan: %s", plan.reason)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * plan.epochs))
     if saved_states is not None:  # after the scheduler: its constructor resets the learning rate
@@ -478,9 +322,22 @@ def fit(
                 dist.broadcast(buffer, 0)
         due = epoch % cfg.val_every == 0 or epoch == plan.epochs
         val_loss, val_acc, val_seconds = trainer.validate(val_x, val_y) if due else (float("nan"),) * 2 + (0.0,)
-        stats = EpochStats(epoch=epoch, train_loss=loss, train_accuracy=acc, val_loss=val_loss, val_accuracy=val_acc,
-                           lr=scheduler.get_last_lr()[0], seconds=seconds, images_per_second=seen * world / seconds,
-                           val_seconds=val_seconds)
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=loss,
+            train_accuracy=acc,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            lr=scheduler.get_last_lr()[0],
+            seconds=seconds,
+            images_per_second=seen * world / seconds,
+            val_seconds=val_seconds,
+        )
+        if not math.isfinite(loss):
+            raise ModelError(
+                f"training diverged at epoch {epoch}: mean loss {loss}; lower train.lr (now {cfg.lr}) "
+                "or check the data"
+            )
         history.append(stats)
         if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None:
             plan = _agree(replan(plan, cfg.epochs, steps_per_epoch, seconds, val_seconds, cfg.val_every))
@@ -488,25 +345,43 @@ def fit(
             if plan.reason.startswith("re-planned"):
                 log.info("plan: %s", plan.reason)
         if rank == 0:
-            log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s) + val %.1fs",
-                     epoch, plan.epochs, loss, acc, val_acc, seconds, stats.images_per_second, val_seconds)
+            log.info(
+                "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.1fs (%.0f img/s) + val %.1fs",
+                epoch,
+                plan.epochs,
+                loss,
+                acc,
+                val_acc,
+                seconds,
+                stats.images_per_second,
+                val_seconds,
+            )
             if on_epoch is not None:
                 on_epoch(stats)
         if epoch % cfg.checkpoint_every == 0 and epoch < plan.epochs:
             trainer.save(epoch, history, plan, scheduler)
 
     choice = trainer.choose_weights(splits)
-    log.info("kept the %s weights (%s accuracy: raw %.4f, averaged %s)", choice.kept, choice.scored_on,
-             choice.raw_accuracy, "-" if choice.ema_accuracy is None else f"{choice.ema_accuracy:.4f}")
+    log.info(
+        "kept the %s weights (%s accuracy: raw %.4f, averaged %s)",
+        choice.kept,
+        choice.scored_on,
+        choice.raw_accuracy,
+        "-" if choice.ema_accuracy is None else f"{choice.ema_accuracy:.4f}",
+    )
     kept = trainer.ema[0].module if choice.kept == "ema" and trainer.ema else base
-    final_loss, final_acc = (_score(kept, np.asarray(splits.val_x), torch.as_tensor(splits.val_y), runtime,
-                                    cfg.tta, cfg.tta_translate) if len(splits.val_y) else (float("nan"),) * 2)
+    final_loss, final_acc = (
+        _score(kept, np.asarray(splits.val_x), torch.as_tensor(splits.val_y), runtime, cfg.tta, cfg.tta_translate)
+        if len(splits.val_y)
+        else (float("nan"),) * 2
+    )
     trainer.save(plan.epochs, history, plan, scheduler, kept=choice.kept, choice=choice.__dict__)
     return _summary(trainer, history, plan, choice, start_epoch, flops, compile_seconds, final_acc, final_loss)
 
 
-def _build(splits: Splits, cfg: TrainConfig, runtime: Runtime,
-           init_state: dict[str, torch.Tensor] | None) -> tuple[nn.Module, float]:
+def _build(
+    splits: Splits, cfg: TrainConfig, runtime: Runtime, init_state: dict[str, torch.Tensor] | None
+) -> tuple[nn.Module, float]:
     """The model on its device, initialised (fine-tuned weights, whitening from the data),
     and its training FLOPs per image."""
     torch.manual_seed(cfg.seed)
@@ -531,14 +406,29 @@ def _agree(plan: EpochPlan) -> EpochPlan:
     return EpochPlan(**plan.as_dict() | {"epochs": int(epochs)})
 
 
-def _summary(trainer: _Trainer, history: list[EpochStats], plan: EpochPlan, choice: WeightChoice, start_epoch: int,
-             flops: float, compile_seconds: float, final_acc: float, final_loss: float) -> FitResult:
+def _summary(
+    trainer: _Trainer,
+    history: list[EpochStats],
+    plan: EpochPlan,
+    choice: WeightChoice,
+    start_epoch: int,
+    flops: float,
+    compile_seconds: float,
+    final_acc: float,
+    final_loss: float,
+) -> FitResult:
     cfg = trainer.cfg
     train_seconds = sum(h.seconds for h in history)
     images = sum(h.images_per_second * h.seconds for h in history)
     elapsed = itertools.accumulate(h.seconds for h in history)  # training seconds at each epoch's end
-    time_to_target = next((t for t, h in zip(elapsed, history)
-                           if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy), None)
+    time_to_target = next(
+        (
+            t
+            for t, h in zip(elapsed, history, strict=True)
+            if cfg.target_accuracy and h.val_accuracy >= cfg.target_accuracy
+        ),
+        None,
+    )
     return FitResult(
         checkpoint=trainer.checkpoint,
         history=tuple(history),

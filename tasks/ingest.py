@@ -10,8 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from auditflow.core.config import DataConfig
 from auditflow.core.data import ingest, make_splits
-from auditflow.core.tracking import Tracker, TrackingRef
 from auditflow.core.paths import cache_dir
+from auditflow.core.tracking import Tracker, TrackingRef
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,23 @@ def ingest_data(ref: TrackingRef, source: str, cfg: DataConfig, workdir: str) ->
             "test": np.bincount(splits.test_y, minlength=k).tolist(),
         }
         for context in ("train", "test"):
-            run.log_dataset(name=f"{snapshot.path.name}-{context}", digest=snapshot.digest, source=source,
-                            profile={"classes": list(snapshot.classes), "counts": counts[context]}, context=context)
+            run.log_dataset(
+                name=f"{snapshot.path.name}-{context}",
+                digest=snapshot.digest,
+                source=source,
+                profile={"classes": list(snapshot.classes), "counts": counts[context]},
+                context=context,
+            )
         run.log_table({"class": list(snapshot.classes), **counts}, "ingest/class_counts.json")
         run.log_metrics({f"images_{split}": sum(c) for split, c in counts.items()} | {"classes": k})
-        summary = {"source": source, "digest": snapshot.digest, "classes": list(snapshot.classes),
-                   "counts": counts, "image_shape": list(snapshot.image_shape), "snapshot": str(snapshot.path)}
+        summary = {
+            "source": source,
+            "digest": snapshot.digest,
+            "classes": list(snapshot.classes),
+            "counts": counts,
+            "image_shape": list(snapshot.image_shape),
+            "snapshot": str(snapshot.path),
+        }
         run.log_summary("ingest", summary)
         tracker.parent(ref).set_tags({"auditflow.data_digest": snapshot.digest})
     return IngestResult(str(snapshot.path), snapshot.digest, snapshot.classes)

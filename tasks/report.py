@@ -9,9 +9,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.core.tracking import Tracker, TrackingRef
 from auditflow.audits.report import build_report
 from auditflow.core.paths import run_dir
+from auditflow.core.tracking import Tracker, TrackingRef
 
 
 @dataclass(frozen=True)

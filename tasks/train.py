@@ -17,13 +17,13 @@ from prefect.cache_policies import NO_CACHE
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import ConfigError, ModelError
+from auditflow.core.paths import cache_dir, run_dir
 from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.models.checkpoints import load_model
 from auditflow.models.distributed import launch
 from auditflow.models.runtime import resolve_runtime
 from auditflow.models.speed import device_peak, speed_metrics
-from auditflow.models.checkpoints import load_model
 from auditflow.models.training import EpochStats, fit
-from auditflow.core.paths import cache_dir, run_dir
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ def exclusive(work: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise ModelError(f"another run is training the same data and config in {work}; "
-                             "wait for it or change the config") from err
+            raise ModelError(
+                f"another run is training the same data and config in {work}; wait for it or change the config"
+            ) from err
         yield
 
 
@@ -57,7 +58,9 @@ def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig) -> str
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str) -> TrainResult:
+def train_model(
+    ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str
+) -> TrainResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "train") as run:
         runtime = resolve_runtime(cfg.device, cfg.precision, cfg.num_threads)
@@ -65,37 +68,57 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
         described = runtime.describe()
         run.set_tags(described)
         tracker.parent(ref).set_tags(
-            {"auditflow.device": described["device_name"], "auditflow.precision": described["precision"]})
+            {"auditflow.device": described["device_name"], "auditflow.precision": described["precision"]}
+        )
         snapshot = Snapshot.open(snapshot_path)
         work = cache_dir(workdir) / "checkpoints" / resume_key(snapshot.digest, data_cfg, cfg)
-        sources = {name: tracker.fetch_checkpoint(value, cache_dir(workdir) / "sources-of-weights")
-                   for name, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher)) if value}
+        sources = {
+            name: tracker.fetch_checkpoint(value, cache_dir(workdir) / "sources-of-weights")
+            for name, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher))
+            if value
+        }
         init_model = teacher = None
         if "init_from" in sources:
             init_model, payload = load_model(sources["init_from"])
             src = (payload["config"]["model"], payload["config"]["width"])
             if src != (cfg.model, cfg.width):
-                raise ConfigError(f"train.init_from={cfg.init_from!r} holds a {src[0]!r} model of width {src[1]}, "
-                                  f"but train.model={cfg.model!r}, train.width={cfg.width}")
+                raise ConfigError(
+                    f"train.init_from={cfg.init_from!r} holds a {src[0]!r} model of width {src[1]}, "
+                    f"but train.model={cfg.model!r}, train.width={cfg.width}"
+                )
         if "teacher" in sources:
             teacher, payload = load_model(sources["teacher"])
             if tuple(payload["classes"]) != snapshot.classes:
-                raise ConfigError(f"train.teacher={cfg.teacher!r} was trained on classes {payload['classes']}, "
-                                  f"not this data's {list(snapshot.classes)}")
+                raise ConfigError(
+                    f"train.teacher={cfg.teacher!r} was trained on classes {payload['classes']}, "
+                    f"not this data's {list(snapshot.classes)}"
+                )
         run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
         with exclusive(work):
             if cfg.world_size > 1:
-                spec = {"snapshot": snapshot_path, "data": data_cfg.model_dump(mode="json"),
-                        "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(work),
-                        **{k: str(v) for k, v in sources.items()}}
+                spec = {
+                    "snapshot": snapshot_path,
+                    "data": data_cfg.model_dump(mode="json"),
+                    "train": cfg.model_dump(mode="json"),
+                    "checkpoint_dir": str(work),
+                    **{k: str(v) for k, v in sources.items()},
+                }
                 result, _ = launch(spec, cfg.world_size, work / "ddp")
             else:
+
                 def on_epoch(stats: EpochStats) -> None:
                     run.log_metrics(epoch_metrics(stats), step=stats.epoch)
 
-                result = fit(make_splits(snapshot, data_cfg), cfg, runtime, work, on_epoch=on_epoch,
-                             init_state=init_model.state_dict() if init_model is not None else None, teacher=teacher)
+                result = fit(
+                    make_splits(snapshot, data_cfg),
+                    cfg,
+                    runtime,
+                    work,
+                    on_epoch=on_epoch,
+                    init_state=init_model.state_dict() if init_model is not None else None,
+                    teacher=teacher,
+                )
             # epochs not logged live: all of them from the (untracked) workers, else those restored
             unlogged = result.history if cfg.world_size > 1 else result.history[: result.resumed_from_epoch]
             for stats in unlogged:
@@ -108,24 +131,58 @@ def train_model(ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg:
         peak = device_peak(runtime)
         # one GPU per process under DDP; CPU processes share the same cores
         devices = cfg.world_size if runtime.device.type == "cuda" else 1
-        metrics = speed_metrics(result.flops_per_image, result.images_per_second, result.train_seconds,
-                                peak.flops_per_second * devices, result.time_to_target)
-        metrics |= {"compile_seconds": result.compile_seconds, "val_seconds": result.val_seconds,
-                    "planned_epochs": result.plan["epochs"]}
+        metrics = speed_metrics(
+            result.flops_per_image,
+            result.images_per_second,
+            result.train_seconds,
+            peak.flops_per_second * devices,
+            result.time_to_target,
+        )
+        metrics |= {
+            "compile_seconds": result.compile_seconds,
+            "val_seconds": result.val_seconds,
+            "planned_epochs": result.plan["epochs"],
+        }
         choice = result.choice
-        run.set_tags({"auditflow.peak_source": peak.source, "auditflow.weights_sha256": result.state_digest,
-                      "train/kept_weights": choice["kept"], "train/plan": result.plan["reason"]})
-        run.log_metrics(metrics | {"final_val_accuracy": result.final_val_accuracy, "parameters": result.parameters,
-                                   "final_train_accuracy": last.train_accuracy,
-                                   "raw_val_accuracy": choice["raw_accuracy"]}
-                        | ({"ema_val_accuracy": choice["ema_accuracy"]} if choice["ema_accuracy"] is not None else {}))
-        run.log_summary("train", {
-            "model": cfg.model, "parameters": result.parameters, "epochs": result.plan["epochs"],
-            "max_epochs": cfg.epochs, "plan": result.plan, "weights": choice,
-            "final_train_accuracy": last.train_accuracy, "final_val_accuracy": result.final_val_accuracy,
-            "best_val_accuracy": max((h.val_accuracy for h in result.history if h.val_accuracy == h.val_accuracy),
-                                     default=float("nan")),
-            "resumed_from_epoch": result.resumed_from_epoch, "runtime": described, "world_size": cfg.world_size,
-            "peak_source": peak.source, "init_from": cfg.init_from, "teacher": cfg.teacher, **metrics,
-        })
+        run.set_tags(
+            {
+                "auditflow.peak_source": peak.source,
+                "auditflow.weights_sha256": result.state_digest,
+                "train/kept_weights": choice["kept"],
+                "train/plan": result.plan["reason"],
+            }
+        )
+        run.log_metrics(
+            metrics
+            | {
+                "final_val_accuracy": result.final_val_accuracy,
+                "parameters": result.parameters,
+                "final_train_accuracy": last.train_accuracy,
+                "raw_val_accuracy": choice["raw_accuracy"],
+            }
+            | ({"ema_val_accuracy": choice["ema_accuracy"]} if choice["ema_accuracy"] is not None else {})
+        )
+        run.log_summary(
+            "train",
+            {
+                "model": cfg.model,
+                "parameters": result.parameters,
+                "epochs": result.plan["epochs"],
+                "max_epochs": cfg.epochs,
+                "plan": result.plan,
+                "weights": choice,
+                "final_train_accuracy": last.train_accuracy,
+                "final_val_accuracy": result.final_val_accuracy,
+                "best_val_accuracy": max(
+                    (h.val_accuracy for h in result.history if h.val_accuracy == h.val_accuracy), default=float("nan")
+                ),
+                "resumed_from_epoch": result.resumed_from_epoch,
+                "runtime": described,
+                "world_size": cfg.world_size,
+                "peak_source": peak.source,
+                "init_from": cfg.init_from,
+                "teacher": cfg.teacher,
+                **metrics,
+            },
+        )
     return TrainResult(str(final), result.final_val_accuracy, result.train_seconds)

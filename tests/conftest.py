@@ -123,6 +123,16 @@ def compiled_ema_run(splits, runtime, checkpoint_dir: Path):
     from auditflow.models.training import fit
 
     precision = "bf16" if runtime.autocast_dtype is not None else "fp32"
-    cfg = TrainConfig(width=8, epochs=4, batch_size=12, lr=0.05, compile=True, ema_decay=0.9, tta=True,
-                      tta_translate=1, device=runtime.device.type, precision=precision)
+    cfg = TrainConfig(
+        width=8,
+        epochs=4,
+        batch_size=12,
+        lr=0.05,
+        compile=True,
+        ema_decay=0.9,
+        tta=True,
+        tta_translate=1,
+        device=runtime.device.type,
+        precision=precision,
+    )
     return fit(splits, cfg, runtime, checkpoint_dir)

@@ -9,7 +9,6 @@ available, `docker compose config -q` also validates the file against the Compos
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import re
 import shlex
@@ -367,7 +366,7 @@ def test_named_volumes_are_declared_and_used(compose, services):
     declared = set((compose.get("volumes") or {}).keys())
     used = set()
     for name, svc in services.items():
-        for kind, source, target in volume_entries(svc):
+        for kind, source, _target in volume_entries(svc):
             if kind == "volume" and source:
                 assert source in declared, f"{name} uses undeclared named volume {source!r}"
                 used.add(source)
@@ -575,8 +574,16 @@ _CRON_FIELDS = [
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
-    ("month", 1, 12, {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}),
-    ("day of week", 0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+    (
+        "month",
+        1,
+        12,
+        {
+            m: i + 1
+            for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+        },
+    ),
+    ("day of week", 0, 7, {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}),
 ]
 
 
@@ -612,7 +619,16 @@ def test_cron_validator_rejects_bad_expressions():
     # Guards the validator used below against silently accepting everything.
     assert _cron_errors("0 3 * * *") == []
     assert _cron_errors("*/15 0-6 1,15 jan-mar mon-fri") == []
-    for bad in ("0 3 * *", "60 3 * * *", "0 24 * * *", "0 3 0 * *", "0 3 * 13 *", "0 3 * * 8", "*/0 * * * *", "x 3 * * *"):
+    for bad in (
+        "0 3 * *",
+        "60 3 * * *",
+        "0 24 * * *",
+        "0 3 0 * *",
+        "0 3 * 13 *",
+        "0 3 * * 8",
+        "*/0 * * * *",
+        "x 3 * * *",
+    ):
         assert _cron_errors(bad), bad
 
 
@@ -635,7 +651,11 @@ def test_deployment_schedule(deployment):
                 if tz != "UTC":  # UTC needs no tz database; others do
                     pytest.fail(f"unknown timezone {tz!r}")
     assert crons[0].get("timezone") == "UTC"
-    assert deployment["parameters"] == {"profile": "quick", "data": "/data/cifar10-jpeg.tar.gz", "workdir": "/var/lib/auditflow"}
+    assert deployment["parameters"] == {
+        "profile": "quick",
+        "data": "/data/cifar10-jpeg.tar.gz",
+        "workdir": "/var/lib/auditflow",
+    }
 
 
 # --------------------------------------------------------------------------- docker compose CLI

@@ -23,14 +23,18 @@ def test_quick_profile_is_the_cpu_fastnet() -> None:
 
 
 def test_override_changes_field_and_parses_yaml_values() -> None:
-    cfg = load_config("quick", ["train.epochs=3", "benchmark.batch_sizes=[1, 8]", "train.tta=false", "train.tta_translate=0"])
+    cfg = load_config(
+        "quick", ["train.epochs=3", "benchmark.batch_sizes=[1, 8]", "train.tta=false", "train.tta_translate=0"]
+    )
     assert cfg.train.epochs == 3
     assert cfg.benchmark.batch_sizes == (1, 8)
     assert cfg.train.tta is False
 
 
 def test_bad_value_names_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid configuration: train\.epochs: Input should be greater than 0 \(got -1\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^invalid configuration: train\.epochs: Input should be greater than 0 \(got -1\)$"
+    ):
         load_config("quick", ["train.epochs=-1"])
 
 
@@ -40,7 +44,9 @@ def test_unknown_key_names_the_field() -> None:
 
 
 def test_unknown_model_lists_choices() -> None:
-    with pytest.raises(ConfigError, match=r"train\.model: Input should be 'tutorial_net', 'fastnet' or 'resnet18' \(got 'vgg'\)"):
+    with pytest.raises(
+        ConfigError, match=r"train\.model: Input should be 'tutorial_net', 'fastnet' or 'resnet18' \(got 'vgg'\)"
+    ):
         load_config("quick", ["train.model=vgg"])
 
 
@@ -71,9 +77,19 @@ def test_flat_params_cover_every_field() -> None:
     flat = PipelineConfig().flat()
     assert flat["train.model"] == "fastnet"
     assert flat["benchmark.batch_sizes"] == "[1, 32, 256]"
-    assert len(flat) == 1 + sum(len(type(s).model_fields) for s in (
-        PipelineConfig().data, PipelineConfig().train, PipelineConfig().evaluate, PipelineConfig().fairness,
-        PipelineConfig().privacy, PipelineConfig().export, PipelineConfig().benchmark, PipelineConfig().tracking))
+    assert len(flat) == 1 + sum(
+        len(type(s).model_fields)
+        for s in (
+            PipelineConfig().data,
+            PipelineConfig().train,
+            PipelineConfig().evaluate,
+            PipelineConfig().fairness,
+            PipelineConfig().privacy,
+            PipelineConfig().export,
+            PipelineConfig().benchmark,
+            PipelineConfig().tracking,
+        )
+    )
 
 
 def test_model_names_match_registry() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASSES, make_image_folder, png_bytes
 
 from auditflow.core.config import DataConfig
 from auditflow.core.data import Snapshot, ingest, make_splits
 from auditflow.core.errors import DataError, UnsafeArchiveError
-from conftest import CLASSES, make_image_folder, png_bytes
 
 
 def test_ingest_folder_builds_snapshot(image_folder: Path, tmp_path: Path) -> None:
@@ -27,8 +27,12 @@ def test_ingest_folder_builds_snapshot(image_folder: Path, tmp_path: Path) -> No
     assert Snapshot.open(snap.path) == snap
 
 
-def test_archives_give_the_same_content_digest(image_folder: Path, image_tar: Path, image_zip: Path, tmp_path: Path) -> None:
-    digests = {ingest(str(src), DataConfig(), tmp_path / src.name).digest for src in (image_folder, image_tar, image_zip)}
+def test_archives_give_the_same_content_digest(
+    image_folder: Path, image_tar: Path, image_zip: Path, tmp_path: Path
+) -> None:
+    digests = {
+        ingest(str(src), DataConfig(), tmp_path / src.name).digest for src in (image_folder, image_tar, image_zip)
+    }
     assert len(digests) == 1
 
 
@@ -71,7 +75,9 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
 
 def test_wrong_size_rejected_or_resized(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=2, size=40)
-    with pytest.raises(DataError, match=r"image train/circle/0000\.png is 40x40, expected 32x32; set data\.resize=true"):
+    with pytest.raises(
+        DataError, match=r"image train/circle/0000\.png is 40x40, expected 32x32; set data\.resize=true"
+    ):
         ingest(str(root), DataConfig(), tmp_path / "c1")
     snap = ingest(str(root), DataConfig(resize=True), tmp_path / "c2")
     assert snap.image_shape == (32, 32, 3)
@@ -80,7 +86,11 @@ def test_wrong_size_rejected_or_resized(tmp_path: Path) -> None:
 def test_classes_must_match_between_splits(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
     shutil.rmtree(root / "test" / "stripes")
-    with pytest.raises(DataError, match=r"classes differ between splits: train has \['circle', 'square', 'stripes'\], test has \['circle', 'square'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"classes differ between splits: train has \['circle', 'square', 'stripes'\], "
+        r"test has \['circle', 'square'\]",
+    ):
         ingest(str(root), DataConfig(), tmp_path / "cache")
 
 
@@ -94,7 +104,8 @@ def test_missing_split(tmp_path: Path) -> None:
 def _tar_with(path: Path, member: tarfile.TarInfo, payload: bytes | None = None) -> Path:
     with tarfile.open(path, "w") as tar:
         good = png_bytes(np.zeros((32, 32, 3), np.uint8))
-        info = tarfile.TarInfo("d/train/a/0.png"); info.size = len(good)
+        info = tarfile.TarInfo("d/train/a/0.png")
+        info.size = len(good)
         tar.addfile(info, io.BytesIO(good))
         tar.addfile(member, io.BytesIO(payload) if payload is not None else None)
     return path
@@ -103,7 +114,8 @@ def _tar_with(path: Path, member: tarfile.TarInfo, payload: bytes | None = None)
 @pytest.mark.parametrize("name", ["../evil.png", "/etc/evil.png", "d/../../evil.png"])
 def test_tar_entry_escaping_is_refused(tmp_path: Path, name: str) -> None:
     payload = png_bytes(np.zeros((32, 32, 3), np.uint8))
-    info = tarfile.TarInfo(name); info.size = len(payload)
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
     archive = _tar_with(tmp_path / "bad.tar", info, payload)
     with pytest.raises(UnsafeArchiveError, match=rf"entry '{name}' would escape the extraction folder"):
         ingest(str(archive), DataConfig(), tmp_path / "cache")
@@ -111,9 +123,13 @@ def test_tar_entry_escaping_is_refused(tmp_path: Path, name: str) -> None:
 
 
 def test_tar_symlink_is_refused(tmp_path: Path) -> None:
-    info = tarfile.TarInfo("d/train/a/link.png"); info.type = tarfile.SYMTYPE; info.linkname = "/etc/passwd"
+    info = tarfile.TarInfo("d/train/a/link.png")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
     archive = _tar_with(tmp_path / "bad.tar", info)
-    with pytest.raises(UnsafeArchiveError, match=r"entry 'd/train/a/link\.png' is a link to '/etc/passwd'; links are not followed"):
+    with pytest.raises(
+        UnsafeArchiveError, match=r"entry 'd/train/a/link\.png' is a link to '/etc/passwd'; links are not followed"
+    ):
         ingest(str(archive), DataConfig(), tmp_path / "cache")
 
 

@@ -9,17 +9,22 @@ import torch
 
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import ingest
-from auditflow.models.distributed import launch
 from auditflow.models.checkpoints import load_model
+from auditflow.models.distributed import launch
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_train_in_sync(image_folder: Path, tmp_path: Path) -> None:
     snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
-    cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=8, lr=0.05, precision="fp32", device="cpu",
-                      world_size=2)
-    spec = {"snapshot": str(snap.path), "data": DataConfig(val_fraction=0.25).model_dump(mode="json"),
-            "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(tmp_path / "ckpt")}
+    cfg = TrainConfig(
+        model="fastnet", width=8, epochs=3, batch_size=8, lr=0.05, precision="fp32", device="cpu", world_size=2
+    )
+    spec = {
+        "snapshot": str(snap.path),
+        "data": DataConfig(val_fraction=0.25).model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"),
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+    }
     result, records = launch(spec, 2, tmp_path / "ddp")
     # (launch itself refuses ranks whose final weights differ; tests/test_models.py pins that)
     assert [r["world_size"] for r in records] == [2, 2]
@@ -34,8 +39,12 @@ def test_two_gloo_processes_train_in_sync(image_folder: Path, tmp_path: Path) ->
 def test_failed_launch_reports_the_error(tmp_path: Path) -> None:
     from auditflow.core.errors import ModelError
 
-    spec = {"snapshot": str(tmp_path / "missing"), "data": DataConfig().model_dump(mode="json"),
-            "train": TrainConfig(device="cpu").model_dump(mode="json"), "checkpoint_dir": str(tmp_path)}
+    spec = {
+        "snapshot": str(tmp_path / "missing"),
+        "data": DataConfig().model_dump(mode="json"),
+        "train": TrainConfig(device="cpu").model_dump(mode="json"),
+        "checkpoint_dir": str(tmp_path),
+    }
     with pytest.raises(ModelError, match=r"distributed training \(2 processes\) failed with exit code"):
         launch(spec, 2, tmp_path / "ddp")
 

@@ -14,11 +14,24 @@ from auditflow.core.errors import DataError
 from auditflow.core.tracking import Tracker
 
 TINY = [
-    "train.width=8", "train.epochs=4", "train.batch_size=16", "train.lr=0.05", "train.precision=fp32",
-    "train.compile=false", "train.ema_decay=null", "train.tta_translate=0",
-    "data.val_fraction=0.125", "fairness.n_bootstrap=20", "privacy.n_bootstrap=20",
-    "benchmark.batch_sizes=[1, 8]", "benchmark.iterations=3", "benchmark.warmup=1", "export.parity_samples=16",
-    "benchmark.backends=[torch-eager, onnx-fp32, onnx-int8]", "benchmark.min_seconds=0", "benchmark.max_seconds=1",
+    "train.width=8",
+    "train.epochs=4",
+    "train.batch_size=16",
+    "train.lr=0.05",
+    "train.precision=fp32",
+    "train.compile=false",
+    "train.ema_decay=null",
+    "train.tta_translate=0",
+    "data.val_fraction=0.125",
+    "fairness.n_bootstrap=20",
+    "privacy.n_bootstrap=20",
+    "benchmark.batch_sizes=[1, 8]",
+    "benchmark.iterations=3",
+    "benchmark.warmup=1",
+    "export.parity_samples=16",
+    "benchmark.backends=[torch-eager, onnx-fp32, onnx-int8]",
+    "benchmark.min_seconds=0",
+    "benchmark.max_seconds=1",
 ]
 STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
 runner = CliRunner()
@@ -42,8 +55,15 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     parent = tracker.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
     tags = parent.data.tags
-    for key in ("prefect.flow_run_id", "auditflow.data_digest", "auditflow.git_commit", "auditflow.device",
-                "versions.torch", "versions.cuda", "versions.onnxruntime"):
+    for key in (
+        "prefect.flow_run_id",
+        "auditflow.data_digest",
+        "auditflow.git_commit",
+        "auditflow.device",
+        "versions.torch",
+        "versions.cuda",
+        "versions.onnxruntime",
+    ):
         assert tags.get(key), key
     assert parent.data.params["train.model"] == "fastnet" and parent.data.params["train.epochs"] == "4"
     children = tracker.children(parent)
@@ -83,8 +103,16 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
     result, workdir = pipeline_run
     html = Path(result.report_html).read_text()
     md = Path(result.report_markdown).read_text()
-    for heading in ("## Data", "## Training", "## Evaluation", "## Fairness", "## Privacy", "## ONNX export",
-                    "## Inference benchmark", "## Model card"):
+    for heading in (
+        "## Data",
+        "## Training",
+        "## Evaluation",
+        "## Fairness",
+        "## Privacy",
+        "## ONNX export",
+        "## Inference benchmark",
+        "## Model card",
+    ):
         assert heading in md
     assert html.count("data:image/png;base64,") == 5  # curves, confusion, recall, ROC, throughput embedded
     assert "<table>" in html and "Intended use." in html
@@ -115,7 +143,9 @@ def test_cli_run_reports_corrupt_image_in_one_line(prefect_harness, tmp_path: Pa
 
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
     (root / "test" / "circle" / "0001.png").write_bytes(b"\x89PNG broken")
-    out = runner.invoke(app, ["run", "--data", str(root), "--workdir", str(tmp_path / "w"), *sum((["--set", o] for o in TINY), [])])
+    out = runner.invoke(
+        app, ["run", "--data", str(root), "--workdir", str(tmp_path / "w"), *sum((["--set", o] for o in TINY), [])]
+    )
     assert out.exit_code == 2
     assert re.search(r"error: cannot decode image test/circle/0001\.png", out.output)
 
@@ -198,7 +228,7 @@ def test_fine_tune_a_past_run_onto_new_classes(pipeline_run, tmp_path: Path) -> 
     shutil.rmtree(data / "train" / "stripes"), shutil.rmtree(data / "test" / "stripes")
     for split in ("train", "test"):
         (data / split / "square").rename(data / split / "box")
-    trained, ref = _train_from(pipeline_run, data, tmp_path, init_from=result.run_id, epochs=1)
+    trained, _ = _train_from(pipeline_run, data, tmp_path, init_from=result.run_id, epochs=1)
     payload = torch_load(trained.checkpoint)
     assert payload["classes"] == ["box", "circle"] and payload["config"]["init_from"] == result.run_id
 
@@ -211,13 +241,19 @@ def torch_load(path: str):
 
 @pytest.mark.slow
 def test_teacher_with_other_classes_is_refused(pipeline_run, tmp_path: Path) -> None:
-    from auditflow.core.errors import ConfigError
     from conftest import make_image_folder
+
+    from auditflow.core.errors import ConfigError
 
     result, _ = pipeline_run
     data = make_image_folder(tmp_path / "other", n_train=4, n_test=2)
-    (data / "train" / "circle").rename(data / "train" / "disc"), (data / "test" / "circle").rename(data / "test" / "disc")
-    with pytest.raises(ConfigError, match=rf"train\.teacher='{result.run_id}' was trained on classes \['circle', 'square', 'stripes'\]"):
+    (
+        (data / "train" / "circle").rename(data / "train" / "disc"),
+        (data / "test" / "circle").rename(data / "test" / "disc"),
+    )
+    with pytest.raises(
+        ConfigError, match=rf"train\.teacher='{result.run_id}' was trained on classes \['circle', 'square', 'stripes'\]"
+    ):
         _train_from(pipeline_run, data, tmp_path, teacher=result.run_id)
 
 
@@ -234,16 +270,36 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
     import json
 
     out = tmp_path / "bench.json"
-    args = ["bench-train", "--data", str(image_folder), "--seeds", "2", "--baseline", "tutorial", "--overhead",
-            "--workdir", str(tmp_path), "--out", str(out), *sum((["--set", o] for o in TINY), []),
-            "--set", "train.target_accuracy=0.5"]
+    args = [
+        "bench-train",
+        "--data",
+        str(image_folder),
+        "--seeds",
+        "2",
+        "--baseline",
+        "tutorial",
+        "--overhead",
+        "--workdir",
+        str(tmp_path),
+        "--out",
+        str(out),
+        *sum((["--set", o] for o in TINY), []),
+        "--set",
+        "train.target_accuracy=0.5",
+        "--set",
+        "train.time_budget_s=600",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
+    # the time budget's choice and the validation cost, per seed
+    assert "quick seed 0: 4 epochs (the configured maximum) fit the 600 s budget" in res.output
+    assert "per-epoch validation" in res.output
     report = json.loads(out.read_text())
     assert [r["seed"] for r in report["rows"]] == [0, 1]
     assert report["summary"]["n"] == 2
     for r in report["rows"]:
-        assert r["test_accuracy"] > 0.8 and r["flops_per_image"] > 0 and 0 < r["fraction_of_peak"]
+        assert r["epochs"] == 4 and r["val_seconds"] > 0 and r["kept_weights"] == "raw"
+        assert r["test_accuracy"] > 0.8 and r["flops_per_image"] > 0 and r["fraction_of_peak"] > 0
         assert r["time_to_target_seconds"] is not None and r["time_to_target_seconds"] <= r["train_seconds"]
     assert report["baseline"]["profile"] == "tutorial"
     assert report["vs_baseline"]["train_time_ratio"] > 0
@@ -257,10 +313,10 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     data and config: it continues at epoch 3 and ends at the configured 4 epochs."""
     from auditflow.core.config import DataConfig, PipelineConfig, TrainConfig
     from auditflow.core.data import Snapshot, make_splits
+    from auditflow.core.paths import cache_dir
     from auditflow.core.tracking import open_pipeline_run
     from auditflow.models.runtime import resolve_runtime
     from auditflow.models.training import fit
-    from auditflow.core.paths import cache_dir
     from auditflow.tasks.ingest import ingest_data
     from auditflow.tasks.train import resume_key, train_model
 
@@ -276,8 +332,13 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
             raise KeyboardInterrupt  # checkpoint of epoch 2 is on disk, epoch 3's is not
 
     with pytest.raises(KeyboardInterrupt):
-        fit(make_splits(Snapshot.open(snap.snapshot), data_cfg), cfg, resolve_runtime("cpu", "fp32"), work,
-            on_epoch=kill_after_two)
+        fit(
+            make_splits(Snapshot.open(snap.snapshot), data_cfg),
+            cfg,
+            resolve_runtime("cpu", "fp32"),
+            work,
+            on_epoch=kill_after_two,
+        )
     train_model.fn(ref, snap.snapshot, data_cfg, cfg, str(tmp_path))
     tracker = Tracker(ref.uri)
     summary = tracker.load_run(ref.run_id).summaries["train"]

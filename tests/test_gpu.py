@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -55,7 +54,11 @@ def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
 
     snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
     cfg = TrainConfig(width=8, epochs=2, batch_size=8, lr=0.05, world_size=2)
-    spec = {"snapshot": str(snap.path), "data": DataConfig(val_fraction=0.25).model_dump(mode="json"),
-            "train": cfg.model_dump(mode="json"), "checkpoint_dir": str(tmp_path / "ckpt")}
+    spec = {
+        "snapshot": str(snap.path),
+        "data": DataConfig(val_fraction=0.25).model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"),
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+    }
     result, records = launch(spec, 2, tmp_path / "ddp")  # refuses ranks whose weights differ
     assert [r["world_size"] for r in records] == [2, 2] and len(result.history) == 2

@@ -51,8 +51,21 @@ def test_install_beside_models_and_tasks_distributions(tmp_path: Path, image_fol
         _run([*pip, "install", "--no-deps", "--no-build-isolation", _standin(tmp_path, name)])
 
     source = tmp_path / "auditflow-src"  # a copy: building writes build/ and egg-info into the tree
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
-                                                                 "auditflow-cache", "auditflow-work", "mlartifacts", "*.db"))
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "auditflow-cache",
+            "auditflow-work",
+            "mlartifacts",
+            "*.db",
+        ),
+    )
     _run([*pip, "install", "--no-deps", "--no-build-isolation", source])
 
     files = _run([*pip[:-2], "show", "-f", "auditflow"]).stdout.split("Files:", 1)[1].split()
@@ -70,12 +83,30 @@ def test_install_beside_models_and_tasks_distributions(tmp_path: Path, image_fol
     (project / "tasks.py").write_text('raise ImportError("the user\'s tasks module")\n')
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PYTHONPATH", None)
-    run = _run([venv / "bin" / "auditflow", "run", "--profile", "tutorial", "--data", image_folder,
-                "--set", "train.epochs=1", "--set", "benchmark.iterations=2", "--workdir", project / "w"],
-               cwd=project, env=env, timeout=600)
+    run = _run(
+        [
+            venv / "bin" / "auditflow",
+            "run",
+            "--profile",
+            "tutorial",
+            "--data",
+            image_folder,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "benchmark.iterations=2",
+            "--workdir",
+            project / "w",
+        ],
+        cwd=project,
+        env=env,
+        timeout=600,
+    )
     assert "test accuracy" in run.stdout, run.stdout
     _run([py, "-m", "auditflow.cli", "profiles"], cwd=project, env=env)
 
     # Uninstalling a stand-in removes only its own files.
     _run([*pip, "uninstall", "--yes", "standin-models"])
-    _run([py, "-c", "import auditflow.models.training, auditflow.tasks.train, tasks; print(tasks.ORIGIN)"], cwd=tmp_path)
+    _run(
+        [py, "-c", "import auditflow.models.training, auditflow.tasks.train, tasks; print(tasks.ORIGIN)"], cwd=tmp_path
+    )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auditflow.core.config import FairnessConfig, PrivacyConfig
 from auditflow.audits.fairness import audit_fairness
 from auditflow.audits.privacy import audit_membership, per_example_loss, sample_equal, tpr_at_fpr
+from auditflow.core.config import FairnessConfig, PrivacyConfig
 from auditflow.models.evaluation import evaluate, expected_calibration_error
 
 CLASSES = ("a", "b", "c")
@@ -57,7 +57,9 @@ def test_evaluate_rejects_mismatched_lengths() -> None:
 def test_fairness_per_class_one_vs_rest(predictions) -> None:
     logits, labels = predictions
     preds = logits.argmax(1)
-    result = audit_fairness(labels, preds, CLASSES, FairnessConfig(n_bootstrap=50, min_class_recall=0.0, max_recall_gap=1.0))
+    result = audit_fairness(
+        labels, preds, CLASSES, FairnessConfig(n_bootstrap=50, min_class_recall=0.0, max_recall_gap=1.0)
+    )
     recalls = []
     for k, row in enumerate(result.per_class):
         tp = np.sum((preds == k) & (labels == k))
@@ -78,10 +80,14 @@ def test_fairness_per_class_one_vs_rest(predictions) -> None:
 def test_fairness_verdict_fails_with_reasons(predictions) -> None:
     logits, labels = predictions
     preds = logits.argmax(1)
-    result = audit_fairness(labels, preds, CLASSES, FairnessConfig(n_bootstrap=0, min_class_recall=0.99, max_recall_gap=0.01))
+    result = audit_fairness(
+        labels, preds, CLASSES, FairnessConfig(n_bootstrap=0, min_class_recall=0.99, max_recall_gap=0.01)
+    )
     worst = min(result.per_class, key=lambda r: r["recall"])
     assert not result.passed
-    assert result.reasons[0] == f"worst-class recall {worst['recall']:.3f} ({worst['class']}) is below the threshold 0.99"
+    assert (
+        result.reasons[0] == f"worst-class recall {worst['recall']:.3f} ({worst['class']}) is below the threshold 0.99"
+    )
     assert result.reasons[1].startswith("recall gap ") and result.reasons[1].endswith("exceeds the threshold 0.01")
     assert "recall_ci_low" not in result.per_class[0]
 
@@ -97,7 +103,9 @@ def test_membership_auc_matches_brute_force() -> None:
     member_logits, non_logits = rng.normal(size=(200, 3)), rng.normal(size=(200, 3))
     member_labels, non_labels = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
     member_logits[np.arange(200), member_labels] += 1.0  # members fit better: lower loss
-    result = audit_membership(member_logits, member_labels, non_logits, non_labels, CLASSES, PrivacyConfig(n_bootstrap=50))
+    result = audit_membership(
+        member_logits, member_labels, non_logits, non_labels, CLASSES, PrivacyConfig(n_bootstrap=50)
+    )
     pos = -per_example_loss(member_logits, member_labels)
     neg = -per_example_loss(non_logits, non_labels)
     assert result.auc == pytest.approx(_auc_brute(pos, neg))
@@ -114,7 +122,9 @@ def test_membership_auc_matches_brute_force() -> None:
 def test_membership_on_identical_distributions_is_near_chance() -> None:
     rng = np.random.default_rng(2)
     logits, labels = rng.normal(size=(4000, 3)), rng.integers(0, 3, 4000)
-    result = audit_membership(logits[:2000], labels[:2000], logits[2000:], labels[2000:], CLASSES, PrivacyConfig(n_bootstrap=0))
+    result = audit_membership(
+        logits[:2000], labels[:2000], logits[2000:], labels[2000:], CLASSES, PrivacyConfig(n_bootstrap=0)
+    )
     assert abs(result.auc - 0.5) < 0.04
     assert result.passed and result.auc_ci is None
 
@@ -140,7 +150,9 @@ def test_class_with_one_side_only_gives_nan_not_a_crash() -> None:
     logits = rng.normal(size=(40, 3))
     member_labels = np.array([0, 1, 2] * 6 + [2, 2])  # class 2 among members only below
     non_labels = np.array([0, 1] * 10)
-    result = audit_membership(logits[:20], member_labels, logits[20:], non_labels, CLASSES, PrivacyConfig(n_bootstrap=20))
+    result = audit_membership(
+        logits[:20], member_labels, logits[20:], non_labels, CLASSES, PrivacyConfig(n_bootstrap=20)
+    )
     by_class = {r["class"]: r["auc"] for r in result.per_class}
     assert np.isnan(by_class["c"]) and not np.isnan(by_class["a"])
 
@@ -175,7 +187,8 @@ def test_membership_auc_interval_covers_the_truth_at_its_level() -> None:
         # a two-class logit whose per-example loss is a monotone function of the score
         members, non = rng.normal(d, 1, n), rng.normal(0, 1, n)
         to_logits = lambda z: np.stack([z, np.zeros_like(z)], 1)  # noqa: E731
-        result = audit_membership(to_logits(members), labels, to_logits(non), labels, CLASSES[:2],
-                                  PrivacyConfig(n_bootstrap=200, seed=seed))
+        result = audit_membership(
+            to_logits(members), labels, to_logits(non), labels, CLASSES[:2], PrivacyConfig(n_bootstrap=200, seed=seed)
+        )
         hits += result.auc_ci[0] <= truth <= result.auc_ci[1]
     assert 0.88 <= hits / draws <= 0.99, hits / draws

@@ -10,10 +10,12 @@ from torch import nn
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.errors import ConfigError, ModelError
+from auditflow.models.checkpoints import load_model
+from auditflow.models.inference import predict
 from auditflow.models.presets import augment, to_input
 from auditflow.models.registry import FastNet, TutorialNet, build_model
 from auditflow.models.runtime import resolve_runtime
-from auditflow.models.training import fit, load_model, predict
+from auditflow.models.training import fit
 
 CPU = resolve_runtime("cpu", "fp32")
 
@@ -39,15 +41,24 @@ def test_tutorial_net_is_the_tutorial() -> None:
     net = TutorialNet()
     shapes = [(n, tuple(p.shape)) for n, p in net.named_parameters()]
     assert shapes == [
-        ("conv1.weight", (6, 3, 5, 5)), ("conv1.bias", (6,)), ("conv2.weight", (16, 6, 5, 5)), ("conv2.bias", (16,)),
-        ("fc1.weight", (120, 400)), ("fc1.bias", (120,)), ("fc2.weight", (84, 120)), ("fc2.bias", (84,)),
-        ("fc3.weight", (10, 84)), ("fc3.bias", (10,)),
+        ("conv1.weight", (6, 3, 5, 5)),
+        ("conv1.bias", (6,)),
+        ("conv2.weight", (16, 6, 5, 5)),
+        ("conv2.bias", (16,)),
+        ("fc1.weight", (120, 400)),
+        ("fc1.bias", (120,)),
+        ("fc2.weight", (84, 120)),
+        ("fc2.bias", (84,)),
+        ("fc3.weight", (10, 84)),
+        ("fc3.bias", (10,)),
     ]
     assert sum(p.numel() for p in net.parameters()) == 62006  # the tutorial's count
 
 
 def test_unknown_model_is_named() -> None:
-    with pytest.raises(ModelError, match=r"^unknown model 'vgg'; choose one of \['fastnet', 'resnet18', 'tutorial_net'\]$"):
+    with pytest.raises(
+        ModelError, match=r"^unknown model 'vgg'; choose one of \['fastnet', 'resnet18', 'tutorial_net'\]$"
+    ):
         build_model("vgg", 10)
 
 
@@ -143,7 +154,9 @@ def test_finished_checkpoint_with_other_config_starts_fresh(splits, tmp_path: Pa
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_optimizers_and_schedules_train(splits, tmp_path: Path, optimizer: str, schedule: str) -> None:
     lr = 0.05 if optimizer == "sgd" else 0.003
-    result = fit(splits, tiny(epochs=1, optimizer=optimizer, schedule=schedule, lr=lr, label_smoothing=0.1), CPU, tmp_path)
+    result = fit(
+        splits, tiny(epochs=1, optimizer=optimizer, schedule=schedule, lr=lr, label_smoothing=0.1), CPU, tmp_path
+    )
     assert np.isfinite(result.history[0].train_loss)
 
 
@@ -180,7 +193,7 @@ def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
 
 
 def test_distillation_loss_is_zero_only_when_matching_the_teacher() -> None:
-    from auditflow.models.training import distillation_loss
+    from auditflow.models.transfer import distillation_loss
 
     logits = torch.randn(5, 4)
     assert distillation_loss(logits, logits, 4.0).abs().item() < 1e-6
@@ -200,7 +213,7 @@ def test_fit_with_teacher_and_init_state(splits, tmp_path: Path) -> None:
 
 
 def test_load_matching_keeps_the_new_classifier_fresh() -> None:
-    from auditflow.models.training import load_matching
+    from auditflow.models.transfer import load_matching
 
     source = build_model("fastnet", 10, width=8).state_dict()
     target = build_model("fastnet", 3, width=8)
@@ -258,6 +271,7 @@ def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyP
     def broken(model):
         def call(*args, **kwargs):
             raise RuntimeError("no C compiler")
+
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -308,8 +322,12 @@ def test_random_crops_are_windows_of_the_padded_image_at_every_offset() -> None:
     padded = torch.nn.functional.pad(grid, (p, p, p, p), mode="reflect")
     offsets = set()
     for i in range(n):
-        match = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
-                 if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + h])]
+        match = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if torch.equal(out[i, 0], padded[i, 0, dy : dy + h, dx : dx + h])
+        ]
         assert match, f"crop {i} is not a window of the padded image"
         offsets.add(match[0])
     assert offsets == {(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)}  # all 25 reached

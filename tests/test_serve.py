@@ -35,9 +35,26 @@ def test_serve_starts_a_server_and_schedules_runs(image_folder: Path, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "auditflow.cli", "serve", "--cron", "0 3 * * *", "--port", str(port),
-         "--data", str(image_folder), "--workdir", str(tmp_path / "work"), "--name", "nightly-test"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "auditflow.cli",
+            "serve",
+            "--cron",
+            "0 3 * * *",
+            "--port",
+            str(port),
+            "--data",
+            str(image_folder),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--name",
+            "nightly-test",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     deployment, runs = None, []
     try:
@@ -48,8 +65,13 @@ def test_serve_starts_a_server_and_schedules_runs(image_folder: Path, tmp_path: 
                 found = _post(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["nightly-test"]}}})
                 if found:
                     deployment = found[0]
-                    runs = _post(f"{api}/flow_runs/filter",
-                                 {"deployments": {"id": {"any_": [deployment["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+                    runs = _post(
+                        f"{api}/flow_runs/filter",
+                        {
+                            "deployments": {"id": {"any_": [deployment["id"]]}},
+                            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                        },
+                    )
             except OSError:
                 pass  # server still starting
             time.sleep(2)

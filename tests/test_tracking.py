@@ -20,9 +20,8 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_failed_stage_ends_failed_with_error(tmp_path: Path) -> None:
     ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
     tracker = Tracker(ref.uri)
-    with pytest.raises(RuntimeError, match="boom"):
-        with tracker.stage(ref, "train"):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), tracker.stage(ref, "train"):
+        raise RuntimeError("boom")
     tracker.end_run(ref.run_id, RuntimeError("boom"))
     parent = tracker.get_run(ref.run_id)
     child = tracker.children(parent)["train"]
@@ -61,15 +60,30 @@ def test_run_ends_failed_even_when_recording_the_error_fails(tmp_path: Path, mon
 
 
 def test_report_escapes_values_from_the_data(tmp_path: Path) -> None:
-    from auditflow.core.tracking import RunRecord
     from auditflow.audits.report import build_report
+    from auditflow.core.tracking import RunRecord
 
     evil = "<img src=x onerror=alert(1)>"
-    record = RunRecord(run_id="r1", name="n", status="FINISHED", tags={}, params={}, metrics={}, uri="sqlite:///x",
-                       experiment_id="1", config={"profile": "quick"},
-                       summaries={"ingest": {"source": "/d", "digest": "0" * 64, "classes": [evil, "b"],
-                                             "counts": {"train": [1, 1], "val": [0, 0], "test": [1, 1]},
-                                             "image_shape": [32, 32, 3]}})
+    record = RunRecord(
+        run_id="r1",
+        name="n",
+        status="FINISHED",
+        tags={},
+        params={},
+        metrics={},
+        uri="sqlite:///x",
+        experiment_id="1",
+        config={"profile": "quick"},
+        summaries={
+            "ingest": {
+                "source": "/d",
+                "digest": "0" * 64,
+                "classes": [evil, "b"],
+                "counts": {"train": [1, 1], "val": [0, 0], "test": [1, 1]},
+                "image_shape": [32, 32, 3],
+            }
+        },
+    )
     files = build_report(record, tmp_path)
     html = files.html.read_text()
     assert evil not in html and "&lt;img src=x onerror=alert(1)&gt;" in html

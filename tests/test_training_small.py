@@ -17,8 +17,9 @@ from auditflow.models.averaging import WarmupEMA, make_ema, update_ema, warmup_d
 from auditflow.models.budget import plan_epochs
 from auditflow.models.checkpoints import load_model, read_checkpoint
 from auditflow.models.evaluation import check_learning
+from auditflow.models.inference import predict
 from auditflow.models.runtime import resolve_runtime
-from auditflow.models.training import fit, predict
+from auditflow.models.training import fit
 
 CPU = resolve_runtime("cpu", "fp32")
 
@@ -67,8 +68,9 @@ def test_compiled_ema_run_learns_on_cpu(toy_splits, tmp_path: Path) -> None:
 
 
 def test_the_better_weights_are_kept_and_shipped(toy_splits, tmp_path: Path) -> None:
-    cfg = TrainConfig(model="fastnet", width=8, epochs=2, batch_size=12, lr=0.05, precision="fp32", device="cpu",
-                      ema_decay=0.999)
+    cfg = TrainConfig(
+        model="fastnet", width=8, epochs=2, batch_size=12, lr=0.05, precision="fp32", device="cpu", ema_decay=0.999
+    )
     result = fit(toy_splits, cfg, CPU, tmp_path)
     choice = result.choice
     assert choice["kept"] == ("ema" if choice["ema_accuracy"] >= choice["raw_accuracy"] else "raw")
@@ -115,8 +117,9 @@ def test_plan_fits_the_budget_and_never_exceeds_the_maximum() -> None:
 
 def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_splits, tmp_path: Path, caplog) -> None:
     caplog.set_level("INFO", logger="auditflow.models.training")
-    cfg = TrainConfig(model="fastnet", width=8, epochs=50, batch_size=12, lr=0.05, precision="fp32", device="cpu",
-                      time_budget_s=1e-3)
+    cfg = TrainConfig(
+        model="fastnet", width=8, epochs=50, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=1e-3
+    )
     result = fit(toy_splits, cfg, CPU, tmp_path)
     assert result.plan["epochs"] == 1 and len(result.history) == 1
     assert result.plan["step_seconds"] > 0 and "not even one epoch fits" in caplog.text
@@ -125,8 +128,18 @@ def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_spl
 
 
 def test_per_epoch_validation_is_cheap_and_the_end_is_scored_in_full(toy_splits, tmp_path: Path) -> None:
-    cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu",
-                      val_every=2, val_subset=5, tta=True)
+    cfg = TrainConfig(
+        model="fastnet",
+        width=8,
+        epochs=3,
+        batch_size=12,
+        lr=0.05,
+        precision="fp32",
+        device="cpu",
+        val_every=2,
+        val_subset=5,
+        tta=True,
+    )
     result = fit(toy_splits, cfg, CPU, tmp_path)
     validated = [not math.isnan(h.val_accuracy) for h in result.history]
     assert validated == [False, True, True]  # every 2nd epoch and the last
@@ -183,7 +196,9 @@ def test_a_junk_resume_checkpoint_is_discarded_with_a_warning(toy_splits, tmp_pa
     cfg = TrainConfig(model="fastnet", width=8, epochs=1, batch_size=12, lr=0.05, precision="fp32", device="cpu")
     result = fit(toy_splits, cfg, CPU, tmp_path)
     assert result.resumed_from_epoch == 0 and len(result.history) == 1
-    assert f"discarding unreadable checkpoint and starting over: cannot read checkpoint {tmp_path}/last.pt" in caplog.text
+    assert (
+        f"discarding unreadable checkpoint and starting over: cannot read checkpoint {tmp_path}/last.pt" in caplog.text
+    )
 
 
 def test_the_first_epoch_replans_a_wrong_warm_up_estimate() -> None:
@@ -205,8 +220,9 @@ def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypat
 
     real = training.warm_up
     monkeypatch.setattr(training, "warm_up", lambda *a, **k: (*real(*a, **k)[:2], 1e3))
-    cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu",
-                      time_budget_s=600.0)
+    cfg = TrainConfig(
+        model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=600.0
+    )
     result = fit(toy_splits, cfg, CPU, tmp_path)
     assert result.plan["epochs"] == 3 and result.plan["reason"].startswith("re-planned after epoch 1")
     assert len(result.history) == 3 and result.history[-1].lr == 0.0

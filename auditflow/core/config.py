@@ -242,6 +242,17 @@ class PipelineConfig(_Section):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _model_fits_the_images(self) -> PipelineConfig:
+        # The tutorial Net's classifier is sized for 32x32 inputs (16 x 5 x 5 features);
+        # fastnet and resnet18 pool adaptively and take any size.
+        if self.train.model == "tutorial_net" and self.data.image_size != 32:
+            raise ValueError(
+                f"train.model='tutorial_net' takes 32x32 images only (its classifier expects 16x5x5 features), "
+                f"but data.image_size={self.data.image_size}; use fastnet or resnet18, or data.image_size=32"
+            )
+        return self
+
     def flat(self) -> dict[str, str]:
         """`section.field -> value` strings, as MLflow params."""
         out: dict[str, str] = {}

@@ -43,6 +43,7 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 SNAPSHOT_FORMAT = 1
+MAX_IMAGE_BYTES = 64 << 20  # one image file larger than this is refused, unread (zip/tar bombs)
 _PROGRESS_EVERY = 10_000
 
 Reader = Callable[[], bytes]
@@ -52,13 +53,26 @@ Reader = Callable[[], bytes]
 def _check_member_name(name: str, archive: Path) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (path.parts and ":" in path.parts[0]) or ".." in path.parts:
-        raise UnsafeArchiveError(
-            f"archive {archive} entry {name!r} would escape the extraction folder; refusing it"
-        )
+        raise UnsafeArchiveError(f"archive {archive} entry {name!r} would escape the extraction folder; refusing it")
     return path
 
 
+def _wanted(path: PurePosixPath) -> bool:
+    """Image files outside hidden folders: the only members whose bytes are ever read."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in path.parts)
+
+
+def _check_size(name: str, size: int, archive: Path) -> None:
+    if size > MAX_IMAGE_BYTES:
+        raise DataError(
+            f"archive {archive} entry {name!r} is {size / 2**20:.0f} MiB; image files over "
+            f"{MAX_IMAGE_BYTES >> 20} MiB are refused unread"
+        )
+
+
 def _iter_tar(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+    """Members are checked as listed; only wanted images are read, each capped in size (a
+    compressed tar is a stream, so they are read in listing order, as they are met)."""
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             for member in tar:
@@ -71,9 +85,10 @@ def _iter_tar(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise UnsafeArchiveError(
-                        f"archive {archive} entry {member.name!r} is not a regular file"
-                    )
+                    raise UnsafeArchiveError(f"archive {archive} entry {member.name!r} is not a regular file")
+                if not _wanted(path):
+                    continue  # never read: a huge text file in the archive costs nothing
+                _check_size(member.name, member.size, archive)
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 yield path, (lambda data=data: data)
     except (tarfile.TarError, EOFError, OSError) as err:
@@ -89,8 +104,9 @@ def _iter_zip(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
                     raise UnsafeArchiveError(
                         f"archive {archive} entry {info.filename!r} is a link; links are not followed"
                     )
-                if info.is_dir():
-                    continue
+                if info.is_dir() or not _wanted(path):
+                    continue  # never read: a huge text file in the archive costs nothing
+                _check_size(info.filename, info.file_size, archive)  # zipfile enforces the declared size
                 data = zf.read(info)  # read now: the archive is closed once listing ends
                 yield path, (lambda data=data: data)
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error) as err:
@@ -106,7 +122,22 @@ def _iter_dir(root: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
             if full.is_symlink():
                 continue
             rel = PurePosixPath(full.relative_to(root).as_posix())
+            if not _wanted(rel):
+                continue
+            _check_utf8(rel, root)
+            if full.stat().st_size > MAX_IMAGE_BYTES:
+                raise DataError(f"image {full} is over {MAX_IMAGE_BYTES >> 20} MiB; refused unread")
             yield rel, (lambda full=full: full.read_bytes())
+
+
+def _check_utf8(path: PurePosixPath, root: Path) -> None:
+    """File systems allow names that are not UTF-8 (Python keeps their bytes as surrogates);
+    class names must be text to go into the manifest, MLflow and the report."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise DataError(f"{root}: path {shown!r} is not valid UTF-8; rename the folder or file") from None
 
 
 def _is_archive(path: Path) -> bool:
@@ -126,7 +157,7 @@ def _decode(name: str, payload: bytes, size: int, resize: bool) -> np.ndarray:
                     )
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot decode image {name}: {err}") from err
 
 
@@ -144,11 +175,7 @@ def _strip_wrappers(paths: list[PurePosixPath]) -> int:
 def _read_image_folder(
     entries: Iterator[tuple[PurePosixPath, Reader]], source: str, cfg: DataConfig
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
-    images: list[tuple[PurePosixPath, Reader]] = [
-        (p, r)
-        for p, r in entries
-        if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
-    ]
+    images: list[tuple[PurePosixPath, Reader]] = [(p, r) for p, r in entries if _wanted(p)]
     if not images:
         raise DataError(f"no images found in {source}; expected <split>/<class>/<image> files")
     depth = _strip_wrappers([p for p, _ in images])
@@ -156,10 +183,7 @@ def _read_image_folder(
     for path, reader in images:
         parts = path.parts[depth:]
         if len(parts) != 3:
-            raise DataError(
-                f"{source}: image {path} is not at <split>/<class>/<file>; "
-                f"splits must be {list(SPLITS)}"
-            )
+            raise DataError(f"{source}: image {path} is not at <split>/<class>/<file>; splits must be {list(SPLITS)}")
         split, cls, _ = parts
         if split not in SPLITS:
             raise DataError(f"{source}: unknown split folder {split!r} (in {path}); expected {list(SPLITS)}")
@@ -240,7 +264,7 @@ class Snapshot:
         )
 
     @classmethod
-    def open(cls, path: str | Path) -> "Snapshot":
+    def open(cls, path: str | Path) -> Snapshot:
         path = Path(path)
         try:
             manifest = json.loads((path / "manifest.json").read_text())
@@ -254,6 +278,36 @@ class Snapshot:
             )
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path} is not a snapshot folder (manifest.json unreadable or incomplete): {err}") from err
+
+
+def verify_snapshot(snapshot: Snapshot) -> str | None:
+    """Why `snapshot` cannot be reused (a truncated or altered array file), or None when its
+    arrays still hash to the digest in its manifest. Costs one read of the arrays (about 0.5 s
+    for CIFAR-10's 180 MB)."""
+    try:
+        xs, ys = {}, {}
+        for split in SPLITS:
+            xs[split], ys[split] = snapshot.arrays(split)
+        actual = _content_digest(xs, ys, snapshot.classes)
+    except (OSError, ValueError, EOFError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if actual == snapshot.digest else f"its arrays hash to {actual[:12]}, not {snapshot.digest[:12]}"
+
+
+def _reusable(folder: Path) -> Snapshot | None:
+    """The snapshot in `folder` if it is intact; a damaged one is removed with a warning."""
+    if not (folder / "manifest.json").is_file():
+        return None
+    try:
+        snapshot = Snapshot.open(folder)
+        problem = verify_snapshot(snapshot)
+    except DataError as err:
+        problem = str(err)
+    if problem is None:
+        return snapshot
+    log.warning("snapshot %s is damaged (%s); rebuilding it from the source", folder, problem)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _content_digest(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...]) -> str:
@@ -279,7 +333,8 @@ def _source_fingerprint(kind: str, path: Path, cfg: DataConfig) -> str | None:
             for name in sorted(filenames):
                 st = os.lstat(os.path.join(dirpath, name))
                 rel = os.path.relpath(os.path.join(dirpath, name), path)
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                # fsencode: names that are not UTF-8 still fingerprint (and fail later, named)
+                h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
     return None
 
@@ -289,8 +344,9 @@ def _write_snapshot(
 ) -> Snapshot:
     digest = _content_digest(xs, ys, classes)
     final = cache_dir / "snapshots" / digest[:16]
-    if (final / "manifest.json").is_file():
-        return Snapshot.open(final)
+    existing = _reusable(final)
+    if existing is not None:
+        return existing
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
@@ -343,23 +399,31 @@ def ingest(source: str, cfg: DataConfig, cache_dir: str | Path) -> Snapshot:
     fingerprint = _source_fingerprint(kind, path, cfg)
     index = cache_dir / "sources" / f"{fingerprint}.json" if fingerprint else None
     if index is not None and index.is_file():
-        cached = cache_dir / "snapshots" / json.loads(index.read_text())["snapshot"]
-        if (cached / "manifest.json").is_file():
-            log.info("source unchanged; reusing snapshot %s", cached.name)
-            return Snapshot.open(cached)
+        cached = _reusable(cache_dir / "snapshots" / json.loads(index.read_text())["snapshot"])
+        if cached is not None:
+            log.info("source unchanged; reusing snapshot %s (verified)", cached.path.name)
+            return cached
 
     log.info("reading %s (%s)", source, kind)
     if kind == "torchvision":
         xs, ys, classes = _read_torchvision_cifar10(path)
     else:
-        entries = _iter_dir(path) if kind == "dir" else (_iter_zip(path) if path.name.lower().endswith(".zip") else _iter_tar(path))
+        entries = (
+            _iter_dir(path)
+            if kind == "dir"
+            else (_iter_zip(path) if path.name.lower().endswith(".zip") else _iter_tar(path))
+        )
         xs, ys, classes = _read_image_folder(entries, source, cfg)
     snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir)
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         index.write_text(json.dumps({"snapshot": snapshot.path.name, "source": str(source)}))
-    log.info("snapshot %s: %d classes, %s", snapshot.digest[:12], snapshot.num_classes,
-             {s: sum(c) for s, c in snapshot.counts.items()})
+    log.info(
+        "snapshot %s: %d classes, %s",
+        snapshot.digest[:12],
+        snapshot.num_classes,
+        {s: sum(c) for s, c in snapshot.counts.items()},
+    )
     return snapshot
 
 
@@ -397,9 +461,13 @@ def make_splits(snapshot: Snapshot, cfg: DataConfig) -> Splits:
     if cfg.val_fraction > 0:
         for c in np.unique(train_y):
             idx = rng.permutation(np.flatnonzero(train_y == c))
-            val_mask[idx[: int(round(len(idx) * cfg.val_fraction))]] = True
+            val_mask[idx[: round(len(idx) * cfg.val_fraction)]] = True
     return Splits(
-        train_x=train_x[~val_mask], train_y=train_y[~val_mask],
-        val_x=train_x[val_mask], val_y=train_y[val_mask],
-        test_x=test_x, test_y=test_y, classes=snapshot.classes,
+        train_x=train_x[~val_mask],
+        train_y=train_y[~val_mask],
+        val_x=train_x[val_mask],
+        val_y=train_y[val_mask],
+        test_x=test_x,
+        test_y=test_y,
+        classes=snapshot.classes,
     )

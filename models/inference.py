@@ -1,0 +1,55 @@
+"""Inference on uint8 images: logits with optional test-time augmentation.
+
+`predict` returns logits; `evaluation.evaluate` turns them into metrics. Training validation,
+evaluation, the audits and the training benchmark all call it, so every number comes from the
+same preprocessing (`presets.to_input`) and the same TTA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from auditflow.models.presets import to_input
+from auditflow.models.runtime import Runtime
+
+
+def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x).float() + model(x.flip(3)).float())
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    runtime: Runtime,
+    batch_size: int = 1000,
+    tta: bool = False,
+    translate: int = 0,
+) -> np.ndarray:
+    """Logits (float32, N x classes) of uint8 N x H x W x 3 images.
+
+    `tta` averages each image with its mirror; `translate` > 0 also averages in two shifted
+    copies (up-left and down-right by that many pixels, reflect-padded), weighted as in
+    airbench: 0.5 original + 0.25 each shift.
+    """
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], runtime.device)
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            if not tta:
+                logits = model(x).float()
+            elif translate == 0:
+                logits = _flip_average(model, x)
+            else:
+                t, (h, w) = translate, x.shape[-2:]
+                padded = F.pad(x, (t, t, t, t), mode="reflect")
+                shifted = [padded[..., :h, :w], padded[..., 2 * t : 2 * t + h, 2 * t : 2 * t + w]]
+                logits = 0.5 * _flip_average(model, x) + 0.25 * sum(_flip_average(model, v) for v in shifted)
+        out.append(logits.cpu())  # sync point
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

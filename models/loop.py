@@ -1,0 +1,170 @@
+"""One training epoch and its steps: shard, augment, forward, backward, optimiser step, EMA.
+
+`warm_up` runs throwaway steps before the training clock starts (torch.compile, and the
+timing that the time budget plans with) and restores every piece of state afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+
+from auditflow.core.config import TrainConfig
+from auditflow.models.averaging import WarmupEMA, update_ema
+from auditflow.models.presets import augment, to_input
+from auditflow.models.runtime import Runtime
+from auditflow.models.transfer import distillation_loss
+
+log = logging.getLogger(__name__)
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int, drop_last: bool) -> list[torch.Tensor]:
+    """This process's batches of one epoch's permutation: every rank gets the same count."""
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    per_rank = len(order) // world
+    mine = order[rank * per_rank : (rank + 1) * per_rank]
+    batches = list(mine.split(batch_size))
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator,
+    ema: tuple[AveragedModel, WarmupEMA] | None = None,
+    teacher: nn.Module | None = None,
+) -> tuple[float, float, float, int]:
+    """One pass over uint8 `images` (N x H x W x 3, on the device).
+
+    Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
+    """
+    model.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    batches = epoch_batches(order, cfg.batch_size, cfg.drop_last)
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device)
+    seen = 0
+    start = time.perf_counter()
+    for step, idx in enumerate(batches):
+        y = labels[idx]
+        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher)
+        scheduler.step()
+        if ema is not None and (step + 1) % cfg.ema_every == 0:
+            update_ema(ema[0], ema[1], _unwrap(model))
+        # Accumulate on the device; reading .item() per step would sync every batch.
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(idx)
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seconds, seen
+
+
+def _train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    generator: torch.Generator | None = None,
+    teacher: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device."""
+    x = augment(to_input(images, runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding, generator=generator)
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                soft = teacher(x).float()
+            kd = distillation_loss(logits.float(), soft, cfg.distill_temperature)
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
+def warm_up(
+    model: nn.Module,
+    base: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    runtime: Runtime,
+    timed_steps: int = 0,
+) -> tuple[nn.Module, float, float]:
+    """Before the training clock starts: `torch.compile` the model when configured (two
+    throwaway steps compile it, as the speed records time it), then time `timed_steps` more
+    optimiser steps for the time budget. Weights, BatchNorm statistics, gradients and the
+    optimiser state are restored afterwards.
+
+    Returns (model to train, compile seconds, seconds per optimiser step or nan). If
+    compilation fails (no C compiler, unsupported op), logs why and trains eagerly."""
+    initial_model = copy.deepcopy(base.state_dict())
+    initial_optim = copy.deepcopy(optimizer.state_dict())
+    idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
+    compile_seconds, step_seconds = 0.0, float("nan")
+    try:
+        if cfg.compile:
+            compiled = torch.compile(model)
+            start = time.perf_counter()
+            try:
+                for _ in range(2):
+                    _train_step(compiled, images[idx], labels[idx], optimizer, cfg, runtime)
+                model = compiled
+            except Exception as err:  # inductor raises many types; eager training still works
+                if dist.is_initialized():
+                    raise  # a half-run collective would leave the other ranks waiting
+                log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
+            _sync(runtime)
+            compile_seconds = time.perf_counter() - start
+        if timed_steps:
+            _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)  # eager: first-call costs
+            _sync(runtime)
+            start = time.perf_counter()
+            for _ in range(timed_steps):
+                _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)
+            _sync(runtime)
+            step_seconds = (time.perf_counter() - start) / timed_steps
+    finally:
+        base.load_state_dict(initial_model)
+        optimizer.load_state_dict(initial_optim)
+        base.zero_grad(set_to_none=True)
+    return model, compile_seconds, step_seconds
+
+
+def _sync(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
