@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,14 +29,18 @@ from auditflow.core.errors import AuditflowError
 from auditflow.core.paths import ARTIFACT_DIR, CACHE_DIR, DB_NAME, cache_dir, reports_dir
 from auditflow.core.tracking import resolve_tracking_uri
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, audit, export and benchmark image classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train, audit, export and benchmark image classifiers."
+)
 console = Console(stderr=True, soft_wrap=True)  # one error, one line
 # Compute modules log with `logging`; Prefect shows these loggers in the terminal and its UI.
 EXTRA_LOGGERS = "auditflow"
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a YAML file.")]
-DataOpt = Annotated[str, typer.Option("--data", "-d", help="Image-folder dir, .tar/.tar.gz/.zip archive, or 'cifar10[:ROOT]'.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. train.epochs=3 (repeatable).")]
+DataOpt = Annotated[
+    str, typer.Option("--data", "-d", help="Image-folder dir, .tar/.tar.gz/.zip archive, or 'cifar10[:ROOT]'.")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. train.epochs=3 (repeatable).")]
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Folder for the MLflow store, artifacts and caches.")]
 
 
@@ -85,7 +89,7 @@ def run(
     data: DataOpt = "cifar10",
     overrides: SetOpt = None,
     workdir: WorkdirOpt = Path("."),
-    run_name: Annotated[Optional[str], typer.Option(help="MLflow run name.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="MLflow run name.")] = None,
 ) -> None:
     """Run the whole pipeline once and print where its results are."""
     try:
@@ -98,42 +102,53 @@ def run(
     _prefect_env()
     from auditflow.flows.pipeline import audit_pipeline
 
-    console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], "
-                  f"tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]")
+    console.print(
+        f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], "
+        f"tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]"
+    )
     start = time.perf_counter()
     try:
-        result = audit_pipeline(profile=profile, data=data, overrides=list(overrides or []),
-                                workdir=str(workdir), run_name=run_name)
+        result = audit_pipeline(
+            profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir), run_name=run_name
+        )
     except Exception as err:
         user = _find_user_error(err)
         if user is not None:
             raise _fail(user) from err
         raise
+    colour = {"pass": "green", "fail": "red"}.get(result.overall, "yellow")
     table = Table(title=f"auditflow run {result.run_id} ({time.perf_counter() - start:.0f} s)", show_header=False)
-    table.add_row("test accuracy", f"{result.test_accuracy:.2%}")
+    table.add_row("overall verdict", f"[bold {colour}]{result.overall}[/] (MLflow tag verdict/overall)")
+    shipped = f"{result.test_accuracy_no_tta:.2%} (ONNX, no test-time augmentation)"
+    table.add_row("test accuracy, shipped model", shipped)
+    if result.test_accuracy != result.test_accuracy_no_tta:
+        table.add_row("test accuracy with TTA", f"{result.test_accuracy:.2%} (not shipped; the audits use it)")
     if result.learning != "pass":
         table.add_row("[bold red]MODEL DID NOT LEARN[/]", f"[red]{result.learning_message}[/]")
-    table.add_row("fairness", f"{'pass' if result.fairness_passed else 'FAIL'} (worst-class recall {result.worst_class_recall:.3f})")
-    table.add_row("privacy", f"{'pass' if result.privacy_passed else 'FAIL'} (attack AUC {result.attack_auc:.3f})")
+    fairness = "pass" if result.fairness_passed else "fail"
+    table.add_row("fairness", f"{fairness} (worst-class recall {result.worst_class_recall:.3f})")
+    table.add_row("privacy", f"{'pass' if result.privacy_passed else 'fail'} (attack AUC {result.attack_auc:.3f})")
     table.add_row("ONNX model", result.onnx_path)
-    table.add_row("report", result.report_html)
-    table.add_row("MLflow", result.tracking_uri)
+    table.add_row("report", result.report_html + (f" (PDF: {result.report_pdf})" if result.report_pdf else ""))
+    table.add_row("MLflow run", f"[link={result.run_url}]{result.run_url}[/link]")
     Console().print(table)
     if result.tracking_uri.startswith("sqlite:"):
-        Console().print(f"Browse it: [bold]auditflow ui --workdir {workdir}[/]")
+        Console().print(f"Local store: serve it with [bold]auditflow ui --workdir {workdir}[/] and open the link")
 
 
 @app.command()
 def report(
     run_id: Annotated[str, typer.Argument(help="MLflow id of a pipeline (parent) run.")],
     workdir: WorkdirOpt = Path("."),
-    out: Annotated[Optional[Path], typer.Option(help=f"Output folder; default {CACHE_DIR}/reports/RUN_ID.")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")] = None,
+    out: Annotated[Path | None, typer.Option(help=f"Output folder; default {CACHE_DIR}/reports/RUN_ID.")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
+    ] = None,
 ) -> None:
     """Rebuild the audit report of a past run from the MLflow store alone."""
+    from auditflow.audits.report import build_report
     from auditflow.core.config import TrackingConfig
     from auditflow.core.tracking import Tracker
-    from auditflow.audits.report import build_report
 
     try:
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
@@ -143,7 +158,14 @@ def report(
         files = build_report(record, out or reports_dir(workdir, run_id))
     except AuditflowError as err:
         raise _fail(err) from err
-    Console().print(f"report: {files.html}\nmarkdown: {files.markdown}")
+    from auditflow.audits.report import overall_verdict
+
+    Console().print(
+        f"overall verdict: {overall_verdict(record)}\nreport: {files.html}\nmarkdown: {files.markdown}\n"
+        + (f"pdf: {files.pdf}\n" if files.pdf else f"{files.pdf_note}\n")
+        + f"model card: {files.html.parent / 'model_card.html'}\ndatasheet: {files.html.parent / 'datasheet.html'}\n"
+        + f"MLflow run: {Tracker(uri).run_url(record, record.config.get('tracking', {}).get('ui_url'))}"
+    )
 
 
 def _server_healthy(api_url: str) -> bool:
@@ -165,8 +187,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port for a Prefect server started here.")] = 4200,
 ) -> None:
     """Serve the pipeline on a cron schedule (needs a Prefect server; starts one if none is set)."""
-    from cronsim import CronSim, CronSimError  # ships with Prefect
     from datetime import datetime
+
+    from cronsim import CronSim, CronSimError  # ships with Prefect
 
     try:
         load_config(profile, overrides or [])
@@ -191,8 +214,16 @@ def serve(
         from auditflow.flows.pipeline import audit_pipeline
 
         source = data if data.startswith("cifar10") else str(Path(data).resolve())  # runs start elsewhere
-        audit_pipeline.serve(name=name, cron=cron, parameters={
-            "profile": profile, "data": source, "overrides": list(overrides or []), "workdir": str(workdir.resolve())})
+        audit_pipeline.serve(
+            name=name,
+            cron=cron,
+            parameters={
+                "profile": profile,
+                "data": source,
+                "overrides": list(overrides or []),
+                "workdir": str(workdir.resolve()),
+            },
+        )
     except AuditflowError as err:
         raise _fail(err) from err
     finally:
@@ -204,8 +235,9 @@ def _start_prefect_server(api_url: str, port: int) -> subprocess.Popen[bytes]:
     """`prefect server start` (SQLite under $PREFECT_HOME) in its own session; waits for health."""
     console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
     prefect_bin = shutil.which("prefect") or str(Path(sys.executable).with_name("prefect"))
-    server = subprocess.Popen([prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(port)], start_new_session=True
+    )
     try:
         for _ in range(120):
             if _server_healthy(api_url):
@@ -230,9 +262,18 @@ def ui(
     db = (workdir / DB_NAME).resolve()
     if not db.is_file():
         raise _fail(AuditflowError(f"no MLflow store at {db}; run `auditflow run` first or pass --workdir"))
-    cmd = [shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow")), "ui",
-           "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root", str((workdir / ARTIFACT_DIR).resolve()),
-           "--host", host, "--port", str(port)]
+    cmd = [
+        shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow")),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--default-artifact-root",
+        str((workdir / ARTIFACT_DIR).resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     console.print(" ".join(cmd))
     os.execv(cmd[0], cmd)
 
@@ -243,10 +284,12 @@ def bench_train_cmd(
     data: DataOpt = "cifar10",
     overrides: SetOpt = None,
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 to train.")] = 3,
-    baseline: Annotated[Optional[str], typer.Option(help="Profile to run once (seed 0) for ratios; '' = none.")] = "tutorial",
+    baseline: Annotated[
+        str | None, typer.Option(help="Profile to run once (seed 0) for ratios; '' = none.")
+    ] = "tutorial",
     overhead: Annotated[bool, typer.Option(help="Also run the train task in a flow and report its overhead.")] = False,
     workdir: WorkdirOpt = Path("."),
-    out: Annotated[Optional[Path], typer.Option(help="Write all figures to this JSON file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write all figures to this JSON file.")] = None,
 ) -> None:
     """Benchmark training speed and accuracy of a profile over seeds (direct `fit` calls;
     only `--overhead` runs a flow and tracks it)."""
@@ -272,30 +315,58 @@ def bench_train_cmd(
         rows.append(bench_train(snapshot, cfg, seed))
     base = bench_train(snapshot, base_cfg, 0) if base_cfg else None
     table = Table(title=f"bench-train: {cfg.profile} on {data}")
-    columns = ("profile", "seed", "test acc", "epochs", "train s", "val s", "img/s", "MFLOP/img", "GFLOP/s",
-               "of peak", "to target s", "kept")
+    columns = (
+        "profile",
+        "seed",
+        "test acc",
+        "epochs",
+        "train s",
+        "val s",
+        "img/s",
+        "MFLOP/img",
+        "GFLOP/s",
+        "of peak",
+        "to target s",
+        "kept",
+    )
     for col in columns:
         table.add_column(col, justify="right")
     for r in rows + ([base] if base else []):
-        table.add_row(r.profile, str(r.seed), f"{r.test_accuracy:.2%}", str(r.epochs), f"{r.train_seconds:.1f}",
-                      f"{r.val_seconds:.1f}", f"{r.images_per_second:.0f}", f"{r.flops_per_image / 1e6:.1f}",
-                      f"{r.achieved_flops_per_second / 1e9:.1f}", f"{r.fraction_of_peak:.1%}",
-                      "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}", r.kept_weights)
+        table.add_row(
+            r.profile,
+            str(r.seed),
+            f"{r.test_accuracy:.2%}",
+            str(r.epochs),
+            f"{r.train_seconds:.1f}",
+            f"{r.val_seconds:.1f}",
+            f"{r.images_per_second:.0f}",
+            f"{r.flops_per_image / 1e6:.1f}",
+            f"{r.achieved_flops_per_second / 1e9:.1f}",
+            f"{r.fraction_of_peak:.1%}",
+            "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}",
+            r.kept_weights,
+        )
     out_console.print(table)
     for r in rows + ([base] if base else []):
-        out_console.print(f"{r.profile} seed {r.seed}: {r.plan}; per-epoch validation {r.val_seconds:.1f} s "
-                          f"in all ({r.val_seconds / max(r.epochs, 1):.1f} s per epoch)")
+        out_console.print(
+            f"{r.profile} seed {r.seed}: {r.plan}; per-epoch validation {r.val_seconds:.1f} s "
+            f"in all ({r.val_seconds / max(r.epochs, 1):.1f} s per epoch)"
+        )
     summary = summarise(rows)
-    out_console.print(f"{cfg.profile}: mean test accuracy {summary['accuracy_mean']:.2%} "
-                      f"(sd {summary['accuracy_std']:.2%}, n={seeds}); mean training {summary['train_seconds_mean']:.1f} s; "
-                      f"peak: {rows[0].peak_source}")
+    out_console.print(
+        f"{cfg.profile}: mean test accuracy {summary['accuracy_mean']:.2%} "
+        f"(sd {summary['accuracy_std']:.2%}, n={seeds}); mean training {summary['train_seconds_mean']:.1f} s; "
+        f"peak: {rows[0].peak_source}"
+    )
     report: dict[str, object] = {"rows": [asdict(r) for r in rows], "summary": summary}
     if base:
         ratio = compare_to_baseline(summary, base)
         report |= {"baseline": asdict(base), "vs_baseline": ratio}
         errors = "" if ratio["error_ratio"] is None else f"{ratio['error_ratio']:.2f}x the error rate, "
-        out_console.print(f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, {errors}"
-                          f"{ratio['train_time_ratio']:.1f}x the training time")
+        out_console.print(
+            f"vs {base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, {errors}"
+            f"{ratio['train_time_ratio']:.1f}x the training time"
+        )
     if overhead:
         for name in EXTRA_LOGGERS.split(","):  # Prefect's console handler takes over in the flow
             logging.getLogger(name).removeHandler(handler)
@@ -306,10 +377,12 @@ def bench_train_cmd(
         over = overhead_split(rows[0], flow_result)
         direct, outside = over["direct_wall_seconds"], over["outside_loop_extra_seconds"]
         report["overhead"] = over
-        out_console.print(f"train task in a flow: {over['task_wall_seconds']:.1f} s vs direct fit {direct:.1f} s "
-                          f"(seed 0): overhead {over['overhead_fraction']:+.1%}; training loops "
-                          f"{over['train_seconds']:.1f} s vs {over['direct_train_seconds']:.1f} s; outside the loop "
-                          f"{outside:+.1f} s ({over['outside_loop_extra_fraction']:+.1%})")
+        out_console.print(
+            f"train task in a flow: {over['task_wall_seconds']:.1f} s vs direct fit {direct:.1f} s "
+            f"(seed 0): overhead {over['overhead_fraction']:+.1%}; training loops "
+            f"{over['train_seconds']:.1f} s vs {over['direct_train_seconds']:.1f} s; outside the loop "
+            f"{outside:+.1f} s ({over['outside_loop_extra_fraction']:+.1%})"
+        )
     if out:
         out.write_text(json.dumps(report, indent=2))
 
@@ -458,7 +531,7 @@ def bench(
     run_id: Annotated[str, typer.Argument(help="MLflow id of a finished pipeline (parent) run.")],
     workdir: WorkdirOpt = Path("."),
     tracking_uri: Annotated[
-        Optional[str], typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
+        str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
     ] = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -487,9 +560,16 @@ def bench(
     for col in ("backend", "batch", "p50 ms", "p99 ms", "images/s", "vs eager", "of peak", "accuracy"):
         table.add_column(col, justify="right")
     for r in summary.get("rows", []):
-        table.add_row(r["backend"], str(r["batch_size"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['images_per_second']:.0f}", f"{r['speedup_vs_eager']:.2f}x", f"{r['fraction_of_peak']:.1%}",
-                      r["verdict"])
+        table.add_row(
+            r["backend"],
+            str(r["batch_size"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['images_per_second']:.0f}",
+            f"{r['speedup_vs_eager']:.2f}x",
+            f"{r['fraction_of_peak']:.1%}",
+            r["verdict"],
+        )
     out = Console(width=None if sys.stdout.isatty() else 150)
     out.print(table)
     for device, rec in summary.get("recommendation", {}).items():

@@ -121,6 +121,69 @@ def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
     )
 
 
+def reliability_figure(before: dict, after: dict, temperature: float) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, before and
+    after temperature scaling (dicts of `models.calibration.Reliability`); the diagonal is
+    perfect calibration, bars below it are overconfident."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, bins, title in ((left, before, "as trained (T = 1)"), (right, after, f"temperature T = {temperature:.2f}")):
+        edges = np.asarray(bins["edges"])
+        centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+        acc = np.nan_to_num(np.asarray(bins["accuracy"], dtype=float))
+        ax.bar(centres, acc, width=width, edgecolor="#1d2329", color="#4c72b0", label="accuracy")
+        conf = np.asarray(bins["confidence"], dtype=float)
+        ax.bar(centres, np.nan_to_num(conf - acc), bottom=acc, width=width, color="#c44e52", alpha=0.35, label="gap")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(f"{title}: ECE {bins['ece']:.3f}")
+    left.set_ylabel("accuracy in bin")
+    left.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def loss_histogram_figure(edges: Sequence[float], members: Sequence[int], nonmembers: Sequence[int]) -> Figure:
+    """Per-example loss of members (training images) and non-members (test images) on shared
+    bins: the further apart, the more a loss threshold reveals membership."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    e = np.asarray(edges)
+    for counts, label, colour in (
+        (members, "members (train)", "#c44e52"),
+        (nonmembers, "non-members (test)", "#4c72b0"),
+    ):
+        c = np.asarray(counts, dtype=float)
+        ax.stairs(c / max(c.sum(), 1), e, label=label, color=colour, fill=True, alpha=0.45)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("cross-entropy loss, nats (log scale above 0.001)")
+    ax.set_ylabel("share of images")
+    ax.set_title("Loss of members vs non-members")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int) -> Figure:
+    """A grid of the first `per_class` images of each class (rows), uint8 N x H x W x C."""
+    rows = len(classes)
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 0.9 + 1.6, rows * 0.9 + 0.2), squeeze=False)
+    for k, name in enumerate(classes):
+        picks = np.flatnonzero(labels == k)[:per_class]
+        for j in range(per_class):
+            ax = axes[k, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(picks):
+                img = images[picks[j]]
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        axes[k, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
 def _unverified(rows: Sequence[dict]) -> bool:
     return any(r.get("verdict", "pass") != "pass" for r in rows)
 

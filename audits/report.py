@@ -1,12 +1,17 @@
-"""The audit report: one self-contained HTML file (plots embedded) and a Markdown twin.
+"""The audit report: one self-contained HTML file (plots embedded), a Markdown twin, a PDF, and
+the model card and datasheet beside them.
 
 `build_report` reads a `RunRecord` (what `Tracker.load_run` read back from MLflow) and
 nothing else, so the pipeline's last stage and `auditflow report RUN_ID` are the same code.
+The first page is what a reviewer decides from: the overall verdict, the run as a link into the
+MLflow UI, which accuracy is which, and every check with its condition, value, threshold and
+evidence.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,83 +21,109 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from auditflow.audits import plots
-from auditflow.core.tracking import RunRecord
+from auditflow.audits.datasheet import write_datasheet
+from auditflow.audits.documents import md_cell
+from auditflow.audits.model_card import write_model_card
+from auditflow.core.checks import overall
+from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url, ui_base
 
 STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
+MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReportFiles:
     html: Path
     markdown: Path
-    summary_markdown: str  # the verdict table alone, for a Prefect artifact
+    summary_markdown: str  # the verdict and checks alone, for a Prefect artifact
+    pdf: Path | None = None  # None when WeasyPrint cannot run here (see `pdf_note`)
+    pdf_note: str = ""
+    documents: tuple[Path, ...] = ()  # model card and datasheet: .html, .md, .json
 
 
 def _png_b64(fig: Any) -> str:
     return base64.b64encode(plots.to_png(fig)).decode()
 
 
-def _verdicts(s: dict[str, dict[str, Any]], status: dict[str, str]) -> list[dict[str, str]]:
+def overall_verdict(record: RunRecord) -> str:
+    """`verdict/overall` of a run: its tag when set, else from the stage verdicts (a stage that
+    failed or is missing fails the run)."""
+    tagged = record.tags.get(f"{VERDICT_PREFIX}overall")
+    if tagged:
+        return tagged
+    values = [v for k, v in record.tags.items() if k.startswith(VERDICT_PREFIX) and k != f"{VERDICT_PREFIX}overall"]
+    failed = any(st != "FINISHED" for st in record.stage_status.values())
+    return overall(values, missing=failed or any(st not in record.summaries for st in STAGES))
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value != value:
+        return "not measured"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def check_rows(record: RunRecord) -> list[dict[str, str]]:
+    """Every check of every stage, in stage order, with its value read from the stage run's
+    metrics in MLflow and its evidence as a link (report anchor or MLflow artifact page)."""
+    ui = ui_base(record.uri, record.config.get("tracking", {}).get("ui_url"))
     rows = []
-    ev = s.get("evaluate")
-    if ev and "learning" in ev:
-        learned = ev["learning"]
-        rows.append(
-            {
-                "check": "Model learned (test accuracy above chance)",
-                "result": learned["message"],
-                "verdict": "pass" if learned["verdict"] == "pass" else "FAIL",
-            }
-        )
-    rows.append(
-        {
-            "check": "Test accuracy",
-            "result": f"{ev['accuracy']:.2%}" if ev else "missing",
-            "verdict": "info" if ev else "missing",
-        }
-    )
-    for stage, label in (("fairness", "Per-class fairness"), ("privacy", "Membership privacy")):
-        r = s.get(stage)
-        if r is None:
-            rows.append({"check": label, "result": status.get(stage, "not run"), "verdict": "missing"})
-        else:
+    for stage in STAGES:
+        for c in record.checks.get(stage, []):
+            value = record.stage_metrics.get(stage, {}).get(c["metric"], c["value"])
+            evidence = c["evidence"]
+            if evidence.startswith("#"):
+                link = f"[{evidence.removeprefix('#').replace('-', ' ')}]({evidence})"
+            else:
+                run_id = record.stage_run_ids.get(stage, "")
+                url = f"{ui}/#/experiments/{record.experiment_id}/runs/{run_id}/artifacts/{evidence}"
+                link = f"[{evidence}]({url})"
+            warn = c.get("warn_threshold")
             rows.append(
                 {
-                    "check": label,
-                    "result": "; ".join(r["reasons"]) or "within thresholds",
-                    "verdict": "pass" if r["passed"] else "FAIL",
+                    "key": c["key"],
+                    "title": c["title"],
+                    "status": c["status"],
+                    "condition": c["condition"],
+                    "value": _fmt(value),
+                    "threshold": _fmt(c["threshold"]) + (f" (warn {_fmt(warn)})" if warn not in (None, "") else ""),
+                    "metric": c["metric"],
+                    "note": c.get("note", ""),
+                    "evidence": link,
                 }
             )
-    ex = s.get("export")
-    rows.append(
-        {
-            "check": "ONNX parity",
-            "verdict": ("pass" if ex["passed"] else "FAIL") if ex else "missing",
-            "result": f"max abs logit diff {ex['max_abs_diff']:.2e}, top-1 agreement {ex['top1_agreement']:.2%}"
-            if ex
-            else "missing",
-        }
-    )
-    for v in (ex or {}).get("variants", []):
-        rows.append(
-            {
-                "check": f"ONNX {v['variant']} variant (loads everywhere, accuracy kept)",
-                "verdict": "pass" if v["verdict"] == "pass" else "FAIL",
-                "result": f"{v['accuracy_drop']:+.2f} accuracy points lost (limit {v['max_accuracy_drop']}), "
-                f"top-1 agreement {v['top1_agreement']:.2%}" + "".join(f"; {r}" for r in v["reasons"]),
-            }
-        )
     return rows
+
+
+def _privacy_words(m: dict[str, float], confidence: float) -> str:
+    low, high = m.get("privacy/loss/auc_ci_low"), m.get("privacy/loss/auc_ci_high")
+    if low is None or high is None:
+        return "No interval was computed (privacy.n_bootstrap = 0), so chance cannot be ruled in or out."
+    level = f"{confidence:.0%}"
+    if low > 0.5:
+        return (
+            f"The {level} interval [{low:.3f}, {high:.3f}] lies above 0.5: it excludes chance, so the attack tells "
+            "members from non-members better than a coin toss."
+        )
+    if high < 0.5:
+        return f"The {level} interval [{low:.3f}, {high:.3f}] lies below 0.5: it excludes chance (on the low side)."
+    return (
+        f"The {level} interval [{low:.3f}, {high:.3f}] includes 0.5: "
+        "there is no evidence that this attack beats chance."
+    )
 
 
 def report_context(record: RunRecord) -> dict[str, Any]:
     """Everything the templates show, with figures as base64 PNGs."""
     s = record.summaries
     figures: dict[str, str] = {}
-    if record.history:
+    if any(record.history.values()):
         figures["curves"] = _png_b64(plots.curves_figure(record.history))
     if "evaluate" in s:
         figures["confusion"] = _png_b64(plots.confusion_figure(s["evaluate"]["confusion"], s["evaluate"]["classes"]))
+        cal = s["evaluate"].get("calibration")
+        if cal:
+            figures["reliability"] = _png_b64(plots.reliability_figure(cal["before"], cal["after"], cal["temperature"]))
     if "fairness" in s:
         figures["recall"] = _png_b64(
             plots.recall_figure(s["fairness"]["per_class"], s["fairness"]["thresholds"]["min_class_recall"])
@@ -100,28 +131,40 @@ def report_context(record: RunRecord) -> dict[str, Any]:
     if "privacy" in s:
         p = s["privacy"]
         figures["roc"] = _png_b64(plots.roc_figure(p["roc_fpr"], p["roc_tpr"], p["auc"]))
+        if p.get("loss_histogram"):
+            figures["loss_histogram"] = _png_b64(plots.loss_histogram_figure(**p["loss_histogram"]))
     if "recommendation" in s.get("benchmark", {}) and s["benchmark"]["rows"]:  # older runs: table only
         figures["throughput"] = _png_b64(plots.throughput_figure(s["benchmark"]["rows"]))
-    verdicts = _verdicts(s, record.stage_status)
+    if "ingest/examples.png" in record.images:
+        figures["examples"] = base64.b64encode(record.images["ingest/examples.png"]).decode()
     failed = [stage for stage, st in record.stage_status.items() if st != "FINISHED"]
+    ui_url = record.config.get("tracking", {}).get("ui_url")
     return {
         "run": record,
+        "study": record.study,
         "s": s,
+        "m": record.stage_metrics,
         "cfg": record.config,
         "figures": figures,
-        "verdicts": verdicts,
+        "checks": check_rows(record),
         "failed_stages": failed,
         "missing_stages": [st for st in STAGES if st not in s],
-        "overall": "FAIL" if any(v["verdict"] in ("FAIL", "missing") for v in verdicts) or failed else "pass",
+        "overall": overall_verdict(record),
+        "run_link": run_url(record.uri, record.experiment_id, record.run_id, ui_url),
+        "experiment_link": run_url(record.uri, record.experiment_id, None, ui_url),
+        "local_store": not record.uri.startswith(("http://", "https://")) and not ui_url,
+        "privacy_words": _privacy_words(
+            record.stage_metrics.get("privacy", {}), s.get("privacy", {}).get("confidence", 0.95)
+        ),
         "versions": {k: v for k, v in sorted(record.tags.items()) if k.startswith("versions.")},
     }
 
 
-def _env() -> Environment:
+def _env(autoescape: bool = False) -> Environment:
     env = Environment(
         loader=PackageLoader("auditflow.audits", "templates"),
         undefined=StrictUndefined,
-        autoescape=False,
+        autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -129,6 +172,7 @@ def _env() -> Environment:
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.2%}"
     env.filters["f3"] = lambda v: "n/a" if v is None else f"{v:.3f}"
     env.filters["ci"] = lambda v: "n/a" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
+    env.filters["cell"] = md_cell
     return env
 
 
@@ -138,24 +182,34 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     One Markdown template serves both files: the HTML is that Markdown converted, with the
     figures embedded as data URIs so the file stands alone.
     """
-    env = _env()
     ctx = report_context(record)
-    md = env.get_template("report.md.j2").render(embed=False, **ctx)
+    md = _env().get_template("report.md.j2").render(embed=False, **ctx)
     # Values (class folder names, paths, run names) may come from untrusted archives: escape
     # them before Markdown passes raw HTML through.
-    escaping = _env()
-    escaping.autoescape = True
     body = markdown.markdown(
-        escaping.get_template("report.md.j2").render(embed=True, **ctx), extensions=["tables", "sane_lists"]
+        _env(autoescape=True).get_template("report.md.j2").render(embed=True, **ctx), extensions=MARKDOWN_EXTENSIONS
     )
     html_env = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)
-    html = html_env.get_template("report.html.j2").render(title=record.name, overall=ctx["overall"], body=Markup(body))
+    html = html_env.get_template("document.html.j2").render(
+        title=f"auditflow report: {record.name}", badge=ctx["overall"], body=Markup(body)
+    )
     pngs = {name: base64.b64decode(data) for name, data in ctx["figures"].items()}
-    return html, md, env.get_template("summary.md.j2").render(**ctx), pngs
+    return html, md, _env().get_template("summary.md.j2").render(**ctx), pngs
 
 
-def build_report(record: RunRecord, out_dir: str | Path) -> ReportFiles:
-    """Write `report.html`, `report.md` and `figures/*.png` into `out_dir`."""
+def write_pdf(html: Path, pdf: Path) -> str:
+    """Print `html` to `pdf` with WeasyPrint (no browser); "" on success, else why not."""
+    try:
+        from weasyprint import HTML
+    except (ImportError, OSError) as err:  # OSError: pango/gobject system libraries missing
+        return f"no PDF: WeasyPrint cannot run here ({err}); print the HTML instead (README, Report)"
+    HTML(filename=str(html)).write_pdf(str(pdf))
+    return ""
+
+
+def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> ReportFiles:
+    """Write `report.html`, `report.md`, `report.pdf`, `figures/*.png`, and the model card and
+    datasheet (`.html`, `.md`, `.json`) into `out_dir`."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     html, md, summary, pngs = render(record)
@@ -163,4 +217,16 @@ def build_report(record: RunRecord, out_dir: str | Path) -> ReportFiles:
     (out / "report.md").write_text(md)
     for name, data in pngs.items():
         (out / "figures" / f"{name}.png").write_bytes(data)
-    return ReportFiles(html=out / "report.html", markdown=out / "report.md", summary_markdown=summary)
+    examples = {"examples": base64.b64encode(pngs["examples"]).decode()} if "examples" in pngs else {}
+    documents = (*write_model_card(record, out).values(), *write_datasheet(record, out, examples).values())
+    note = write_pdf(out / "report.html", out / "report.pdf") if pdf else "no PDF requested"
+    if note:
+        log.warning(note)
+    return ReportFiles(
+        html=out / "report.html",
+        markdown=out / "report.md",
+        summary_markdown=summary,
+        pdf=None if note else out / "report.pdf",
+        pdf_note=note,
+        documents=tuple(documents),
+    )

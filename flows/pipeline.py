@@ -25,7 +25,8 @@ class PipelineResult:
     run_id: str
     tracking_uri: str
     experiment_id: str
-    test_accuracy: float
+    test_accuracy: float  # with test-time augmentation when the profile uses it
+    test_accuracy_no_tta: float  # the shipped ONNX model's
     learning: str  # "pass" or "fail": test accuracy above chance
     learning_message: str
     fairness_passed: bool
@@ -35,6 +36,9 @@ class PipelineResult:
     onnx_path: str
     report_html: str
     report_markdown: str
+    report_pdf: str | None  # None where no PDF could be made
+    overall: str  # verdict/overall: pass | fail | inconclusive
+    run_url: str  # the parent run in the MLflow UI
 
 
 @flow(name="auditflow-pipeline")
@@ -49,7 +53,7 @@ def audit_pipeline(
     cfg = load_config(profile, overrides or [])
     ref = open_run(cfg, data, workdir, run_name)
     try:
-        snap = ingest_data(ref, data, cfg.data, workdir)
+        snap = ingest_data(ref, data, cfg.data, workdir, cfg.card)
         trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
         evaluated = evaluate_model(
             ref,
@@ -76,6 +80,7 @@ def audit_pipeline(
         tracking_uri=ref.uri,
         experiment_id=ref.experiment_id,
         test_accuracy=evaluated.accuracy,
+        test_accuracy_no_tta=evaluated.accuracy_no_tta,
         learning=evaluated.learning,
         learning_message=evaluated.learning_message,
         fairness_passed=fairness.passed,
@@ -85,4 +90,7 @@ def audit_pipeline(
         onnx_path=exported.onnx_path,
         report_html=report.html,
         report_markdown=report.markdown,
+        report_pdf=report.pdf,
+        overall=report.overall,
+        run_url=report.run_url,
     )

@@ -335,8 +335,7 @@ def fit(
         )
         if not math.isfinite(loss):
             raise ModelError(
-                f"training diverged at epoch {epoch}: mean loss {loss}; lower train.lr (now {cfg.lr}) "
-                "or check the data"
+                f"training diverged at epoch {epoch}: mean loss {loss}; lower train.lr (now {cfg.lr}) or check the data"
             )
         history.append(stats)
         if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None:

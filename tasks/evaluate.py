@@ -1,7 +1,9 @@
-"""Stage 3: checkpoint -> logits of the test split and a member sample, plus test metrics.
+"""Stage 3: checkpoint -> logits of the test, validation and member splits, test metrics and calibration.
 
 The logits file is the one input of the fairness and privacy audits: logits are computed
-once per split.
+once per split. The test split is scored twice when the profile uses test-time augmentation:
+with it (the figure the audits use today) and without it, which is the model that ships as
+ONNX. The temperature is fitted on the validation split's no-TTA logits and judged on test.
 """
 
 from __future__ import annotations
@@ -13,26 +15,41 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.audits.plots import confusion_figure
+from auditflow.audits.plots import confusion_figure, reliability_figure
+from auditflow.core.checks import Check, condition_text, judge
 from auditflow.core.config import DataConfig, EvalConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.paths import run_dir
-from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.core.tracking import Tracker, TrackingRef, metric_key
+from auditflow.models.calibration import calibrate, wilson_interval
 from auditflow.models.checkpoints import load_model
 from auditflow.models.evaluation import check_learning, evaluate
 from auditflow.models.inference import predict
 from auditflow.models.runtime import resolve_runtime
 
+DESCRIPTION = (
+    "Evaluate: test accuracy with and without test-time augmentation (the shipped ONNX model has none), "
+    "per-class precision/recall/F1, confusion matrix, calibration (ECE, reliability diagram, temperature "
+    "fitted on the validation split), the learning check. Logits are saved for the audits."
+)
+INTERVAL = 0.95  # two-sided level of the accuracy intervals shown on the card
+
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    predictions: str  # .npz with test_logits, test_labels, member_logits, member_labels
-    accuracy: float  # test top-1, 0..1
+    predictions: str  # .npz: test_logits(_no_tta), test_labels, val_logits, val_labels, member_logits, member_labels
+    accuracy: float  # test top-1 as configured (with TTA when the profile uses it), 0..1
+    accuracy_no_tta: float  # test top-1 of the shipped model (no TTA), 0..1
     learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
     learning_message: str
 
 
 log = logging.getLogger(__name__)
+
+
+def _interval_metrics(name: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    low, high = wilson_interval(int((preds == labels).sum()), len(labels), INTERVAL)
+    return {f"{name}_ci_low": low, f"{name}_ci_high": high}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -47,7 +64,9 @@ def evaluate_model(
     device: str,
     workdir: str,
 ) -> EvaluateResult:
-    with Tracker(ref.uri).stage(ref, "evaluate") as run:
+    tracker = Tracker(ref.uri)
+    with tracker.stage(ref, "evaluate", DESCRIPTION) as run:
+        tracker.attach_datasets(ref, run, ("train", "validation", "test"))
         runtime = resolve_runtime(device, "fp32")  # the precision of the exported model
         model, _ = load_model(checkpoint, runtime.device)
         model = runtime.prepare(model)
@@ -56,6 +75,8 @@ def evaluate_model(
         rng = np.random.default_rng(data_cfg.seed)
         members = np.sort(rng.choice(len(splits.train_y), min(len(splits.train_y), len(splits.test_y)), replace=False))
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
+        shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
+        val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
         member_logits = predict(
             model, splits.train_x[members], runtime, cfg.batch_size, tta=tta, translate=tta_translate
         )
@@ -63,29 +84,54 @@ def evaluate_model(
         np.savez_compressed(
             path,
             test_logits=test_logits,
+            test_logits_no_tta=shipped_logits,
             test_labels=splits.test_y,
+            val_logits=val_logits,
+            val_labels=splits.val_y,
             member_logits=member_logits,
             member_labels=splits.train_y[members],
             member_index=members,
         )
 
         result = evaluate(test_logits, splits.test_y, splits.classes, cfg.ece_bins)
+        shipped = evaluate(shipped_logits, splits.test_y, splits.classes, cfg.ece_bins)
+        calibration = calibrate(val_logits, splits.val_y, shipped_logits, splits.test_y, cfg.ece_bins)
         member_accuracy = float((member_logits.argmax(1) == splits.train_y[members]).mean())
         learned = check_learning(test_logits.argmax(1), splits.test_y, member_accuracy)
         if learned.verdict == "fail":
             log.warning("MODEL DID NOT LEARN: %s", learned.message)
-        run.set_tags({"verdict/learning": learned.verdict})
-        Tracker(ref.uri).parent(ref).set_tags({"verdict/learning": learned.verdict})
-        run.log_metrics({"learning_chance_accuracy": learned.chance, "member_accuracy": member_accuracy})
+
+        headline = {
+            "evaluate/test_accuracy": result.accuracy,
+            "evaluate/test_accuracy_no_tta": shipped.accuracy,
+            "evaluate/test_ece_no_tta": calibration.ece_before,
+            "evaluate/test_ece_calibrated": calibration.ece_after,
+            "evaluate/temperature": calibration.temperature,
+        }
         run.log_metrics(
-            {
-                "test_accuracy": result.accuracy,
-                "test_nll": result.nll,
-                "test_ece": result.ece,
-                "test_macro_f1": result.macro_f1,
+            headline
+            | _interval_metrics("evaluate/test_accuracy", test_logits.argmax(1), splits.test_y)
+            | _interval_metrics("evaluate/test_accuracy_no_tta", shipped_logits.argmax(1), splits.test_y)
+            | {
+                "evaluate/test_nll": result.nll,
+                "evaluate/test_ece": result.ece,
+                "evaluate/test_macro_f1": result.macro_f1,
+                "evaluate/test_macro_f1_no_tta": shipped.macro_f1,
+                "evaluate/test_nll_no_tta": calibration.nll_before,
+                "evaluate/test_nll_calibrated": calibration.nll_after,
+                "evaluate/temperature_fit_images": calibration.n_fit,
+                "evaluate/member_accuracy": member_accuracy,
+                "evaluate/chance_accuracy": learned.chance,
+                "evaluate/test_accuracy_ci99_low": learned.interval[0],
+                "evaluate/test_images": len(splits.test_y),
             }
         )
-        run.log_metrics({f"recall.{c}": r for c, r in zip(result.classes, result.recall, strict=True)})
+        per_class = {
+            metric_key("evaluate", name, "class", c): v
+            for name, values in (("recall", result.recall), ("precision", result.precision), ("f1", result.f1))
+            for c, v in zip(result.classes, values, strict=True)
+        }
+        run.log_metrics(per_class)
         rows = result.per_class_rows()
         run.log_rows(rows, "evaluate/per_class.json")
         cm = np.asarray(result.confusion)
@@ -99,7 +145,46 @@ def evaluate_model(
         )
         run.log_artifact(run_dir(workdir, ref.run_id) / "confusion_matrix.csv", "evaluate")
         run.log_figure(confusion_figure(result.confusion, result.classes), "evaluate/confusion_matrix.png")
+        run.log_figure(
+            reliability_figure(asdict(calibration.before), asdict(calibration.after), calibration.temperature),
+            "evaluate/reliability.png",
+        )
+        run.log_dict(
+            {"temperature": calibration.temperature, "apply": "softmax(logits / temperature)"},
+            "evaluate/temperature.json",
+        )
         run.log_artifact(path, "evaluate")
+        checks = [
+            Check(
+                key="learning/above_chance",
+                verdict="learning",
+                title="Model learned (held-out accuracy above chance)",
+                condition="99% Wilson lower bound of test accuracy > chance accuracy (majority-class share)",
+                stage="evaluate",
+                metric="evaluate/test_accuracy_ci99_low",
+                value=learned.interval[0],
+                threshold=learned.chance,
+                status=learned.verdict,
+                evidence="#evaluation",
+                note=learned.message,
+            ),
+            Check(
+                key="calibration/ece",
+                verdict="calibration",
+                title="Calibration of the shipped model",
+                condition=condition_text("test ECE after temperature scaling", cfg.max_ece, False, cfg.warn_ece, ".3f"),
+                stage="evaluate",
+                metric="evaluate/test_ece_calibrated",
+                value=calibration.ece_after,
+                threshold=cfg.max_ece,
+                warn_threshold=cfg.warn_ece,
+                status=judge(calibration.ece_after, cfg.max_ece, False, cfg.warn_ece),
+                evidence="#calibration",
+                note=f"ECE {calibration.ece_before:.3f} before, {calibration.ece_after:.3f} after T = "
+                f"{calibration.temperature:.3f} ({calibration.fitted_on})",
+            ),
+        ]
+        tracker.publish(ref, run, "evaluate", checks, headline)
         run.log_summary(
             "evaluate",
             {
@@ -108,7 +193,11 @@ def evaluate_model(
                 "per_class": rows,
                 "tta": tta,
                 "tta_translate": tta_translate,
+                "accuracy_no_tta": shipped.accuracy,
                 "learning": asdict(learned),
+                "calibration": asdict(calibration),
+                "max_ece": cfg.max_ece,
+                "warn_ece": cfg.warn_ece,
             },
         )
-    return EvaluateResult(str(path), result.accuracy, learned.verdict, learned.message)
+    return EvaluateResult(str(path), result.accuracy, shipped.accuracy, learned.verdict, learned.message)

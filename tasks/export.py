@@ -15,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.plots import throughput_figure
+from auditflow.core.checks import Check, condition_text
 from auditflow.core.config import BenchmarkConfig, DataConfig, ExportConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import DataError, ModelError, TrackingError
@@ -35,6 +36,14 @@ from auditflow.models.quantize import calibration_sample
 from auditflow.models.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
 
 LATENCY_TABLE = "benchmark/latency.json"
+EXPORT_DESCRIPTION = (
+    "Export: the model as ONNX variants (graph-optimised FP32, which ships, and INT8/FP16 as configured), each "
+    "loaded in every ONNX Runtime provider present and judged on the whole test split; FP32 parity with torch."
+)
+BENCHMARK_DESCRIPTION = (
+    "Benchmark: latency percentiles and throughput per backend and batch size (time-boxed), FLOPs and share "
+    "of the device's peak, and the variant to ship for a latency or a throughput target."
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,8 @@ def export_model(
     ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg: DataConfig, cfg: ExportConfig, workdir: str
 ) -> ExportResult:
     tracker = Tracker(ref.uri)
-    with tracker.stage(ref, "export") as run:
+    with tracker.stage(ref, "export", EXPORT_DESCRIPTION) as run:
+        tracker.attach_datasets(ref, run, ("train", "test"))
         run.log_params({f"export.{k}": v for k, v in cfg.model_dump().items()})
         model, _ = load_model(checkpoint)
         snapshot = Snapshot.open(snapshot_path)
@@ -89,20 +99,13 @@ def export_model(
                 ("top1_agreement", c.top1_agreement),
                 ("max_abs_diff", c.max_abs_diff),
                 ("size_mb", c.size_mb),
-                ("passed", float(c.verdict == "pass")),
             )
         }
-        run.log_metrics(
-            _finite(
-                {
-                    "max_abs_diff": parity.max_abs_diff,
-                    "top1_agreement": parity.top1_agreement,
-                    "size_mb": path.stat().st_size / 1e6,
-                    "passed": float(passed),
-                }
-                | per_variant
-            )
-        )
+        parity_metrics = {
+            "export/parity/max_abs_diff": parity.max_abs_diff,
+            "export/parity/top1_agreement": parity.top1_agreement,
+        }
+        run.log_metrics(_finite(parity_metrics | per_variant))
         table = [
             {
                 **asdict(c),
@@ -112,16 +115,48 @@ def export_model(
             for c in checks
         ]
         run.log_rows(table, "export/variants.json")
-        verdict_tags = {f"export/{c.variant}/verdict": c.verdict for c in checks} | {
-            f"export/{c.variant}/judged": f"accuracy drop {c.accuracy_drop:.2f} points (limit {c.max_accuracy_drop}); "
-            f"loads in {sum(s == 'ok' for s in c.providers.values())}/{len(c.providers)} "
-            "providers"
+        run.set_tags(
+            {
+                f"export/{c.variant}/judged": f"accuracy drop {c.accuracy_drop:.2f} points "
+                f"(limit {c.max_accuracy_drop}); loads in {sum(s == 'ok' for s in c.providers.values())}/"
+                f"{len(c.providers)} providers"
+                for c in checks
+            }
+        )
+        shipping = [
+            Check(
+                key="onnx/parity",
+                verdict="onnx_parity",
+                title="ONNX parity with torch (FP32, shipped file)",
+                condition=condition_text("largest logit difference", cfg.max_abs_diff, False)
+                + f" on {parity.n_samples} test images",
+                stage="export",
+                metric="export/parity/max_abs_diff",
+                value=parity.max_abs_diff,
+                threshold=cfg.max_abs_diff,
+                status="pass" if passed else "fail",
+                evidence="#onnx-export",
+                note=f"top-1 agreement {parity.top1_agreement:.2%}",
+            )
+        ] + [
+            Check(
+                key=f"onnx/{c.variant}/accuracy_drop",
+                verdict=f"onnx_{c.variant}",
+                title=f"ONNX {c.variant} variant (loads everywhere, accuracy kept)",
+                condition=condition_text("accuracy points lost against torch", c.max_accuracy_drop, False)
+                + ", and it loads and answers in every provider",
+                stage="export",
+                metric=f"export/{c.variant}/accuracy_drop_points",
+                value=c.accuracy_drop if math.isfinite(c.accuracy_drop) else None,
+                threshold=c.max_accuracy_drop,
+                status="pass" if c.verdict == "pass" else "fail",
+                evidence="onnx/" + MANIFEST,
+                note="; ".join(c.reasons) or f"top-1 agreement {c.top1_agreement:.2%}",
+            )
             for c in checks
-        }
-        run.set_tags(verdict_tags)
-        parent = tracker.parent(ref)
-        parent.set_tags(verdict_tags)
-        parent.log_metrics(_finite({k: v for k, v in per_variant.items() if k.endswith(("drop_points", "agreement"))}))
+        ]
+        headline = {k: v for k, v in per_variant.items() if k.endswith(("drop_points", "agreement"))}
+        tracker.publish(ref, run, "export", shipping, _finite(headline | parity_metrics))
         run.log_summary(
             "export",
             {
@@ -134,6 +169,9 @@ def export_model(
                 "variants": [asdict(c) for c in checks],
                 "calibration": calibration and asdict(calibration),
                 "reference_accuracy": checks[0].reference_accuracy,
+                "input_name": INPUT_NAME,
+                "output_name": OUTPUT_NAME,
+                "files": {c.variant: f"onnx/{Path(p).name}" for c, p in zip(checks, paths.values(), strict=True)},
             },
         )
         if not passed:
@@ -147,7 +185,8 @@ def export_model(
 @task(name="benchmark", cache_policy=NO_CACHE)
 def benchmark_model(ref: TrackingRef, checkpoint: str, onnx_path: str, snapshot_path: str, cfg: BenchmarkConfig) -> str:
     tracker = Tracker(ref.uri)
-    with tracker.stage(ref, "benchmark") as run:
+    with tracker.stage(ref, "benchmark", BENCHMARK_DESCRIPTION) as run:
+        tracker.attach_datasets(ref, run, ("test",))
         run.log_params({f"benchmark.{k}": v for k, v in cfg.model_dump().items()})
         model, _ = load_model(checkpoint)
         test_x = np.asarray(Snapshot.open(snapshot_path).arrays("test")[0][: max(cfg.batch_sizes)])  # timing only

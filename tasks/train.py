@@ -33,8 +33,27 @@ class TrainResult:
     train_seconds: float  # training passes only
 
 
+DESCRIPTION = (
+    "Train: the model fit on the training split (validation each epoch), with per-epoch `train/...` curves, "
+    "speed and utilisation, the weights kept (raw or EMA) and the final checkpoint."
+)
+
+
+def unit_name(key: str) -> str:
+    """A metric name with its unit: `seconds` -> `epoch_s`, `*_seconds` -> `*_s`."""
+    if key == "seconds":
+        return "epoch_s"
+    return key.removesuffix("_seconds") + "_s" if key.endswith("_seconds") else key
+
+
 def epoch_metrics(stats: EpochStats) -> dict[str, float]:
-    return {k: v for k, v in stats.__dict__.items() if k != "epoch"}
+    """One epoch's figures by metric name, without the stage prefix (the caller adds it)."""
+    return {unit_name(k): v for k, v in stats.__dict__.items() if k != "epoch"}
+
+
+def train_metrics(values: dict[str, float]) -> dict[str, float]:
+    """`train/<name>` with units in the names, for MLflow."""
+    return {f"train/{unit_name(k)}": v for k, v in values.items()}
 
 
 @contextlib.contextmanager
@@ -62,7 +81,8 @@ def train_model(
     ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str
 ) -> TrainResult:
     tracker = Tracker(ref.uri)
-    with tracker.stage(ref, "train") as run:
+    with tracker.stage(ref, "train", DESCRIPTION) as run:
+        tracker.attach_datasets(ref, run, ("train", "validation"))
         runtime = resolve_runtime(cfg.device, cfg.precision, cfg.num_threads)
         run.log_params({f"train.{k}": v for k, v in cfg.model_dump().items()})
         described = runtime.describe()
@@ -108,7 +128,7 @@ def train_model(
             else:
 
                 def on_epoch(stats: EpochStats) -> None:
-                    run.log_metrics(epoch_metrics(stats), step=stats.epoch)
+                    run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
 
                 result = fit(
                     make_splits(snapshot, data_cfg),
@@ -122,7 +142,7 @@ def train_model(
             # epochs not logged live: all of them from the (untracked) workers, else those restored
             unlogged = result.history if cfg.world_size > 1 else result.history[: result.resumed_from_epoch]
             for stats in unlogged:
-                run.log_metrics(epoch_metrics(stats), step=stats.epoch)
+                run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
             final = run_dir(workdir, ref.run_id) / "model.pt"
             shutil.copy2(result.checkpoint, final)
             run.log_artifact(final, "checkpoint")
@@ -152,7 +172,7 @@ def train_model(
                 "train/plan": result.plan["reason"],
             }
         )
-        run.log_metrics(
+        logged = train_metrics(
             metrics
             | {
                 "final_val_accuracy": result.final_val_accuracy,
@@ -162,6 +182,9 @@ def train_model(
             }
             | ({"ema_val_accuracy": choice["ema_accuracy"]} if choice["ema_accuracy"] is not None else {})
         )
+        run.log_metrics(logged)
+        headline = ("train/final_val_accuracy", "train/train_s", "train/parameters", "train/planned_epochs")
+        tracker.parent(ref).log_metrics({k: logged[k] for k in headline if logged[k] == logged[k]})
         run.log_summary(
             "train",
             {

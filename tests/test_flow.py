@@ -69,13 +69,13 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     children = tracker.children(parent)
     assert set(children) == STAGES
     assert all(c.info.status == "FINISHED" for c in children.values())
-    history = tracker.client.get_metric_history(children["train"].info.run_id, "val_accuracy")
+    history = tracker.client.get_metric_history(children["train"].info.run_id, "train/val_accuracy")
     assert [m.step for m in history] == [1, 2, 3, 4]
     inputs = children["ingest"].inputs.dataset_inputs
     assert {i.dataset.digest for i in inputs} == {tags["auditflow.data_digest"][:36]}
-    assert {t.value for i in inputs for t in i.tags} == {"train", "test"}
-    assert children["privacy"].data.metrics["attack_auc"] == pytest.approx(result.attack_auc)
-    assert "attack_auc_ci_low" in children["privacy"].data.metrics
+    assert {t.value for i in inputs for t in i.tags} == {"train", "validation", "test"}
+    assert children["privacy"].data.metrics["privacy/loss/auc"] == pytest.approx(result.attack_auc)
+    assert "privacy/loss/auc_ci_low" in children["privacy"].data.metrics
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
         "## Model card",
     ):
         assert heading in md
-    assert html.count("data:image/png;base64,") == 5  # curves, confusion, recall, ROC, throughput embedded
+    assert html.count("data:image/png;base64,") == 7  # curves, confusion, reliability, recall, loss, ROC, speed
     assert "<table>" in html and "Intended use." in html
     out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])
     assert out.exit_code == 0, out.output
@@ -344,7 +344,7 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     summary = tracker.load_run(ref.run_id).summaries["train"]
     assert summary["resumed_from_epoch"] == 2 and summary["epochs"] == 4
     record = tracker.load_run(ref.run_id)
-    steps = [m.step for m in tracker.client.get_metric_history(record.stage_run_ids["train"], "val_accuracy")]
+    steps = [m.step for m in tracker.client.get_metric_history(record.stage_run_ids["train"], "train/val_accuracy")]
     assert sorted(steps) == [1, 2, 3, 4]  # restored epochs are logged too, so the curves are whole
     assert [step for step, _ in record.history["val_accuracy"]] == [1, 2, 3, 4]
     assert not work.exists()  # finished: nothing left to resume

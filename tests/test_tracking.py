@@ -88,3 +88,43 @@ def test_report_escapes_values_from_the_data(tmp_path: Path) -> None:
     html = files.html.read_text()
     assert evil not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert evil in files.markdown.read_text()  # Markdown keeps the name as it is
+
+
+def test_experiment_opens_in_the_model_training_view_and_links_say_so(tmp_path: Path) -> None:
+    from auditflow.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_url
+
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    tracker = Tracker(ref.uri)
+    assert tracker.client.get_experiment(ref.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert tracker.get_run(ref.run_id).data.tags["mlflow.note.content"].startswith("auditflow pipeline run")
+    assert (
+        run_url(ref.uri, "1", "abc") == "http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning"
+    )
+    assert (
+        run_url("https://mlflow.example/", "1")
+        == "https://mlflow.example/#/experiments/1?workflowType=machine_learning"
+    )
+    assert run_url(ref.uri, "1", None, "http://ui:8080/").startswith("http://ui:8080/#/experiments/1?")
+
+
+def test_publish_copies_verdicts_and_headline_to_the_parent(tmp_path: Path) -> None:
+    from auditflow.core.checks import Check
+
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    tracker = Tracker(ref.uri)
+    checks = [
+        Check(
+            "fairness/gap", "fairness", "Gap", "gap ≤ 0.3", "fairness", "fairness/recall_gap", 0.4, 0.3, "fail", "#f"
+        ),
+        Check(
+            "fairness/worst", "fairness", "Worst", "worst ≥ 0.5", "fairness", "fairness/worst", 0.6, 0.5, "pass", "#f"
+        ),
+    ]
+    with tracker.stage(ref, "fairness", "a stage") as run:
+        run.log_metrics({"fairness/recall_gap": 0.4})
+        assert tracker.publish(ref, run, "fairness", checks, {"fairness/recall_gap": 0.4}) == {"fairness": "fail"}
+    record = tracker.load_run(ref.run_id)
+    assert record.tags["verdict/fairness"] == "fail" and record.metrics["fairness/recall_gap"] == 0.4
+    assert record.stage_tags["fairness"]["verdict/fairness"] == "fail"
+    assert [c["key"] for c in record.checks["fairness"]] == ["fairness/gap", "fairness/worst"]
+    assert record.stage_tags["fairness"]["mlflow.note.content"] == "a stage"

@@ -30,9 +30,7 @@ class DataConfig(_Section):
     """How a data source becomes a snapshot and its splits."""
 
     image_size: int = Field(32, gt=0, le=1024, description="Expected image side, pixels (square).")
-    resize: bool = Field(
-        False, description="Resize images of another size to image_size instead of rejecting them."
-    )
+    resize: bool = Field(False, description="Resize images of another size to image_size instead of rejecting them.")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=0.5, description="Fraction of train held out for validation (stratified)."
     )
@@ -49,15 +47,15 @@ class TrainConfig(_Section):
     """Model, optimiser and schedule."""
 
     model: ModelName = Field("fastnet", description="Architecture from the model registry.")
-    width: int = Field(
-        64, gt=0, description="Base channel width (fastnet, resnet18); tutorial_net ignores it."
-    )
+    width: int = Field(64, gt=0, description="Base channel width (fastnet, resnet18); tutorial_net ignores it.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     epochs: int = Field(
         10, gt=0, le=10_000, description="Passes over the training split; with time_budget_s, the most it may run."
     )
     time_budget_s: float | None = Field(
-        None, gt=0.0, description="Seconds for training passes plus per-epoch validation. Throughput is measured "
+        None,
+        gt=0.0,
+        description="Seconds for training passes plus per-epoch validation. Throughput is measured "
         "before the clock starts and the epoch count (at most `epochs`) chosen to fit; None = run `epochs`.",
     )
     batch_size: int = Field(256, gt=0, description="Images per optimiser step and process (x world_size under DDP).")
@@ -76,13 +74,18 @@ class TrainConfig(_Section):
         0.2, ge=0.0, lt=1.0, description="Share of steps spent warming up linearly (onecycle, cosine)."
     )
     ema_decay: float | None = Field(
-        None, gt=0.0, lt=1.0, description="EMA of the weights, with the decay warmed up as min(decay, (1+n)/(10+n)) "
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="EMA of the weights, with the decay warmed up as min(decay, (1+n)/(10+n)) "
         "over n updates; the raw or averaged weights are kept, whichever validates better. None = off.",
     )
     ema_every: int = Field(1, ge=1, description="Average every k optimiser steps (decay**k per update).")
     val_every: int = Field(1, ge=1, description="Validate every k epochs (and always after the last).")
     val_subset: int | None = Field(
-        2000, gt=0, description="Images of the validation split scored per epoch, without TTA (seeded sample); "
+        2000,
+        gt=0,
+        description="Images of the validation split scored per epoch, without TTA (seeded sample); "
         "None = all. The whole split is scored, with TTA, once at the end.",
     )
     tta: bool = Field(False, description="Test-time augmentation: average logits with the flip.")
@@ -100,16 +103,18 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1, gt=0, description="Save a checkpoint every N epochs.")
 
     @model_validator(mode="after")
-    def _translate_needs_tta(self) -> "TrainConfig":
+    def _translate_needs_tta(self) -> TrainConfig:
         if self.tta_translate and not self.tta:
             raise ValueError(f"tta_translate={self.tta_translate} needs tta=true")
         return self
+
     target_accuracy: float | None = Field(
         None, gt=0.0, le=1.0, description="Validation accuracy whose first reach is timed (seconds of training)."
     )
     init_from: str | None = Field(
-        None, description="Fine-tune: MLflow pipeline run id or checkpoint path whose weights start training; "
-        "layers whose shapes differ (the classifier, for other classes) start fresh."
+        None,
+        description="Fine-tune: MLflow pipeline run id or checkpoint path whose weights start training; "
+        "layers whose shapes differ (the classifier, for other classes) start fresh.",
     )
     teacher: str | None = Field(
         None, description="Distil: MLflow pipeline run id or checkpoint path of a teacher trained on the same classes."
@@ -122,8 +127,25 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Test metrics, the calibration check and the temperature fitted on the validation split."""
+
     batch_size: int = Field(1000, gt=0, description="Images per inference batch.")
     ece_bins: int = Field(15, gt=1, description="Equal-width confidence bins for ECE.")
+    warn_ece: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Warn when the shipped model's test ECE (after temperature scaling) exceeds this; 0..1, 0 ideal.",
+    )
+    max_ece: float = Field(
+        0.15, ge=0.0, le=1.0, description="Fail the calibration check when that ECE exceeds this; 0..1."
+    )
+
+    @model_validator(mode="after")
+    def _warn_below_fail(self) -> EvalConfig:
+        if self.warn_ece > self.max_ece:
+            raise ValueError(f"warn_ece={self.warn_ece} exceeds max_ece={self.max_ece}")
+        return self
 
 
 class FairnessConfig(_Section):
@@ -131,9 +153,7 @@ class FairnessConfig(_Section):
 
     n_bootstrap: int = Field(500, ge=0, description="Bootstrap resamples for CIs; 0 = no CIs.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
-    min_class_recall: float = Field(
-        0.5, ge=0.0, le=1.0, description="Fail when the worst class recall is below this."
-    )
+    min_class_recall: float = Field(0.5, ge=0.0, le=1.0, description="Fail when the worst class recall is below this.")
     max_recall_gap: float = Field(
         0.3, ge=0.0, le=1.0, description="Fail when best minus worst class recall exceeds this."
     )
@@ -143,14 +163,10 @@ class FairnessConfig(_Section):
 class PrivacyConfig(_Section):
     """Loss-threshold membership inference (Yeom et al. 2018)."""
 
-    n_samples: int = Field(
-        5000, gt=0, description="Members and non-members each (capped by what exists)."
-    )
+    n_samples: int = Field(5000, gt=0, description="Members and non-members each (capped by what exists).")
     n_bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the AUC CI.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
-    max_auc: float = Field(
-        0.6, ge=0.5, le=1.0, description="Fail when the attack AUC exceeds this (0.5 = ideal)."
-    )
+    max_auc: float = Field(0.6, ge=0.5, le=1.0, description="Fail when the attack AUC exceeds this (0.5 = ideal).")
     seed: int = Field(0, description="Sampling seed.")
 
 
@@ -163,7 +179,9 @@ class ExportConfig(_Section):
     parity_samples: int = Field(512, gt=0, description="Test images compared torch vs the FP32 ONNX model.")
     max_abs_diff: float = Field(1e-3, gt=0.0, description="Largest allowed FP32 logit difference.")
     variants: tuple[Literal["fp32", "int8", "fp16"], ...] = Field(
-        ("fp32", "int8", "fp16"), min_length=1, description="Variants built: fp32 (graph-optimised, always built), "
+        ("fp32", "int8", "fp16"),
+        min_length=1,
+        description="Variants built: fp32 (graph-optimised, always built), "
         "int8 (static QDQ quantization for CPUs), fp16 (for GPU providers).",
     )
     calibration_method: Literal["minmax", "entropy", "percentile", "distribution"] = Field(
@@ -177,22 +195,33 @@ class ExportConfig(_Section):
         True, description="7-bit INT8 weights: avoids int16 saturation in the u8s8 kernels of CPUs without VNNI."
     )
     max_accuracy_drop: float = Field(
-        0.5, ge=0.0, le=100.0, description="A variant whose test accuracy is more than this many percentage points "
+        0.5,
+        ge=0.0,
+        le=100.0,
+        description="A variant whose test accuracy is more than this many percentage points "
         "below the torch model's is marked failing.",
     )
     check_samples: int = Field(8, gt=0, description="Sample queries each variant answers in every provider.")
 
     @model_validator(mode="after")
-    def _fp32_first(self) -> "ExportConfig":
+    def _fp32_first(self) -> ExportConfig:
         if "fp32" not in self.variants:
             raise ValueError(f"variants={list(self.variants)} must include 'fp32': the others are built from it")
         return self
 
 
 BenchBackend = Literal[
-    "torch-eager", "torch-compile", "onnx-fp32", "onnx-int8",
-    "torch-eager-cuda", "torch-compile-cuda", "torch-cudagraph-fp16-cuda", "torch-cudagraph-bf16-cuda",
-    "onnx-fp32-cuda", "onnx-fp16-cuda", "onnx-fp16-tensorrt",
+    "torch-eager",
+    "torch-compile",
+    "onnx-fp32",
+    "onnx-int8",
+    "torch-eager-cuda",
+    "torch-compile-cuda",
+    "torch-cudagraph-fp16-cuda",
+    "torch-cudagraph-bf16-cuda",
+    "onnx-fp32-cuda",
+    "onnx-fp16-cuda",
+    "onnx-fp16-tensorrt",
 ]
 
 
@@ -213,7 +242,7 @@ class BenchmarkConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _positive_batches(self) -> "BenchmarkConfig":
+    def _positive_batches(self) -> BenchmarkConfig:
         bad = [b for b in self.batch_sizes if b <= 0]
         if bad:
             raise ValueError(f"batch sizes must be positive, got {bad}")
@@ -227,6 +256,51 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="MLflow URI; None = $MLFLOW_TRACKING_URI or sqlite in the workdir."
     )
+    ui_url: str | None = Field(
+        None,
+        description="Address of the MLflow UI that shows this store, for the links in the report; "
+        "None = the tracking URI when it is http(s), else http://127.0.0.1:5000 (where `auditflow ui` serves).",
+    )
+
+
+class CardConfig(_Section):
+    """What the model card and the datasheet state that the data cannot tell: who, which licence,
+    what for. Shown as given; the defaults say that they were not set."""
+
+    model_name: str | None = Field(None, description="Model name on the card; None = `<profile>-<architecture>`.")
+    version: str | None = Field(None, description="Model version; None = the MLflow run name.")
+    owner: str = Field("unspecified (set card.owner)", description="Team or person answerable for the model.")
+    licence: str = Field("unspecified (set card.licence)", description="Licence of the model weights.")
+    citation: str | None = Field(
+        None, description="How to cite the model (BibTeX or a sentence); None = a generated reference to the run."
+    )
+    intended_uses: tuple[str, ...] = Field(
+        (
+            "Research and internal evaluation of image classification on images like the training data.",
+            "A reviewer's starting point for a ship / no-ship decision, read together with the checks.",
+        ),
+        description="Intended uses, one sentence each.",
+    )
+    out_of_scope_uses: tuple[str, ...] = Field(
+        (
+            "Decisions about people, or images of people: no audit over demographic groups was run.",
+            "Images unlike the training data (other sizes, domains or classes): accuracy there is unknown.",
+            "Any use that needs a certified or safety-rated model.",
+        ),
+        description="Out-of-scope uses, one sentence each.",
+    )
+    data_source: str | None = Field(
+        None, description="Where the data came from, in words; None = the pipeline's data argument."
+    )
+    data_licence: str = Field("unspecified (set card.data_licence)", description="Licence of the data.")
+    duplicate_max_distance: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Train/test pairs whose 64-bit difference hashes differ in at most this many "
+        "bits count as near duplicates in the datasheet.",
+    )
+    examples_per_class: int = Field(4, ge=1, le=16, description="Example images per class in the datasheet.")
 
 
 class PipelineConfig(_Section):
@@ -241,6 +315,7 @@ class PipelineConfig(_Section):
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     tracking: TrackingConfig = TrackingConfig()
+    card: CardConfig = CardConfig()
 
     @model_validator(mode="after")
     def _model_fits_the_images(self) -> PipelineConfig:
@@ -282,8 +357,7 @@ def _read_profile(profile: str) -> dict[str, Any]:
         shipped = resources.files("auditflow.core") / "profiles" / f"{profile}.yaml"
         if not shipped.is_file():
             raise ConfigError(
-                f"unknown profile {profile!r}; choose one of {available_profiles()} "
-                "or give a path to a .yaml file"
+                f"unknown profile {profile!r}; choose one of {available_profiles()} or give a path to a .yaml file"
             )
         text = shipped.read_text()
         name = profile

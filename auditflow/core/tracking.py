@@ -7,6 +7,11 @@ a text artifact; nothing is left RUNNING.
 
 Each stage logs `<stage>/summary.json`; the report is rebuilt from those files and the
 metric histories alone (`load_run`), so a report can be regenerated from the store.
+
+Names follow one scheme (docs/architecture.md, "Tracking names and verdicts"): metrics are
+`stage/name` (`metric_key` makes class names safe), verdicts are `verdict/<check>` tags, every
+run carries a description (`mlflow.note.content`), and `publish` copies a stage's headline
+metrics and verdicts to the parent so the runs table compares pipeline runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import traceback
@@ -25,15 +31,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
+from auditflow.core.checks import Check, verdicts
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import TrackingError
+from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 STAGE_TAG = "auditflow.stage"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+# The experiment kind the MLflow UI's own "experiment type" selector writes (mlflow 3.17,
+# `setExperimentTag({key: "mlflow.experimentKind", value: kind})`); "custom_model_development"
+# is shown as "Machine learning". MLflow 3.17.2 opens a page in the view its global
+# `workflowType` names (URL parameter, else the browser's last choice, else GenAI), so links
+# built here also carry `UI_VIEW`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `auditflow ui` serves a local store
+VERDICT_PREFIX = "verdict/"
 SUMMARY = "summary.json"
+CHECKS = "checks.json"
+# Images the report embeds as they were logged (drawn from data, not from summaries).
+REPORT_IMAGES = ("ingest/examples.png",)
+HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # train/<name>, per epoch
+_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
+
+
+def metric_key(*parts: str) -> str:
+    """`stage/metric/class/<name>` with every part made a legal MLflow key (letters, digits,
+    `_-. `); other characters become `_`, so class folders like `cat's` still log."""
+    return "/".join(_UNSAFE.sub("_", str(p)) for p in parts)
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
@@ -59,7 +88,10 @@ def environment_tags() -> dict[str, str]:
     }
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         tags["auditflow.git_commit"] = commit.stdout.strip() if commit.returncode == 0 else "unknown"
@@ -127,6 +159,17 @@ class RunLogger:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def describe(self, text: str) -> None:
+        """The run's description, shown on its page in the MLflow UI (Markdown)."""
+        self.client.set_tag(self.run_id, NOTE_TAG, text)
+
+    def log_checks(self, stage: str, checks: list[Check]) -> dict[str, str]:
+        """`<stage>/checks.json` and a `verdict/<group>` tag per verdict group; the verdicts."""
+        self.log_rows([c.as_dict() for c in checks], f"{stage}/{CHECKS}")
+        found = verdicts(checks)
+        self.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})
+        return found
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
@@ -158,6 +201,7 @@ class RunLogger:
         self.log_dict(summary, f"{stage}/{SUMMARY}")
 
     def log_dataset(self, *, name: str, digest: str, source: str, profile: dict[str, Any], context: str) -> None:
+        """A dataset input of this run: name, content digest, source and a small profile."""
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.http_dataset_source import HTTPDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
@@ -172,12 +216,19 @@ class RunLogger:
                 src = resolve_dataset_source(str(Path(source).resolve()))
         dataset = MetaDataset(src, name=name, digest=digest[:36])
         base = dataset._to_mlflow_entity()
-        entity = DatasetEntity(name=base.name, digest=base.digest, source_type=base.source_type,
-                               source=base.source, schema=base.schema, profile=json.dumps(profile))
+        entity = DatasetEntity(
+            name=base.name,
+            digest=base.digest,
+            source_type=base.source_type,
+            source=base.source,
+            schema=base.schema,
+            profile=json.dumps(profile),
+        )
         self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
 
-    def log_onnx_model(self, path: str | Path, example_in: Any, example_out: dict[str, Any], uri: str,
-                       providers: list[str]) -> str:
+    def log_onnx_model(
+        self, path: str | Path, example_in: Any, example_out: dict[str, Any], uri: str, providers: list[str]
+    ) -> str:
         """Log an ONNX file as an MLflow model whose signature is inferred from one example
         batch (input array -> named outputs); returns its model URI."""
         import mlflow
@@ -186,9 +237,13 @@ class RunLogger:
 
         model = onnx.load(str(path))
         with _fluent_tracking_uri(uri), mlflow.start_run(run_id=self.run_id):
-            info = mlflow.onnx.log_model(model, name="onnx_model", input_example=example_in,
-                                         signature=infer_signature(example_in, example_out),
-                                         onnx_execution_providers=providers)
+            info = mlflow.onnx.log_model(
+                model,
+                name="onnx_model",
+                input_example=example_in,
+                signature=infer_signature(example_in, example_out),
+                onnx_execution_providers=providers,
+            )
         self.client.update_run(self.run_id, status="RUNNING")  # the with-block marked it FINISHED
         return info.model_uri
 
@@ -209,11 +264,15 @@ class Tracker:
         try:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
+                if EXPERIMENT_KIND_TAG not in exp.tags:  # created by an older auditflow
+                    self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 return exp.experiment_id
             location = None
             if self.uri.startswith("sqlite:") and workdir is not None:
                 location = (Path(workdir) / ARTIFACT_DIR).resolve().as_uri()
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException as err:
             raise TrackingError(f"cannot reach the MLflow store at {self.uri}: {err}") from err
 
@@ -236,15 +295,45 @@ class Tracker:
             self.client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
 
     @contextlib.contextmanager
-    def stage(self, ref: TrackingRef, name: str) -> Iterator[RunLogger]:
-        """A child run of `ref.run_id` for one stage; FAILED with the error if the body raises."""
-        run = self.start_run(ref.experiment_id, name, {STAGE_TAG: name}, parent_id=ref.run_id)
+    def stage(self, ref: TrackingRef, name: str, description: str = "") -> Iterator[RunLogger]:
+        """A child run of `ref.run_id` for one stage, described by `description`; FAILED with
+        the error if the body raises."""
+        tags = {STAGE_TAG: name} | ({NOTE_TAG: description} if description else {})
+        run = self.start_run(ref.experiment_id, name, tags, parent_id=ref.run_id)
         try:
             yield run
         except BaseException as err:
             self.end_run(run.run_id, err)
             raise
         self.end_run(run.run_id)
+
+    def publish(
+        self, ref: TrackingRef, run: RunLogger, stage: str, checks: list[Check], headline: dict[str, float]
+    ) -> dict[str, str]:
+        """Log a stage's checks (table + verdict tags) and copy its verdicts and `headline`
+        metrics to the parent run, where the runs table compares pipeline runs; the verdicts."""
+        found = run.log_checks(stage, checks)
+        parent = self.parent(ref)
+        parent.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})
+        if headline:
+            parent.log_metrics(headline)
+        return found
+
+    def attach_datasets(self, ref: TrackingRef, run: RunLogger, contexts: tuple[str, ...]) -> None:
+        """Record on `run` the dataset inputs (of the given contexts: train, validation, test)
+        that the ingest stage of pipeline run `ref` logged, so each run names the data it used."""
+        from mlflow.entities import DatasetInput
+
+        ingest = self.children(self.get_run(ref.run_id)).get("ingest")
+        if ingest is None:
+            return
+        chosen = [
+            DatasetInput(i.dataset, tags=i.tags)
+            for i in ingest.inputs.dataset_inputs
+            if any(t.key == "mlflow.data.context" and t.value in contexts for t in i.tags)
+        ]
+        if chosen:
+            self.client.log_inputs(run.run_id, chosen)
 
     # ------------------------------------------------------------------ reading back
     def get_run(self, run_id: str) -> Any:
@@ -258,7 +347,8 @@ class Tracker:
     def children(self, run: Any) -> dict[str, Any]:
         """Stage name -> newest child run of `run`."""
         found = self.client.search_runs(
-            [run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
+            [run.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'",
             order_by=["attributes.start_time ASC"],
         )
         return {r.data.tags.get(STAGE_TAG, r.info.run_name): r for r in found}
@@ -276,24 +366,49 @@ class Tracker:
         target.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(train.info.run_id, "checkpoint/model.pt", str(target)))
 
-    def load_run(self, run_id: str) -> "RunRecord":
+    def load_run(self, run_id: str) -> RunRecord:
         """Everything the report needs from one pipeline run, read from the store alone."""
         run = self.get_run(run_id)
         if PARENT_TAG in run.data.tags:
             raise TrackingError(f"run {run_id} is a stage run; pass its parent {run.data.tags[PARENT_TAG]}")
-        record = RunRecord(run_id=run_id, name=run.info.run_name, status=run.info.status,
-                           tags=dict(run.data.tags), params=dict(run.data.params),
-                           metrics=dict(run.data.metrics), uri=self.uri, experiment_id=run.info.experiment_id)
+        experiment = self.client.get_experiment(run.info.experiment_id)
+        record = RunRecord(
+            run_id=run_id,
+            name=run.info.run_name,
+            status=run.info.status,
+            tags=dict(run.data.tags),
+            params=dict(run.data.params),
+            metrics=dict(run.data.metrics),
+            uri=self.uri,
+            experiment_id=run.info.experiment_id,
+            experiment_name=experiment.name,
+            experiment_tags=dict(experiment.tags),
+            start_time_ms=run.info.start_time or 0,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for stage, child in self.children(run).items():
                 record.stage_status[stage] = child.info.status
                 record.stage_run_ids[stage] = child.info.run_id
                 record.stage_metrics[stage] = dict(child.data.metrics)
+                record.stage_tags[stage] = dict(child.data.tags)
                 try:
                     local = self.client.download_artifacts(child.info.run_id, f"{stage}/{SUMMARY}", tmp)
                     record.summaries[stage] = json.loads(Path(local).read_text())
                 except Exception:  # a failed stage may have logged no summary
                     log.debug("no summary for stage %s", stage)
+                try:
+                    local = self.client.download_artifacts(child.info.run_id, f"{stage}/{CHECKS}", tmp)
+                    table = json.loads(Path(local).read_text())  # MLflow's table form: columns + rows
+                    record.checks[stage] = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+                except Exception:  # a stage without checks, or one that failed before judging
+                    log.debug("no checks for stage %s", stage)
+                for image in (i for i in REPORT_IMAGES if i.startswith(f"{stage}/")):
+                    try:
+                        record.images[image] = Path(
+                            self.client.download_artifacts(child.info.run_id, image, tmp)
+                        ).read_bytes()
+                    except Exception:
+                        log.debug("no %s in stage %s", image, stage)
             try:
                 local = self.client.download_artifacts(run_id, "config.json", tmp)
                 record.config = json.loads(Path(local).read_text())
@@ -301,23 +416,35 @@ class Tracker:
                 raise TrackingError(f"run {run_id} has no config.json artifact; is it an auditflow run?") from err
         train_id = record.stage_run_ids.get("train")
         if train_id:
-            for key in ("train_loss", "val_accuracy", "train_accuracy", "val_loss"):
+            for key in HISTORY:
                 # sorted by epoch: epochs restored from a checkpoint are logged after the live ones
-                history = self.client.get_metric_history(train_id, key)
+                history = self.client.get_metric_history(train_id, f"train/{key}")
                 record.history[key] = sorted((m.step, m.value) for m in history)
+        record.study = study_summary(self, str(record.config.get("profile", "")))
         return record
 
     def parent(self, ref: TrackingRef) -> RunLogger:
         """Logging calls on the pipeline (parent) run."""
         return RunLogger(self.client, ref.run_id)
 
-    def run_url(self, ref_or_record: Any) -> str:
-        """A link to the run in the MLflow UI: the tracking server's when the URI is http(s),
-        else the address `auditflow ui` serves on by default."""
-        uri = self.uri
-        exp, run = ref_or_record.experiment_id, ref_or_record.run_id
-        base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
-        return f"{base.rstrip('/')}/#/experiments/{exp}/runs/{run}"
+    def run_url(self, ref_or_record: Any, ui_url: str | None = None) -> str:
+        """A link to the run in the MLflow UI (model-training view), see `run_url`."""
+        return run_url(self.uri, ref_or_record.experiment_id, ref_or_record.run_id, ui_url)
+
+
+def ui_base(uri: str, ui_url: str | None = None) -> str:
+    """The MLflow UI that shows store `uri`: `ui_url` when given, the tracking server itself
+    when the URI is http(s), else the address `auditflow ui` serves a local store on."""
+    if ui_url:
+        return ui_url.rstrip("/")
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def run_url(uri: str, experiment_id: str, run_id: str | None = None, ui_url: str | None = None) -> str:
+    """A link to a run (or, without `run_id`, to its experiment's runs table) that opens in
+    the MLflow UI's model-training view."""
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{ui_base(uri, ui_url)}{path}?{UI_VIEW}"
 
 
 @dataclass
@@ -330,12 +457,19 @@ class RunRecord:
     metrics: dict[str, float]
     uri: str
     experiment_id: str
+    experiment_name: str = ""
+    experiment_tags: dict[str, str] = field(default_factory=dict)
+    start_time_ms: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # stage -> its checks table
     stage_status: dict[str, str] = field(default_factory=dict)
     stage_run_ids: dict[str, str] = field(default_factory=dict)
     stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    stage_tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # train/<name> by epoch
+    images: dict[str, bytes] = field(default_factory=dict)  # REPORT_IMAGES that were logged
+    study: dict[str, Any] | None = None  # the `auditflow tune` study a tuned profile came from
 
 
 def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, tags: dict[str, str]) -> TrackingRef:
@@ -343,7 +477,13 @@ def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, t
     uri = resolve_tracking_uri(cfg.tracking, workdir)
     tracker = Tracker(uri)
     exp = tracker.experiment_id(cfg.tracking.experiment, workdir)
-    run = tracker.start_run(exp, run_name, {**environment_tags(), "auditflow.profile": cfg.profile, **tags})
+    note = (
+        f"auditflow pipeline run, profile `{cfg.profile}`: ingest, train, evaluate, fairness and privacy audits, "
+        "ONNX export, benchmark, report. Headline metrics and `verdict/*` tags are copied here from the stage runs."
+    )
+    run = tracker.start_run(
+        exp, run_name, {**environment_tags(), "auditflow.profile": cfg.profile, NOTE_TAG: note, **tags}
+    )
     try:
         run.log_params(cfg.flat())
         run.log_dict(cfg.model_dump(mode="json"), "config.json")
@@ -386,7 +526,9 @@ def resume_study_run(tracker: Tracker, run_id: str) -> TrackingRef | None:
 def trial_runs(tracker: Tracker, ref: TrackingRef) -> list[Any]:
     """The trial runs of a study run, oldest first."""
     runs = tracker.client.search_runs(
-        [ref.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{ref.run_id}'", order_by=["attributes.start_time ASC"]
+        [ref.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{ref.run_id}'",
+        order_by=["attributes.start_time ASC"],
     )
     return [r for r in runs if r.data.tags.get(STAGE_TAG, "").startswith("trial-")]
 

@@ -1,0 +1,207 @@
+"""The model card: the fields of the Model Card Toolkit and of Hugging Face model cards, built
+from what MLflow holds for one pipeline run (`RunRecord`) and nothing else.
+
+Sections: model details (name, version, date, owner, licence, citation, architecture),
+intended and out-of-scope uses, input and output specification (with the calibration
+temperature as a post-processing step), metrics with intervals, trade-offs, limitations with
+mitigations, the checks, and a "how to use" snippet for the ONNX model. Rendered to Markdown,
+standalone HTML and JSON (the machine-readable copy); every number is a `documents.number`
+carrying the stage run and metric it was read from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditflow.audits.documents import md_cell, number, render_document, write_document
+from auditflow.core.checks import overall
+from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url
+
+SNIPPET = """import numpy as np
+import onnxruntime as ort
+from scipy.special import softmax
+
+session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
+images = np.zeros((1, {h}, {w}, 3), np.uint8)  # your images: uint8, N x {h} x {w} x 3 (RGB)
+pixels = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # N x 3 x {h} x {w} in [0, 1]
+logits = session.run(["{output}"], {{"{input}": pixels}})[0]  # N x {k}
+probabilities = softmax(logits / {t:.4f}, axis=1)  # temperature from the card (calibration)
+classes = {classes!r}
+print([classes[i] for i in probabilities.argmax(1)])"""
+
+
+def _verdicts(record: RunRecord) -> dict[str, str]:
+    """Stage verdicts by check group (`verdict/overall` left out)."""
+    return {
+        k.removeprefix(VERDICT_PREFIX): v
+        for k, v in record.tags.items()
+        if k.startswith(VERDICT_PREFIX) and k != f"{VERDICT_PREFIX}overall"
+    }
+
+
+def _metric(record: RunRecord, name: str, stage: str, metric: str, interval: bool, what: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "value": number(record, stage, metric), "measured_on": what}
+    if interval:
+        entry["interval"] = [number(record, stage, f"{metric}_ci_low"), number(record, stage, f"{metric}_ci_high")]
+    return entry
+
+
+def build_model_card(record: RunRecord) -> dict[str, Any]:
+    """The model card of pipeline run `record` as a document dict."""
+    s, cfg = record.summaries, record.config
+    card, train_cfg = cfg.get("card", {}), cfg.get("train", {})
+    ingest, evaluate, export = s.get("ingest", {}), s.get("evaluate", {}), s.get("export", {})
+    classes = ingest.get("classes", [])
+    height, width = (ingest.get("image_shape") or [0, 0])[:2]
+    name = card.get("model_name") or f"{cfg.get('profile', 'custom')}-{train_cfg.get('model', 'model')}"
+    date = datetime.fromtimestamp(record.start_time_ms / 1000, UTC).strftime("%Y-%m-%d") if record.start_time_ms else ""
+    version = card.get("version") or record.name
+    url = run_url(record.uri, record.experiment_id, record.run_id, cfg.get("tracking", {}).get("ui_url"))
+    temperature = number(record, "evaluate", "evaluate/temperature")
+    t_value = temperature["value"] if temperature else 1.0
+    tta = bool(evaluate.get("tta"))
+    shipped_file = (export.get("files") or {}).get("fp32", "onnx/model.onnx")
+    n_test = number(record, "evaluate", "evaluate/test_images")
+    on_test = f"test split ({n_test['value']:.0f} images)" if n_test else "test split"
+    verdicts = _verdicts(record)
+    metrics = [
+        _metric(record, "top-1 accuracy, shipped model (ONNX, no TTA)", "evaluate",
+                "evaluate/test_accuracy_no_tta", True, on_test),
+        _metric(record, "top-1 accuracy with test-time augmentation (not shipped)" if tta else "top-1 accuracy",
+                "evaluate", "evaluate/test_accuracy", True, on_test),
+        _metric(record, "expected calibration error, shipped model before temperature scaling", "evaluate",
+                "evaluate/test_ece_no_tta", False, on_test),
+        _metric(record, "expected calibration error after temperature scaling", "evaluate",
+                "evaluate/test_ece_calibrated", False, on_test),
+        _metric(record, "worst-class recall", "fairness", "fairness/recall/worst", True, on_test),
+        _metric(record, "recall gap (best minus worst class)", "fairness", "fairness/recall/difference", True, on_test),
+        _metric(record, "membership attack AUC (loss threshold; 0.5 = chance)", "privacy", "privacy/loss/auc", True,
+                "training members vs test non-members"),
+    ]  # fmt: skip
+    int8_drop = number(record, "export", "export/int8/accuracy_drop_points")
+    speedups = {  # batch size -> metric, for the INT8 throughput at the largest batch timed
+        int(k.split("/")[2].removeprefix("bs")): k
+        for k in record.stage_metrics.get("benchmark", {})
+        if k.startswith("benchmark/onnx-int8/bs") and k.endswith("/speedup_vs_eager")
+    }
+    int8_speed = number(record, "benchmark", speedups[max(speedups)]) if speedups else None
+    tradeoffs = []
+    if tta:
+        tradeoffs.append(
+            {
+                "text": "Test-time augmentation raises accuracy but is not part of the ONNX graph: the shipped model "
+                "scores the accuracy without TTA.",
+                "numbers": {
+                    "with_tta": number(record, "evaluate", "evaluate/test_accuracy"),
+                    "shipped": number(record, "evaluate", "evaluate/test_accuracy_no_tta"),
+                },
+            }
+        )
+    if int8_drop is not None:
+        tradeoffs.append(
+            {
+                "text": "The INT8 variant is smaller and faster on CPUs, at a cost in accuracy points against torch.",
+                "numbers": {"accuracy_points_lost": int8_drop, "throughput_vs_torch_eager": int8_speed},
+            }
+        )
+    return {
+        "schema": "auditflow-model-card/1 (fields of the Model Card Toolkit and Hugging Face model cards)",
+        "model_details": {
+            "name": name,
+            "version": version,
+            "date": date,
+            "owners": [card.get("owner", "unspecified")],
+            "licence": card.get("licence", "unspecified"),
+            "citation": card.get("citation")
+            or f"{card.get('owner', 'unspecified')} ({date[:4]}). {name}, version {version}. "
+            f"auditflow pipeline run {record.run_id}, MLflow experiment "
+            f"{record.experiment_name or record.experiment_id}.",
+            "architecture": train_cfg.get("model", ""),
+            "parameters": number(record, "train", "train/parameters"),
+            "training": f"{train_cfg.get('optimizer', '?')} with {train_cfg.get('schedule', '?')} schedule, "
+            f"profile {cfg.get('profile', '?')}",
+            "mlflow": {
+                "run_id": record.run_id,
+                "run_name": record.name,
+                "experiment": record.experiment_name,
+                "url": url,
+                "model_uri": export.get("model_uri", ""),
+            },
+        },
+        "intended_use": {
+            "primary_uses": list(card.get("intended_uses", [])),
+            "out_of_scope_uses": list(card.get("out_of_scope_uses", [])),
+        },
+        "input": {
+            "name": export.get("input_name", "pixels"),
+            "dtype": "float32",
+            "shape": ["batch", 3, height, width],
+            "meaning": "RGB pixels scaled to [0, 1] (uint8 / 255), channels first; the model normalises internally",
+        },
+        "output": {
+            "name": export.get("output_name", "logits"),
+            "dtype": "float32",
+            "shape": ["batch", len(classes)],
+            "classes": classes,
+            "postprocessing": {
+                "temperature": temperature,
+                "how": "probabilities = softmax(logits / temperature). Recorded here, not in the ONNX graph, "
+                "which outputs raw logits; the temperature changes confidences, not the predicted class.",
+                "fitted_on": (evaluate.get("calibration") or {}).get("fitted_on", "not fitted"),
+            },
+        },
+        "metrics": metrics,
+        "tradeoffs": tradeoffs,
+        "limitations": [
+            {
+                "limitation": "Measured on the test split only; other image sources may score much lower.",
+                "mitigation": "Evaluate on data from the deployment before use; see the datasheet for what the "
+                "data holds.",
+            },
+            {
+                "limitation": "Fairness is per-class quality of service, not across groups of people, which the data "
+                "does not record.",
+                "mitigation": "Do not use on images of people without an audit over the relevant groups.",
+            },
+            {
+                "limitation": "The membership attack is the loss-threshold baseline; stronger attacks find more "
+                "(the AUC is a lower bound on the exposure).",
+                "mitigation": "Treat the privacy verdict as a floor; run reference-model attacks before sharing "
+                "the weights.",
+            },
+            {
+                "limitation": "Confidences of the raw logits are miscalibrated by the amount shown under metrics.",
+                "mitigation": "Apply the temperature given under output post-processing.",
+            },
+        ],
+        "checks": {
+            "overall": record.tags.get(f"{VERDICT_PREFIX}overall") or overall(verdicts.values()),
+            "verdicts": verdicts,
+        },
+        "how_to_use": SNIPPET.format(
+            file=Path(shipped_file).name,
+            h=height,
+            w=width,
+            k=len(classes),
+            input=export.get("input_name", "pixels"),
+            output=export.get("output_name", "logits"),
+            t=t_value,
+            classes=list(classes),
+        ),
+        "how_to_get": f"MLflow model `{export.get('model_uri', '')}`, or the artifact `{shipped_file}` of the "
+        "export stage run.",
+    }
+
+
+def render_model_card(record: RunRecord) -> tuple[str, str, dict[str, Any]]:
+    """(Markdown, HTML, document) of the model card."""
+    doc = build_model_card(record)
+    md, html = render_document("model_card.md.j2", doc, f"Model card: {md_cell(doc['model_details']['name'])}", {})
+    return md, html, doc
+
+
+def write_model_card(record: RunRecord, out: Path) -> dict[str, Path]:
+    md, html, doc = render_model_card(record)
+    return write_document(out, "model_card", md, html, doc)
