@@ -220,7 +220,9 @@ class _Trainer:
     def choose_weights(self, splits: Splits) -> WeightChoice:
         """Score the raw and the averaged weights on the whole validation split (no TTA; a
         seeded train sample when there is no validation split) and keep the better one; the
-        average wins ties. Under DDP, rank 0's choice holds everywhere."""
+        raw weights win ties: the average must earn its place, so a run with EMA is never
+        worse on validation than the same run without it (its raw weights are that run's).
+        Under DDP, rank 0's choice holds everywhere."""
         if len(splits.val_y):
             images, labels, where = np.asarray(splits.val_x), torch.as_tensor(splits.val_y), "validation"
         else:
@@ -234,7 +236,7 @@ class _Trainer:
         if self.ema is None:
             return WeightChoice("raw", raw, None, where)
         averaged = _score(self.ema[0].module, images, labels, self.runtime)[1]
-        keep_ema = torch.tensor(int(averaged >= raw))
+        keep_ema = torch.tensor(int(averaged > raw))
         if dist.is_initialized():
             dist.broadcast(keep_ema, 0)
         return WeightChoice("ema" if keep_ema.item() else "raw", raw, averaged, where)
