@@ -348,3 +348,39 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     assert sorted(steps) == [1, 2, 3, 4]  # restored epochs are logged too, so the curves are whole
     assert [step for step, _ in record.history["val_accuracy"]] == [1, 2, 3, 4]
     assert not work.exists()  # finished: nothing left to resume
+
+
+@pytest.mark.slow
+def test_privacy_members_are_training_images_and_non_members_test_images(pipeline_run) -> None:
+    """Where the membership audit's two sides come from: members are images the shipped model
+    was trained on (the train split, never validation or test), non-members the test split,
+    and the logits the audit reads are the model's own on exactly those images."""
+    import numpy as np
+
+    from auditflow.core.config import DataConfig, TrainConfig
+    from auditflow.core.data import Snapshot, make_splits
+    from auditflow.core.paths import run_dir
+    from auditflow.models.checkpoints import load_model
+    from auditflow.models.inference import predict
+    from auditflow.models.runtime import resolve_runtime
+
+    result, workdir = pipeline_run
+    record = Tracker(result.tracking_uri).load_run(result.run_id)
+    splits = make_splits(
+        Snapshot.open(record.summaries["ingest"]["snapshot"]), DataConfig.model_validate(record.config["data"])
+    )
+    folder = run_dir(workdir, result.run_id)
+    with np.load(folder / "predictions.npz") as saved:
+        data = {k: saved[k] for k in saved.files}
+    members = data["member_index"]
+    assert len(members) == len(np.unique(members)) and members.max() < len(splits.train_y)
+    assert np.array_equal(data["member_labels"], splits.train_y[members])
+    assert np.array_equal(data["test_labels"], splits.test_y)
+    held_out = {img.tobytes() for img in np.concatenate([splits.val_x, splits.test_x])}
+    assert not any(splits.train_x[i].tobytes() in held_out for i in members)  # toy images are unique noise
+    train = TrainConfig.model_validate(record.config["train"])
+    model, _ = load_model(folder / "model.pt")
+    logits = predict(
+        model, splits.train_x[members], resolve_runtime("cpu", "fp32"), tta=train.tta, translate=train.tta_translate
+    )
+    np.testing.assert_allclose(data["member_logits"], logits, atol=1e-4)
