@@ -50,7 +50,9 @@ experiment = tracker.client.get_experiment_by_name("auditflow").experiment_id
 for name in ("untuned-quick", "tuned"):
     run = tracker.client.search_runs([experiment], filter_string=f"attributes.run_name = '{name}'")[0]
     evaluate = tracker.children(run)["evaluate"]
-    print(f"{name}: test accuracy {evaluate.data.metrics['test_accuracy']:.2%} (run {run.info.run_id})")
+    m = evaluate.data.metrics
+    print(f"{name}: test accuracy {m['evaluate/test_accuracy_no_tta']:.2%} shipped (no TTA), "
+          f"{m['evaluate/test_accuracy']:.2%} with TTA (run {run.info.run_id})")
 PY
   ;;
 resume)
