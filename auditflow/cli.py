@@ -72,6 +72,16 @@ def _log_to_console() -> logging.Handler:
     return handler
 
 
+def _check_inputs(data: str, workdir: Path) -> None:
+    """Before any work: the data source exists and the work folder can be made."""
+    if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
+        raise AuditflowError(f"data path {data!r} does not exist")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission
+        raise AuditflowError(f"--workdir {str(workdir)!r} cannot be used as a folder: {err.strerror}") from err
+
+
 def _find_user_error(err: BaseException) -> AuditflowError | None:
     seen: set[int] = set()
     current: BaseException | None = err
@@ -94,9 +104,7 @@ def run(
     """Run the whole pipeline once and print where its results are."""
     try:
         cfg = load_config(profile, overrides or [])  # fail on bad config before any work
-        if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
-            raise AuditflowError(f"data path {data!r} does not exist")
-        workdir.mkdir(parents=True, exist_ok=True)
+        _check_inputs(data, workdir)
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()
@@ -462,9 +470,7 @@ def tune(
             storage=storage,
             workdir=workdir,
         )
-        if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
-            raise AuditflowError(f"data path {data!r} does not exist")
-        workdir.mkdir(parents=True, exist_ok=True)
+        _check_inputs(data, workdir)
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()

@@ -113,3 +113,15 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(image_folder: Path, 
     cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=1e30, precision="fp32", device="cpu")
     with pytest.raises(ModelError, match=r"training diverged at epoch 1: mean loss nan; lower train.lr \(now 1e\+30\)"):
         fit(splits, cfg, resolve_runtime("cpu", "fp32"), tmp_path / "ckpt")
+
+
+def test_a_workdir_that_is_a_file_is_one_line_and_exit_2(image_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from auditflow.cli import app
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["run", "--data", str(image_folder), "--workdir", str(blocker)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: --workdir '{blocker}' cannot be used as a folder: File exists"
