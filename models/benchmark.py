@@ -100,29 +100,14 @@ def _needs_cuda() -> None:
         raise Unavailable("needs a CUDA device")
 
 
-def _torch_eager(model: nn.Module, device: str) -> Make:
+def _torch(model: nn.Module, device: str, compile: bool = False) -> Make:
+    """torch in fp32 on `device`, eager or compiled."""
     if device == "cuda":
         _needs_cuda()
-    net = copy.deepcopy(model).to(device).float().eval()  # .to() is in place: a copy per backend
-    sync = torch.cuda.synchronize if device == "cuda" else _nothing
-
-    def make(batch: np.ndarray) -> tuple[Run, Callable[[], None]]:
-        x = to_input(batch, device)
-
-        def run() -> object:
-            with torch.inference_mode():
-                return net(x)
-
-        return run, sync
-
-    return make
-
-
-def _torch_compile(model: nn.Module, device: str) -> Make:
-    if device == "cuda":
-        _needs_cuda()
-    # dynamic=False: one specialised graph per batch size, compiled in that case's warm-up
-    net = torch.compile(copy.deepcopy(model).to(device).float().eval(), dynamic=False)
+    net: nn.Module = copy.deepcopy(model).to(device).float().eval()  # .to() is in place: a copy per backend
+    if compile:
+        # dynamic=False: one specialised graph per batch size, compiled in that case's warm-up
+        net = torch.compile(net, dynamic=False)  # type: ignore[assignment]
     sync = torch.cuda.synchronize if device == "cuda" else _nothing
 
     def make(batch: np.ndarray) -> tuple[Run, Callable[[], None]]:
@@ -210,12 +195,12 @@ def _variant(paths: dict[str, Path], name: str) -> Path:
 
 # backend -> (variant, device, builder(model, variant paths, threads, image shape, largest batch))
 BACKENDS: dict[str, tuple[str, str, Callable[..., Make]]] = {
-    "torch-eager": ("fp32", "cpu", lambda m, p, t, s, b: _torch_eager(m, "cpu")),
-    "torch-compile": ("fp32", "cpu", lambda m, p, t, s, b: _torch_compile(m, "cpu")),
+    "torch-eager": ("fp32", "cpu", lambda m, p, t, s, b: _torch(m, "cpu")),
+    "torch-compile": ("fp32", "cpu", lambda m, p, t, s, b: _torch(m, "cpu", compile=True)),
     "onnx-fp32": ("fp32", "cpu", lambda m, p, t, s, b: _onnx_cpu(_variant(p, "fp32"), t)),
     "onnx-int8": ("int8", "cpu", lambda m, p, t, s, b: _onnx_cpu(_variant(p, "int8"), t)),
-    "torch-eager-cuda": ("fp32", "cuda", lambda m, p, t, s, b: _torch_eager(m, "cuda")),
-    "torch-compile-cuda": ("fp32", "cuda", lambda m, p, t, s, b: _torch_compile(m, "cuda")),
+    "torch-eager-cuda": ("fp32", "cuda", lambda m, p, t, s, b: _torch(m, "cuda")),
+    "torch-compile-cuda": ("fp32", "cuda", lambda m, p, t, s, b: _torch(m, "cuda", compile=True)),
     "torch-cudagraph-fp16-cuda": ("fp16", "cuda", lambda m, p, t, s, b: _torch_cudagraph(m, torch.float16)),
     "torch-cudagraph-bf16-cuda": ("bf16", "cuda", lambda m, p, t, s, b: _torch_cudagraph(m, torch.bfloat16)),
     "onnx-fp32-cuda": (
