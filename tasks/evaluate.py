@@ -97,7 +97,7 @@ def evaluate_model(
         shipped = evaluate(shipped_logits, splits.test_y, splits.classes, cfg.ece_bins)
         calibration = calibrate(val_logits, splits.val_y, shipped_logits, splits.test_y, cfg.ece_bins)
         member_accuracy = float((member_logits.argmax(1) == splits.train_y[members]).mean())
-        learned = check_learning(test_logits.argmax(1), splits.test_y, member_accuracy)
+        learned = check_learning(shipped_logits.argmax(1), splits.test_y, member_accuracy)  # what users get
         if learned.verdict == "fail":
             log.warning("MODEL DID NOT LEARN: %s", learned.message)
 
