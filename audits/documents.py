@@ -56,12 +56,13 @@ def _fmt(n: dict[str, Any] | None, spec: str = ".3f") -> str:
     return f"{n['value']:{spec}}"
 
 
-def environment() -> Environment:
-    """The Jinja environment of the card and datasheet templates."""
+def environment(autoescape: bool = False) -> Environment:
+    """The Jinja environment of every Markdown template (report, card, datasheet); escape
+    HTML (`autoescape`) when the Markdown is rendered for an HTML page."""
     env = Environment(
         loader=PackageLoader("auditflow.audits", "templates"),
         undefined=StrictUndefined,
-        autoescape=False,
+        autoescape=autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -75,10 +76,9 @@ def render_document(template: str, doc: dict[str, Any], title: str, figures: dic
     """(Markdown, standalone HTML) of document `doc` through Markdown template `template`;
     `figures` are base64 PNGs, linked from the Markdown and embedded in the HTML."""
     md = environment().get_template(template).render(doc=doc, figures=figures, embed=False)
-    escaping = environment()
-    escaping.autoescape = True  # values come from user data (class folders, config text)
+    # escaped for HTML: values come from user data (class folders, config text)
     body = markdown.markdown(
-        escaping.get_template(template).render(doc=doc, figures=figures, embed=True),
+        environment(autoescape=True).get_template(template).render(doc=doc, figures=figures, embed=True),
         extensions=["tables", "sane_lists", "fenced_code"],
     )
     page = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import markdown
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from auditflow.audits import plots
 from auditflow.audits.datasheet import write_datasheet
-from auditflow.audits.documents import md_cell
+from auditflow.audits.documents import environment
 from auditflow.audits.model_card import write_model_card
 from auditflow.core.checks import overall
 from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url, ui_base
@@ -161,18 +161,10 @@ def report_context(record: RunRecord) -> dict[str, Any]:
 
 
 def _env(autoescape: bool = False) -> Environment:
-    env = Environment(
-        loader=PackageLoader("auditflow.audits", "templates"),
-        undefined=StrictUndefined,
-        autoescape=autoescape,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    env = environment(autoescape)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{v:.2%}"
     env.filters["f3"] = lambda v: "n/a" if v is None else f"{v:.3f}"
     env.filters["ci"] = lambda v: "n/a" if not v else f"[{v[0]:.3f}, {v[1]:.3f}]"
-    env.filters["cell"] = md_cell
     return env
 
 
