@@ -43,6 +43,20 @@ class DataConfig(_Section):
     seed: int = Field(0, description="Seed of the validation split and subsampling.")
 
 
+class DPConfig(_Section):
+    """Differentially private training (DP-SGD with Opacus): per-example gradients clipped to
+    `max_grad_norm`, Gaussian noise calibrated so that the whole run is (epsilon, delta)-DP,
+    Poisson-sampled batches of expected size `train.batch_size`. BatchNorm is replaced by
+    GroupNorm (per-example gradients need layers that do not mix examples)."""
+
+    epsilon: float = Field(8.0, gt=0.0, le=1000.0, description="Target epsilon of the whole run (lower = more private).")
+    delta: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Target delta; None = 1 / (10 x training images), below 1/N as it should be."
+    )
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-example gradient clipping norm (L2).")
+    accountant: Literal["rdp", "prv", "gdp"] = Field("prv", description="Opacus privacy accountant.")
+
+
 class TrainConfig(_Section):
     """Model, optimiser and schedule."""
 
@@ -106,6 +120,15 @@ class TrainConfig(_Section):
     def _translate_needs_tta(self) -> TrainConfig:
         if self.tta_translate and not self.tta:
             raise ValueError(f"tta_translate={self.tta_translate} needs tta=true")
+        if self.dp is not None:
+            clashes = {
+                "compile": self.compile,  # Opacus hooks every layer; the compiled graph would bypass them
+                "world_size": self.world_size > 1,
+                "teacher": self.teacher is not None,
+            }
+            bad = [name for name, on in clashes.items() if on]
+            if bad:
+                raise ValueError(f"dp (differentially private training) cannot be combined with {', '.join(bad)}")
         return self
 
     target_accuracy: float | None = Field(
@@ -123,6 +146,9 @@ class TrainConfig(_Section):
     distill_temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
     world_size: int = Field(
         1, ge=1, le=64, description="Data-parallel processes (torchrun + DistributedDataParallel); 1 = in-process."
+    )
+    dp: DPConfig | None = Field(
+        None, description="Differentially private training (Opacus DP-SGD); None = ordinary training."
     )
 
 
@@ -149,25 +175,117 @@ class EvalConfig(_Section):
 
 
 class FairnessConfig(_Section):
-    """Per-class audit; the verdict fails when a threshold is crossed."""
+    """Per-class quality of service (one-vs-rest recall per class) and subgroups within classes.
 
-    n_bootstrap: int = Field(500, ge=0, description="Bootstrap resamples for CIs; 0 = no CIs.")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
-    min_class_recall: float = Field(0.5, ge=0.0, le=1.0, description="Fail when the worst class recall is below this.")
-    max_recall_gap: float = Field(
-        0.3, ge=0.0, le=1.0, description="Fail when best minus worst class recall exceeds this."
+    Verdicts are three-valued and decided on intervals: Wilson intervals per class, widened by a
+    Bonferroni correction over the classes so that claims about the worst class (and about the
+    gap, max minus min) hold at `confidence` simultaneously."""
+
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Simultaneous two-sided interval level.")
+    min_class_recall: float = Field(
+        0.5, ge=0.0, le=1.0, description="Policy: every class's recall must be at least this (0..1)."
     )
-    seed: int = Field(0, description="Bootstrap seed.")
+    max_recall_gap: float = Field(
+        0.3, ge=0.0, le=1.0, description="Policy: best minus worst class recall may be at most this (0..1)."
+    )
+    metadata: str | None = Field(
+        None,
+        description="CSV with a `path` column (image path inside the data source, as `split/class/file`) "
+        "and one column per attribute; its groups are audited within each class. None = derived attributes only.",
+    )
+    derived_attributes: tuple[Literal["brightness", "colourfulness"], ...] = Field(
+        ("brightness", "colourfulness"),
+        description="Image attributes computed from pixels and cut into `attribute_bins` quantile groups.",
+    )
+    attribute_bins: int = Field(3, ge=2, le=10, description="Quantile groups per derived attribute (3 = terciles).")
+    min_group_count: int = Field(
+        30, ge=1, description="Subgroup cells (class x group) with fewer test images are shown but not judged."
+    )
+    max_subgroup_gap: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Policy: within a class, the recall (TPR) gap between attribute groups may be at most this.",
+    )
+    mitigation: Literal["none", "logit_adjustment"] = Field(
+        "logit_adjustment",
+        description="Per-class logit offsets tuned on the validation split to raise the worst class; "
+        "shown before/after in the report (the shipped model is unchanged).",
+    )
+    n_bootstrap: int = Field(
+        1000, ge=100, description="Image resamples for the rank correlation of the per-class fairness x privacy view."
+    )
+    seed: int = Field(0, description="Seed of resampling.")
+
+
+AttackName = Literal["loss", "rmia", "lira"]
 
 
 class PrivacyConfig(_Section):
-    """Loss-threshold membership inference (Yeom et al. 2018)."""
+    """Membership inference against the deployed model (no TTA).
 
-    n_samples: int = Field(5000, gt=0, description="Members and non-members each (capped by what exists).")
-    n_bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the AUC CI.")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided CI level.")
-    max_auc: float = Field(0.6, ge=0.5, le=1.0, description="Fail when the attack AUC exceeds this (0.5 = ideal).")
-    seed: int = Field(0, description="Sampling seed.")
+    Tiers: `loss` (Yeom et al. 2018; no reference models) is cheap; `rmia` (Zarifzadeh et al.
+    2024) and `lira` (Carlini et al. 2022) need reference models trained with the target's
+    recipe on random halves of a population pool that excludes the audited images (offline),
+    or that includes half of them in each model (online)."""
+
+    n_samples: int = Field(
+        10_000,
+        gt=0,
+        description="Audited non-members (test images) and as many members (training images, same class "
+        "counts); TPR at 0.1% FPR needs 10,000 non-members to rest on 10 expected false positives.",
+    )
+    attacks: tuple[AttackName, ...] = Field(
+        ("loss", "rmia", "lira"), min_length=1, description="Attacks run (reference-model ones need references > 0)."
+    )
+    references: int = Field(0, ge=0, le=64, description="Reference models for rmia/lira; 0 = loss attack only.")
+    reference_mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="offline: no reference model saw an audited image (RMIA offline, LiRA offline); "
+        "online: each saw a random half of them (RMIA online, LiRA online; needs references >= 2).",
+    )
+    reference_budget_s: float | None = Field(
+        None,
+        gt=0.0,
+        description="Skip the reference-model tiers when training the uncached ones is estimated to take longer "
+        "than this (seconds, from the target's training time); the report names the tier that ran. None = always.",
+    )
+    reference_runner: Literal["local", "dask"] = Field(
+        "local", description="local: reference models train one after another here; dask: on `dask_address`."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of a Dask cluster (tcp://host:8786) for reference_runner=dask."
+    )
+    rmia_offline_a: float = Field(
+        0.3, ge=0.0, le=1.0, description="RMIA offline scaling a: Pr(x) ~ ((1+a) Pr_out(x) + (1-a)) / 2."
+    )
+    rmia_gamma: float = Field(1.0, ge=1.0, description="RMIA likelihood-ratio threshold gamma against population z.")
+    fpr_levels: tuple[float, ...] = Field(
+        (0.01, 0.001, 0.0001), min_length=1, description="False-positive rates at which TPR is reported."
+    )
+    min_expected_false_positives: int = Field(
+        10, ge=1, description="A TPR at FPR f is stated only when f x non-members reaches this."
+    )
+    verdict_fpr: float = Field(0.01, gt=0.0, lt=1.0, description="The FPR of the privacy verdict's operating point.")
+    max_tpr_at_fpr: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="Policy: the strongest attack's TPR at verdict_fpr may be at most this (chance = verdict_fpr; "
+        "0.05 at 1% FPR = 5x chance, an empirical epsilon of about ln 5 = 1.6).",
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided interval level.")
+    seed: int = Field(0, description="Seed of the audited sample and of the reference models' halves.")
+
+    @model_validator(mode="after")
+    def _online_needs_two(self) -> PrivacyConfig:
+        if self.reference_mode == "online" and 0 < self.references < 2:
+            raise ValueError(f"reference_mode='online' needs references >= 2, got {self.references}")
+        if self.reference_runner == "dask" and not self.dask_address:
+            raise ValueError("reference_runner='dask' needs dask_address (tcp://host:8786)")
+        if self.verdict_fpr not in self.fpr_levels:
+            raise ValueError(f"verdict_fpr={self.verdict_fpr} must be one of fpr_levels={list(self.fpr_levels)}")
+        return self
 
 
 class ExportConfig(_Section):
@@ -334,7 +452,7 @@ class PipelineConfig(_Section):
         for section, values in self.model_dump(mode="json").items():
             if isinstance(values, dict):
                 for key, value in values.items():
-                    out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list) else str(value)
+                    out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
             else:
                 out[section] = str(values)
         return out
@@ -346,7 +464,7 @@ def available_profiles() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_profile(profile: str) -> dict[str, Any]:
+def _read_profile(profile: str, seen: frozenset[str] = frozenset()) -> dict[str, Any]:
     path = Path(profile)
     if path.suffix in {".yaml", ".yml"}:
         if not path.is_file():
@@ -368,7 +486,20 @@ def _read_profile(profile: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"profile {profile!r} must be a mapping of sections, got {type(raw).__name__}")
     raw.setdefault("profile", name)
-    return raw
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or base in seen | {profile}:
+        raise ConfigError(f"profile {profile!r}: extends={base!r} must name another profile, without cycles")
+    return _merge(_read_profile(base, seen | {profile}), raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a profile that `extends` another overrides fields)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
