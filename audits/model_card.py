@@ -66,6 +66,9 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     n_test = number(record, "evaluate", "evaluate/test_images")
     on_test = f"test split ({n_test['value']:.0f} images)" if n_test else "test split"
     verdicts = _verdicts(record)
+    privacy = record.summaries.get("privacy", {})
+    attack = privacy.get("strongest", "not run")
+    fpr_text = f"{100 * privacy.get('verdict_fpr', 0.01):g}%"
     metrics = [
         _metric(record, "top-1 accuracy, shipped model (ONNX, no TTA)", "evaluate",
                 "evaluate/test_accuracy_no_tta", True, on_test),
@@ -75,10 +78,12 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
                 "evaluate/test_ece_no_tta", False, on_test),
         _metric(record, "expected calibration error after temperature scaling", "evaluate",
                 "evaluate/test_ece_calibrated", False, on_test),
-        _metric(record, "worst-class recall", "fairness", "fairness/recall/worst", True, on_test),
-        _metric(record, "recall gap (best minus worst class)", "fairness", "fairness/recall/difference", True, on_test),
-        _metric(record, "membership attack AUC (loss threshold; 0.5 = chance)", "privacy", "privacy/loss/auc", True,
-                "training members vs test non-members"),
+        _metric(record, "worst-class recall", "fairness", "fairness/worst_class_recall", True, on_test),
+        _metric(record, "recall gap (best minus worst class)", "fairness", "fairness/recall_gap", True, on_test),
+        _metric(record, f"membership attack TPR at {fpr_text} FPR, strongest attack ({attack}; chance = {fpr_text})",
+                "privacy", "privacy/strongest/tpr_at_verdict_fpr", True, "training members vs test non-members"),
+        _metric(record, f"membership attack AUC, strongest attack ({attack}; 0.5 = chance)", "privacy",
+                "privacy/strongest/auc", True, "training members vs test non-members"),
     ]  # fmt: skip
     int8_drop = number(record, "export", "export/int8/accuracy_drop_points")
     speedups = {  # batch size -> metric, for the INT8 throughput at the largest batch timed

@@ -66,12 +66,13 @@ def curves_figure(history: dict[str, Sequence[tuple[int, float]]]) -> Figure:
     return fig
 
 
-def roc_figure(fpr: Sequence[float], tpr: Sequence[float], auc: float) -> Figure:
-    """Membership-attack ROC on log-log axes, with the chance diagonal."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    f, t = np.asarray(fpr), np.asarray(tpr)
-    keep = (f > 0) & (t > 0)
-    ax.loglog(f[keep], t[keep], label=f"loss attack (AUC {auc:.3f})")
+def roc_figure(curves: dict[str, tuple[Sequence[float], Sequence[float], float]]) -> Figure:
+    """Membership-attack ROCs on log-log axes (attack name -> (fpr, tpr, auc)), with chance."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for name, (fpr, tpr, auc) in curves.items():
+        f, t = np.asarray(fpr), np.asarray(tpr)
+        keep = (f > 0) & (t > 0)
+        ax.loglog(f[keep], t[keep], label=f"{name} (AUC {auc:.3f})")
     grid = np.logspace(-5, 0, 50)
     ax.loglog(grid, grid, "--", color="grey", label="chance")
     ax.set_xlim(1e-4, 1)
@@ -80,6 +81,23 @@ def roc_figure(fpr: Sequence[float], tpr: Sequence[float], auc: float) -> Figure
     ax.set_ylabel("true-positive rate")
     ax.set_title("Membership inference ROC")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def exposure_figure(exposure: dict, attack: str) -> Figure:
+    """One point per class: how badly it is served (error rate) against how exposed its
+    members are (attack AUC), from `auditflow.audits.joint.exposure_correlation`."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    names = exposure.get("class_names", exposure["classes"])
+    for name, x, y in zip(names, exposure["error_rate"], exposure["attack_auc"], strict=True):
+        ax.scatter([x], [y], color="tab:blue")
+        ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set_xlabel("error rate (1 - recall), lower is better")
+    ax.set_ylabel(f"{attack} attack AUC within the class (0.5 ideal)")
+    rho = exposure.get("rho")
+    ax.set_title("Per class: served badly vs exposed" + (f" (Spearman {rho:.2f})" if rho is not None else ""))
     fig.tight_layout()
     return fig
 

@@ -89,28 +89,11 @@ def check_rows(record: RunRecord) -> list[dict[str, str]]:
                     "threshold": _fmt(c["threshold"]) + (f" (warn {_fmt(warn)})" if warn not in (None, "") else ""),
                     "metric": c["metric"],
                     "note": c.get("note", ""),
+                    "interval": c.get("interval"),
                     "evidence": link,
                 }
             )
     return rows
-
-
-def _privacy_words(m: dict[str, float], confidence: float) -> str:
-    low, high = m.get("privacy/loss/auc_ci_low"), m.get("privacy/loss/auc_ci_high")
-    if low is None or high is None:
-        return "No interval was computed (privacy.n_bootstrap = 0), so chance cannot be ruled in or out."
-    level = f"{confidence:.0%}"
-    if low > 0.5:
-        return (
-            f"The {level} interval [{low:.3f}, {high:.3f}] lies above 0.5: it excludes chance, so the attack tells "
-            "members from non-members better than a coin toss."
-        )
-    if high < 0.5:
-        return f"The {level} interval [{low:.3f}, {high:.3f}] lies below 0.5: it excludes chance (on the low side)."
-    return (
-        f"The {level} interval [{low:.3f}, {high:.3f}] includes 0.5: "
-        "there is no evidence that this attack beats chance."
-    )
 
 
 def report_context(record: RunRecord) -> dict[str, Any]:
@@ -130,7 +113,10 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         )
     if "privacy" in s:
         p = s["privacy"]
-        figures["roc"] = _png_b64(plots.roc_figure(p["roc_fpr"], p["roc_tpr"], p["auc"]))
+        if "attacks" in p:  # runs before the reference-model tiers have one loss curve only
+            curves = {a["label"]: (a["roc_fpr"], a["roc_tpr"], a["auc"]) for a in p["attacks"]}
+            figures["roc"] = _png_b64(plots.roc_figure(curves))
+            figures["exposure"] = _png_b64(plots.exposure_figure(p["exposure"], p["strongest"]))
         if p.get("loss_histogram"):
             figures["loss_histogram"] = _png_b64(plots.loss_histogram_figure(**p["loss_histogram"]))
     if "recommendation" in s.get("benchmark", {}) and s["benchmark"]["rows"]:  # older runs: table only
@@ -153,9 +139,6 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         "run_link": run_url(record.uri, record.experiment_id, record.run_id, ui_url),
         "experiment_link": run_url(record.uri, record.experiment_id, None, ui_url),
         "local_store": not record.uri.startswith(("http://", "https://")) and not ui_url,
-        "privacy_words": _privacy_words(
-            record.stage_metrics.get("privacy", {}), s.get("privacy", {}).get("confidence", 0.95)
-        ),
         "versions": {k: v for k, v in sorted(record.tags.items()) if k.startswith("versions.")},
     }
 

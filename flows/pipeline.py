@@ -6,15 +6,18 @@ Parameters are plain strings so the same flow runs from the CLI, `flow.serve` an
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from prefect import flow
 
-from auditflow.core.config import load_config
+from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
+from auditflow.flows.runners import task_runner
 from auditflow.tasks.audit import fairness_audit, privacy_audit
 from auditflow.tasks.evaluate import evaluate_model
 from auditflow.tasks.export import benchmark_model, export_model
 from auditflow.tasks.ingest import ingest_data
+from auditflow.tasks.references import References, decide_tier, plan_for, train_reference_model
 from auditflow.tasks.report import report_run
 from auditflow.tasks.run import close_run, open_run
 from auditflow.tasks.train import train_model
@@ -29,16 +32,45 @@ class PipelineResult:
     test_accuracy_no_tta: float  # the shipped ONNX model's
     learning: str  # "pass" or "fail": test accuracy above chance
     learning_message: str
-    fairness_passed: bool
-    privacy_passed: bool
-    attack_auc: float
+    fairness: str  # verdict/fairness: pass | fail | inconclusive (on intervals)
     worst_class_recall: float
+    privacy: str  # verdict/privacy: pass | fail | inconclusive (on the strongest attack's interval)
+    privacy_attack: str  # the strongest attack run: loss, rmia or lira
+    privacy_tpr: float  # its TPR at privacy.verdict_fpr (nan when not stated)
+    privacy_tier: str  # "reference" (RMIA/LiRA ran) or "loss" (the loss attack alone)
     onnx_path: str
     report_html: str
     report_markdown: str
     report_pdf: str | None  # None where no PDF could be made
     overall: str  # verdict/overall: pass | fail | inconclusive
     run_url: str  # the parent run in the MLflow UI
+
+
+@flow(name="reference-models")
+def reference_models(
+    predictions: str,
+    snapshot: str,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    target_train_s: float,
+    target_images: int,
+    cfg: PrivacyConfig,
+    workdir: str,
+) -> References:
+    """Train the reference models of the privacy audit (or take them from the cache), as
+    parallel tasks on the flow's task runner, unless the budget rules them out."""
+    start = time.perf_counter()
+    plan = plan_for(predictions, snapshot, data_cfg, train_cfg, epochs, cfg)
+    decision = decide_tier(plan, cfg, workdir, target_train_s, target_images)
+    if decision.tier != "reference":
+        return References(decision, (), time.perf_counter() - start, plan.member_in[:0], plan.nonmember_in[:0])
+    futures = [
+        train_reference_model.submit(i, predictions, snapshot, data_cfg, train_cfg, epochs, cfg, workdir)
+        for i in range(cfg.references)
+    ]
+    outcomes = tuple(f.result() for f in futures)
+    return References(decision, outcomes, time.perf_counter() - start, plan.member_in, plan.nonmember_in)
 
 
 @flow(name="auditflow-pipeline")
@@ -65,9 +97,26 @@ def audit_pipeline(
             cfg.train.tta_translate,
             cfg.train.device,
             workdir,
+            cfg.privacy.n_samples,
+            cfg.privacy.seed,
         )
-        fairness = fairness_audit(ref, evaluated.predictions, snap.classes, cfg.fairness)
-        privacy = privacy_audit(ref, evaluated.predictions, snap.classes, cfg.privacy)
+        fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
+        # one model at a time here (two trainings would share the same cores); Dask spreads them
+        runner = task_runner(1, cfg.privacy.dask_address if cfg.privacy.reference_runner == "dask" else None)
+        references = reference_models.with_options(task_runner=runner)(
+            evaluated.predictions,
+            snap.snapshot,
+            cfg.data,
+            cfg.train,
+            trained.epochs,
+            trained.train_seconds,
+            trained.images,
+            cfg.privacy,
+            workdir,
+        )
+        privacy = privacy_audit(
+            ref, evaluated.predictions, references, trained.train_seconds, snap.classes, cfg.privacy, cfg.fairness
+        )
         exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
         benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
         report = report_run(ref, workdir)
@@ -83,10 +132,12 @@ def audit_pipeline(
         test_accuracy_no_tta=evaluated.accuracy_no_tta,
         learning=evaluated.learning,
         learning_message=evaluated.learning_message,
-        fairness_passed=fairness.passed,
-        privacy_passed=privacy.passed,
-        attack_auc=privacy.headline,
+        fairness=fairness.status,
         worst_class_recall=fairness.headline,
+        privacy=privacy.status,
+        privacy_attack=privacy.attack,
+        privacy_tpr=privacy.headline,
+        privacy_tier=references.decision.tier,
         onnx_path=exported.onnx_path,
         report_html=report.html,
         report_markdown=report.markdown,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from auditflow.core.config import load_config
 from auditflow.core.errors import ConfigError
@@ -27,15 +26,6 @@ from auditflow.tasks.tune import StudySummary, TrialOutcome, open_study_run, run
 log = logging.getLogger(__name__)
 
 MAX_FAILURES_IN_A_ROW = 3  # trials that raise one after another before the study stops
-
-
-def task_runner(parallel: int = 1, dask_address: str | None = None) -> TaskRunner:
-    """Threads on this machine, or the Dask cluster (scheduler) at `dask_address`."""
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=dask_address)
-    return ThreadPoolTaskRunner(max_workers=parallel)
 
 
 def _record(driver: StudyDriver, spec: TrialSpec, future: PrefectFuture[TrialOutcome]) -> Exception | None:

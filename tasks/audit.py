@@ -1,12 +1,14 @@
-"""Stages 4 and 5: the per-class fairness audit and the membership-inference privacy audit.
+"""Stages 4 and 5: the fairness audit (per-class quality of service, subgroups within classes, a
+mitigation) and the privacy audit (membership inference, per-class fairness x privacy view).
 
-Both audit the logits `evaluate` saved (with test-time augmentation when the profile uses it;
-the report says so). Each stage logs `stage/...` metrics, its checks and verdict, and copies
+Both audit the model as it ships: the logits `evaluate` saved without test-time augmentation.
+Each stage logs `stage/...` metrics, its checks and verdicts (decided on intervals), and copies
 its headline numbers and verdict to the parent run.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,116 +16,194 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.audits.fairness import Disparity, audit_fairness
-from auditflow.audits.plots import loss_histogram_figure, recall_figure, roc_figure
-from auditflow.audits.privacy import audit_membership, per_example_loss, sample_equal
-from auditflow.core.checks import Check, condition_text, judge
-from auditflow.core.config import FairnessConfig, PrivacyConfig
+from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
+from auditflow.audits.fairness import audit_fairness
+from auditflow.audits.joint import exposure_correlation, joint_table
+from auditflow.audits.mitigation import fit_logit_offsets, mitigation_effect
+from auditflow.audits.plots import exposure_figure, loss_histogram_figure, recall_figure, roc_figure
+from auditflow.audits.privacy import (
+    AttackResult,
+    assess_attack,
+    balance,
+    per_example_loss,
+    privacy_verdict,
+    strongest,
+)
+from auditflow.audits.subgroups import audit_subgroups, derived_attributes, read_metadata
+from auditflow.core.checks import Check, condition_text, worst
+from auditflow.core.config import DataConfig, FairnessConfig, PrivacyConfig
+from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.errors import ConfigError
 from auditflow.core.tracking import Tracker, TrackingRef, metric_key
 from auditflow.models.evaluation import load_predictions
+from auditflow.tasks.references import References
 
 FAIRNESS_DESCRIPTION = (
-    "Fairness (per-class quality of service): one-vs-rest recall, precision and false-positive rate per class "
-    "(fairlearn MetricFrame), their spread with bootstrap intervals, and the checks on worst-class recall and "
-    "the recall gap."
+    "Fairness: per-class quality of service of the shipped model (one-vs-rest recall, precision and "
+    "false-positive rate per class, fairlearn MetricFrame) with simultaneous Wilson intervals; three-valued "
+    "verdicts on those intervals; recall and false-positive-rate gaps between image-attribute groups within "
+    "each class; a per-class logit adjustment tuned on the validation split, before and after."
 )
 PRIVACY_DESCRIPTION = (
-    "Privacy: loss-threshold membership inference (Yeom et al. 2018) on training members vs test non-members; "
-    "AUC with interval, TPR at low FPR, per-class AUC, ROC and member/non-member loss histograms."
+    "Privacy: membership inference against the shipped model (no TTA), training members vs test non-members "
+    "with the same class counts. Loss threshold (Yeom et al. 2018), and with reference models RMIA "
+    "(Zarifzadeh et al. 2024) and LiRA (Carlini et al. 2022): AUC with DeLong interval, TPR at low FPR with "
+    "exact intervals, per-class rates, log-log ROC, and the per-class fairness x privacy view."
 )
-HIGHER_IS_BETTER = {"recall": True, "precision": True, "false_positive_rate": False}
 HISTOGRAM_BINS = 40
+ECE_BINS = 15  # as evaluate's default
 
 
 @dataclass(frozen=True)
 class VerdictResult:
-    passed: bool
-    reasons: tuple[str, ...]
-    headline: float  # worst-class recall (fairness) or attack AUC (privacy)
+    status: str  # pass | fail | inconclusive, decided on intervals
+    reasons: tuple[str, ...]  # why it is not a pass, one sentence each
+    headline: float  # worst-class recall (fairness) or the strongest attack's TPR at the verdict FPR (privacy)
+    attack: str = ""  # privacy: the strongest attack
 
 
-def worst_and_best(d: Disparity, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worst and best class of one per-class metric, by its direction: for a rate where
-    lower is better (false positives) the worst class has the highest rate."""
-    higher = HIGHER_IS_BETTER[d.metric]
-    ordered = sorted(rows, key=lambda r: r[d.metric], reverse=not higher)  # worst first
-    return {
-        "higher_is_better": higher,
-        "worst": d.group_min if higher else d.group_max,
-        "worst_ci": d.group_min_ci if higher else d.group_max_ci,
-        "worst_class": ordered[0]["class"],
-        "best": d.group_max if higher else d.group_min,
-        "best_ci": d.group_max_ci if higher else d.group_min_ci,
-        "best_class": ordered[-1]["class"],
-    }
+def _ci_metrics(name: str, ci: tuple[float, float] | None) -> dict[str, float]:
+    return {f"{name}_ci_low": ci[0], f"{name}_ci_high": ci[1]} if ci else {}
+
+
+def _settle_note(n: int | None) -> str:
+    return f"; about {n:,} test images per class would settle it" if n else ""
+
+
+def subgroup_attributes(
+    snapshot_path: str, data_cfg: DataConfig, cfg: FairnessConfig
+) -> tuple[dict[str, np.ndarray], str]:
+    """Group labels of the test images per attribute, and where they came from (in words)."""
+    splits = make_splits(Snapshot.open(snapshot_path), data_cfg)
+    attributes = derived_attributes(splits.test_x, cfg.derived_attributes, cfg.attribute_bins)
+    source = f"derived from pixels ({', '.join(cfg.derived_attributes)}; {cfg.attribute_bins} quantile groups)"
+    if cfg.metadata:
+        if splits.test_paths is None:
+            raise ConfigError(
+                f"fairness.metadata={cfg.metadata!r} joins on image paths, but this data source has none "
+                "(torchvision CIFAR-10); use an image folder or archive"
+            )
+        attributes |= read_metadata(cfg.metadata, list(splits.test_paths))
+        source += f" and from {cfg.metadata}"
+    return attributes, source
 
 
 @task(name="fairness-audit", cache_policy=NO_CACHE)
-def fairness_audit(ref: TrackingRef, predictions: str, classes: tuple[str, ...], cfg: FairnessConfig) -> VerdictResult:
+def fairness_audit(
+    ref: TrackingRef,
+    predictions: str,
+    snapshot_path: str,
+    data_cfg: DataConfig,
+    classes: tuple[str, ...],
+    cfg: FairnessConfig,
+) -> VerdictResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "fairness", FAIRNESS_DESCRIPTION) as run:
-        tracker.attach_datasets(ref, run, ("test",))
+        tracker.attach_datasets(ref, run, ("validation", "test"))
         run.log_params({f"fairness.{k}": v for k, v in cfg.model_dump().items()})
         data = load_predictions(predictions)
-        result = audit_fairness(data["test_labels"], data["test_logits"].argmax(1), classes, cfg)
-        rows = result.per_class
-        extremes = {name: worst_and_best(d, rows) for name, d in result.disparities.items()}
-        metrics: dict[str, float] = {}
-        for name, d in result.disparities.items():
-            e = extremes[name]
+        labels, shipped = data["test_labels"], data["test_logits_no_tta"]
+        result = audit_fairness(labels, shipped.argmax(1), classes, cfg)
+        attributes, attribute_source = subgroup_attributes(snapshot_path, data_cfg, cfg)
+        groups = audit_subgroups(labels, shipped.argmax(1), attributes, classes, cfg)
+        mitigation = None
+        if cfg.mitigation == "logit_adjustment" and len(data["val_labels"]):
+            offsets = fit_logit_offsets(data["val_logits"], data["val_labels"], len(classes))
+            mitigation = mitigation_effect(offsets, shipped, labels, classes, cfg)
+
+        headline = {
+            "fairness/worst_class_recall": result.worst_recall,
+            "fairness/recall_gap": result.recall_gap,
+        } | _ci_metrics("fairness/worst_class_recall", result.worst_recall_ci)
+        headline |= _ci_metrics("fairness/recall_gap", result.recall_gap_ci)
+        metrics = dict(headline)
+        for r in result.per_class:
+            for name in ("recall", "precision", "false_positive_rate"):
+                metrics[metric_key("fairness", name, "class", str(r["class"]))] = float(r[name])  # type: ignore[arg-type]
+        if groups.worst is not None:
             metrics |= {
-                f"fairness/{name}/worst": e["worst"],
-                f"fairness/{name}/best": e["best"],
-                f"fairness/{name}/difference": d.difference,
-                f"fairness/{name}/ratio": d.ratio,
+                "fairness/subgroup/max_tpr_gap": float(groups.worst["gap"]),  # type: ignore[arg-type]
+                "fairness/subgroup/max_tpr_gap_ci_low": float(groups.worst["ci_low"]),  # type: ignore[arg-type]
+                "fairness/subgroup/max_tpr_gap_ci_high": float(groups.worst["ci_high"]),  # type: ignore[arg-type]
             }
-            for label, ci in (("difference", d.difference_ci), ("worst", e["worst_ci"])):
-                if ci:
-                    metrics |= {f"fairness/{name}/{label}_ci_low": ci[0], f"fairness/{name}/{label}_ci_high": ci[1]}
-        recall = result.disparities["recall"]
-        headline = {"fairness/worst_class_recall": recall.group_min, "fairness/recall_gap": recall.difference}
-        run.log_metrics(
-            metrics
-            | headline
-            | {
-                metric_key("fairness", name, "class", str(r["class"])): float(r[name])
-                for r in rows
-                for name in HIGHER_IS_BETTER
+        if mitigation is not None:
+            metrics |= {
+                "fairness/mitigation/accuracy_before": mitigation.accuracy_before,
+                "fairness/mitigation/accuracy_after": mitigation.accuracy_after,
+                "fairness/mitigation/worst_class_recall_before": mitigation.worst_recall_before,
+                "fairness/mitigation/worst_class_recall_after": mitigation.worst_recall_after,
+                "fairness/mitigation/recall_gap_before": mitigation.recall_gap_before,
+                "fairness/mitigation/recall_gap_after": mitigation.recall_gap_after,
             }
-        )
-        run.log_rows(rows, "fairness/per_class.json")
-        run.log_figure(recall_figure(rows, cfg.min_class_recall), "fairness/recall_by_class.png")
+        run.log_metrics(metrics)
+        run.log_rows(result.per_class, "fairness/per_class.json")
+        run.log_rows(groups.cells, "fairness/subgroup_cells.json")
+        run.log_rows(groups.gaps, "fairness/subgroup_gaps.json")
+        run.log_figure(recall_figure(result.per_class, cfg.min_class_recall), "fairness/recall_by_class.png")
+        level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
         checks = [
             Check(
                 key="fairness/worst_class_recall",
                 verdict="fairness",
                 title="Worst-class recall",
-                condition=condition_text("lowest per-class recall", cfg.min_class_recall, True),
+                condition=condition_text("every class's recall", cfg.min_class_recall, True) + f", on its {level}",
                 stage="fairness",
                 metric="fairness/worst_class_recall",
-                value=recall.group_min,
+                value=result.worst_recall,
                 threshold=cfg.min_class_recall,
-                status=judge(recall.group_min, cfg.min_class_recall, True),
+                status=result.worst_status,
                 evidence="#fairness",
-                note=f"worst class: {extremes['recall']['worst_class']}",
+                note=f"worst class: {result.worst_class}" + _settle_note(result.settle_n.get("worst_class_recall")),
+                interval=result.worst_recall_ci,
             ),
             Check(
                 key="fairness/recall_gap",
                 verdict="fairness",
                 title="Recall gap between classes",
-                condition=condition_text("best minus worst per-class recall", cfg.max_recall_gap, False),
+                condition=condition_text("best minus worst class recall", cfg.max_recall_gap, False)
+                + f", on the {level}s",
                 stage="fairness",
                 metric="fairness/recall_gap",
-                value=recall.difference,
+                value=result.recall_gap,
                 threshold=cfg.max_recall_gap,
-                status=judge(recall.difference, cfg.max_recall_gap, False),
+                status=result.gap_status,
                 evidence="#fairness",
-                note=f"{extremes['recall']['best_class']} best, {extremes['recall']['worst_class']} worst",
+                note=_settle_note(result.settle_n.get("recall_gap")).removeprefix("; "),
+                interval=result.recall_gap_ci,
+            ),
+            Check(
+                key="fairness/subgroup_tpr_gap",
+                verdict="fairness_subgroups",
+                title="Recall gap between image-attribute groups within a class",
+                condition=condition_text("largest within-class recall gap", cfg.max_subgroup_gap, False)
+                + f", groups with at least {cfg.min_group_count} images",
+                stage="fairness",
+                metric="fairness/subgroup/max_tpr_gap" if groups.worst is not None else "",
+                value=float(groups.worst["gap"]) if groups.worst is not None else None,  # type: ignore[arg-type]
+                threshold=cfg.max_subgroup_gap,
+                status=groups.status,
+                evidence="#subgroups-within-classes",
+                note=(
+                    f"largest: {groups.worst['attribute']} in class {groups.worst['class']}"
+                    if groups.worst is not None
+                    else "no class has two groups large enough to compare"
+                ),
+                interval=(float(groups.worst["ci_low"]), float(groups.worst["ci_high"]))  # type: ignore[arg-type]
+                if groups.worst is not None
+                else None,
             ),
         ]
         tracker.publish(ref, run, "fairness", checks, headline)
-        run.log_summary("fairness", asdict(result) | {"extremes": extremes})
-    return VerdictResult(result.passed, result.reasons, recall.group_min)
+        run.log_summary(
+            "fairness",
+            asdict(result)
+            | {
+                "audited_model": "the shipped model (no test-time augmentation)",
+                "subgroups": asdict(groups) | {"source": attribute_source},
+                "mitigation": asdict(mitigation) if mitigation is not None else None,
+            },
+        )
+    return VerdictResult(worst([result.worst_status, result.gap_status]), result.reasons, result.worst_recall)
 
 
 def loss_histogram(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> dict[str, list[float]]:
@@ -137,69 +217,306 @@ def loss_histogram(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> dict[
     }
 
 
+def fpr_name(fpr: float) -> str:
+    """0.01 -> "1pct", 0.001 -> "0.1pct": the FPR level in metric names."""
+    return f"{100 * fpr:g}pct"
+
+
+def attack_label(name: str, refs: References, mode: str) -> str:
+    """How an attack is named in the report: "RMIA offline, 2 reference models"."""
+    if name == "loss":
+        return "loss threshold (Yeom et al. 2018)"
+    paper = {"rmia": "RMIA (Zarifzadeh et al. 2024)", "lira": "LiRA (Carlini et al. 2022)"}[name]
+    return f"{paper}, {mode}, {len(refs.outcomes)} reference model(s)"
+
+
+def run_attacks(
+    member_logits: np.ndarray,
+    member_labels: np.ndarray,
+    nonmember_logits: np.ndarray,
+    nonmember_labels: np.ndarray,
+    refs: References,
+    member_in: np.ndarray,
+    nonmember_in: np.ndarray,
+    cfg: PrivacyConfig,
+) -> dict[str, np.ndarray]:
+    """Attack name -> member-ness scores of the audited points (members first, then non-members)."""
+    logits = np.concatenate([member_logits, nonmember_logits])
+    labels = np.concatenate([member_labels, nonmember_labels])
+    scores: dict[str, np.ndarray] = {}
+    if "loss" in cfg.attacks:
+        scores["loss"] = loss_scores(logits, labels)
+    if refs.decision.tier != "reference":
+        return scores
+    ref_logits = []
+    for outcome in refs.outcomes:
+        with np.load(outcome.logits) as cached:
+            ref_logits.append(np.concatenate([cached["member_logits"], cached["nonmember_logits"]]))
+    ref_in = np.concatenate([member_in, nonmember_in], axis=1)
+    population = np.arange(len(member_labels), len(labels))  # the non-members stand for the population
+    if "rmia" in cfg.attacks:
+        target_prob = np.exp(true_class_log_prob(logits, labels))
+        ref_prob = np.stack([np.exp(true_class_log_prob(r, labels)) for r in ref_logits])
+        scores["rmia"] = rmia_scores(target_prob, ref_prob, ref_in, population, cfg.rmia_offline_a, cfg.rmia_gamma)
+    if "lira" in cfg.attacks:
+        ref_phi = np.stack([logit_margin(r, labels) for r in ref_logits])
+        scores["lira"] = lira_scores(logit_margin(logits, labels), ref_phi, ref_in)
+    return scores
+
+
+def attack_metrics(result: AttackResult, classes: tuple[str, ...]) -> dict[str, float]:
+    """`privacy/<attack>/...` metrics of one attack; rates that are not stated are not logged."""
+    a = result.attack
+    out = {
+        f"privacy/{a}/auc": result.auc,
+        f"privacy/{a}/auc_ci_low": result.auc_ci[0],
+        f"privacy/{a}/auc_ci_high": result.auc_ci[1],
+        f"privacy/{a}/advantage": result.advantage,
+    }
+    for rate in result.rates:
+        if rate.stated and rate.tpr is not None and rate.tpr_ci is not None:
+            key = f"privacy/{a}/tpr_at_{fpr_name(rate.fpr)}_fpr"
+            out |= {key: rate.tpr, f"{key}_ci_low": rate.tpr_ci[0], f"{key}_ci_high": rate.tpr_ci[1]}
+    if result.epsilon_lower_bound is not None:
+        out[f"privacy/{a}/epsilon_lower_bound"] = result.epsilon_lower_bound
+    for row in result.per_class:
+        if row.get("auc") is not None:
+            out[metric_key("privacy", a, "class", str(row["class"]), "auc")] = float(row["auc"])
+        if row.get("stated"):
+            out[metric_key("privacy", a, "class", str(row["class"]), f"tpr_at_{fpr_name(result.verdict_fpr)}_fpr")] = (
+                float(row["tpr"])
+            )
+    return out
+
+
+def _as_dict(result: AttackResult, label: str) -> dict[str, Any]:
+    return asdict(result) | {"label": label}
+
+
 @task(name="privacy-audit", cache_policy=NO_CACHE)
-def privacy_audit(ref: TrackingRef, predictions: str, classes: tuple[str, ...], cfg: PrivacyConfig) -> VerdictResult:
+def privacy_audit(
+    ref: TrackingRef,
+    predictions: str,
+    refs: References,
+    target_train_s: float,
+    classes: tuple[str, ...],
+    cfg: PrivacyConfig,
+    fairness_cfg: FairnessConfig,
+) -> VerdictResult:
     tracker = Tracker(ref.uri)
+    start = time.perf_counter()
     with tracker.stage(ref, "privacy", PRIVACY_DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "test"))
         run.log_params({f"privacy.{k}": v for k, v in cfg.model_dump().items()})
         data = load_predictions(predictions)
-        mem, non = sample_equal(len(data["member_labels"]), len(data["test_labels"]), cfg.n_samples, cfg.seed)
-        members = (data["member_logits"][mem], data["member_labels"][mem])
-        nonmembers = (data["test_logits"][non], data["test_labels"][non])
-        result = audit_membership(*members, *nonmembers, classes, cfg)
-        histogram = loss_histogram(per_example_loss(*members), per_example_loss(*nonmembers))
-        headline = {"privacy/loss/auc": result.auc, "privacy/loss/tpr_at_1pct_fpr": result.tpr_at_1pct_fpr}
-        metrics = headline | {
-            "privacy/loss/advantage": result.advantage,
-            "privacy/loss/tpr_at_0.1pct_fpr": result.tpr_at_01pct_fpr,
-            "privacy/loss/mean_loss_members": result.mean_loss_members,
-            "privacy/loss/mean_loss_nonmembers": result.mean_loss_nonmembers,
-            "privacy/loss/n_members": result.n_members,
-            "privacy/loss/n_nonmembers": result.n_nonmembers,
+        member_logits, member_labels = data["member_logits"], data["member_labels"]
+        nonmember_logits = data["test_logits_no_tta"][data["nonmember_index"]]
+        nonmember_labels = data["test_labels"][data["nonmember_index"]]
+        balanced = balance(member_labels, nonmember_labels, len(classes))
+        n_refs = len(refs.outcomes)
+        member_in = np.asarray(refs.member_in, dtype=bool).reshape(n_refs, len(member_labels))
+        nonmember_in = np.asarray(refs.nonmember_in, dtype=bool).reshape(n_refs, len(nonmember_labels))
+        scores = run_attacks(
+            member_logits, member_labels, nonmember_logits, nonmember_labels, refs, member_in, nonmember_in, cfg
+        )
+        is_member = np.concatenate([np.ones(len(member_labels), bool), np.zeros(len(nonmember_labels), bool)])
+        labels = np.concatenate([member_labels, nonmember_labels])
+        results = [
+            assess_attack(
+                name,
+                s,
+                is_member,
+                labels,
+                classes,
+                cfg.fpr_levels,
+                cfg.verdict_fpr,
+                cfg.confidence,
+                cfg.min_expected_false_positives,
+            )
+            for name, s in scores.items()
+        ]
+        best = strongest(results, cfg.verdict_fpr)
+        status, why = privacy_verdict(best, cfg.verdict_fpr, cfg.max_tpr_at_fpr)
+        labels_by_attack = {r.attack: attack_label(r.attack, refs, cfg.reference_mode) for r in results}
+
+        # the per-class fairness x privacy view, on the strongest attack's scores
+        member_loss = per_example_loss(member_logits, member_labels)
+        nonmember_loss = per_example_loss(nonmember_logits, nonmember_labels)
+        shipped, test_labels = data["test_logits_no_tta"], data["test_labels"]
+        joint = joint_table(
+            shipped,
+            test_labels,
+            classes,
+            best.per_class,
+            member_loss,
+            member_labels,
+            nonmember_loss,
+            nonmember_labels,
+            fairness_cfg.confidence,
+            ECE_BINS,
+        )
+        best_scores = scores[best.attack]
+        exposure = exposure_correlation(
+            test_labels,
+            shipped.argmax(1),
+            best_scores[is_member],
+            member_labels,
+            best_scores[~is_member],
+            nonmember_labels,
+            len(classes),
+            fairness_cfg.n_bootstrap,
+            fairness_cfg.seed,
+            fairness_cfg.confidence,
+        )
+
+        exposure["class_names"] = [classes[k] for k in exposure["classes"]]
+        verdict_rate = best.rate(cfg.verdict_fpr)
+        headline: dict[str, float] = {
+            "privacy/strongest/auc": best.auc,
+            "privacy/strongest/auc_ci_low": best.auc_ci[0],
+            "privacy/strongest/auc_ci_high": best.auc_ci[1],
         }
-        if result.auc_ci:
-            metrics |= {"privacy/loss/auc_ci_low": result.auc_ci[0], "privacy/loss/auc_ci_high": result.auc_ci[1]}
-        per_class = {metric_key("privacy", "loss", "auc", "class", str(r["class"])): r["auc"] for r in result.per_class}
-        run.log_metrics(metrics | {k: float(v) for k, v in per_class.items() if v == v})  # type: ignore[arg-type]
-        run.log_rows(result.per_class, "privacy/per_class.json")
-        run.log_figure(roc_figure(result.roc_fpr, result.roc_tpr, result.auc), "privacy/roc_loglog.png")
+        if verdict_rate.stated and verdict_rate.tpr is not None and verdict_rate.tpr_ci is not None:
+            headline |= {
+                "privacy/strongest/tpr_at_verdict_fpr": verdict_rate.tpr,
+                "privacy/strongest/tpr_at_verdict_fpr_ci_low": verdict_rate.tpr_ci[0],
+                "privacy/strongest/tpr_at_verdict_fpr_ci_high": verdict_rate.tpr_ci[1],
+            }
+        if "loss" in scores:
+            headline["privacy/loss/auc"] = next(r.auc for r in results if r.attack == "loss")
+        elapsed = time.perf_counter() - start + refs.seconds
+        metrics = headline | {
+            "privacy/n_members": len(member_labels),
+            "privacy/n_nonmembers": len(nonmember_labels),
+            "privacy/mean_loss_members": float(member_loss.mean()),
+            "privacy/mean_loss_nonmembers": float(nonmember_loss.mean()),
+            "privacy/references/count": n_refs,
+            "privacy/references/cached": sum(o.cached for o in refs.outcomes),
+            "privacy/references/train_s": sum(o.train_seconds for o in refs.outcomes if not o.cached),
+            "privacy/references/wall_s": refs.seconds,
+            "privacy/audit_s": elapsed,
+            "privacy/audit_cost_vs_training": elapsed / target_train_s if target_train_s > 0 else float("nan"),
+            "privacy/joint/spearman": exposure["rho"],
+        }
+        if exposure.get("ci"):
+            metrics |= {
+                "privacy/joint/spearman_ci_low": exposure["ci"][0],
+                "privacy/joint/spearman_ci_high": exposure["ci"][1],
+            }
+        for r in results:
+            metrics |= attack_metrics(r, classes)
+        run.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
+        run.set_tags(
+            {
+                "privacy/tier": refs.decision.tier,
+                "privacy/strongest_attack": best.attack,
+                "privacy/attacked_model": "the shipped model (no test-time augmentation), as exported to ONNX",
+                "privacy/joint_answer": exposure["answer"],
+            }
+        )
+        tracker.parent(ref).set_tags({"privacy/tier": refs.decision.tier, "privacy/strongest_attack": best.attack})
+        run.log_rows(joint, "privacy/per_class_joint.json")
+        for r in results:
+            run.log_rows(r.per_class, f"privacy/{r.attack}/per_class.json")
+        curves = {labels_by_attack[r.attack]: (r.roc_fpr, r.roc_tpr, r.auc) for r in results}
+        run.log_figure(roc_figure(curves), "privacy/roc_loglog.png")
+        histogram = loss_histogram(member_loss, nonmember_loss)
         run.log_figure(loss_histogram_figure(**histogram), "privacy/loss_histogram.png")
-        flagged = [r for r in result.per_class if r["auc"] == r["auc"] and r["auc"] > cfg.max_auc]  # type: ignore[operator]
-        highest = max((r for r in result.per_class if r["auc"] == r["auc"]), key=lambda r: r["auc"], default=None)  # type: ignore[arg-type, return-value]
+        run.log_figure(exposure_figure(exposure, best.attack), "privacy/exposure_by_class.png")
+        exposed = [
+            row
+            for row in best.per_class
+            if row.get("stated") and row.get("tpr_ci_low") is not None and row["tpr_ci_low"] > cfg.max_tpr_at_fpr
+        ]
+        at = fpr_name(cfg.verdict_fpr)
         checks = [
             Check(
-                key="privacy/loss_auc",
+                key="privacy/strongest_tpr",
                 verdict="privacy",
-                title="Membership attack AUC (loss threshold)",
-                condition=condition_text("attack AUC (0.5 = chance)", cfg.max_auc, False),
+                title=f"Membership attack TPR at {at.replace('pct', '%')} FPR (strongest attack)",
+                condition=condition_text(
+                    f"{best.attack} attack TPR at {at.replace('pct', '%')} FPR", cfg.max_tpr_at_fpr, False
+                )
+                + ", decided on its exact interval",
                 stage="privacy",
-                metric="privacy/loss/auc",
-                value=result.auc,
-                threshold=cfg.max_auc,
-                status=judge(result.auc, cfg.max_auc, False),
+                metric="privacy/strongest/tpr_at_verdict_fpr",
+                value=verdict_rate.tpr,
+                threshold=cfg.max_tpr_at_fpr,
+                status=status,
                 evidence="#privacy",
+                note=why,
+                interval=verdict_rate.tpr_ci,
             ),
             Check(
-                key="privacy/per_class_auc",
-                verdict="privacy_per_class",
-                title="Membership attack AUC, most exposed class",
-                condition=condition_text("highest per-class attack AUC", cfg.max_auc, False)
-                + " (warn only: small per-class samples)",
+                key="privacy/attack_strength",
+                verdict="privacy_strength",
+                title="Strength of the attacks run",
+                condition="reference-model attacks (RMIA, LiRA) ran; the loss attack alone is the weakest baseline",
                 stage="privacy",
-                metric=metric_key("privacy", "loss", "auc", "class", str(highest["class"])) if highest else "",
-                value=float(highest["auc"]) if highest else None,  # type: ignore[arg-type]
-                threshold=cfg.max_auc,
-                status="warn" if flagged else ("pass" if highest else "inconclusive"),
+                metric="privacy/references/count",
+                value=float(n_refs),
+                threshold=1.0,
+                status="pass" if refs.decision.tier == "reference" else "warn",
+                evidence="#privacy",
+                note=refs.decision.reason,
+            ),
+            Check(
+                key="privacy/audit_balance",
+                verdict="privacy_design",
+                title="Members and non-members alike apart from membership",
+                condition="equal sizes and class shares within 0.01",
+                stage="privacy",
+                metric="privacy/n_members",
+                value=float(len(member_labels)),
+                threshold=float(len(nonmember_labels)),
+                status="pass" if balanced["alike"] else "fail",
+                evidence="#privacy",
+                note=f"{len(member_labels)} training members vs {len(nonmember_labels)} test non-members; "
+                f"largest class-share difference {balanced['max_share_difference']:.4f}",
+            ),
+            Check(
+                key="privacy/per_class_tpr",
+                verdict="privacy_per_class",
+                title=f"Most exposed class (TPR at {at.replace('pct', '%')} FPR within the class)",
+                condition=f"no class's interval lies above {cfg.max_tpr_at_fpr:g} "
+                "(warn only: per-class samples are small)",
+                stage="privacy",
+                metric="",
+                value=None if not exposed else float(max(r["tpr"] for r in exposed)),
+                threshold=cfg.max_tpr_at_fpr,
+                status="warn" if exposed else "pass",
                 evidence="#privacy-per-class",
-                note="beyond the threshold: " + ", ".join(f"{r['class']} ({r['auc']:.3f})" for r in flagged)
-                if flagged
-                else "no class beyond the threshold",
+                note="above the limit: " + ", ".join(f"{r['class']} ({r['tpr']:.3f})" for r in exposed)
+                if exposed
+                else "no class's interval lies above the limit",
             ),
         ]
         tracker.publish(ref, run, "privacy", checks, headline)
         run.log_summary(
             "privacy",
-            asdict(result) | {"loss_histogram": histogram, "flagged_classes": [r["class"] for r in flagged]},
+            {
+                "attacks": [_as_dict(r, labels_by_attack[r.attack]) for r in results],
+                "strongest": best.attack,
+                "verdict": status,
+                "verdict_reason": why,
+                "verdict_fpr": cfg.verdict_fpr,
+                "max_tpr_at_fpr": cfg.max_tpr_at_fpr,
+                "confidence": cfg.confidence,
+                "tier": refs.decision.tier,
+                "tier_reason": refs.decision.reason,
+                "reference_mode": cfg.reference_mode,
+                "references": [asdict(o) for o in refs.outcomes],
+                "audited_model": "the shipped model (no test-time augmentation), as exported to ONNX",
+                "members_from": "the training split the shipped model was trained on",
+                "nonmembers_from": "the test split (never trained on)",
+                "balance": balanced,
+                "loss_histogram": histogram,
+                "joint": joint,
+                "exposure": exposure,
+                "audit_seconds": elapsed,
+                "target_train_seconds": target_train_s,
+                "min_expected_false_positives": cfg.min_expected_false_positives,
+            },
         )
-    return VerdictResult(result.passed, result.reasons, result.auc)
+    tpr = verdict_rate.tpr if verdict_rate.tpr is not None else float("nan")
+    return VerdictResult(status, (why,) if status != "pass" else (), tpr, best.attack)

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.plots import confusion_figure, reliability_figure
+from auditflow.audits.privacy import choose_audit_set
 from auditflow.core.checks import Check, condition_text, judge
 from auditflow.core.config import DataConfig, EvalConfig
 from auditflow.core.data import Snapshot, make_splits
@@ -37,7 +38,9 @@ INTERVAL = 0.95  # two-sided level of the accuracy intervals shown on the card
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    predictions: str  # .npz: test_logits(_no_tta), test_labels, val_logits, val_labels, member_logits, member_labels
+    # .npz: test_logits(_no_tta), test_labels, val_logits, val_labels; the privacy audit's points:
+    # member_logits/_labels/_index (training split, no TTA) and nonmember_index (into the test split)
+    predictions: str
     accuracy: float  # test top-1 as configured (with TTA when the profile uses it), 0..1
     accuracy_no_tta: float  # test top-1 of the shipped model (no TTA), 0..1
     learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
@@ -63,6 +66,8 @@ def evaluate_model(
     tta_translate: int,
     device: str,
     workdir: str,
+    audit_samples: int,
+    audit_seed: int,
 ) -> EvaluateResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "evaluate", DESCRIPTION) as run:
@@ -71,15 +76,13 @@ def evaluate_model(
         model, _ = load_model(checkpoint, runtime.device)
         model = runtime.prepare(model)
         splits = make_splits(Snapshot.open(snapshot_path), data_cfg)
-        # Members for the privacy audit: as many training images as there are test images.
-        rng = np.random.default_rng(data_cfg.seed)
-        members = np.sort(rng.choice(len(splits.train_y), min(len(splits.train_y), len(splits.test_y)), replace=False))
+        # The privacy audit's points: test non-members and training members with the same class
+        # counts, scored by the model as it ships (no TTA).
+        members, nonmembers = choose_audit_set(splits.train_y, splits.test_y, audit_samples, audit_seed)
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
-        member_logits = predict(
-            model, splits.train_x[members], runtime, cfg.batch_size, tta=tta, translate=tta_translate
-        )
+        member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
         path = run_dir(workdir, ref.run_id) / "predictions.npz"
         np.savez_compressed(
             path,
@@ -91,6 +94,7 @@ def evaluate_model(
             member_logits=member_logits,
             member_labels=splits.train_y[members],
             member_index=members,
+            nonmember_index=nonmembers,
         )
 
         result = evaluate(test_logits, splits.test_y, splits.classes, cfg.ece_bins)

@@ -31,6 +31,9 @@ class TrainResult:
     checkpoint: str  # final checkpoint of this run
     val_accuracy: float  # last epoch, 0..1
     train_seconds: float  # training passes only
+    epochs: int  # epochs trained (the plan's count: what reference models of this recipe repeat)
+    compile_seconds: float  # torch.compile + warm-up before the training clock
+    images: int  # training images
 
 
 DESCRIPTION = (
@@ -115,6 +118,7 @@ def train_model(
                 )
         run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
+        splits = make_splits(snapshot, data_cfg)
         with exclusive(work):
             if cfg.world_size > 1:
                 spec = {
@@ -131,7 +135,7 @@ def train_model(
                     run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
 
                 result = fit(
-                    make_splits(snapshot, data_cfg),
+                    splits,
                     cfg,
                     runtime,
                     work,
@@ -208,4 +212,11 @@ def train_model(
                 **metrics,
             },
         )
-    return TrainResult(str(final), result.final_val_accuracy, result.train_seconds)
+    return TrainResult(
+        str(final),
+        result.final_val_accuracy,
+        result.train_seconds,
+        int(result.plan["epochs"]),
+        result.compile_seconds,
+        len(splits.train_y),
+    )

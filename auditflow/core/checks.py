@@ -37,6 +37,7 @@ class Check:
     evidence: str  # a report anchor ("#fairness") or an artifact path in the stage run
     warn_threshold: float | None = None  # the pass/warn boundary, for checks with a warning band
     note: str = ""  # what the status means in words (which class, which provider failed)
+    interval: tuple[float, float] | None = None  # the interval the status was decided on, when it was
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

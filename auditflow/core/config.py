@@ -49,7 +49,9 @@ class DPConfig(_Section):
     Poisson-sampled batches of expected size `train.batch_size`. BatchNorm is replaced by
     GroupNorm (per-example gradients need layers that do not mix examples)."""
 
-    epsilon: float = Field(8.0, gt=0.0, le=1000.0, description="Target epsilon of the whole run (lower = more private).")
+    epsilon: float = Field(
+        8.0, gt=0.0, le=1000.0, description="Target epsilon of the whole run (lower = more private)."
+    )
     delta: float | None = Field(
         None, gt=0.0, lt=1.0, description="Target delta; None = 1 / (10 x training images), below 1/N as it should be."
     )

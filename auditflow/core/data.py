@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-SNAPSHOT_FORMAT = 1
+PATHS_FILE = "paths.json"
+SNAPSHOT_FORMAT = 2  # 2: image paths (split/class/file) are part of the content
 MAX_IMAGE_BYTES = 64 << 20  # one image file larger than this is refused, unread (zip/tar bombs)
 _PROGRESS_EVERY = 10_000
 
@@ -174,12 +175,14 @@ def _strip_wrappers(paths: list[PurePosixPath]) -> int:
 
 def _read_image_folder(
     entries: Iterator[tuple[PurePosixPath, Reader]], source: str, cfg: DataConfig
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...], dict[str, list[str]]]:
+    """(images, labels, classes, paths) per split; paths are `split/class/file`, in image order."""
     images: list[tuple[PurePosixPath, Reader]] = [(p, r) for p, r in entries if _wanted(p)]
     if not images:
         raise DataError(f"no images found in {source}; expected <split>/<class>/<image> files")
     depth = _strip_wrappers([p for p, _ in images])
     by_split: dict[str, dict[str, list[tuple[str, Reader]]]] = {}
+    relative: dict[str, str] = {}
     for path, reader in images:
         parts = path.parts[depth:]
         if len(parts) != 3:
@@ -188,6 +191,7 @@ def _read_image_folder(
         if split not in SPLITS:
             raise DataError(f"{source}: unknown split folder {split!r} (in {path}); expected {list(SPLITS)}")
         by_split.setdefault(split, {}).setdefault(cls, []).append((str(path), reader))
+        relative[str(path)] = "/".join(parts)
     missing = [s for s in SPLITS if s not in by_split]
     if missing:
         raise DataError(f"{source}: split folder(s) {missing} missing; found {sorted(by_split)}")
@@ -205,18 +209,20 @@ def _read_image_folder(
     done = 0
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
+    names: dict[str, list[str]] = {}
     for split in SPLITS:
-        pixels, labels = [], []
+        pixels, labels, names[split] = [], [], []
         for label, cls in enumerate(classes):
             for name, reader in sorted(by_split[split][cls], key=lambda item: item[0]):
                 pixels.append(_decode(name, reader(), cfg.image_size, cfg.resize))
                 labels.append(label)
+                names[split].append(relative[name])
                 done += 1
                 if done % _PROGRESS_EVERY == 0:
                     log.info("decoded %d/%d images", done, total)
         xs[split] = np.stack(pixels)
         ys[split] = np.asarray(labels, dtype=np.int64)
-    return xs, ys, classes
+    return xs, ys, classes, names
 
 
 def _read_torchvision_cifar10(root: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
@@ -254,6 +260,12 @@ class Snapshot:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def paths(self, split: str) -> list[str] | None:
+        """Image paths (`split/class/file`) of one split in array order; None for sources
+        without files (torchvision)."""
+        file = self.path / PATHS_FILE
+        return json.loads(file.read_text())[split] if file.is_file() else None
+
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(images uint8 N x H x W x 3, labels int64 N) of one split, memory-mapped."""
         if split not in SPLITS:
@@ -288,7 +300,7 @@ def verify_snapshot(snapshot: Snapshot) -> str | None:
         xs, ys = {}, {}
         for split in SPLITS:
             xs[split], ys[split] = snapshot.arrays(split)
-        actual = _content_digest(xs, ys, snapshot.classes)
+        actual = _content_digest(xs, ys, snapshot.classes, _paths_of(snapshot))
     except (OSError, ValueError, EOFError) as err:
         return f"{type(err).__name__}: {err}"
     return None if actual == snapshot.digest else f"its arrays hash to {actual[:12]}, not {snapshot.digest[:12]}"
@@ -310,8 +322,18 @@ def _reusable(folder: Path) -> Snapshot | None:
     return None
 
 
-def _content_digest(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...]) -> str:
-    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, list(classes)]).encode())
+def _paths_of(snapshot: Snapshot) -> dict[str, list[str]] | None:
+    file = snapshot.path / PATHS_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def _content_digest(
+    xs: dict[str, np.ndarray],
+    ys: dict[str, np.ndarray],
+    classes: tuple[str, ...],
+    paths: dict[str, list[str]] | None = None,
+) -> str:
+    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, list(classes), paths]).encode())
     for split in SPLITS:
         h.update(split.encode())
         h.update(np.ascontiguousarray(xs[split]).data)
@@ -340,9 +362,14 @@ def _source_fingerprint(kind: str, path: Path, cfg: DataConfig) -> str | None:
 
 
 def _write_snapshot(
-    xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], classes: tuple[str, ...], source: str, cache_dir: Path
+    xs: dict[str, np.ndarray],
+    ys: dict[str, np.ndarray],
+    classes: tuple[str, ...],
+    source: str,
+    cache_dir: Path,
+    paths: dict[str, list[str]] | None = None,
 ) -> Snapshot:
-    digest = _content_digest(xs, ys, classes)
+    digest = _content_digest(xs, ys, classes, paths)
     final = cache_dir / "snapshots" / digest[:16]
     existing = _reusable(final)
     if existing is not None:
@@ -353,6 +380,8 @@ def _write_snapshot(
         for split in SPLITS:
             np.save(tmp / f"{split}_images.npy", xs[split])
             np.save(tmp / f"{split}_labels.npy", ys[split])
+        if paths is not None:
+            (tmp / PATHS_FILE).write_text(json.dumps(paths))
         manifest = {
             "format": SNAPSHOT_FORMAT,
             "digest": digest,
@@ -407,14 +436,15 @@ def ingest(source: str, cfg: DataConfig, cache_dir: str | Path) -> Snapshot:
     log.info("reading %s (%s)", source, kind)
     if kind == "torchvision":
         xs, ys, classes = _read_torchvision_cifar10(path)
+        paths = None
     else:
         entries = (
             _iter_dir(path)
             if kind == "dir"
             else (_iter_zip(path) if path.name.lower().endswith(".zip") else _iter_tar(path))
         )
-        xs, ys, classes = _read_image_folder(entries, source, cfg)
-    snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir)
+        xs, ys, classes, paths = _read_image_folder(entries, source, cfg)
+    snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir, paths)
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         index.write_text(json.dumps({"snapshot": snapshot.path.name, "source": str(source)}))
@@ -439,6 +469,7 @@ class Splits:
     test_x: np.ndarray
     test_y: np.ndarray
     classes: tuple[str, ...]
+    test_paths: tuple[str, ...] | None = None  # `test/class/file` per test image; None without files
 
 
 def _cap_per_class(labels: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -457,6 +488,8 @@ def make_splits(snapshot: Snapshot, cfg: DataConfig) -> Splits:
     train_x, train_y = np.asarray(train_x[keep]), train_y[keep]
     keep = _cap_per_class(test_y, cfg.max_test_per_class, rng)
     test_x, test_y = np.asarray(test_x[keep]), test_y[keep]
+    paths = snapshot.paths("test")
+    test_paths = tuple(paths[i] for i in keep) if paths is not None else None
     val_mask = np.zeros(len(train_y), dtype=bool)
     if cfg.val_fraction > 0:
         for c in np.unique(train_y):
@@ -470,4 +503,5 @@ def make_splits(snapshot: Snapshot, cfg: DataConfig) -> Splits:
         test_x=test_x,
         test_y=test_y,
         classes=snapshot.classes,
+        test_paths=test_paths,
     )

@@ -1,0 +1,223 @@
+"""Reference models for the membership-inference attacks (RMIA, LiRA): plan, train, cache.
+
+A reference model is trained with the target's recipe (same `fit`, same architecture,
+schedule and epoch count; another seed) on a random half of a population pool. It never
+depends on the target's weights, so it is cached by (data digest, recipe, training indices)
+and a scheduled rerun on the same data and recipe reuses it instead of training again.
+
+Pools, in terms of the audited points (members from the training split, non-members from the
+test split, chosen by `auditflow.audits.privacy.choose_audit_set`):
+- offline: the pool is the training split minus the audited members, so no reference model
+  saw any audited point (RMIA offline, LiRA offline);
+- online: the pool also holds every audited point, so each reference model saw a random half
+  of them (RMIA online, LiRA online with IN and OUT models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from auditflow.core.config import TrainConfig
+from auditflow.core.data import Splits
+from auditflow.models.checkpoints import load_model
+from auditflow.models.inference import predict
+from auditflow.models.runtime import Runtime
+from auditflow.models.training import fit
+
+log = logging.getLogger(__name__)
+
+LOGITS_FILE = "logits.npz"
+META_FILE = "reference.json"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """One reference model: which images it trains on and where its results are cached."""
+
+    index: int  # 0-based position among the run's reference models
+    seed: int  # training seed (initialisation, shuffling, augmentation)
+    train_index: tuple[int, ...]  # into the run's training split
+    test_index: tuple[int, ...]  # into the test split (online mode: audited non-members it trains on)
+    key: str  # cache folder name: digest of data, recipe and the indices above
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """The reference models of one audit and which audited point each one saw."""
+
+    mode: Literal["offline", "online"]
+    specs: tuple[ReferenceSpec, ...]
+    member_in: np.ndarray  # (R, n_members) bool: audited member i is in model r's training set
+    nonmember_in: np.ndarray  # (R, n_nonmembers) bool
+
+
+@dataclass(frozen=True)
+class ReferenceOutcome:
+    """What one reference model gives the attacks (read back from its cache folder)."""
+
+    key: str
+    logits: str  # .npz: member_logits, nonmember_logits (no TTA, like the deployed model)
+    cached: bool  # True when no training happened in this run
+    train_seconds: float  # training passes of the run that trained it
+    wall_seconds: float  # spent in this run (0-ish when cached)
+    epochs: int
+    images: int  # training images
+
+
+def reference_recipe(target: TrainConfig, epochs: int, seed: int) -> TrainConfig:
+    """The target's recipe with its epoch count fixed (no time budget: the reference must not
+    train longer because its half of the data makes epochs cheaper) and its own seed."""
+    return target.model_copy(update={"epochs": epochs, "time_budget_s": None, "seed": seed, "target_accuracy": None})
+
+
+def _digest(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def plan_references(
+    n_train: int,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    count: int,
+    mode: Literal["offline", "online"],
+    seed: int,
+    data_digest: str,
+    recipe: TrainConfig,
+) -> ReferencePlan:
+    """Draw each reference model's half of the pool (seeded) and name its cache entry.
+
+    `members` index the training split, `nonmembers` the test split (the audited points).
+    `recipe` is the target's recipe with the resolved epoch count (`reference_recipe` is
+    applied per model with seed `seed * 1000 + r`).
+    """
+    members, nonmembers = np.asarray(members), np.asarray(nonmembers)
+    others = np.setdiff1d(np.arange(n_train), members)
+    n_audit = len(members) + len(nonmembers)
+    # online: every audited point is IN for exactly half of the models (LiRA's own design:
+    # with independent coin flips, some points would have no IN or no OUT model at all)
+    audit_in = (
+        np.argsort(np.random.default_rng([seed, 11]).random((count, n_audit)), axis=0) < count // 2
+        if mode == "online"
+        else np.zeros((count, n_audit), dtype=bool)
+    )
+    specs, member_in, nonmember_in = [], [], []
+    for r in range(count):
+        rng = np.random.default_rng([seed, r, 7])
+        take_train = np.sort(
+            np.concatenate([others[rng.random(len(others)) < 0.5], members[audit_in[r, : len(members)]]])
+        )
+        take_test = np.sort(nonmembers[audit_in[r, len(members) :]])
+        model_seed = seed * 1000 + r
+        key = _digest(
+            data_digest,
+            reference_recipe(recipe, recipe.epochs, model_seed).model_dump(mode="json"),
+            hashlib.sha256(take_train.astype(np.int64).tobytes()).hexdigest(),
+            hashlib.sha256(take_test.astype(np.int64).tobytes()).hexdigest(),
+            # the audited points it is scored on: the logits cached with it
+            hashlib.sha256(np.concatenate([members, -1 - nonmembers]).astype(np.int64).tobytes()).hexdigest(),
+        )
+        specs.append(ReferenceSpec(r, model_seed, tuple(take_train.tolist()), tuple(take_test.tolist()), key))
+        member_in.append(audit_in[r, : len(members)])
+        nonmember_in.append(audit_in[r, len(members) :])
+    shape = (count, 0)
+    return ReferencePlan(
+        mode=mode,
+        specs=tuple(specs),
+        member_in=np.asarray(member_in, dtype=bool).reshape(count, len(members)) if count else np.zeros(shape, bool),
+        nonmember_in=np.asarray(nonmember_in, dtype=bool).reshape(count, len(nonmembers))
+        if count
+        else np.zeros(shape, bool),
+    )
+
+
+def cached(cache: Path, spec: ReferenceSpec) -> bool:
+    """Whether `spec`'s logits are already in `cache` (complete entries only: written last)."""
+    return (cache / spec.key / META_FILE).is_file()
+
+
+def estimate_seconds(
+    plan: ReferencePlan, cache: Path, target_train_seconds: float, target_images: int, overhead_seconds: float
+) -> float:
+    """Seconds the uncached reference models would take to train: the target's training time
+    scaled by each one's share of images, plus a fixed overhead (compile, warm-up) each."""
+    todo = [s for s in plan.specs if not cached(cache, s)]
+    per_image = target_train_seconds / max(target_images, 1)
+    return sum(per_image * (len(s.train_index) + len(s.test_index)) + overhead_seconds for s in todo)
+
+
+def train_reference(
+    splits: Splits,
+    spec: ReferenceSpec,
+    recipe: TrainConfig,
+    runtime: Runtime,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    cache: Path,
+    batch_size: int = 1000,
+) -> ReferenceOutcome:
+    """Train reference model `spec` (unless cached) and score the audited points with it.
+
+    Its training set is `splits.train_*[spec.train_index]` plus `splits.test_*[spec.test_index]`;
+    it validates on the target's validation split, as the target did.
+    """
+    folder = cache / spec.key
+    if cached(cache, spec):
+        meta = json.loads((folder / META_FILE).read_text())
+        log.info("reference model %d: cached (%s)", spec.index, spec.key)
+        return ReferenceOutcome(
+            spec.key, str(folder / LOGITS_FILE), True, meta["train_seconds"], 0.0, meta["epochs"], meta["images"]
+        )
+    start = time.perf_counter()
+    train_idx, test_idx = np.asarray(spec.train_index, dtype=int), np.asarray(spec.test_index, dtype=int)
+    ref_splits = Splits(
+        train_x=np.concatenate([splits.train_x[train_idx], splits.test_x[test_idx]]),
+        train_y=np.concatenate([splits.train_y[train_idx], splits.test_y[test_idx]]),
+        val_x=splits.val_x,
+        val_y=splits.val_y,
+        test_x=splits.test_x[:0],
+        test_y=splits.test_y[:0],
+        classes=splits.classes,
+    )
+    model_cfg = reference_recipe(recipe, recipe.epochs, spec.seed)
+    log.info(
+        "reference model %d: training %d images for %d epochs (seed %d)",
+        spec.index,
+        len(ref_splits.train_y),
+        model_cfg.epochs,
+        spec.seed,
+    )
+    work = folder.with_name(folder.name + ".partial")
+    result = fit(ref_splits, model_cfg, runtime, work)
+    model, _ = load_model(result.checkpoint, runtime.device)
+    model = runtime.prepare(model)
+    member_logits = predict(model, splits.train_x[members], runtime, batch_size)
+    nonmember_logits = predict(model, splits.test_x[nonmembers], runtime, batch_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / LOGITS_FILE, member_logits=member_logits, nonmember_logits=nonmember_logits)
+    shutil.copy2(result.checkpoint, folder / "model.pt")
+    meta = {
+        "index": spec.index,
+        "seed": spec.seed,
+        "epochs": result.plan.get("epochs", model_cfg.epochs),
+        "images": len(ref_splits.train_y),
+        "train_seconds": result.train_seconds,
+        "recipe": model_cfg.model_dump(mode="json"),
+        "kept_weights": result.choice.get("kept"),
+        "val_accuracy": result.final_val_accuracy,
+    }
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks the entry complete
+    shutil.rmtree(work, ignore_errors=True)
+    wall = time.perf_counter() - start
+    return ReferenceOutcome(
+        spec.key, str(folder / LOGITS_FILE), False, result.train_seconds, wall, meta["epochs"], meta["images"]
+    )
