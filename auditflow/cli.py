@@ -130,12 +130,14 @@ def run(
     shipped = f"{result.test_accuracy_no_tta:.2%} (ONNX, no test-time augmentation)"
     table.add_row("test accuracy, shipped model", shipped)
     if result.test_accuracy != result.test_accuracy_no_tta:
-        table.add_row("test accuracy with TTA", f"{result.test_accuracy:.2%} (not shipped; the audits use it)")
+        table.add_row("test accuracy with TTA", f"{result.test_accuracy:.2%} (not shipped; the audits do not use it)")
     if result.learning != "pass":
         table.add_row("[bold red]MODEL DID NOT LEARN[/]", f"[red]{result.learning_message}[/]")
-    fairness = "pass" if result.fairness_passed else "fail"
-    table.add_row("fairness", f"{fairness} (worst-class recall {result.worst_class_recall:.3f})")
-    table.add_row("privacy", f"{'pass' if result.privacy_passed else 'fail'} (attack AUC {result.attack_auc:.3f})")
+    table.add_row("fairness", f"{result.fairness} (worst-class recall {result.worst_class_recall:.3f})")
+    tpr = "not stated" if result.privacy_tpr != result.privacy_tpr else f"{result.privacy_tpr:.4f}"
+    tier = "" if result.privacy_tier == "reference" else "; loss tier only, see the report"
+    table.add_row("privacy", f"{result.privacy} ({result.privacy_attack} attack TPR at low FPR {tpr}{tier})")
+    table.add_row("release gate", f"{result.release} ({result.model_version}; `auditflow models` lists the versions)")
     table.add_row("ONNX model", result.onnx_path)
     table.add_row("report", result.report_html + (f" (PDF: {result.report_pdf})" if result.report_pdf else ""))
     table.add_row("MLflow run", f"[link={result.run_url}]{result.run_url}[/link]")
@@ -582,6 +584,127 @@ def bench(
         for target, choice in rec.items():
             out.print(f"{device}, {target} target: [bold]{choice['backend']}[/] ({choice['reason']})")
     out.print(f"Rebuild the report with: auditflow report {run_id} --workdir {workdir}")
+
+
+TrackingUriOpt = Annotated[
+    str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
+]
+ReleaseSetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Release policy override, e.g. release.max_accuracy_drop=0.02 (repeatable)."),
+]
+
+
+def _existing_store(tracking_uri: str | None, workdir: Path) -> str:
+    """The MLflow URI to read; `AuditflowError` when a local store is not there. MLflow's
+    download progress bars are turned off: they would stand in front of the one-line answer."""
+    from auditflow.core.config import TrackingConfig
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+    return uri
+
+
+@app.command()
+def gate(
+    run_id: Annotated[str, typer.Argument(help="MLflow id of a pipeline (parent) run.")],
+    workdir: WorkdirOpt = Path("."),
+    tracking_uri: TrackingUriOpt = None,
+    overrides: ReleaseSetOpt = None,
+    log: Annotated[bool, typer.Option("--log", help="Store the record as the run's release/gate.json.")] = False,
+) -> None:
+    """Re-check a run against the release gate and the current champion; moves no alias.
+    Exit code 0 when it would pass, 1 when it would not."""
+    from auditflow.tasks.release import gate_run
+
+    try:
+        uri = _existing_store(tracking_uri, workdir)
+        outcome = gate_run(uri, run_id, overrides or [], log_record=log)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    from rich.markup import escape
+
+    Console(soft_wrap=True).print(outcome.markdown, markup=False, highlight=False)
+    colour = "green" if outcome.verdict == "pass" else "red"
+    console.print(f"[bold {colour}]release gate[/] {escape(outcome.summary)}", highlight=False)
+    if outcome.verdict != "pass":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def promote(
+    run_id: Annotated[str, typer.Argument(help="MLflow id of a pipeline (parent) run.")],
+    workdir: WorkdirOpt = Path("."),
+    tracking_uri: TrackingUriOpt = None,
+    overrides: ReleaseSetOpt = None,
+) -> None:
+    """Make a run's model `champion`, after the same release gate the pipeline applies
+    (registering it first if it has no version); refused, with the reason, when the gate fails."""
+    from auditflow.tasks.release import promote_run
+
+    try:
+        uri = _existing_store(tracking_uri, workdir)
+        result = promote_run(uri, run_id, overrides or [])
+        if not result.promoted:
+            raise AuditflowError(
+                f"promote refused: {result.model_name} v{result.version} (run {run_id}) fails the release gate: "
+                + "; ".join(result.reasons)
+                + f" (record: release/gate.json of run {run_id})"
+            )
+    except AuditflowError as err:
+        raise _fail(err) from err
+    out = Console(soft_wrap=True, highlight=False)
+    if result.previous_champion == result.version:
+        out.print(f"{result.model_name} v{result.version} is already champion ({result.summary})", markup=False)
+    else:
+        replaced = f", replacing v{result.previous_champion}" if result.previous_champion else ""
+        out.print(f"{result.model_name} v{result.version} is now champion{replaced} ({result.summary})", markup=False)
+
+
+@app.command()
+def models(
+    workdir: WorkdirOpt = Path("."),
+    tracking_uri: TrackingUriOpt = None,
+    model_name: Annotated[str | None, typer.Option(help="Registered model; default every one in the store.")] = None,
+) -> None:
+    """List registered model versions with their aliases, release status and verdicts."""
+    from datetime import datetime
+
+    from auditflow.audits.gate import METRICS
+    from auditflow.tasks.release import RELEASE_VERDICT, STATUS_TAG, list_models
+
+    try:
+        uri = _existing_store(tracking_uri, workdir)
+        found = list_models(uri, model_name)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    out = Console(width=None if sys.stdout.isatty() else 170)
+    if not any(found.values()):
+        out.print(f"no registered model versions in {uri}" + (f" named {model_name!r}" if model_name else ""))
+        return
+    for name, rows in found.items():
+        table = Table(title=f"registered model {name}")
+        for col in ("version", "aliases", "status", "gate", "overall", "accuracy", "worst recall", "run", "registered"):
+            table.add_column(col, justify="right" if col in ("version", "accuracy", "worst recall") else "left")
+        for row in rows:
+            v = row.version
+            accuracy = row.metrics.get(METRICS["accuracy"])
+            recall = row.metrics.get(METRICS["worst_class_recall"])
+            table.add_row(
+                v.version,
+                ", ".join(v.aliases) or "-",
+                v.tags.get(STATUS_TAG, "-"),
+                v.tags.get(RELEASE_VERDICT, "-"),
+                row.verdicts.get("overall", "-"),
+                "-" if accuracy is None else f"{accuracy:.2%}",
+                "-" if recall is None else f"{recall:.3f}",
+                f"{v.run_id} ({row.run_name})" if row.run_name else (v.run_id or "-"),
+                datetime.fromtimestamp(v.created_ms / 1000).strftime("%Y-%m-%d %H:%M"),
+            )
+        out.print(table)
 
 
 if __name__ == "__main__":

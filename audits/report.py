@@ -27,6 +27,7 @@ from auditflow.audits.model_card import write_model_card
 from auditflow.core.checks import overall
 from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url, ui_base
 
+NOT_AUDIT_VERDICTS = (f"{VERDICT_PREFIX}overall", f"{VERDICT_PREFIX}release")
 STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
 MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ def overall_verdict(record: RunRecord) -> str:
     tagged = record.tags.get(f"{VERDICT_PREFIX}overall")
     if tagged:
         return tagged
-    values = [v for k, v in record.tags.items() if k.startswith(VERDICT_PREFIX) and k != f"{VERDICT_PREFIX}overall"]
+    # the release gate compares with the champion: a sound model that is worse than the champion
+    # is not a failed audit, so `verdict/release` stays out of the run's own verdict
+    values = [v for k, v in record.tags.items() if k.startswith(VERDICT_PREFIX) and k not in NOT_AUDIT_VERDICTS]
     failed = any(st != "FINISHED" for st in record.stage_status.values())
     return overall(values, missing=failed or any(st not in record.summaries for st in STAGES))
 
@@ -140,6 +143,7 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         "experiment_link": run_url(record.uri, record.experiment_id, None, ui_url),
         "local_store": not record.uri.startswith(("http://", "https://")) and not ui_url,
         "versions": {k: v for k, v in sorted(record.tags.items()) if k.startswith("versions.")},
+        "gate": s.get("release"),
     }
 
 

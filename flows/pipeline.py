@@ -18,6 +18,7 @@ from auditflow.tasks.evaluate import evaluate_model
 from auditflow.tasks.export import benchmark_model, export_model
 from auditflow.tasks.ingest import ingest_data
 from auditflow.tasks.references import References, decide_tier, plan_for, train_reference_model
+from auditflow.tasks.release import release
 from auditflow.tasks.report import report_run
 from auditflow.tasks.run import close_run, open_run
 from auditflow.tasks.train import train_model
@@ -38,6 +39,8 @@ class PipelineResult:
     privacy_attack: str  # the strongest attack run: loss, rmia or lira
     privacy_tpr: float  # its TPR at privacy.verdict_fpr (nan when not stated)
     privacy_tier: str  # "reference" (RMIA/LiRA ran) or "loss" (the loss attack alone)
+    release: str  # the release gate: pass (now `champion`) or fail (stays `candidate`)
+    model_version: str  # the run's version in the MLflow Model Registry
     onnx_path: str
     report_html: str
     report_markdown: str
@@ -119,6 +122,7 @@ def audit_pipeline(
         )
         exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
         benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
+        released = release(ref, cfg.release)
         report = report_run(ref, workdir)
     except BaseException as err:
         close_run(ref, err)
@@ -138,6 +142,8 @@ def audit_pipeline(
         privacy_attack=privacy.attack,
         privacy_tpr=privacy.headline,
         privacy_tier=references.decision.tier,
+        release=released.verdict,
+        model_version=f"{released.model_name} v{released.version}",
         onnx_path=exported.onnx_path,
         report_html=report.html,
         report_markdown=report.markdown,

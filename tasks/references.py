@@ -103,8 +103,8 @@ def decide_tier(
         )
     return ReferenceDecision(
         "reference",
-        f"{' and '.join(ATTACK_NAMES[a] for a in wanted)} {cfg.reference_mode} with {cfg.references} reference model(s) "
-        f"({cfg.references - uncached} from the cache)",
+        f"{' and '.join(ATTACK_NAMES[a] for a in wanted)} {cfg.reference_mode} with {cfg.references} "
+        f"reference model(s) ({cfg.references - uncached} from the cache)",
         cfg.references,
         uncached,
         estimate,

@@ -81,6 +81,9 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     assert privacy.tags["privacy/strongest_attack"] == result.privacy_attack
     assert parent.data.tags["verdict/privacy"] == result.privacy
     assert parent.data.tags["verdict/fairness"] == result.fairness
+    # registered and gated; toy data cannot state TPR at 1% FPR, so the gate cannot pass it
+    assert parent.data.tags["verdict/release"] == result.release == "fail"
+    assert parent.data.tags["release/model"] and result.model_version.endswith(" v1")
 
 
 @pytest.mark.slow

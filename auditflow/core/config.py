@@ -371,6 +371,55 @@ class BenchmarkConfig(_Section):
         return self
 
 
+class ReleaseConfig(_Section):
+    """Release gate: absolute bounds on the run, and regressions allowed against the current `champion`."""
+
+    model_name: str | None = Field(
+        None, min_length=1, description="Registered model in the MLflow registry; None = the run's experiment name."
+    )
+    min_accuracy: float = Field(
+        0.5, ge=0.0, le=1.0, description="Shipped model's test accuracy must be at least this (0..1)."
+    )
+    max_accuracy_drop: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Test accuracy may be at most this below the champion's (0..1; 0.01 = 1 point).",
+    )
+    min_worst_class_recall: float = Field(
+        0.5, ge=0.0, le=1.0, description="Lowest per-class recall must be at least this (0..1)."
+    )
+    max_worst_class_recall_drop: float = Field(
+        0.02, ge=0.0, le=1.0, description="Worst-class recall may be at most this below the champion's (0..1)."
+    )
+    min_fairness_verdict: Literal["pass", "inconclusive"] = Field(
+        "pass", description="Weakest fairness verdict accepted; it may also be no worse than the champion's."
+    )
+    max_privacy_tpr: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="Upper interval bound of the strongest attack's TPR at the verdict FPR: at most this (0..1).",
+    )
+    max_privacy_tpr_increase: float = Field(
+        0.01, ge=0.0, le=1.0, description="That TPR (point value) may be at most this above the champion's (0..1)."
+    )
+    max_onnx_abs_diff: float = Field(
+        1e-3, gt=0.0, description="Largest FP32 ONNX-vs-torch logit difference allowed (logits)."
+    )
+    max_onnx_abs_diff_increase: float = Field(
+        1e-3, ge=0.0, description="That difference may be at most this above the champion's (logits)."
+    )
+    latency_backend: BenchBackend = Field("onnx-fp32", description="Benchmark backend whose latency is gated.")
+    latency_batch_size: int = Field(1, gt=0, description="Batch size whose median latency is gated (images).")
+    max_latency_ms: float = Field(100.0, gt=0.0, description="Median latency must be at most this (milliseconds).")
+    max_latency_ratio: float = Field(
+        1.25,
+        ge=1.0,
+        description="Median latency may be at most this many times the champion's, when both ran on the same hardware.",
+    )
+
+
 class TrackingConfig(_Section):
     experiment: str = Field("auditflow", min_length=1, description="MLflow experiment name.")
     tracking_uri: str | None = Field(
@@ -436,6 +485,7 @@ class PipelineConfig(_Section):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     tracking: TrackingConfig = TrackingConfig()
     card: CardConfig = CardConfig()
+    release: ReleaseConfig = ReleaseConfig()
 
     @model_validator(mode="after")
     def _model_fits_the_images(self) -> PipelineConfig:

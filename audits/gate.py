@@ -1,0 +1,558 @@
+"""Release gate: may this run's model replace the current champion?
+
+A candidate is judged on absolute criteria (its own numbers against policy thresholds) and,
+when a champion exists and was tested on the same test split, on allowed regressions against
+the champion: accuracy, worst-class recall, the fairness verdict, the privacy attack's TPR at
+low FPR, ONNX parity and latency, plus the run's overall audit verdict. The result is a
+`GateRecord`: every criterion with its condition, value, threshold, status and a link to the
+evidence, and a run-vs-champion comparison table; JSON-serialisable (`as_dict`) and rendered
+to Markdown (`gate_markdown`, template `gate.md.j2`).
+
+Pure: runs are passed in as `RunFacts` (numbers and tags read back from MLflow by the caller,
+see `facts_from_record`). A missing number is never a pass: its criterion is `inconclusive`,
+and the gate passes only when every criterion passes or is skipped (no champion, another test
+split, other benchmark hardware).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from auditflow.core.checks import SEVERITY, condition_text, judge
+from auditflow.core.config import ReleaseConfig as GateConfig
+from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url
+
+# Every MLflow name the gate reads, in one place (stage runs' metrics are merged under the
+# parent's, see `facts_from_record`). `latency_ms` is filled in with the configured backend and
+# batch size.
+METRICS: dict[str, str] = {
+    "accuracy": "evaluate/test_accuracy_no_tta",  # the shipped model, 0..1, higher is better
+    "accuracy_ci_low": "evaluate/test_accuracy_no_tta_ci_low",
+    "accuracy_ci_high": "evaluate/test_accuracy_no_tta_ci_high",
+    "worst_class_recall": "fairness/worst_class_recall",  # 0..1, higher is better
+    "privacy_tpr": "privacy/strongest/tpr_at_verdict_fpr",  # 0..1, lower is better; chance = the FPR
+    "privacy_tpr_ci_high": "privacy/strongest/tpr_at_verdict_fpr_ci_high",
+    "onnx_max_abs_diff": "export/parity/max_abs_diff",  # logits, lower is better, 0 ideal
+    "latency_ms": "benchmark/{backend}/bs{batch_size}/p50_ms",  # median, lower is better
+}
+TAGS: dict[str, str] = {
+    "fairness": f"{VERDICT_PREFIX}fairness",
+    "privacy": f"{VERDICT_PREFIX}privacy",
+    "onnx_parity": f"{VERDICT_PREFIX}onnx_parity",
+    "overall": f"{VERDICT_PREFIX}overall",
+    "release": f"{VERDICT_PREFIX}release",  # what this gate sets; not an input of the overall verdict here
+    "data_digest": "auditflow.data_digest",
+    "benchmark_cpu": "benchmark/cpu",
+}
+# Where the evidence of each group lives: stage run (linked in the MLflow UI), report section.
+EVIDENCE: dict[str, tuple[str, str]] = {
+    "accuracy": ("evaluate", "#which-accuracy-is-which"),
+    "worst_class_recall": ("fairness", "#fairness"),
+    "fairness": ("fairness", "#fairness"),
+    "privacy": ("privacy", "#privacy"),
+    "onnx_parity": ("export", "#onnx-export"),
+    "latency": ("benchmark", "#inference-benchmark"),
+    "overall": ("parent", "#checks"),
+}
+PASSING = ("pass", "skipped")  # statuses that let the gate pass
+ACCEPTED = {"pass": "pass", "inconclusive": "pass or inconclusive"}  # weakest verdict -> in words
+SCHEMA = 1
+_EPS = 1e-12  # float slack so that a value exactly at its bound passes (0.8 - 0.01 vs 0.79)
+KINDS = ("verdict", "absolute", "regression")  # order of a group's criteria in the record
+# The criteria. Policy fields name `GateConfig` fields; metric names are `METRICS` keys.
+# (key, title, metric, what it is, policy field with the bound, higher is better)
+BOUNDS = (
+    ("accuracy/minimum", "Test accuracy", "accuracy", "test accuracy (shipped model)", "min_accuracy", True),
+    (
+        "worst_class_recall/minimum",
+        "Worst-class recall",
+        "worst_class_recall",
+        "lowest per-class recall",
+        "min_worst_class_recall",
+        True,
+    ),
+    (
+        "privacy/tpr_bound",
+        "Membership attack TPR at low FPR",
+        "privacy_tpr_ci_high",
+        "upper interval bound of the strongest attack's TPR at the verdict FPR",
+        "max_privacy_tpr",
+        False,
+    ),
+    (
+        "onnx_parity/max_abs_diff",
+        "ONNX parity",
+        "onnx_max_abs_diff",
+        "largest ONNX-vs-torch logit difference",
+        "max_onnx_abs_diff",
+        False,
+    ),
+    ("latency/maximum", "Latency", "latency_ms", "median latency (ms)", "max_latency_ms", False),
+)
+# (key, metric, what it is, policy field with the allowance, higher is better, allowance is a ratio)
+REGRESSIONS = (
+    ("accuracy/regression", "accuracy", "test accuracy", "max_accuracy_drop", True, False),
+    (
+        "worst_class_recall/regression",
+        "worst_class_recall",
+        "worst-class recall",
+        "max_worst_class_recall_drop",
+        True,
+        False,
+    ),
+    ("privacy/regression", "privacy_tpr", "attack TPR at the verdict FPR", "max_privacy_tpr_increase", False, False),
+    (
+        "onnx_parity/regression",
+        "onnx_max_abs_diff",
+        "ONNX logit difference",
+        "max_onnx_abs_diff_increase",
+        False,
+        False,
+    ),
+    ("latency/regression", "latency_ms", "median latency", "max_latency_ratio", False, True),
+)
+# (key, title, `TAGS` key, weakest verdict accepted: a policy field or the verdict itself)
+VERDICTS = (
+    ("fairness/verdict", "Fairness verdict", "fairness", "min_fairness_verdict"),
+    ("privacy/verdict", "Privacy verdict", "privacy", "pass"),
+    ("onnx_parity/verdict", "ONNX parity verdict", "onnx_parity", "pass"),
+)
+
+
+def latency_metric(cfg: GateConfig) -> str:
+    """The benchmark metric whose latency is gated: median ms of the configured backend and batch."""
+    return METRICS["latency_ms"].format(backend=cfg.latency_backend, batch_size=cfg.latency_batch_size)
+
+
+# ---------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class RunFacts:
+    """What the gate reads about one pipeline run."""
+
+    run_id: str
+    metrics: dict[str, float]  # parent metrics over the stage runs' metrics
+    tags: dict[str, str]  # parent tags, plus `stage/...` tags of the stage runs
+    overall: str | None  # the audits' overall verdict (without the release gate); None unknown
+    test_split: str  # identity of the test split; "" when the run does not record it
+    hardware: str = ""  # where the benchmark ran; "" when unknown
+    url: str = ""  # the run in the MLflow UI
+    links: dict[str, str] = field(default_factory=dict)  # stage -> its run in the MLflow UI
+    version: str | None = None  # registered model version, when it has one
+
+
+def split_identity(digest: str | None, params: dict[str, str]) -> str:
+    """Identity of a run's test split: the snapshot digest, plus the seeded per-class cap when
+    one subsamples the test images (`data.*` params; see `auditflow.core.data.make_splits`)."""
+    if not digest:
+        return ""
+    cap = params.get("data.max_test_per_class", "None")
+    if cap in ("None", ""):
+        return f"snapshot {digest[:16]}, all test images"
+    # the cap draws from the rng after the train cap, so both caps and the seed fix the sample
+    return (
+        f"snapshot {digest[:16]}, test capped at {cap} per class "
+        f"(seed {params.get('data.seed', '?')}, train cap {params.get('data.max_train_per_class', '?')})"
+    )
+
+
+def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str | None = None) -> RunFacts:
+    """`RunFacts` of a run read back by `Tracker.load_run`. The overall verdict is recomputed
+    from the stage verdicts without `verdict/release` (and without a stored `verdict/overall`
+    that may already include it), so re-gating a run never judges the gate's own earlier answer."""
+    from auditflow.audits.report import overall_verdict
+
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for stage, values in record.stage_metrics.items():
+        metrics.update(values)
+        tags.update({k: v for k, v in record.stage_tags.get(stage, {}).items() if k.startswith(f"{stage}/")})
+    metrics.update(record.metrics)
+    tags.update(record.tags)
+    own = {k: v for k, v in record.tags.items() if k not in (TAGS["overall"], TAGS["release"])}
+    overall = overall_verdict(replace(record, tags=own))
+    if record.status in ("FAILED", "KILLED"):
+        overall = "fail"
+    device = (record.summaries.get("benchmark") or {}).get("device") or tags.get(TAGS["benchmark_cpu"], "")
+    ui = ui_url or record.config.get("tracking", {}).get("ui_url")
+    links = {
+        stage: run_url(record.uri, record.experiment_id, run_id, ui) for stage, run_id in record.stage_run_ids.items()
+    }
+    return RunFacts(
+        run_id=record.run_id,
+        metrics=metrics,
+        tags=tags,
+        overall=overall,
+        test_split=split_identity(record.tags.get(TAGS["data_digest"]), record.params),
+        hardware=str(device),
+        url=run_url(record.uri, record.experiment_id, record.run_id, ui),
+        links=links,
+        version=version,
+    )
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Criterion:
+    """One condition of the gate, what it judged and why it came out as it did."""
+
+    key: str  # "accuracy/regression"
+    group: str  # what it is about: accuracy, worst_class_recall, fairness, privacy, onnx_parity, latency, overall
+    kind: str  # absolute | regression | verdict
+    title: str
+    condition: str  # written out, with the threshold
+    metric: str  # the MLflow metric or tag judged
+    value: float | str | None  # the candidate's; None when not logged
+    threshold: float | str | None  # the bound it was judged against (for regressions: derived from the champion's)
+    champion: float | str | None  # the champion's value, for regressions
+    status: str  # pass | fail | inconclusive | skipped
+    reason: str  # one line
+    evidence: str  # the stage run that holds the value, in the MLflow UI
+    anchor: str  # the section of the audit report
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """The gate's decision with everything it rests on; `as_dict` is what is logged."""
+
+    verdict: str  # pass | fail
+    model_name: str
+    candidate: dict[str, Any]  # run_id, version, url, test_split, hardware
+    champion: dict[str, Any] | None  # the same for the champion; None when there is none
+    comparable: bool  # regression criteria were judged
+    comparability: str  # why (not) comparable, in words
+    criteria: tuple[Criterion, ...]
+    comparison: tuple[dict[str, Any], ...]  # metric, title, candidate, champion, difference, better
+    config: dict[str, Any]
+    decided_at: str  # ISO 8601, UTC
+    schema: int = SCHEMA
+
+    @property
+    def failing(self) -> tuple[Criterion, ...]:
+        return tuple(c for c in self.criteria if c.status not in PASSING)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """One line per criterion that stopped the release."""
+        return tuple(f"{c.title}: {c.reason}" for c in self.failing)
+
+    def summary(self) -> str:
+        """One line: the verdict and why."""
+        counts = {s: sum(c.status == s for c in self.criteria) for s in ("pass", "fail", "inconclusive", "skipped")}
+        if self.verdict == "pass":
+            return f"pass: {counts['pass']} criteria passed, {counts['skipped']} skipped ({self.comparability})"
+        return "fail: " + "; ".join(self.reasons)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failing"] = [c.key for c in self.failing]
+        out["reasons"] = list(self.reasons)
+        out["summary"] = self.summary()
+        return out
+
+
+# ---------------------------------------------------------------------------- criteria
+def _number(facts: RunFacts | None, metric: str) -> float | None:
+    value = facts.metrics.get(metric) if facts is not None else None
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _missing(name: str, facts: RunFacts, whose: str = "this run") -> str:
+    return f"`{name}` is not logged on {whose} ({facts.run_id[:8]}); a missing value is not a pass"
+
+
+def _criterion(facts: RunFacts, key: str, kind: str, **fields: Any) -> Criterion:
+    group = key.split("/")[0]
+    stage, anchor = EVIDENCE[group]
+    defaults: dict[str, Any] = {"threshold": None, "champion": None}
+    return Criterion(
+        key=key,
+        group=group,
+        kind=kind,
+        evidence=facts.links.get(stage, facts.url),
+        anchor=anchor,
+        **(defaults | fields),
+    )
+
+
+def _minimum(facts: RunFacts, key: str, title: str, metric: str, what: str, bound: float, higher: bool) -> Criterion:
+    """The run's own `metric` against a policy bound (reaching the bound passes)."""
+    value = _number(facts, metric)
+    status = judge(value, bound, higher)
+    if value is None:
+        reason = _missing(metric, facts)
+    else:
+        sign = ("≥" if higher else "≤") if status == "pass" else ("<" if higher else ">")
+        reason = f"{value:.4g} {sign} {bound:g}"
+    return _criterion(
+        facts,
+        key,
+        "absolute",
+        title=title,
+        condition=condition_text(what, bound, higher),
+        metric=metric,
+        value=value,
+        threshold=bound,
+        status=status,
+        reason=reason,
+    )
+
+
+def _regression(
+    cand: RunFacts,
+    champ: RunFacts | None,
+    skip: str,
+    key: str,
+    metric: str,
+    what: str,
+    allowance: float,
+    higher: bool,
+    ratio: bool = False,
+) -> Criterion:
+    """Candidate vs champion on `metric`: at most `allowance` worse, as a difference in the
+    metric's unit, or with `ratio` as a factor on the champion's value (lower is better)."""
+    if ratio:
+        condition = f"{what} at most {allowance:g} x the champion's"
+    else:
+        condition = f"{what} at most {allowance:g} {'below' if higher else 'above'} the champion's"
+    value = _number(cand, metric)
+    reference = _number(champ, metric)
+    base = _criterion(
+        cand,
+        key,
+        "regression",
+        title=f"{what[0].upper()}{what[1:]} vs champion",
+        condition=condition,
+        metric=metric,
+        value=value,
+        champion=reference,
+        status="skipped",
+        reason=skip,
+    )
+    if skip or champ is None:
+        return base
+    if value is None:
+        return replace(base, status="inconclusive", reason=_missing(metric, cand))
+    if reference is None:
+        return replace(base, status="inconclusive", reason=_missing(metric, champ, f"champion v{champ.version}"))
+    if ratio:
+        bound = reference * allowance
+        ok = value <= bound + _EPS
+        change = f"{value / reference:.3g}x" if reference > 0 else "n/a"
+        reason = f"{value:.4g} vs champion v{champ.version}'s {reference:.4g} ({change}; allowed {allowance:g}x)"
+    else:
+        bound = reference - allowance if higher else reference + allowance
+        ok = value >= bound - _EPS if higher else value <= bound + _EPS
+        reason = (
+            f"{value:.4g} vs champion v{champ.version}'s {reference:.4g} ({value - reference:+.4g}; "
+            f"allowed {'-' if higher else '+'}{allowance:g})"
+        )
+    return replace(base, threshold=bound, status="pass" if ok else "fail", reason=reason)
+
+
+def _verdict(
+    facts: RunFacts, key: str, title: str, tag: str, weakest: str, value: str | None = None, source: str = ""
+) -> Criterion:
+    """A verdict of the run must be `weakest` or better (pass, then inconclusive, then fail);
+    `value` and `source` when it is not read from tag `tag` itself."""
+    found = value if source else facts.tags.get(tag)
+    accepted = ACCEPTED[weakest]
+    if found is None:
+        status, reason = "inconclusive", _missing(tag, facts)
+    elif SEVERITY.get(found, SEVERITY["fail"]) <= SEVERITY[weakest]:
+        status, reason = "pass", found
+    else:
+        status, reason = "fail", f"{found} (required: {accepted})"
+    return _criterion(
+        facts,
+        key,
+        "verdict",
+        title=title,
+        condition=f"`{tag}`{source} is {accepted}",
+        metric=tag,
+        value=found,
+        threshold=weakest,
+        status=status,
+        reason=reason,
+    )
+
+
+def _verdict_regression(cand: RunFacts, champ: RunFacts | None, skip: str, key: str, tag: str, title: str) -> Criterion:
+    value = cand.tags.get(tag)
+    reference = champ.tags.get(tag) if champ is not None else None
+    base = _criterion(
+        cand,
+        key,
+        "regression",
+        title=title,
+        condition=f"`{tag}` no worse than the champion's (pass, then inconclusive, then fail)",
+        metric=tag,
+        value=value,
+        threshold=reference,
+        champion=reference,
+        status="skipped",
+        reason=skip,
+    )
+    if skip or champ is None:
+        return base
+    if value is None:
+        return replace(base, status="inconclusive", reason=_missing(tag, cand))
+    if reference is None:
+        return replace(base, status="inconclusive", reason=_missing(tag, champ, f"champion v{champ.version}"))
+    worse = SEVERITY.get(value, SEVERITY["fail"]) > SEVERITY.get(reference, SEVERITY["fail"])
+    return replace(
+        base, status="fail" if worse else "pass", reason=f"{value} vs champion v{champ.version}'s {reference}"
+    )
+
+
+def comparability(cand: RunFacts, champ: RunFacts | None) -> tuple[bool, str]:
+    """Whether the regression criteria apply, and why (not)."""
+    if champ is None:
+        return False, "no champion yet: regression criteria skipped"
+    if champ.run_id == cand.run_id:
+        return False, f"this run is the champion (v{champ.version}): regression criteria skipped"
+    if not cand.test_split or not champ.test_split:
+        whose = "this run" if not cand.test_split else f"champion v{champ.version}"
+        return False, f"not comparable: {whose} records no test-split digest; regression criteria skipped"
+    if cand.test_split != champ.test_split:
+        return False, (
+            f"not comparable: champion v{champ.version} was tested on another test split "
+            f"({champ.test_split}; this run: {cand.test_split}); regression criteria skipped"
+        )
+    return True, f"comparable: same test split as champion v{champ.version} ({cand.test_split})"
+
+
+def _comparison(cand: RunFacts, champ: RunFacts | None, cfg: GateConfig) -> tuple[dict[str, Any], ...]:
+    """Run vs champion, number by number (shown whether or not the runs are comparable)."""
+    rows: list[dict[str, Any]] = []
+    numbers = (
+        ("Test accuracy (shipped model)", METRICS["accuracy"], "higher"),
+        ("Test accuracy, interval low", METRICS["accuracy_ci_low"], "higher"),
+        ("Test accuracy, interval high", METRICS["accuracy_ci_high"], "higher"),
+        ("Worst-class recall", METRICS["worst_class_recall"], "higher"),
+        ("Attack TPR at the verdict FPR", METRICS["privacy_tpr"], "lower"),
+        ("Attack TPR, interval high", METRICS["privacy_tpr_ci_high"], "lower"),
+        ("ONNX max logit difference", METRICS["onnx_max_abs_diff"], "lower"),
+        (f"Median latency, {cfg.latency_backend} batch {cfg.latency_batch_size} (ms)", latency_metric(cfg), "lower"),
+    )
+    for title, metric, better in numbers:
+        a, b = _number(cand, metric), _number(champ, metric)
+        diff = a - b if a is not None and b is not None else None
+        rows.append(
+            {"title": title, "metric": metric, "candidate": a, "champion": b, "difference": diff, "better": better}
+        )
+    for title, name in (
+        ("Fairness verdict", "fairness"),
+        ("Privacy verdict", "privacy"),
+        ("ONNX parity verdict", "onnx_parity"),
+        ("Overall audit verdict", "overall"),
+    ):
+        tag = TAGS[name]
+        a = cand.overall if name == "overall" else cand.tags.get(tag)
+        b = None if champ is None else (champ.overall if name == "overall" else champ.tags.get(tag))
+        rows.append(
+            {"title": title, "metric": tag, "candidate": a, "champion": b, "difference": None, "better": "pass"}
+        )
+    return tuple(rows)
+
+
+def _side(facts: RunFacts) -> dict[str, Any]:
+    return {
+        "run_id": facts.run_id,
+        "version": facts.version,
+        "url": facts.url,
+        "test_split": facts.test_split,
+        "hardware": facts.hardware,
+    }
+
+
+# ---------------------------------------------------------------------------- the gate
+def evaluate_gate(
+    candidate: RunFacts,
+    champion: RunFacts | None,
+    cfg: GateConfig,
+    model_name: str,
+    now: datetime | None = None,
+) -> GateRecord:
+    """Judge `candidate` against the policy `cfg` and against `champion` (None when there is
+    none). The verdict is `pass` only when every criterion passes or is skipped."""
+    comparable, why = comparability(candidate, champion)
+    skip = "" if comparable else why
+    c, v = candidate, champion if comparable else None
+    latency_skip = skip
+    if v is not None and (not c.hardware or c.hardware != v.hardware):
+        latency_skip = (
+            f"benchmarked on other hardware ({c.hardware or 'unknown'} vs {v.hardware or 'unknown'}): "
+            "latency not compared"
+        )
+    latency = latency_metric(cfg)
+    metric = {**METRICS, "latency_ms": latency}
+    bounds = [
+        _minimum(c, key, title, metric[name], what, getattr(cfg, limit), higher)
+        for key, title, name, what, limit, higher in BOUNDS
+    ]
+    regressions = [
+        _regression(
+            c,
+            v,
+            latency_skip if name == "latency_ms" else skip,
+            key,
+            metric[name],
+            what,
+            getattr(cfg, limit),
+            higher,
+            ratio,
+        )
+        for key, name, what, limit, higher, ratio in REGRESSIONS
+    ]
+    verdicts = [
+        _verdict(c, key, title, TAGS[tag], getattr(cfg, weakest, weakest)) for key, title, tag, weakest in VERDICTS
+    ] + [
+        _verdict_regression(c, v, skip, "fairness/regression", TAGS["fairness"], "Fairness verdict vs champion"),
+        _verdict(
+            c,
+            "overall/verdict",
+            "Overall audit verdict",
+            TAGS["overall"],
+            "pass",
+            value=c.overall,
+            source=" (from the stage verdicts, without this gate)",
+        ),
+    ]
+    order = {group: i for i, group in enumerate(EVIDENCE)}
+    criteria = tuple(sorted(bounds + verdicts + regressions, key=lambda x: (order[x.group], KINDS.index(x.kind))))
+    verdict = "pass" if all(x.status in PASSING for x in criteria) else "fail"
+    return GateRecord(
+        verdict=verdict,
+        model_name=model_name,
+        candidate=_side(candidate),
+        champion=_side(champion) if champion is not None else None,
+        comparable=comparable,
+        comparability=why,
+        criteria=criteria,
+        comparison=_comparison(candidate, champion, cfg),
+        config=cfg.model_dump(mode="json"),
+        decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+    )
+
+
+# ---------------------------------------------------------------------------- rendering
+def _show(value: Any) -> str:
+    if value is None:
+        return "not logged"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def gate_markdown(record: GateRecord | dict[str, Any]) -> str:
+    """The gate record as Markdown (template `gate.md.j2`): verdict, reasons, every criterion,
+    and the run-vs-champion table. Takes the record or its logged dict form."""
+    from auditflow.audits.documents import environment
+
+    gate = record.as_dict() if isinstance(record, GateRecord) else record
+    env = environment()
+    env.filters["show"] = _show
+    return env.get_template("gate.md.j2").render(gate=gate)

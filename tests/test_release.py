@@ -1,0 +1,391 @@
+"""The release gate: pure criteria at their edges, registration and aliases in a temporary
+SQLite store with fabricated pipeline runs (no training), the transaction's rollback, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from auditflow.audits.gate import (
+    METRICS,
+    TAGS,
+    GateConfig,
+    RunFacts,
+    evaluate_gate,
+    gate_markdown,
+    latency_metric,
+    split_identity,
+)
+
+runner = CliRunner()
+DIGEST = "ab" * 32
+GOOD_METRICS = {
+    METRICS["accuracy"]: 0.86,
+    METRICS["accuracy_ci_low"]: 0.85,
+    METRICS["accuracy_ci_high"]: 0.87,
+    METRICS["worst_class_recall"]: 0.70,
+    METRICS["privacy_tpr"]: 0.02,
+    METRICS["privacy_tpr_ci_high"]: 0.03,
+    METRICS["onnx_max_abs_diff"]: 2e-6,
+    latency_metric(GateConfig()): 1.5,
+}
+GOOD_TAGS = {TAGS["fairness"]: "pass", TAGS["privacy"]: "pass", TAGS["onnx_parity"]: "pass"}
+
+
+def facts(run_id: str, version: str = "1", **metrics: float) -> RunFacts:
+    values = dict(GOOD_METRICS)
+    for key, value in metrics.items():
+        values[latency_metric(GateConfig()) if key == "latency_ms" else METRICS[key]] = value
+    return RunFacts(
+        run_id=run_id * 8,
+        metrics=values,
+        tags=dict(GOOD_TAGS),
+        overall="pass",
+        test_split=split_identity(DIGEST, {"data.max_test_per_class": "None"}),
+        hardware="test cpu, 2 threads",
+        version=version,
+    )
+
+
+def by_key(record) -> dict:
+    return {c.key: c for c in record.criteria}
+
+
+# ------------------------------------------------------------------------------ pure gate logic
+def test_thresholds_exactly_met_pass() -> None:
+    cfg = GateConfig(min_accuracy=0.79, max_accuracy_drop=0.01, max_privacy_tpr=0.03, max_latency_ratio=1.25)
+    champion = facts("a", "1", accuracy=0.80)
+    # exactly the absolute bound, exactly the allowed drop (0.80 - 0.01 is not 0.79 in floats)
+    candidate = facts("b", "2", accuracy=0.79, latency_ms=1.5 * 1.25)
+    record = evaluate_gate(candidate, champion, cfg, "m")
+    found = by_key(record)
+    assert found["accuracy/minimum"].status == "pass" and found["accuracy/minimum"].reason == "0.79 ≥ 0.79"
+    assert found["accuracy/regression"].status == "pass"
+    assert found["privacy/tpr_bound"].status == "pass"  # 0.03 upper bound, limit 0.03
+    assert found["latency/regression"].status == "pass"  # 1.25 x the champion's, limit 1.25 x
+    assert record.verdict == "pass" and record.comparable
+
+
+def test_regression_beyond_the_allowance_fails_and_says_why() -> None:
+    record = evaluate_gate(facts("b", "2", accuracy=0.84), facts("a", "1", accuracy=0.86), GateConfig(), "m")
+    found = by_key(record)
+    assert found["accuracy/minimum"].status == "pass"  # fine on its own ...
+    assert found["accuracy/regression"].status == "fail"  # ... but 2 points below the champion, 1 allowed
+    assert record.verdict == "fail"
+    assert [c.key for c in record.failing] == ["accuracy/regression"]
+    assert record.reasons == ("Test accuracy vs champion: 0.84 vs champion v1's 0.86 (-0.02; allowed -0.01)",)
+    assert record.summary() == "fail: " + record.reasons[0]
+    assert found["accuracy/regression"].threshold == pytest.approx(0.85)
+
+
+def test_worse_verdicts_and_latency_fail() -> None:
+    candidate = facts("b", "2", latency_ms=1.5 * 1.3)
+    candidate.tags[TAGS["fairness"]] = "inconclusive"
+    record = evaluate_gate(candidate, facts("a", "1"), GateConfig(), "m")
+    found = by_key(record)
+    assert found["fairness/verdict"].status == "fail"
+    assert found["fairness/verdict"].reason == "inconclusive (required: pass)"
+    assert found["fairness/regression"].status == "fail"
+    assert found["latency/regression"].status == "fail"
+    relaxed = evaluate_gate(candidate, None, GateConfig(min_fairness_verdict="inconclusive"), "m")
+    assert by_key(relaxed)["fairness/verdict"].status == "pass"
+
+
+def test_a_missing_metric_is_never_a_pass() -> None:
+    candidate = facts("b", "2")
+    del candidate.metrics[METRICS["privacy_tpr_ci_high"]]
+    del candidate.tags[TAGS["onnx_parity"]]
+    record = evaluate_gate(candidate, None, GateConfig(), "m")
+    found = by_key(record)
+    assert found["privacy/tpr_bound"].status == "inconclusive"
+    assert found["privacy/tpr_bound"].value is None
+    assert "`privacy/strongest/tpr_at_verdict_fpr_ci_high` is not logged" in found["privacy/tpr_bound"].reason
+    assert found["onnx_parity/verdict"].status == "inconclusive"
+    assert record.verdict == "fail"
+    # the same number missing on the champion: that regression cannot be judged either
+    champion = facts("a", "1")
+    del champion.metrics[METRICS["worst_class_recall"]]
+    record = evaluate_gate(facts("b", "2"), champion, GateConfig(), "m")
+    assert by_key(record)["worst_class_recall/regression"].status == "inconclusive"
+    assert "champion v1" in by_key(record)["worst_class_recall/regression"].reason
+    assert record.verdict == "fail"
+    # an overall verdict nobody could work out
+    record = evaluate_gate(replace(facts("b", "2"), overall=None), None, GateConfig(), "m")
+    assert by_key(record)["overall/verdict"].status == "inconclusive" and record.verdict == "fail"
+
+
+def test_a_champion_on_another_test_split_is_not_comparable() -> None:
+    champion = replace(facts("a", "1", accuracy=0.99), test_split=split_identity("cd" * 32, {}))
+    record = evaluate_gate(facts("b", "2", accuracy=0.60), champion, GateConfig(), "m")
+    assert not record.comparable
+    assert record.comparability.startswith("not comparable: champion v1 was tested on another test split")
+    regressions = [c for c in record.criteria if c.kind == "regression"]
+    assert regressions and all(c.status == "skipped" for c in regressions)
+    assert all(c.reason == record.comparability for c in regressions)
+    assert record.verdict == "pass"  # far below the champion, but not on the same images
+    assert "not comparable" in gate_markdown(record)
+    # a run that records no digest is not comparable either
+    unknown = evaluate_gate(replace(facts("b", "2"), test_split=""), facts("a", "1"), GateConfig(), "m")
+    assert "records no test-split digest" in unknown.comparability
+
+
+def test_latency_is_compared_only_on_the_same_hardware() -> None:
+    champion = replace(facts("a", "1", latency_ms=0.5), hardware="another cpu, 8 threads")
+    record = evaluate_gate(facts("b", "2", latency_ms=1.5), champion, GateConfig(), "m")
+    latency = by_key(record)["latency/regression"]
+    assert latency.status == "skipped" and "benchmarked on other hardware" in latency.reason
+    assert by_key(record)["accuracy/regression"].status == "pass"
+
+
+def test_no_champion_skips_regressions_and_the_record_is_json() -> None:
+    record = evaluate_gate(facts("b", "1"), None, GateConfig(), "m")
+    assert record.verdict == "pass" and record.champion is None
+    assert record.comparability == "no champion yet: regression criteria skipped"
+    logged = json.loads(json.dumps(record.as_dict()))
+    assert logged["verdict"] == "pass" and logged["failing"] == [] and len(logged["criteria"]) == 15
+    assert {"key", "condition", "value", "threshold", "status", "reason", "evidence"} <= logged["criteria"][0].keys()
+    markdown = gate_markdown(logged)  # the logged form renders the same as the record
+    assert markdown == gate_markdown(record)
+    assert "## Release gate: **pass**" in markdown and "| Test accuracy | **pass** |" in markdown
+
+
+def test_split_identity_follows_the_seeded_test_cap() -> None:
+    assert split_identity(None, {}) == ""
+    full = split_identity(DIGEST, {"data.max_test_per_class": "None", "data.seed": "1"})
+    assert full == split_identity(DIGEST, {"data.max_test_per_class": "None", "data.seed": "2"})
+    capped = {"data.max_test_per_class": "100", "data.seed": "0", "data.max_train_per_class": "None"}
+    assert split_identity(DIGEST, capped) != full
+    assert split_identity(DIGEST, capped) != split_identity(DIGEST, capped | {"data.seed": "1"})
+
+
+def test_policy_rejects_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="min_acuracy"):
+        GateConfig(min_acuracy=0.5)  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------------------ fabricated runs
+STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A work folder with an MLflow store and one small ONNX model logged as an MLflow model,
+    which every fabricated run's export stage names (registration reads only that URI)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from auditflow.core.config import PipelineConfig
+    from auditflow.core.tracking import Tracker, open_pipeline_run
+
+    workdir = tmp_path_factory.mktemp("release")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, workdir / "model.onnx")
+    ref = open_pipeline_run(PipelineConfig(), workdir, "model-holder", {})
+    tracker = Tracker(ref.uri)
+    with tracker.stage(ref, "export") as run:
+        x = np.zeros((2, 3), np.float32)
+        model_uri = run.log_onnx_model(workdir / "model.onnx", x, {"logits": x}, ref.uri, ["CPUExecutionProvider"])
+    tracker.end_run(ref.run_id)
+    return {"workdir": workdir, "uri": ref.uri, "model_uri": model_uri}
+
+
+def fake_run(store: dict, name: str, accuracy: float = 0.86, digest: str = DIGEST, release: dict | None = None):
+    """A finished pipeline run with every stage's summary and the numbers the gate reads."""
+    from auditflow.core.config import PipelineConfig
+    from auditflow.core.tracking import Tracker, open_pipeline_run
+
+    ref = open_pipeline_run(PipelineConfig(), store["workdir"], name, {})
+    tracker = Tracker(ref.uri)
+    if release is not None:  # the `release` section the integrated config will record
+        tracker.parent(ref).log_dict({**PipelineConfig().model_dump(mode="json"), "release": release}, "config.json")
+    metrics = GOOD_METRICS | {METRICS["accuracy"]: accuracy}
+    for stage in STAGES:
+        with tracker.stage(ref, stage) as run:
+            run.log_metrics({k: v for k, v in metrics.items() if k.startswith(f"{stage}/")})
+            summary = {"model_uri": store["model_uri"]} if stage == "export" else {}
+            run.log_summary(stage, summary | ({"device": "test cpu, 2 threads"} if stage == "benchmark" else {}))
+    parent = tracker.parent(ref)
+    parent.log_metrics({METRICS["accuracy"]: accuracy, METRICS["worst_class_recall"]: 0.7})
+    parent.set_tags(GOOD_TAGS | {TAGS["data_digest"]: digest})
+    return ref
+
+
+def aliases(store: dict, name: str) -> dict[str, tuple[str, ...]]:
+    from auditflow.core.tracking import ModelRegistry, Tracker
+
+    return {v.version: v.aliases for v in ModelRegistry(Tracker(store["uri"])).versions(name)}
+
+
+def version_tags(store: dict, name: str, version: str) -> dict[str, str]:
+    from auditflow.core.tracking import ModelRegistry, Tracker
+
+    return ModelRegistry(Tracker(store["uri"])).version(name, version).tags
+
+
+def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_harness, store: dict) -> None:
+    from prefect import flow
+
+    from auditflow.core.tracking import Tracker
+    from auditflow.tasks.release import GATE_JSON, list_models, read_gate_record, release
+
+    cfg = GateConfig(model_name="first-then-worse")
+
+    @flow
+    def step(ref):
+        return release(ref, cfg)
+
+    first_ref = fake_run(store, "good", accuracy=0.86)
+    first = step(first_ref)
+    assert first.promoted and first.version == "1" and first.previous_champion is None
+    assert aliases(store, cfg.model_name) == {"1": ("champion",)}  # promotion takes `candidate` off it
+
+    second_ref = fake_run(store, "one-epoch", accuracy=0.62)  # above the 0.5 floor
+    second = step(second_ref)
+    assert not second.promoted and second.verdict == "fail"
+    assert second.champion_version == "1" and second.version == "2"
+    assert aliases(store, cfg.model_name) == {"2": ("candidate",), "1": ("champion",)}
+    assert version_tags(store, cfg.model_name, "2")["release/status"] == "rejected"
+    assert version_tags(store, cfg.model_name, "1")["release/status"] == "champion"
+
+    # the stored record says why, criterion by criterion
+    record = read_gate_record(store["uri"], second_ref.run_id)
+    assert record is not None and record["verdict"] == "fail" and record["failing"] == ["accuracy/regression"]
+    assert record["champion"]["version"] == "1" and record["comparable"]
+    assert record["reasons"] == ["Test accuracy vs champion: 0.62 vs champion v1's 0.86 (-0.24; allowed -0.01)"]
+    run = Tracker(store["uri"]).get_run(second_ref.run_id)
+    assert run.data.tags["verdict/release"] == "fail"
+    assert run.data.metrics["release/criteria_fail"] == 1.0
+    assert run.data.metrics["release/accuracy_vs_champion"] == pytest.approx(-0.24)
+    assert Tracker(store["uri"]).get_run(first_ref.run_id).data.tags["verdict/release"] == "pass"
+    artifacts = {f.path for f in Tracker(store["uri"]).client.list_artifacts(second_ref.run_id, "release")}
+    assert artifacts == {GATE_JSON, "release/gate.md"}
+
+    listed = list_models(store["uri"], cfg.model_name)[cfg.model_name]
+    assert [(r.version.version, r.version.aliases, r.version.tags["verdict/release"]) for r in listed] == [
+        ("2", ("candidate",), "fail"),
+        ("1", ("champion",), "pass"),
+    ]
+    assert listed[0].metrics[METRICS["accuracy"]] == pytest.approx(0.62)
+
+    out = runner.invoke(app(), ["models", "--workdir", str(store["workdir"]), "--model-name", cfg.model_name])
+    assert out.exit_code == 0, out.output
+    assert "candidate" in out.output and "champion" in out.output and "rejected" in out.output
+
+
+def test_a_failure_after_promotion_rolls_back_to_the_previous_champion(prefect_harness, store: dict) -> None:
+    """The flow's tasks in a transaction: the new version is registered, gated and promoted,
+    then something fails. The hooks put `champion` back on v1; v2 keeps no alias and is tagged
+    `release/status=rolled_back` (kept as evidence, not deleted)."""
+    from prefect import flow
+    from prefect.transactions import transaction
+
+    from auditflow.core.tracking import Tracker
+    from auditflow.tasks.release import gate_candidate, promote_champion, register_candidate, release
+
+    cfg = GateConfig(model_name="rollback")
+
+    @flow
+    def good(ref):
+        return release(ref, cfg)
+
+    @flow
+    def broken(ref):
+        with transaction():
+            candidate = register_candidate(ref, cfg.model_name)
+            outcome = gate_candidate(ref, candidate, cfg)
+            assert outcome.verdict == "pass"
+            promote_champion(candidate, outcome.champion_version)
+            assert aliases(store, cfg.model_name)["2"] == ("champion",)  # promoted, for the moment
+            raise RuntimeError("tracking server went away")
+
+    assert good(fake_run(store, "champion")).promoted
+    ref = fake_run(store, "better", accuracy=0.9)
+    with pytest.raises(RuntimeError, match="tracking server went away"):
+        broken(ref)
+    assert aliases(store, cfg.model_name) == {"2": (), "1": ("champion",)}
+    assert version_tags(store, cfg.model_name, "2")["release/status"] == "rolled_back"
+    assert version_tags(store, cfg.model_name, "1")["release/status"] == "champion"
+    tags = Tracker(store["uri"]).get_run(ref.run_id).data.tags
+    assert tags["release/outcome"] == "release rolled back: rollback v2 holds no alias"
+
+
+def test_cli_promote_rolls_back_the_same_way(store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promote_run` (the CLI path, task bodies without the Prefect engine) joins the tasks'
+    rollback hooks to its transaction: a failure after the alias moved puts it back."""
+    from auditflow.core.tracking import RunLogger
+    from auditflow.tasks import release as release_module
+
+    name = "cli-rollback"
+    first = release_module.promote_run(store["uri"], fake_run(store, "a").run_id, [f"release.model_name={name}"])
+    assert first.promoted and aliases(store, name) == {"1": ("champion",)}
+
+    original = RunLogger.set_tags
+
+    def fails_after_promotion(self, tags):
+        if str(tags.get(release_module.OUTCOME_TAG, "")).startswith("champion:"):
+            raise OSError("artifact store down")
+        original(self, tags)
+
+    monkeypatch.setattr(RunLogger, "set_tags", fails_after_promotion)
+    with pytest.raises(OSError, match="artifact store down"):
+        release_module.promote_run(store["uri"], fake_run(store, "b").run_id, [f"release.model_name={name}"])
+    assert aliases(store, name) == {"2": (), "1": ("champion",)}
+    assert version_tags(store, name, "2")["release/status"] == "rolled_back"
+
+
+def app():
+    from auditflow.cli import app as cli_app
+
+    return cli_app
+
+
+def test_cli_gate_on_an_unknown_run_is_one_line_and_exit_2(store: dict) -> None:
+    out = runner.invoke(app(), ["gate", "0123abcd", "--workdir", str(store["workdir"])])
+    assert out.exit_code == 2
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run id '0123abcd' not found in the MLflow store")
+    out = runner.invoke(app(), ["gate", "0123abcd", "--workdir", str(store["workdir"]), "--set", "train.epochs=1"])
+    assert out.exit_code == 2 and "gate and promote take only release.* overrides" in out.output
+
+
+def test_cli_promote_of_a_failing_run_is_refused_with_the_reason(store: dict) -> None:
+    workdir = str(store["workdir"])
+    policy = {"model_name": "cli-refused"}
+    good = fake_run(store, "good", release=policy)
+    out = runner.invoke(app(), ["promote", good.run_id, "--workdir", workdir])
+    assert out.exit_code == 0, out.output
+    assert "cli-refused v1 is now champion" in out.output
+
+    worse = fake_run(store, "worse", accuracy=0.5, release=policy)
+    out = runner.invoke(app(), ["gate", worse.run_id, "--workdir", workdir])
+    assert out.exit_code == 1 and "## Release gate: **fail**" in out.output  # a re-check moves nothing
+    assert aliases(store, "cli-refused") == {"1": ("champion",)}
+
+    out = runner.invoke(app(), ["promote", worse.run_id, "--workdir", workdir])
+    assert out.exit_code == 2
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: promote refused: cli-refused v2 (run {worse.run_id}) fails the release gate:")
+    assert "Test accuracy vs champion: 0.5 vs champion v1's 0.86" in lines[0]
+    assert aliases(store, "cli-refused") == {"2": (), "1": ("champion",)}
+    assert version_tags(store, "cli-refused", "2")["release/status"] == "rejected"
+
+    # the same run passes a looser policy given on the command line
+    out = runner.invoke(
+        app(), ["promote", worse.run_id, "--workdir", workdir, "--set", "release.max_accuracy_drop=0.4"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "cli-refused v2 is now champion, replacing v1" in out.output
+    assert aliases(store, "cli-refused") == {"2": ("champion",), "1": ()}
+    assert version_tags(store, "cli-refused", "1")["release/status"] == "retired"
