@@ -2,9 +2,11 @@
 
 A checkpoint holds the raw weights (`state_dict`), the weight average when one was kept
 (`ema_state_dict`), which of the two the run ships (`kept`), the resolved training config and
-the class names. Reading uses `torch.load(weights_only=True)`: `train.init_from` and
-`train.teacher` accept paths from users, and full unpickling would run whatever code a
-crafted file carries.
+the class names. A DP run's config has `train.dp`: `load_model` then rebuilds the GroupNorm
+architecture it trained (`registry.build_model(dp_compatible=True)`); its checkpoints also hold
+the privacy accountant's history (`privacy`) for resuming. Reading uses
+`torch.load(weights_only=True)`: `train.init_from` and `train.teacher` accept paths from users,
+and full unpickling would run whatever code a crafted file carries.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
         classes = payload["classes"]
     except (KeyError, TypeError, ValueError) as err:  # ValidationError is a ValueError
         raise ModelError(f"{checkpoint} is not an auditflow checkpoint (no valid config/classes): {err}") from err
-    model = build_model(cfg.model, len(classes), cfg.width, cfg.dropout)
+    model = build_model(cfg.model, len(classes), cfg.width, cfg.dropout, dp_compatible=cfg.dp is not None)
     try:
         model.load_state_dict(shipped_state(payload))
     except RuntimeError as err:

@@ -48,14 +48,19 @@ def train_one_epoch(
     generator: torch.Generator,
     ema: tuple[AveragedModel, WarmupEMA] | None = None,
     teacher: nn.Module | None = None,
+    batches: list[torch.Tensor] | None = None,
 ) -> tuple[float, float, float, int]:
     """One pass over uint8 `images` (N x H x W x 3, on the device).
+
+    `batches`: index batches to train on instead of this epoch's seeded permutation (DP-SGD's
+    Poisson-sampled batches, whose sizes vary and may be zero).
 
     Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
     """
     model.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
-    batches = epoch_batches(order, cfg.batch_size, cfg.drop_last)
+    if batches is None:
+        order = torch.randperm(len(images), generator=generator).to(images.device)
+        batches = epoch_batches(order, cfg.batch_size, cfg.drop_last)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device)
     seen = 0
@@ -92,7 +97,10 @@ def _train_step(
         x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():
         logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if len(y):
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        else:  # an empty Poisson batch (DP-SGD): no gradient, but the step still adds its noise
+            loss = logits.float().sum() * 0.0
         if teacher is not None:
             with torch.no_grad():
                 soft = teacher(x).float()
@@ -160,11 +168,13 @@ def _sync(runtime: Runtime) -> None:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
+    """The plain module under DistributedDataParallel, torch.compile and Opacus wrappers."""
     while True:
         if isinstance(model, DistributedDataParallel):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod  # type: ignore[assignment]
+        elif hasattr(model, "_module"):  # Opacus' GradSampleModule (DP-SGD); not imported here: slow
+            model = model._module  # type: ignore[assignment]
         else:
             return model

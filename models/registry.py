@@ -164,13 +164,23 @@ REGISTRY: dict[str, Callable[[int, int, float], nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, width: int = 64, dropout: float = 0.0) -> nn.Module:
-    """A fresh model from the registry; raises `ModelError` for an unknown name."""
+def build_model(
+    name: str, num_classes: int, width: int = 64, dropout: float = 0.0, dp_compatible: bool = False
+) -> nn.Module:
+    """A fresh model from the registry; raises `ModelError` for an unknown name.
+
+    `dp_compatible`: the architecture DP-SGD trains (BatchNorm -> GroupNorm, `private.py`), for
+    configs with `train.dp`, in training and when a checkpoint is loaded back."""
     try:
         factory = REGISTRY[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}; choose one of {sorted(REGISTRY)}") from None
-    return factory(num_classes, width, dropout)
+    model = factory(num_classes, width, dropout)
+    if not dp_compatible:
+        return model
+    from auditflow.models.private import make_compatible  # imports Opacus (seconds): DP runs only
+
+    return make_compatible(model)
 
 
 def prepare_from_data(model: nn.Module, images: torch.Tensor) -> None:

@@ -5,10 +5,15 @@ Checkpoints (see `checkpoints.py`) hold weights, config, epoch and optimiser sta
 atomically, so a killed run continues from its last epoch. Every epoch's shuffling and
 augmentation are seeded from (seed, epoch), which makes a resumed run follow the same path as
 an uninterrupted one.
+
+With `cfg.dp`, the same loop runs DP-SGD (`private.py`): the GroupNorm model, timed DP steps
+for the time budget, a plan that is final (the noise is calibrated to it), Poisson-sampled
+batches, and the accountant's history in every checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +50,9 @@ from auditflow.models.registry import build_model, prepare_from_data
 from auditflow.models.runtime import Runtime
 from auditflow.models.speed import train_flops_per_image
 from auditflow.models.transfer import load_matching
+
+if TYPE_CHECKING:  # private.py imports Opacus, which takes seconds: only DP runs load it
+    from auditflow.models.private import PrivateTraining
 
 __all__ = ["EpochStats", "FitResult", "fit", "load_model", "predict", "train_one_epoch", "warm_up"]
 
@@ -132,6 +140,7 @@ class FitResult:
     final_val_accuracy: float = float("nan")  # kept weights, whole validation split, with the profile's TTA
     final_val_loss: float = float("nan")
     val_seconds: float = 0.0  # sum of per-epoch validations
+    privacy: dict[str, Any] = field(default_factory=dict)  # DP runs: PrivateTraining.report(); {} otherwise
 
 
 def _val_subset(splits: Splits, cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
@@ -163,11 +172,12 @@ class _Trainer:
     checkpoint: Path
     classes: tuple[str, ...]
     rank: int
+    private: PrivateTraining | None = None  # DP-SGD's wrappers and accountant, once the plan is final
 
     def restore(self) -> tuple[int, list[EpochStats], dict[str, Any] | None, dict[str, Any] | None]:
         """Continue an unfinished run of the same config from `last.pt`: (epoch, history, plan,
-        optimiser and scheduler states, to load once the scheduler exists). A checkpoint that
-        cannot be read is discarded with a warning."""
+        optimiser, scheduler and, for DP, accountant states, to load once those exist). A
+        checkpoint that cannot be read is discarded with a warning."""
         if not self.checkpoint.is_file():
             return 0, [], None, None
         try:
@@ -178,6 +188,9 @@ class _Trainer:
             return 0, [], None, None
         if state.get("config") != self.cfg.model_dump(mode="json") or "plan" not in state:
             return 0, [], None, None
+        if self.cfg.dp is not None and "privacy" not in state:  # its spent epsilon would be unknown
+            log.warning("starting over: DP checkpoint %s has no accountant history", self.checkpoint)
+            return 0, [], None, None
         self.base.load_state_dict(state["state_dict"])
         if self.ema is not None and state.get("ema_state_dict"):
             self.ema[0].module.load_state_dict(state["ema_state_dict"])
@@ -185,7 +198,7 @@ class _Trainer:
             self.ema[1].updates = int(state["ema_n_averaged"])
         history = [EpochStats(**h) for h in state.get("history", [])]
         log.info("resuming from %s at epoch %d/%d", self.checkpoint, state["epoch"], state["plan"]["epochs"])
-        return state["epoch"], history, state["plan"], {k: state[k] for k in ("optimizer", "scheduler")}
+        return state["epoch"], history, state["plan"], {k: state.get(k) for k in ("optimizer", "scheduler", "privacy")}
 
     def validate(self, images: np.ndarray, labels: torch.Tensor) -> tuple[float, float, float]:
         """(loss, accuracy, seconds) of the weights being averaged (or the raw ones), no TTA."""
@@ -215,6 +228,8 @@ class _Trainer:
         if self.ema is not None:
             state["ema_state_dict"] = self.ema[0].module.state_dict()
             state["ema_n_averaged"] = self.ema[1].updates
+        if self.private is not None:
+            state["privacy"] = self.private.state_dict()
         save_checkpoint(checkpoint_payload(self.base, self.cfg, self.classes, epoch, **state), self.checkpoint)
 
     def choose_weights(self, splits: Splits) -> WeightChoice:
@@ -263,6 +278,7 @@ def fit(
     - Under `torch.distributed` (torchrun), wraps the model in DistributedDataParallel and
       gives each process its shard of every epoch; only rank 0 writes checkpoints and calls
       `on_epoch`.
+    - `cfg.dp`: DP-SGD (`private.py`); `FitResult.privacy` then reports the epsilon spent.
     """
     if len(splits.train_y) == 0:
         raise ModelError(f"the training split is empty; nothing to train {cfg.model!r} on")
@@ -292,10 +308,21 @@ def fit(
     train_x = torch.as_tensor(np.asarray(splits.train_x)).to(runtime.device)
     train_y = torch.as_tensor(splits.train_y).to(runtime.device)
     val_x, val_y = _val_subset(splits, cfg)
-    steps_per_epoch = len(epoch_batches(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
+    if cfg.dp is None:
+        steps_per_epoch = len(epoch_batches(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
+    else:
+        from auditflow.models import private as dp_sgd  # imports Opacus (seconds): DP runs only
+
+        steps_per_epoch = dp_sgd.steps_per_epoch(len(splits.train_y), cfg.batch_size)
 
     timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
-    model, compile_seconds, step_seconds = warm_up(model, base, optimizer, train_x, train_y, cfg, runtime, timed)
+    if cfg.dp is not None and timed:  # plan with DP steps: per-example gradients cost ~2 plain ones
+        with dp_sgd.timing_steps(base, optimizer, cfg.dp.max_grad_norm, cfg.batch_size) as (dp_model, dp_optimizer):
+            _, compile_seconds, step_seconds = warm_up(
+                dp_model, base, dp_optimizer, train_x, train_y, cfg, runtime, timed
+            )
+    else:
+        model, compile_seconds, step_seconds = warm_up(model, base, optimizer, train_x, train_y, cfg, runtime, timed)
     if compile_seconds:
         log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
     if saved_plan is not None:
@@ -305,19 +332,27 @@ def fit(
         plan = _agree(
             plan_epochs(cfg.epochs, cfg.time_budget_s, step_seconds, steps_per_epoch, val_cost, cfg.val_every)
         )
+        if cfg.dp is not None:
+            plan = dataclasses.replace(plan, reason=f"{plan.reason}; final: DP-SGD's noise is calibrated to it")
     log.info("plan: %s", plan.reason)
+    if cfg.dp is not None:
+        trainer.private = dp_sgd.make_private(base, optimizer, cfg.dp, len(splits.train_y), cfg.batch_size, plan.epochs)
+        model, optimizer = trainer.private.model, trainer.private.optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * plan.epochs))
     if saved_states is not None:  # after the scheduler: its constructor resets the learning rate
         optimizer.load_state_dict(saved_states["optimizer"])
         scheduler.load_state_dict(saved_states["scheduler"])
+        if trainer.private is not None:
+            trainer.private.load_state_dict(saved_states["privacy"])
 
     epoch = start_epoch
-    while epoch < plan.epochs:  # the plan may change once, after the first epoch
+    while epoch < plan.epochs:  # the plan may change once, after the first epoch (not for DP)
         epoch += 1
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
+        batches = trainer.private.epoch_batches(cfg.seed * 100_003 + epoch, runtime.device) if trainer.private else None
         loss, acc, seconds, seen = train_one_epoch(
-            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, trainer.ema, teacher
+            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, trainer.ema, teacher, batches
         )
         if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
             for buffer in base.buffers():
@@ -340,7 +375,9 @@ def fit(
                 f"training diverged at epoch {epoch}: mean loss {loss}; lower train.lr (now {cfg.lr}) or check the data"
             )
         history.append(stats)
-        if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None:
+        # Not for DP: the noise is calibrated to the planned epochs; more would spend more than
+        # dp.epsilon, fewer would have trained with more noise than needed.
+        if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None and cfg.dp is None:
             plan = _agree(replan(plan, cfg.epochs, steps_per_epoch, seconds, val_seconds, cfg.val_every))
             scheduler.lr_lambdas[0] = _schedule(cfg, steps_per_epoch * plan.epochs)  # type: ignore[attr-defined]
             if plan.reason.startswith("re-planned"):
@@ -370,7 +407,7 @@ def fit(
         choice.raw_accuracy,
         "-" if choice.ema_accuracy is None else f"{choice.ema_accuracy:.4f}",
     )
-    kept = trainer.ema[0].module if choice.kept == "ema" and trainer.ema else base
+    kept = trainer.ema[0].module if choice.kept == "ema" and trainer.ema else base  # never Opacus' wrapper
     final_loss, final_acc = (
         _score(kept, np.asarray(splits.val_x), torch.as_tensor(splits.val_y), runtime, cfg.tta, cfg.tta_translate)
         if len(splits.val_y)
@@ -386,7 +423,7 @@ def _build(
     """The model on its device, initialised (fine-tuned weights, whitening from the data),
     and its training FLOPs per image."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout)
+    model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout, dp_compatible=cfg.dp is not None)
     fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
     if any("whiten" in name for name in fresh):
         # a seeded random sample: snapshots are stored class by class
@@ -446,4 +483,5 @@ def _summary(
         final_val_accuracy=final_acc,
         final_val_loss=final_loss,
         val_seconds=sum(h.val_seconds for h in history),
+        privacy=trainer.private.report() if trainer.private is not None else {},
     )
