@@ -56,6 +56,15 @@ def _fmt(n: dict[str, Any] | None, spec: str = ".3f") -> str:
     return f"{n['value']:{spec}}"
 
 
+def show(value: Any) -> str:
+    """A logged value as text: 4 significant digits for floats, "not logged" for None."""
+    if value is None:
+        return "not logged"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def environment(autoescape: bool = False) -> Environment:
     """The Jinja environment of every Markdown template (report, card, datasheet); escape
     HTML (`autoescape`) when the Markdown is rendered for an HTML page."""
@@ -69,6 +78,7 @@ def environment(autoescape: bool = False) -> Environment:
     )
     env.filters["num"] = _fmt
     env.filters["cell"] = md_cell
+    env.filters["show"] = show
     return env
 
 

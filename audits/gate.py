@@ -539,14 +539,6 @@ def evaluate_gate(
 
 
 # ---------------------------------------------------------------------------- rendering
-def _show(value: Any) -> str:
-    if value is None:
-        return "not logged"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def gate_markdown(record: GateRecord | dict[str, Any]) -> str:
     """The gate record as Markdown (template `gate.md.j2`): verdict, reasons, every criterion,
     and the run-vs-champion table. Takes the record or its logged dict form."""
@@ -554,5 +546,4 @@ def gate_markdown(record: GateRecord | dict[str, Any]) -> str:
 
     gate = record.as_dict() if isinstance(record, GateRecord) else record
     env = environment()
-    env.filters["show"] = _show
     return env.get_template("gate.md.j2").render(gate=gate)

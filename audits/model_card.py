@@ -127,6 +127,15 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             "parameters": number(record, "train", "train/parameters"),
             "training": f"{train_cfg.get('optimizer', '?')} with {train_cfg.get('schedule', '?')} schedule, "
             f"profile {cfg.get('profile', '?')}",
+            # DP-SGD: the accountant's (epsilon, delta) actually spent, read back from the train stage
+            "differential_privacy": {
+                "epsilon": number(record, "train", "train/dp_epsilon"),
+                "delta": number(record, "train", "train/dp_delta"),
+                "max_grad_norm": number(record, "train", "train/dp_max_grad_norm"),
+                "noise_multiplier": number(record, "train", "train/dp_noise_multiplier"),
+            }
+            if train_cfg.get("dp")
+            else None,
             "mlflow": {
                 "run_id": record.run_id,
                 "run_name": record.name,

@@ -2,18 +2,25 @@
 
 No Docker engine is needed (none runs where this project is developed): the files are parsed
 with PyYAML and the wiring between services is checked the way Compose and the services
-would resolve it. Variables are interpolated with their `${VAR:-default}` defaults, i.e. the
-stack as `docker compose up -d` starts it without a .env file. If a `docker compose` CLI is
-available, `docker compose config -q` also validates the file against the Compose spec.
+would resolve it. Variables are interpolated from deploy/stack.env and .env.example, i.e. the
+stack as `docker compose --env-file deploy/stack.env --env-file .env up -d` starts it with the
+example secrets. If a `docker compose` CLI is available, `docker compose config -q` also
+validates the file against the Compose spec.
+
+The native stack (deploy/native_stack.py, run for real by tests/test_stack.py) reads the same
+settings file; the tests at the end check that both stacks start the same services with the
+same settings (ports, database names, users, work pool and its limit, entrypoint).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,8 +30,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 PREFECT_FILE = REPO / "prefect.yaml"
+STACK_ENV = REPO / "deploy" / "stack.env"
+SECRETS_EXAMPLE = REPO / ".env.example"
 
-EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "deploy"}
+EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "mlflow", "mlflow-users", "prefect-server", "worker", "deploy"}
+ONE_SHOT = {"minio-init", "mlflow-users", "deploy"}  # run to completion: no healthcheck
+AUTH_SCRIPT = "/opt/auditflow-deploy/mlflow_auth.py"  # deploy/mlflow_auth.py inside the MLflow image
+
+_spec = importlib.util.spec_from_file_location("native_stack", REPO / "deploy" / "native_stack.py")
+native_stack = importlib.util.module_from_spec(_spec)
+sys.modules["native_stack"] = native_stack  # dataclasses look their module up by name
+_spec.loader.exec_module(native_stack)
 SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
 
@@ -37,14 +53,16 @@ _VAR_RE = re.compile(
 )
 
 
-def _interpolate_str(value: str, missing: list[str]) -> str:
-    """Resolve Compose interpolation using only the defaults written in the file."""
+def _interpolate_str(value: str, missing: list[str], env: dict[str, str]) -> str:
+    """Resolve Compose interpolation from `env` (the --env-file values), then the defaults."""
 
     def repl(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
         name = m.group("braced") or m.group("bare")
         op = m.group("op")
+        if env.get(name):
+            return env[name]
         if op in (":-", "-"):
             return m.group("arg")
         missing.append(name)
@@ -53,14 +71,37 @@ def _interpolate_str(value: str, missing: list[str]) -> str:
     return _VAR_RE.sub(repl, value)
 
 
-def _interpolate(node, missing: list[str]):
+def _interpolate(node, missing: list[str], env: dict[str, str]):
     if isinstance(node, str):
-        return _interpolate_str(node, missing)
+        return _interpolate_str(node, missing, env)
     if isinstance(node, list):
-        return [_interpolate(v, missing) for v in node]
+        return [_interpolate(v, missing, env) for v in node]
     if isinstance(node, dict):
-        return {k: _interpolate(v, missing) for k, v in node.items()}
+        return {k: _interpolate(v, missing, env) for k, v in node.items()}
     return node
+
+
+def _variables(node) -> list[re.Match]:
+    if isinstance(node, str):
+        return [m for m in _VAR_RE.finditer(node) if m.group(0) != "$$"]
+    if isinstance(node, list):
+        return [m for v in node for m in _variables(v)]
+    if isinstance(node, dict):
+        return [m for v in node.values() for m in _variables(v)]
+    return []
+
+
+@pytest.fixture(scope="module")
+def settings() -> dict[str, str]:
+    """What `docker compose --env-file deploy/stack.env --env-file .env.example` interpolates
+    with, read by the native launcher's own reader (the shell left out)."""
+    return native_stack.load_settings(SECRETS_EXAMPLE, environ={})
+
+
+@pytest.fixture(scope="module")
+def native(settings, tmp_path_factory) -> native_stack.NativeStack:
+    """The native stack on the same settings, not started: what it would run."""
+    return native_stack.NativeStack(settings, tmp_path_factory.mktemp("native-state"))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +113,11 @@ def raw_compose() -> dict:
 
 
 @pytest.fixture(scope="module")
-def compose(raw_compose) -> dict:
-    return _interpolate(raw_compose, [])
+def compose(raw_compose, settings) -> dict:
+    missing: list[str] = []
+    resolved = _interpolate(raw_compose, missing, settings)
+    assert not missing, f"variables defined in neither deploy/stack.env nor .env.example: {sorted(set(missing))}"
+    return resolved
 
 
 @pytest.fixture(scope="module")
@@ -298,10 +342,28 @@ def test_expected_services_exist(services):
     assert not missing, f"missing services: {sorted(missing)}"
 
 
-def test_every_variable_has_a_default(raw_compose):
-    missing: list[str] = []
-    _interpolate(raw_compose, missing)
-    assert not missing, f"variables without a default (stack would need a .env): {sorted(set(missing))}"
+def test_every_variable_comes_from_the_settings_files(raw_compose, compose):
+    """One place for each value: no defaults in the compose file, every variable is a setting
+    of deploy/stack.env or a secret of .env.example, and a missing secret stops compose."""
+    stack_keys, secret_keys = set(native_stack.read_env_file(STACK_ENV)), set(native_stack.secret_keys())
+    for m in _variables(raw_compose):
+        name, op = m.group("braced") or m.group("bare"), m.group("op")
+        assert op in (None, ":?"), f"${{{name}{op}...}}: the value belongs in deploy/stack.env, not a default"
+        assert name in stack_keys | secret_keys, f"{name} is in neither deploy/stack.env nor .env.example"
+        if name in secret_keys:
+            assert op == ":?", f"secret {name} must be required (${{{name}:?...}}), so a missing .env stops compose"
+    assert compose["x-settings"] == "deploy/stack.env"
+
+
+def test_secrets_live_only_in_the_git_ignored_env_file():
+    stack_keys, secret_keys = set(native_stack.read_env_file(STACK_ENV)), set(native_stack.secret_keys())
+    assert not stack_keys & secret_keys, f"in both files: {sorted(stack_keys & secret_keys)}"
+    leaked = [k for k in stack_keys if re.search(r"PASSWORD|SECRET|TOKEN", k)]
+    assert not leaked, f"secrets in deploy/stack.env (it is committed): {leaked}"
+    assert {"POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= secret_keys
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO).returncode
+    assert ignored == 0, ".env must be git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", ".env.example"], cwd=REPO).returncode == 1
 
 
 def test_depends_on_targets_are_defined_services(services):
@@ -350,9 +412,11 @@ def test_startup_order(services):
     assert depends_on(services["mlflow"]).get("postgres") == "service_healthy"
     assert depends_on(services["mlflow"]).get("minio-init") == "service_completed_successfully"
     assert depends_on(services["minio-init"]).get("minio") == "service_healthy"
+    assert depends_on(services["mlflow-users"]).get("mlflow") == "service_healthy"
     assert depends_on(services["prefect-server"]).get("postgres") == "service_healthy"
     assert depends_on(services["worker"]).get("prefect-server") == "service_healthy"
-    assert "mlflow" in depends_on(services["worker"])
+    assert depends_on(services["worker"]).get("mlflow") == "service_healthy"
+    assert depends_on(services["worker"]).get("mlflow-users") == "service_completed_successfully"
     assert depends_on(services["deploy"]).get("prefect-server") == "service_healthy"
 
 
@@ -377,41 +441,72 @@ def test_named_volumes_are_declared_and_used(compose, services):
     assert any(t == "/data" and k == "volume" for k, _, t in volume_entries(services["minio"]))
 
 
-def test_published_ports(services):
+def test_published_ports(services, settings):
     assert not services["postgres"].get("ports"), "Postgres must not be published"
     api, console = minio_ports(services)
-    assert published(services["minio"]).get(api) == 9000
-    assert published(services["minio"]).get(console) == 9001
-    assert published(services["mlflow"]).get(mlflow_port(services)) == 5000
-    assert published(services["prefect-server"]).get(prefect_port(services)) == 4200
+    assert (api, console) == (int(settings["MINIO_API_PORT"]), int(settings["MINIO_CONSOLE_PORT"]))
+    assert published(services["minio"]).get(api) == api == 9000
+    assert published(services["minio"]).get(console) == console == 9001
+    assert published(services["mlflow"]).get(mlflow_port(services)) == int(settings["MLFLOW_PORT"]) == 5000
+    assert published(services["prefect-server"]).get(prefect_port(services)) == int(settings["PREFECT_PORT"]) == 4200
 
 
-def test_healthchecks_probe_the_listening_port(services):
-    for name, port in (("mlflow", mlflow_port(services)), ("prefect-server", prefect_port(services))):
+def test_published_ports_bind_to_localhost_by_default(services, settings):
+    assert settings["AUDITFLOW_BIND_ADDRESS"] == "127.0.0.1"
+    for name, svc in services.items():
+        for entry in svc.get("ports") or []:
+            host_ip = entry.get("host_ip") if isinstance(entry, dict) else str(entry).split(":")[0]
+            assert str(entry).count(":") == 2 or isinstance(entry, dict), f"{name} publishes {entry} on every address"
+            assert host_ip == "127.0.0.1", f"{name} publishes {entry} beyond localhost"
+
+
+def test_every_long_running_service_has_a_healthcheck(services):
+    for name, svc in services.items():
+        if name in ONE_SHOT:
+            assert str(svc.get("restart", "no")) == "no", f"one-shot {name} must not restart"
+            continue
+        hc = svc.get("healthcheck") or {}
+        assert hc.get("test") and not hc.get("disable"), f"{name} has no healthcheck"
+
+
+def test_healthchecks_probe_the_listening_port(services, settings):
+    for name, port in (
+        ("mlflow", mlflow_port(services)),
+        ("prefect-server", prefect_port(services)),
+        ("worker", int(settings["AUDITFLOW_WORKER_HEALTH_PORT"])),
+    ):
         test = services[name]["healthcheck"]["test"]
         text = " ".join(test) if isinstance(test, list) else str(test)
         assert f":{port}/" in text, f"{name} healthcheck does not probe port {port}: {text}"
     assert "/api/health" in " ".join(services["prefect-server"]["healthcheck"]["test"])
+    _, start = find_segment(services["worker"], "prefect", "worker", "start")
+    assert "--with-healthcheck" in start, "the worker serves /health only with --with-healthcheck"
+    assert env_of(services["worker"])["PREFECT_WORKER_WEBSERVER_PORT"] == settings["AUDITFLOW_WORKER_HEALTH_PORT"]
 
 
 # --------------------------------------------------------------------------- databases
 
 
-def test_postgres_creates_both_databases(services):
+def test_postgres_creates_the_stack_databases(services, settings):
+    """The image creates POSTGRES_DB; the init script, the one the native stack runs too,
+    creates every database named in its environment."""
     env = env_of(services["postgres"])
-    created = {env.get("POSTGRES_DB") or env.get("POSTGRES_USER", "postgres")}
-    for kind, source, target in volume_entries(services["postgres"]):
-        if kind == "bind" and target.startswith("/docker-entrypoint-initdb.d"):
-            path = REPO / source
-            assert path.exists(), f"init script {source} is missing"
-            files = sorted(path.iterdir()) if path.is_dir() else [path]
-            for f in files:
-                created |= set(re.findall(r"CREATE\s+DATABASE\s+\"?(\w+)", f.read_text(), re.IGNORECASE))
+    scripts = [
+        source
+        for kind, source, target in volume_entries(services["postgres"])
+        if kind == "bind" and target.startswith("/docker-entrypoint-initdb.d/")
+    ]
+    assert len(scripts) == 1 and (REPO / scripts[0]).resolve() == native_stack.POSTGRES_INIT, scripts
+    script = native_stack.POSTGRES_INIT.read_text()
+    names = ("MLFLOW_DB", "MLFLOW_AUTH_DB", "PREFECT_DB")
+    assert re.search(r'for db in "\$MLFLOW_DB" "\$MLFLOW_AUTH_DB" "\$PREFECT_DB"', script)
+    assert "CREATE DATABASE" in script
+    assert {k: env[k] for k in names} == {k: settings[k] for k in names}
+    assert env["POSTGRES_DB"] == settings["MLFLOW_DB"]
 
     mlflow_db = urlsplit(option(mlflow_server(services), "--backend-store-uri")).path.lstrip("/")
     prefect_db = urlsplit(env_of(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"]).path.lstrip("/")
-    assert mlflow_db == "mlflow" and prefect_db == "prefect"
-    assert {mlflow_db, prefect_db} <= created, f"databases created on first start: {sorted(created)}"
+    assert (mlflow_db, prefect_db) == (settings["MLFLOW_DB"], settings["PREFECT_DB"]) == ("mlflow", "prefect")
 
 
 def test_mlflow_backend_store_is_postgres(services):
@@ -419,15 +514,42 @@ def test_mlflow_backend_store_is_postgres(services):
     uri = option(seg, "--backend-store-uri")
     assert uri, "mlflow server has no --backend-store-uri"
     check_postgres_url(services, uri, urlsplit(uri).scheme, "mlflow")
-    assert urlsplit(uri).scheme in ("postgresql", "postgresql+psycopg2")
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the scheme says so explicitly
+    assert urlsplit(uri).scheme == "postgresql+psycopg"
 
 
 def test_mlflow_installs_its_drivers_before_starting(services):
     server_idx, _ = find_segment(services["mlflow"], "mlflow", "server")
     pip_idx, pip = find_segment(services["mlflow"], "pip", "install")
     assert pip_idx < server_idx
-    assert {"psycopg2-binary", "boto3"} <= set(pip)
+    names = {re.split(r"[\[<>=]", p)[0].lower() for p in pip[2:] if not p.startswith("-")}
+    assert {"psycopg", "boto3", "flask-wtf"} <= names, names  # driver, S3, basic auth's CSRF
     assert services["mlflow"]["image"] == "ghcr.io/mlflow/mlflow:v3.17.0"
+    assert services["mlflow-users"]["image"] == services["mlflow"]["image"]
+
+
+def test_mlflow_basic_auth_is_on(services, settings):
+    seg = mlflow_server(services)
+    assert option(seg, "--app-name") == "basic-auth"
+    env = env_of(services["mlflow"])
+    config_idx, config = find_segment(services["mlflow"], "python", AUTH_SCRIPT)
+    assert config_idx < find_segment(services["mlflow"], "mlflow", "server")[0]
+    assert config[2:] == ["config", env["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert env["MLFLOW_AUTH_DB"] == settings["MLFLOW_AUTH_DB"]
+    assert env["MLFLOW_AUTH_DEFAULT_PERMISSION"] == settings["MLFLOW_AUTH_DEFAULT_PERMISSION"] == "READ"
+    assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == settings["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] and env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    for name in ("mlflow", "mlflow-users"):
+        mounts = {t: s for _, s, t in volume_entries(services[name])}
+        assert mounts.get(AUTH_SCRIPT) == "./deploy/mlflow_auth.py", f"{name} mounts {mounts}"
+    users = command_tokens(services["mlflow-users"])
+    assert users[-2:] == ["users", f"http://mlflow:{mlflow_port(services)}"]
+    users_env = env_of(services["mlflow-users"])
+    for role in ("WORKER", "REVIEWER"):
+        assert users_env[f"MLFLOW_{role}_USERNAME"] == settings[f"MLFLOW_{role}_USERNAME"]
+    worker_env = env_of(services["worker"])
+    assert worker_env["MLFLOW_TRACKING_USERNAME"] == settings["MLFLOW_WORKER_USERNAME"]
+    assert worker_env["MLFLOW_TRACKING_PASSWORD"] == users_env["MLFLOW_WORKER_PASSWORD"]
 
 
 def test_prefect_server_database_is_postgres(services):
@@ -536,21 +658,27 @@ def test_worker_mounts_datasets_read_only(services, deployment):
 
 
 def test_prefect_yaml_pull_step_matches_dockerfile_workdir(prefect_cfg, deployment, services):
+    """The pull step changes into the directory the worker names (resolved at run time): the
+    image's WORKDIR in compose, the checkout for the native stack."""
     assert prefect_cfg.get("name") == "auditflow"
     directory = pull_directory(prefect_cfg, deployment)
-    assert directory, "no set_working_directory pull step"
-    assert directory == dockerfile_workdir(dockerfile_of(services["worker"]))
+    assert directory == "{{ $AUDITFLOW_CODE_DIR }}", directory
+    workdir = dockerfile_workdir(dockerfile_of(services["worker"]))
+    assert env_of(services["worker"])["AUDITFLOW_CODE_DIR"] == workdir
 
 
-def test_deployment_work_pool_matches_worker(deployment, services):
+def test_deployment_work_pool_matches_worker(deployment, services, settings):
     pool = (deployment.get("work_pool") or {}).get("name")
-    assert pool == "auditflow"
+    assert pool == settings["AUDITFLOW_WORK_POOL"] == "auditflow"
     _, start = find_segment(services["worker"], "prefect", "worker", "start")
     assert option(start, "--pool", "-p") == pool
-    assert option(start, "--type", "-t") in (None, "process")
+    assert option(start, "--type", "-t") == settings["AUDITFLOW_WORK_POOL_TYPE"] == "process"
     for svc in ("worker", "deploy"):
-        _, create = find_segment(services[svc], "prefect", "work-pool", "create")
+        create_idx, create = find_segment(services[svc], "prefect", "work-pool", "create")
         assert create[3] == pool and option(create, "--type", "-t") == "process", create
+        limit_idx, limit = find_segment(services[svc], "prefect", "work-pool", "set-concurrency-limit")
+        assert create_idx < limit_idx and limit[3:] == [pool, settings["AUDITFLOW_GPU_SLOTS"]], limit
+    assert settings["AUDITFLOW_GPU_SLOTS"] == "1"
 
 
 def test_deployment_entrypoint_is_the_installed_flow(deployment):
@@ -671,8 +799,9 @@ def test_docker_compose_config_validates():
         pytest.skip(f"`docker compose version` failed: {exc}")
     if version.returncode != 0:
         pytest.skip("the docker compose plugin is not available")
+    env_files = ["--env-file", str(STACK_ENV), "--env-file", str(SECRETS_EXAMPLE)]
     result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        [docker, "compose", "-f", str(COMPOSE_FILE), *env_files, "config", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -695,3 +824,79 @@ def test_deployment_parameters_fit_the_flow_and_config(deployment, services):
     load_config(params.get("profile", "quick"), params.get("overrides") or [])
     mounts = [str(v).split(":")[1] for v in services["worker"].get("volumes", [])]
     assert params["workdir"] in mounts
+
+
+# --------------------------------------------------------------------------- compose vs the native stack
+
+
+def _same_database(compose_url: str, native_url: str) -> None:
+    """Same driver, user, password and database; only the host differs (service name vs loopback)."""
+    from urllib.parse import unquote
+
+    c, n = urlsplit(compose_url), urlsplit(native_url)
+    assert (n.scheme, unquote(n.username), unquote(n.password), n.path) == (c.scheme, c.username, c.password, c.path)
+
+
+def test_native_stack_runs_the_same_mlflow_server(services, native):
+    cmd, env = native.mlflow_server()
+    seg = mlflow_server(services)
+    assert cmd[:2] == ["mlflow", "server"]
+    for name in ("--app-name", "--port", "--workers", "--uvicorn-opts", "--allowed-hosts"):
+        assert option(cmd, name) == option(seg, name), name
+    assert "--serve-artifacts" in cmd and "--artifacts-destination" in cmd
+    _same_database(option(seg, "--backend-store-uri"), env["MLFLOW_BACKEND_STORE_URI"])
+    compose_env = env_of(services["mlflow"])
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key] == compose_env[key], key
+    compose_auth_uri, compose_permission = native_stack.mlflow_auth.config_from_env(compose_env)
+    native_auth_uri, native_permission = native.mlflow_auth_config()
+    _same_database(compose_auth_uri, native_auth_uri)
+    assert native_permission == compose_permission
+
+
+def test_native_stack_runs_the_same_prefect_server(services, native):
+    cmd, env = native.prefect_server()
+    seg = find_segment(services["prefect-server"], "prefect", "server", "start")[1]
+    assert cmd[:3] == ["prefect", "server", "start"] and option(cmd, "--port") == option(seg, "--port")
+    compose_env = env_of(services["prefect-server"])
+    url = "PREFECT_API_DATABASE_CONNECTION_URL"
+    _same_database(compose_env[url], env[url])
+    for key in ("PREFECT_UI_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        assert env[key] == compose_env[key], key
+
+
+def test_native_stack_prepares_the_same_pool_and_worker(services, native):
+    create, limit = native.work_pool_commands()
+    assert create == find_segment(services["worker"], "prefect", "work-pool", "create")[1]
+    assert limit == find_segment(services["worker"], "prefect", "work-pool", "set-concurrency-limit")[1]
+    cmd, env = native.worker()
+    start = find_segment(services["worker"], "prefect", "worker", "start")[1]
+    assert cmd == start, "same `prefect worker start` (pool, type, healthcheck)"
+    compose_env = env_of(services["worker"])
+    same = (
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "PREFECT_WORKER_WEBSERVER_PORT",
+        "PREFECT_LOGGING_EXTRA_LOGGERS",
+    )
+    for key in same:
+        assert env[key] == compose_env[key], key
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        n, c = urlsplit(env[key]), urlsplit(compose_env[key])
+        assert (n.scheme, n.port, n.path) == (c.scheme, c.port, c.path), key
+    # the code directory differs by design: the image's WORKDIR, the checkout
+    assert set(env) == set(compose_env), set(env) ^ set(compose_env)
+
+
+def test_both_stacks_deploy_prefect_yaml(services):
+    """The deployment (name, entrypoint, pool, schedule) is prefect.yaml's in both stacks."""
+    _, deploy = find_segment(services["deploy"], "prefect", "deploy")
+    assert "--prefect-file" not in deploy and services["deploy"]["working_dir"] == "/opt/auditflow"
+    assert native_stack.PREFECT_FILE == PREFECT_FILE
+    assert native_stack.prefect_deployments() == yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+
+
+def test_native_postgres_uses_the_compose_credentials(services, settings):
+    env = env_of(services["postgres"])
+    keys = ("POSTGRES_USER", "POSTGRES_PASSWORD")
+    assert [env[k] for k in keys] == [settings[k] for k in keys]
