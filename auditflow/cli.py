@@ -9,16 +9,20 @@ User errors print one red line and exit with code 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,8 +30,8 @@ from rich.table import Table
 
 from auditflow.core.config import available_profiles, load_config
 from auditflow.core.errors import AuditflowError
-from auditflow.core.paths import ARTIFACT_DIR, CACHE_DIR, DB_NAME, cache_dir, reports_dir
-from auditflow.core.tracking import resolve_tracking_uri
+from auditflow.core.paths import ARTIFACT_DIR, CACHE_DIR, DB_NAME, cache_dir, log_file, reports_dir
+from auditflow.core.tracking import end_own_runs, preflight, resolve_tracking_uri
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Train, audit, export and benchmark image classifiers."
@@ -35,6 +39,11 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)  # one error, one line
 # Compute modules log with `logging`; Prefect shows these loggers in the terminal and its UI.
 EXTRA_LOGGERS = "auditflow"
+log = logging.getLogger(__name__)
+INTERRUPTED = 128  # + the signal's number: the exit code of a run stopped by Ctrl-C (130) or SIGTERM (143)
+# Error records that stay off the terminal (the log file keeps them, tracebacks included): the
+# CLI prints the one line that matters, and Prefect's run loggers would print a traceback each.
+QUIET_ERRORS = ("prefect.flow_runs", "prefect.task_runs", __name__)
 
 ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Profile name or path to a YAML file.")]
 DataOpt = Annotated[
@@ -44,14 +53,16 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override,
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Folder for the MLflow store, artifacts and caches.")]
 
 
-def _fail(err: BaseException) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {err}")
+def _fail(err: BaseException, logs: Path | None = None) -> typer.Exit:
+    """One red line (naming the full log, when there is one) and exit code 2."""
+    console.print(f"[bold red]error:[/] {err}" + (f" (log: {logs})" if logs else ""))
     return typer.Exit(code=2)
 
 
 def _prefect_env() -> None:
     """Settings read when Prefect is imported: show our loggers, no telemetry."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", EXTRA_LOGGERS)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars between the log lines
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The temporary API server gets 20 s to start by default; on 2 busy cores it can take longer.
@@ -73,13 +84,159 @@ def _log_to_console() -> logging.Handler:
 
 
 def _check_inputs(data: str, workdir: Path) -> None:
-    """Before any work: the data source exists and the work folder can be made."""
+    """Before any work: the data source exists and the work folder can be made and written."""
     if not (data == "cifar10" or data.startswith("cifar10:")) and not Path(data).exists():
         raise AuditflowError(f"data path {data!r} does not exist")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way, no permission
         raise AuditflowError(f"--workdir {str(workdir)!r} cannot be used as a folder: {err.strerror}") from err
+    for folder in (workdir, cache_dir(workdir)):
+        try:  # a real write: root ignores mode bits, a read-only mount does not
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".auditflow-write-check-"):
+                pass
+        except FileNotFoundError:
+            continue  # the cache folder is made on first use, inside a folder found writable
+        except OSError as err:
+            raise AuditflowError(f"--workdir folder {str(folder)!r} is not writable: {err.strerror}") from err
+
+
+class _WithoutTraceback(logging.Formatter):
+    """A log record as the terminal shows it: the message without its traceback."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _for_terminal(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and record.name.startswith(QUIET_ERRORS))
+
+
+@contextlib.contextmanager
+def _run_logging(path: Path) -> Iterator[None]:
+    """During a flow run: every record in full in the log file `path`; on the terminal,
+    progress and warnings without tracebacks, and no error records of flow and task runs."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    root = logging.getLogger()
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    terminals = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.formatter for h in terminals]
+    root.addHandler(to_file)
+    for handler in terminals:
+        handler.setFormatter(_WithoutTraceback(handler.formatter))
+        handler.addFilter(_for_terminal)
+    try:
+        yield
+    finally:
+        for handler, formatter in zip(terminals, saved, strict=True):
+            handler.setFormatter(formatter)
+            handler.removeFilter(_for_terminal)
+        root.removeHandler(to_file)
+        to_file.close()
+
+
+def _start_temporary_api() -> subprocess.Popen[Any] | None:
+    """Start Prefect's temporary API server (the one Prefect starts on first use when no
+    server is configured) with SIGINT blocked in it. A Ctrl-C reaches the terminal's whole
+    process group; without this the server died of it too, and the flow spent minutes
+    retrying calls to it before failing with a connection traceback. The server process, or
+    None when a Prefect server is configured."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    server = SubprocessASGIServer()  # Prefect's own calls get this same instance, already started
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        # a thread's signal mask is inherited by the process it starts, and kept across exec
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()
+        except BaseException as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=start, name="prefect-api-start", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return server.server_process
+
+
+class _ServerWatch(threading.Thread):
+    """Calls `on_exit(code)` once if the temporary Prefect API server exits before `stop()`."""
+
+    def __init__(self, server: subprocess.Popen[Any], on_exit: Callable[[int], None]) -> None:
+        super().__init__(name="prefect-api-watch", daemon=True)
+        self.server, self.on_exit, self.stopped = server, on_exit, threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            if self.server.poll() is not None:
+                self.on_exit(self.server.returncode)
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _exit_when_server_dies(server: subprocess.Popen[Any], uri: str, experiment: str, logs: Path) -> _ServerWatch:
+    """Watch the temporary Prefect API server; if it dies mid-run, end this process's MLflow
+    runs FAILED with the reason, print one line and exit 2 at once. Failing fast is the choice:
+    the flow engine would retry its calls to the dead server for minutes and then fail with a
+    traceback, and a rerun loses at most the epoch in progress (checkpoints are written
+    atomically; a finished training is reused)."""
+
+    def died(code: int) -> None:
+        reason = f"the temporary Prefect API server (pid {server.pid}) exited with code {code} mid-run"
+        log.error("%s; ending this run's MLflow runs FAILED and exiting", reason)
+        with contextlib.suppress(Exception):  # the line and the exit matter more
+            end_own_runs(uri, experiment, reason)
+        console.print(
+            f"[bold red]error:[/] {reason}; the run stopped (its MLflow runs are marked FAILED): rerun the same "
+            f"command to resume (log: {logs})"
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(2)  # from this thread: the main thread is inside the flow engine's retries
+
+    watch = _ServerWatch(server, died)
+    watch.start()
+    return watch
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (so the flow ends its runs KILLED either way);
+    the list holds the signal received."""
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _find_user_error(err: BaseException) -> AuditflowError | None:
@@ -105,25 +262,42 @@ def run(
     try:
         cfg = load_config(profile, overrides or [])  # fail on bad config before any work
         _check_inputs(data, workdir)
+        uri = resolve_tracking_uri(cfg.tracking, workdir)
+        preflight(uri)  # an unreachable, unwritable or damaged store: now, not after minutes of retries
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()
     from auditflow.flows.pipeline import audit_pipeline
 
-    console.print(
-        f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], "
-        f"tracking [cyan]{resolve_tracking_uri(cfg.tracking, workdir)}[/]"
-    )
+    console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], tracking [cyan]{uri}[/]")
+    logs = log_file(workdir, time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
     start = time.perf_counter()
-    try:
-        result = audit_pipeline(
-            profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir), run_name=run_name
-        )
-    except Exception as err:
-        user = _find_user_error(err)
-        if user is not None:
-            raise _fail(user) from err
-        raise
+    flow = audit_pipeline  # its on_crashed / on_cancellation hooks end the MLflow runs it leaves RUNNING
+    with _run_logging(logs), _interrupts() as received:
+        try:
+            server = _start_temporary_api()
+            watch = _exit_when_server_dies(server, uri, cfg.tracking.experiment, logs) if server else None
+            try:
+                result = flow(
+                    profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir), run_name=run_name
+                )
+            finally:
+                if watch is not None:
+                    watch.stop()
+        except KeyboardInterrupt as err:
+            signum = received[0] if received else signal.SIGINT
+            log.error("interrupted by %s", signal.Signals(signum).name, exc_info=err)
+            console.print(
+                f"[bold yellow]interrupted[/] ({signal.Signals(signum).name}): the run stopped and its MLflow runs "
+                f"end KILLED; rerun the same command to resume from the last finished epoch (log: {logs})"
+            )
+            raise typer.Exit(code=INTERRUPTED + signum) from err
+        except Exception as err:
+            log.error("the run failed", exc_info=err)
+            user = _find_user_error(err)
+            if user is not None:
+                raise _fail(user, logs) from err
+            raise
     colour = {"pass": "green", "fail": "red"}.get(result.overall, "yellow")
     table = Table(title=f"auditflow run {result.run_id} ({time.perf_counter() - start:.0f} s)", show_header=False)
     table.add_row("overall verdict", f"[bold {colour}]{result.overall}[/] (MLflow tag verdict/overall)")
@@ -164,6 +338,7 @@ def report(
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
         if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+        preflight(uri)
         record = Tracker(uri).load_run(run_id)
         files = build_report(record, out or reports_dir(workdir, run_id))
     except AuditflowError as err:
@@ -557,6 +732,7 @@ def bench(
         uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
         if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+        preflight(uri)
         from auditflow.tasks.export import bench_past_run
 
         _log_to_console()
@@ -605,6 +781,7 @@ def _existing_store(tracking_uri: str | None, workdir: Path) -> str:
     uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
     if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+    preflight(uri)
     return uri
 
 

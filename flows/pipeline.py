@@ -20,7 +20,7 @@ from auditflow.tasks.ingest import ingest_data
 from auditflow.tasks.references import References, decide_tier, plan_for, train_reference_model
 from auditflow.tasks.release import release
 from auditflow.tasks.report import report_run
-from auditflow.tasks.run import close_run, open_run
+from auditflow.tasks.run import close_run, end_tracking_runs, open_run
 from auditflow.tasks.train import train_model
 
 
@@ -76,7 +76,8 @@ def reference_models(
     return References(decision, outcomes, time.perf_counter() - start, plan.member_in, plan.nonmember_in)
 
 
-@flow(name="auditflow-pipeline")
+# the hooks end the MLflow runs KILLED when the process is interrupted or the run cancelled
+@flow(name="auditflow-pipeline", on_crashed=[end_tracking_runs], on_cancellation=[end_tracking_runs])
 def audit_pipeline(
     profile: str = "quick",
     data: str = "cifar10",

@@ -13,7 +13,7 @@ from auditflow.audits.plots import examples_figure
 from auditflow.core.config import CardConfig, DataConfig
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.paths import cache_dir
-from auditflow.core.tracking import Tracker, TrackingRef, metric_key
+from auditflow.core.tracking import Tracker, TrackingRef, class_keys, metric_key
 
 DESCRIPTION = (
     "Ingest: the data source validated into a content-addressed snapshot, split into train (members), "
@@ -53,7 +53,7 @@ def ingest_data(
             run.log_dataset(**dataset)
             tracker.parent(ref).log_dataset(**dataset)  # the pipeline run used every split
         run.log_table({"class": list(snapshot.classes), **counts}, "ingest/class_counts.json")
-        keys = [metric_key(c) for c in snapshot.classes]
+        keys = class_keys(snapshot.classes)  # two folders that would share a metric key fail here
         height, width, channels = snapshot.image_shape
         duplicates = duplicate_check(
             np.concatenate([splits.train_x, splits.val_x]), splits.test_x, card.duplicate_max_distance

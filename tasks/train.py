@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +18,17 @@ from prefect.cache_policies import NO_CACHE
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import ConfigError, ModelError
-from auditflow.core.paths import cache_dir, run_dir
-from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.core.paths import cache_dir, run_dir, trained_dir
+from auditflow.core.tracking import DeferredMetrics, Tracker, TrackingRef, class_keys
 from auditflow.models.checkpoints import load_model
 from auditflow.models.distributed import launch
 from auditflow.models.runtime import resolve_runtime
 from auditflow.models.speed import device_peak, speed_metrics
-from auditflow.models.training import EpochStats, fit
+from auditflow.models.training import EpochStats, FitResult, fit
+from auditflow.tasks.run import retry_on_outage
+
+log = logging.getLogger(__name__)
+RESULT = "result.json"  # beside a finished training's checkpoint: its weights digest and train run
 
 
 @dataclass(frozen=True)
@@ -74,12 +79,41 @@ def exclusive(work: Path) -> Iterator[None]:
 
 
 def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig) -> str:
-    """Checkpoints of an unfinished run are found again by data + config."""
+    """Checkpoints of an unfinished run, and finished trainings, are found again by data + config."""
     blob = json.dumps([digest, data_cfg.model_dump(mode="json"), train_cfg.model_dump(mode="json")], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@task(name="train", cache_policy=NO_CACHE)
+def reuse_finished(finished: Path, work: Path) -> dict[str, str] | None:
+    """Put a finished training of the same data + config (`finished`) where `fit` resumes from
+    (`work/last.pt`): `fit` then trains no epoch and only scores the kept weights again. Its
+    `result.json` (weights digest, train run), or None when there is none."""
+    try:
+        result = json.loads((finished / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (finished / "last.pt").is_file():
+        return None
+    shutil.copy2(finished / "last.pt", work / "last.pt")  # a copy: a kill now leaves the result intact
+    log.info("reusing the finished training of this data and config (train run %s)", result.get("train_run"))
+    return result
+
+
+def keep_finished(result: FitResult, work: Path, finished: Path, train_run: str) -> None:
+    """Keep a finished training (checkpoint + weights digest) for later runs with the same data
+    and config, before anything else can fail: a run killed or failed in a later stage is
+    rerun without training again."""
+    finished.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(result.checkpoint, finished / "last.tmp")
+    (finished / "last.tmp").replace(finished / "last.pt")
+    record = {"weights_sha256": result.state_digest, "train_run": train_run, "epochs": len(result.history)}
+    (finished / "result.tmp").write_text(json.dumps(record, indent=2))
+    (finished / "result.tmp").replace(finished / RESULT)
+
+
+# Retried only when the tracking store stopped answering: the retry reuses the finished
+# training (or resumes from the last epoch's checkpoint), so it never trains an epoch twice.
+@task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_on_outage, cache_policy=NO_CACHE)
 def train_model(
     ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str
 ) -> TrainResult:
@@ -94,7 +128,9 @@ def train_model(
             {"auditflow.device": described["device_name"], "auditflow.precision": described["precision"]}
         )
         snapshot = Snapshot.open(snapshot_path)
-        work = cache_dir(workdir) / "checkpoints" / resume_key(snapshot.digest, data_cfg, cfg)
+        class_keys(snapshot.classes)  # before training: every later stage logs per-class metrics
+        key = resume_key(snapshot.digest, data_cfg, cfg)
+        work, finished = cache_dir(workdir) / "checkpoints" / key, trained_dir(workdir, key)
         sources = {
             name: tracker.fetch_checkpoint(value, cache_dir(workdir) / "sources-of-weights")
             for name, value in (("init_from", cfg.init_from), ("teacher", cfg.teacher))
@@ -120,6 +156,11 @@ def train_model(
 
         splits = make_splits(snapshot, data_cfg)
         with exclusive(work):
+            reused = reuse_finished(finished, work)
+            # a store that stops answering mid-epoch must not stop training: epochs it refuses
+            # are kept and sent again, and the stage fails after training if they still cannot
+            # be logged (the finished training is kept for the rerun)
+            epochs_log = DeferredMetrics(run, "train", ref.uri)
             if cfg.world_size > 1:
                 spec = {
                     "snapshot": snapshot_path,
@@ -132,17 +173,33 @@ def train_model(
             else:
 
                 def on_epoch(stats: EpochStats) -> None:
-                    run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
+                    epochs_log.log(train_metrics(epoch_metrics(stats)), stats.epoch)
 
-                result = fit(
-                    splits,
-                    cfg,
-                    runtime,
-                    work,
-                    on_epoch=on_epoch,
-                    init_state=init_model.state_dict() if init_model is not None else None,
-                    teacher=teacher,
-                )
+                def train() -> FitResult:
+                    return fit(
+                        splits,
+                        cfg,
+                        runtime,
+                        work,
+                        on_epoch=on_epoch,
+                        init_state=init_model.state_dict() if init_model is not None else None,
+                        teacher=teacher,
+                    )
+
+                result = train()
+                if reused is not None and result.state_digest != reused.get("weights_sha256"):
+                    log.warning(
+                        "the kept training in %s does not hold the weights it recorded (sha256 %s, found %s): "
+                        "training again",
+                        finished,
+                        reused.get("weights_sha256"),
+                        result.state_digest,
+                    )
+                    shutil.rmtree(finished, ignore_errors=True)
+                    (work / "last.pt").unlink(missing_ok=True)
+                    reused, result = None, train()
+            keep_finished(result, work, finished, run.run_id)
+            epochs_log.close()
             # epochs not logged live: all of them from the (untracked) workers, else those restored
             unlogged = result.history if cfg.world_size > 1 else result.history[: result.resumed_from_epoch]
             for stats in unlogged:
@@ -150,7 +207,7 @@ def train_model(
             final = run_dir(workdir, ref.run_id) / "model.pt"
             shutil.copy2(result.checkpoint, final)
             run.log_artifact(final, "checkpoint")
-            shutil.rmtree(work, ignore_errors=True)  # logged: nothing left to resume
+            shutil.rmtree(work, ignore_errors=True)  # kept in `finished`: nothing left to resume
         last = result.history[-1]
         peak = device_peak(runtime)
         # one GPU per process under DDP; CPU processes share the same cores
@@ -172,6 +229,7 @@ def train_model(
             {
                 "auditflow.peak_source": peak.source,
                 "auditflow.weights_sha256": result.state_digest,
+                "train/reused_from_run": reused["train_run"] if reused else "none",
                 "train/kept_weights": choice["kept"],
                 "train/plan": result.plan["reason"],
             }
@@ -187,6 +245,12 @@ def train_model(
             | ({"ema_val_accuracy": choice["ema_accuracy"]} if choice["ema_accuracy"] is not None else {})
         )
         run.log_metrics(logged)
+        privacy = getattr(result, "privacy", {})
+        if privacy:  # DP-SGD: what the accountant says was spent
+            dp = {f"train/dp_{k}": float(v) for k, v in privacy.items() if isinstance(v, int | float)}
+            run.log_metrics(dp)
+            run.set_tags({"train/dp_accountant": str(privacy.get("accountant", ""))})
+            tracker.parent(ref).log_metrics({k: dp[k] for k in ("train/dp_epsilon", "train/dp_delta") if k in dp})
         headline = ("train/final_val_accuracy", "train/train_s", "train/parameters", "train/planned_epochs")
         tracker.parent(ref).log_metrics({k: logged[k] for k in headline if logged[k] == logged[k]})
         run.log_summary(
@@ -204,6 +268,7 @@ def train_model(
                     (h.val_accuracy for h in result.history if h.val_accuracy == h.val_accuracy), default=float("nan")
                 ),
                 "resumed_from_epoch": result.resumed_from_epoch,
+                "reused_from_run": reused["train_run"] if reused else None,
                 "runtime": described,
                 "world_size": cfg.world_size,
                 "peak_source": peak.source,

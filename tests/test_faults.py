@@ -3,14 +3,29 @@ or is repaired, and never with a traceback or a silently wrong model."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import json
 import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import make_image_folder
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from PIL import Image
+from test_flow import TINY
 
 from auditflow.core.config import DataConfig
 from auditflow.core.data import ingest, verify_snapshot
@@ -125,3 +140,509 @@ def test_a_workdir_that_is_a_file_is_one_line_and_exit_2(image_folder: Path, tmp
     result = CliRunner().invoke(app, ["run", "--data", str(image_folder), "--workdir", str(blocker)])
     assert result.exit_code == 2
     assert result.output.strip() == f"error: --workdir '{blocker}' cannot be used as a folder: File exists"
+
+
+# ---------------------------------------------------------------- the tracking store and the work folder
+# Each of these fails before any work: one `error:` line naming the problem and what to do,
+# exit code 2, within 30 s (the bound is the fail-fast promise itself, far from the ~2 s taken).
+FAIL_FAST_S = 30
+
+
+@pytest.fixture(scope="module")
+def fault_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the tests below (creating one takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _invoke(args: list[str]) -> tuple[int, str, float]:
+    from typer.testing import CliRunner
+
+    from auditflow.cli import app
+
+    start = time.monotonic()
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output.strip(), time.monotonic() - start
+
+
+def test_an_unreachable_tracking_server_fails_at_once_in_one_line(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for args in (
+        ["run", "--data", str(image_folder), "--workdir", str(tmp_path)],
+        ["report", "0123abcd", "--workdir", str(tmp_path)],  # said "run id not found" after 249 s
+        ["models", "--workdir", str(tmp_path)],
+    ):
+        code, output, seconds = _invoke(args)
+        assert code == 2 and seconds < FAIL_FAST_S, (args, output)
+        assert re.fullmatch(
+            rf"error: cannot reach the MLflow store at {re.escape(uri)}: \[Errno 111\] Connection refused; start the "
+            r"tracking server or point MLFLOW_TRACKING_URI \(or tracking.tracking_uri\) at one that runs",
+            output,
+        ), output
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that runs a command as `nobody` when the tests run as root (as CI does),
+    who ignores the mode bits that make a folder read-only."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without util-linux's setpriv: cannot make a folder read-only")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_a_read_only_workdir_or_store_fails_at_once_naming_it() -> None:
+    import sqlite3
+
+    base = Path(tempfile.mkdtemp(prefix="auditflow-ro-"))  # not under pytest's 0700 folders
+    try:
+        base.chmod(0o755)
+        data = make_image_folder(base / "data", n_train=1, n_test=1)
+        read_only = base / "read-only"
+        read_only.mkdir(mode=0o555)
+        writable = base / "writable"
+        writable.mkdir(mode=0o777)
+        writable.chmod(0o777)  # past the umask
+        db = writable / "mlflow.db"
+        sqlite3.connect(db).close()
+        db.chmod(0o444)
+        cli = str(Path(sys.executable).with_name("auditflow"))
+        for workdir, expected in (
+            (read_only, f"error: --workdir folder '{read_only}' is not writable: Permission denied"),
+            (writable, f"error: the MLflow store {db} cannot be opened for writing: Permission denied"),
+        ):
+            start = time.monotonic()
+            done = subprocess.run(
+                [*_unprivileged(), cli, "run", "--data", str(data), "--workdir", str(workdir)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert time.monotonic() - start < FAIL_FAST_S  # was 339 s of retries, then a traceback
+            assert done.returncode == 2, done.stderr
+            assert done.stderr.strip() == expected
+    finally:
+        (base / "read-only").chmod(0o755)
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_a_damaged_mlflow_db_is_one_line_naming_the_file(image_folder: Path, tmp_path: Path, damage: str) -> None:
+    import sqlite3
+
+    db = (tmp_path / "mlflow.db").resolve()
+    if damage == "not a database":
+        db.write_bytes(np.random.default_rng(0).bytes(4096))
+        problem = "is not an SQLite database (damaged or another file)"
+    else:
+        with sqlite3.connect(db) as conn:
+            conn.execute("create table t (x)")
+            conn.executemany("insert into t values (?)", [("x" * 100,)] * 2000)
+        db.write_bytes(db.read_bytes()[:1000])
+        problem = "cannot be read (database disk image is malformed)"
+    for args in (
+        ["run", "--data", str(image_folder), "--workdir", str(tmp_path)],
+        ["report", "0123abcd", "--workdir", str(tmp_path)],
+    ):
+        code, output, _ = _invoke(args)
+        assert code == 2
+        assert output == (
+            f"error: the MLflow store {db} {problem}; move it aside (mv {db} {db}.bad) to start an empty store "
+            "there, or restore it from a backup"
+        )
+
+
+def test_class_names_mlflow_refuses_log_under_legal_keys(fault_store: str) -> None:
+    """Folder names that are fine on disk but not as MLflow keys: `cat's`, `naïve`, and a
+    255-character name (over MLflow's 250-character keys once prefixed) all log."""
+    from auditflow.core.tracking import Tracker, class_keys
+
+    names = ["cat's", "a+b", "naïve", "x" * 255, "y" * 255, "plain-name.v2"]
+    keys = [f"fairness/false_positive_rate/class/{k}" for k in class_keys(names)]
+    assert keys[:3] == [f"fairness/false_positive_rate/class/{k}" for k in ("cat_s", "a_b", "na_ve")]
+    assert keys[5] == "fairness/false_positive_rate/class/plain-name.v2"
+    assert re.fullmatch(r"fairness/false_positive_rate/class/x{73}-[0-9a-f]{6}", keys[3]) and keys[3] != keys[4]
+    tracker = Tracker(fault_store)
+    run = tracker.start_run(tracker.experiment_id("names"), "names", {})
+    run.log_metrics(dict.fromkeys(keys, 1.0), step=1)
+    assert set(tracker.client.get_run(run.run_id).data.metrics) == set(keys)
+
+
+def test_class_names_that_share_a_metric_key_fail_before_training(
+    fault_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`a+b` and `a_b` would write to one key, mixing two classes' metrics: the run stops
+    before training (it used to finish with one class's figures silently overwritten)."""
+    from auditflow.core.config import PipelineConfig, TrainConfig
+    from auditflow.core.errors import DataError
+    from auditflow.core.tracking import Tracker, open_pipeline_run
+    from auditflow.tasks.ingest import ingest_data
+    from auditflow.tasks.train import train_model
+
+    root = make_image_folder(tmp_path / "data", n_train=4, n_test=2)
+    for split in ("train", "test"):
+        (root / split / "circle").rename(root / split / "a+b")
+        (root / split / "square").rename(root / split / "a_b")
+    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": fault_store}), tmp_path, "names", {})
+    snap = ingest_data.fn(ref, str(root), DataConfig(), str(tmp_path))
+    _no_training(monkeypatch)
+    with pytest.raises(
+        DataError,
+        match=r"^class folders 'a\+b' and 'a_b' would log under the same MLflow key 'a_b' \(keys keep letters, "
+        r"digits and _-\. and space; other characters become _\): rename one of them$",
+    ):
+        train_model.fn(ref, snap.snapshot, DataConfig(), TrainConfig(**TRAIN), str(tmp_path))
+    assert Tracker(ref.uri).load_run(ref.run_id).stage_status["train"] == "FAILED"
+
+
+# ---------------------------------------------------------------- a tracking outage during training
+TRAIN = {"width": 8, "epochs": 3, "batch_size": 16, "lr": 0.05, "precision": "fp32", "device": "cpu"}
+OUTAGE = "API request to http://tracking.invalid/api/2.0/mlflow/runs/log-batch failed with exception ConnectionError"
+
+
+@pytest.fixture
+def train_stage(fault_store: str, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A pipeline run after its ingest stage (its own work folder), with retries that do not wait."""
+    import auditflow.core.tracking as tracking
+    from auditflow.core.config import PipelineConfig
+    from auditflow.tasks.ingest import ingest_data
+
+    monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    data_cfg = DataConfig(val_fraction=0.125)
+    cfg = PipelineConfig(tracking={"tracking_uri": fault_store})
+    ref = tracking.open_pipeline_run(cfg, tmp_path, "faults", {})
+    snap = ingest_data.fn(ref, str(image_folder), data_cfg, str(tmp_path))
+    return ref, snap.snapshot, data_cfg, str(tmp_path)
+
+
+def test_only_an_outage_retries_the_train_stage_and_user_errors_never_retry() -> None:
+    from auditflow.core.errors import ModelError, TrackingError, TrackingOutageError
+    from auditflow.tasks.run import retry_on_outage, retry_unless_user_error
+
+    class Failed:  # a Prefect state whose result raises, as a failed task's does
+        def __init__(self, err: BaseException) -> None:
+            self.err = err
+
+        def result(self) -> None:
+            raise self.err
+
+    outage, user, bug = TrackingOutageError("down"), ModelError("bad"), RuntimeError("bug")
+    assert [retry_on_outage(None, None, Failed(e)) for e in (outage, user, bug)] == [True, False, False]
+    assert [retry_unless_user_error(None, None, Failed(e)) for e in (outage, user, TrackingError("x"), bug)] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+
+
+def _flaky_epoch_logging(monkeypatch: pytest.MonkeyPatch, fail: Callable[[int, int], bool]) -> None:
+    """MLflow's `log_batch` raises, as its REST client does when the server is down, for the
+    per-epoch metrics of step s on its n-th try whenever `fail(s, n)`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    real, tries = MlflowClient.log_batch, collections.Counter()
+
+    def log_batch(self, run_id, *args, **kwargs):
+        metrics = kwargs.get("metrics") or []
+        if any(m.key == "train/epoch_s" and m.step > 0 for m in metrics):
+            step = metrics[0].step
+            tries[step] += 1
+            if fail(step, tries[step]):
+                raise MlflowException(OUTAGE, error_code=TEMPORARILY_UNAVAILABLE)
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auditflow.models.training as training
+
+    def trained(*args, **kwargs):
+        raise AssertionError("an epoch was trained again")
+
+    monkeypatch.setattr(training, "train_one_epoch", trained)
+
+
+def _train_steps(ref, stage_run: str) -> list[int]:
+    from auditflow.core.tracking import Tracker
+
+    history = Tracker(ref.uri).client.get_metric_history(stage_run, "train/val_accuracy")
+    return sorted(m.step for m in history)
+
+
+def test_a_tracking_outage_mid_training_neither_stops_it_nor_drops_an_epoch(
+    train_stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditflow.core.config import TrainConfig
+    from auditflow.core.tracking import Tracker
+    from auditflow.tasks.train import train_model
+
+    ref, snapshot, data_cfg, workdir = train_stage
+    _flaky_epoch_logging(monkeypatch, lambda step, n: step >= 2 and n == 1)  # epochs 2 and 3: first try fails
+    train_model.fn(ref, snapshot, data_cfg, TrainConfig(**TRAIN), workdir)
+    record = Tracker(ref.uri).load_run(ref.run_id)
+    assert record.stage_status["train"] == "FINISHED" and record.summaries["train"]["resumed_from_epoch"] == 0
+    assert _train_steps(ref, record.stage_run_ids["train"]) == [1, 2, 3]  # each once, none lost
+
+
+def test_a_lasting_tracking_outage_fails_the_stage_after_training_and_the_rerun_does_not_train(
+    train_stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditflow.core.config import TrainConfig
+    from auditflow.core.errors import TrackingOutageError
+    from auditflow.core.tracking import Tracker
+    from auditflow.tasks.train import train_model
+
+    ref, snapshot, data_cfg, workdir = train_stage
+    cfg = TrainConfig(**TRAIN)
+    with monkeypatch.context() as outage:
+        _flaky_epoch_logging(outage, lambda step, n: True)
+        with pytest.raises(
+            TrackingOutageError,
+            match=rf"^stage train: the MLflow store at {re.escape(ref.uri)} refused the metrics of epochs 1-3 4 times "
+            rf"\({re.escape(OUTAGE)}\); the trained model is kept: rerun the same command to log it without "
+            r"training again$",
+        ):
+            train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    tracker = Tracker(ref.uri)
+    failed = tracker.load_run(ref.run_id)
+    assert failed.stage_status["train"] == "FAILED" and _train_steps(ref, failed.stage_run_ids["train"]) == []
+    _no_training(monkeypatch)  # the retry (or rerun) must reuse the finished training
+    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    record = tracker.load_run(ref.run_id)
+    assert record.stage_status["train"] == "FINISHED"
+    assert record.summaries["train"]["resumed_from_epoch"] == 3
+    assert record.summaries["train"]["reused_from_run"] == failed.stage_run_ids["train"]
+    assert _train_steps(ref, record.stage_run_ids["train"]) == [1, 2, 3]
+
+
+def test_a_rerun_after_a_kill_past_training_reuses_the_finished_training(
+    train_stage, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """Killed mid-audit (after the train stage finished): the rerun's train stage takes the
+    kept training of the same data and config, checked against its weights digest."""
+    from auditflow.core.config import TrainConfig
+    from auditflow.core.paths import trained_dir
+    from auditflow.core.tracking import Tracker
+    from auditflow.tasks.train import resume_key, train_model
+
+    ref, snapshot, data_cfg, workdir = train_stage
+    cfg = TrainConfig(**TRAIN)
+    tracker = Tracker(ref.uri)
+    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    first = tracker.load_run(ref.run_id)
+    with monkeypatch.context() as patch:
+        _no_training(patch)
+        train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    again = tracker.load_run(ref.run_id)
+    assert again.stage_run_ids["train"] != first.stage_run_ids["train"]
+    assert again.stage_tags["train"]["train/reused_from_run"] == first.stage_run_ids["train"]
+    digest = first.stage_tags["train"]["auditflow.weights_sha256"]
+    assert again.stage_tags["train"]["auditflow.weights_sha256"] == digest
+    assert (
+        again.stage_metrics["train"]["train/final_val_accuracy"]
+        == first.stage_metrics["train"]["train/final_val_accuracy"]
+    )
+    # a kept training whose weights are not the ones recorded is not trusted: trained again
+    from auditflow.core.data import Snapshot
+
+    result = trained_dir(workdir, resume_key(Snapshot.open(snapshot).digest, data_cfg, cfg)) / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "weights_sha256": "0" * 64}))
+    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    third = tracker.load_run(ref.run_id)
+    assert "does not hold the weights it recorded (sha256 " + "0" * 64 in caplog.text
+    assert third.summaries["train"]["resumed_from_epoch"] == 0 and third.summaries["train"]["reused_from_run"] is None
+
+
+# ---------------------------------------------------------------- interrupts and crashes, end to end
+# `auditflow run` in its own session, as a terminal starts it, on the tiny data: stopped by
+# Ctrl-C, by the death of its temporary Prefect server and by SIGKILL, each once training has
+# written a checkpoint, then run to the end. Each run resumes where the one before stopped.
+EPOCHS = 12
+RUN = [
+    *(o for o in TINY if not o.startswith("train.epochs")),
+    f"train.epochs={EPOCHS}",
+    "train.time_budget_s=null",
+    "privacy.references=0",
+    "privacy.attacks=[loss]",
+]
+LOG_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3} \| |\d{4}/\d\d/\d\d \d\d:\d\d:\d\d )")  # Prefect's, MLflow's
+PROMPT_S = 60  # Ctrl-C used to take 146 s and end in a ConnectError traceback
+
+
+@dataclass
+class Stopped:
+    """One `auditflow run` and how it ended."""
+
+    workdir: Path
+    pid: int
+    returncode: int
+    stderr: str
+    seconds_to_exit: float  # after the fault was injected
+    runs: dict[str, tuple[str, dict[str, str]]]  # MLflow run id -> (status, tags), read right after
+
+
+def _cli(data: Path, workdir: Path, log: Path) -> subprocess.Popen:
+    args = [str(Path(sys.executable).with_name("auditflow")), "run", "--data", str(data), "--workdir", str(workdir)]
+    for override in RUN:
+        args += ["--set", override]
+    with open(log, "w") as err:
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+
+def _training(proc: subprocess.Popen, workdir: Path) -> None:
+    """Wait until this run has written a training checkpoint of its own."""
+    pattern = "auditflow-cache/checkpoints/*/last.pt"
+    before = {p: p.stat().st_mtime_ns for p in workdir.glob(pattern)}
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before training"
+        for path in workdir.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if before.get(path) != path.stat().st_mtime_ns:
+                    return
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint within 600 s")
+
+
+def _runs(workdir: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    from auditflow.core.tracking import Tracker
+
+    client = Tracker(f"sqlite:///{workdir.resolve()}/mlflow.db").client
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {r.info.run_id: (r.info.status, dict(r.data.tags)) for r in found}
+
+
+def _stop(data: Path, workdir: Path, name: str, fault: Callable[[subprocess.Popen], None] | None) -> Stopped:
+    log = workdir.parent / f"{name}.stderr"
+    proc = _cli(data, workdir, log)
+    try:
+        if fault is not None:
+            _training(proc, workdir)
+            fault(proc)
+        start = time.monotonic()
+        proc.wait(timeout=900)
+        seconds = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return Stopped(workdir, proc.pid, proc.returncode, log.read_text(), seconds, _runs(workdir))
+
+
+def _kill_prefect_server(proc: subprocess.Popen) -> None:
+    found = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "prefect.server.api.server"], capture_output=True)
+    pids = found.stdout.split()
+    assert len(pids) == 1, found
+    os.kill(int(pids[0]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Stopped]:
+    workdir = tmp_path_factory.mktemp("stopped") / "work"
+    return {
+        "sigint": _stop(image_folder, workdir, "sigint", lambda p: os.killpg(p.pid, signal.SIGINT)),  # Ctrl-C
+        "server": _stop(image_folder, workdir, "server", _kill_prefect_server),
+        "sigkill": _stop(image_folder, workdir, "sigkill", lambda p: os.killpg(p.pid, signal.SIGKILL)),
+        "rerun": _stop(image_folder, workdir, "rerun", None),
+    }
+
+
+def _said(stderr: str) -> list[str]:
+    """What the CLI itself printed: the terminal lines that are not log records."""
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted"))]
+
+
+def _own(stopped: Stopped) -> dict[str, tuple[str, dict[str, str]]]:
+    return {k: v for k, v in stopped.runs.items() if v[1].get("auditflow.pid") == str(stopped.pid)}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_promptly_in_one_line_and_ends_its_runs_killed(stopped_runs) -> None:
+    run = stopped_runs["sigint"]
+    assert run.returncode == 130 and run.seconds_to_exit < PROMPT_S
+    assert "Traceback" not in run.stderr and "ConnectError" not in run.stderr
+    [line] = _said(run.stderr)
+    assert re.fullmatch(
+        r"interrupted \(SIGINT\): the run stopped and its MLflow runs end KILLED; rerun the same command to resume "
+        r"from the last finished epoch \(log: .*/auditflow-cache/logs/run-[\d-]+\.log\)",
+        line,
+    )
+    own = _own(run)
+    assert {tags.get("auditflow.stage", "parent"): status for status, tags in own.values()} == {
+        "parent": "KILLED",
+        "ingest": "FINISHED",
+        "train": "KILLED",
+    }
+
+
+@pytest.mark.slow
+def test_a_dead_prefect_server_stops_the_run_at_once_in_one_line(stopped_runs) -> None:
+    run = stopped_runs["server"]
+    assert run.returncode == 2 and run.seconds_to_exit < FAIL_FAST_S  # was ~6 min of retries
+    assert "Traceback" not in run.stderr
+    [line] = _said(run.stderr)
+    assert re.fullmatch(
+        r"error: the temporary Prefect API server \(pid \d+\) exited with code -9 mid-run; the run stopped \(its "
+        r"MLflow runs are marked FAILED\): rerun the same command to resume \(log: .*\.log\)",
+        line,
+    )
+    ended = [(status, tags) for status, tags in _own(run).values() if tags.get("auditflow.stage") != "ingest"]
+    assert len(ended) == 2 and all(status == "FAILED" for status, _ in ended)
+    assert all("exited with code -9 mid-run" in tags["auditflow.end_reason"] for _, tags in ended)
+    assert "resuming from" in run.stderr  # from the checkpoint the Ctrl-C'd run left
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_is_ended_at_the_next_start_which_resumes_its_training(stopped_runs) -> None:
+    killed, rerun = stopped_runs["sigkill"], stopped_runs["rerun"]
+    assert killed.returncode == -signal.SIGKILL
+    left = {k for k, (status, _) in _own(killed).items() if status == "RUNNING"}
+    assert len(left) == 2  # the parent and its train stage: nothing could end them
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not [k for k, (status, _) in rerun.runs.items() if status == "RUNNING"]
+    for run_id in left:
+        status, tags = rerun.runs[run_id]
+        assert status == "KILLED"
+        assert tags["auditflow.end_reason"].startswith(
+            f"process {killed.pid} on {tags['auditflow.host']} ended without closing this run (killed: SIGKILL"
+        )
+    # the rerun trained only the epochs no run had finished, and logged the whole curve
+    from auditflow.core.tracking import Tracker
+
+    parent = next(k for k, (_, tags) in _own(rerun).items() if "mlflow.parentRunId" not in tags)
+    record = Tracker(f"sqlite:///{rerun.workdir.resolve()}/mlflow.db").load_run(parent)
+    resumed = record.summaries["train"]["resumed_from_epoch"]
+    assert 3 <= resumed < EPOCHS  # one epoch or more by each of the three runs before
+    trained = [int(n) for n in re.findall(rf"epoch (\d+)/{EPOCHS} ", rerun.stderr)]
+    assert trained == list(range(resumed + 1, EPOCHS + 1))
+    assert [step for step, _ in record.history["val_accuracy"]] == list(range(1, EPOCHS + 1))
+
+
+@pytest.mark.slow
+def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_mlflow(tmp_path: Path) -> None:
+    from auditflow.core.tracking import Tracker
+
+    data = make_image_folder(tmp_path / "data", n_train=2, n_test=2)
+    (data / "test" / "circle" / "0001.png").write_bytes(b"\x89PNG broken")
+    run = _stop(data, tmp_path / "work", "user-error", None)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and "╭" not in run.stderr  # was 75 to 400 lines of them
+    [line] = _said(run.stderr)
+    match = re.fullmatch(r"error: cannot decode image test/circle/0001\.png: .* \(log: (.*\.log)\)", line)
+    assert match, line
+    assert "Traceback" in Path(match.group(1)).read_text()  # the full trace, kept
+    parent = next(k for k, (_, tags) in run.runs.items() if "mlflow.parentRunId" not in tags)
+    client = Tracker(f"sqlite:///{run.workdir.resolve()}/mlflow.db").client
+    assert "Traceback" in Path(client.download_artifacts(parent, "error.txt", str(tmp_path))).read_text()

@@ -28,5 +28,14 @@ class TrackingError(AuditflowError):
     """The tracking store is unreachable or a run id is unknown."""
 
 
+class TrackingOutageError(TrackingError):
+    """The tracking store stopped answering during a run: transient, so a retry or a rerun
+    (which reuses finished work) may succeed."""
+
+
+class OrchestrationError(AuditflowError):
+    """The Prefect API a run depends on stopped answering."""
+
+
 class ModelError(AuditflowError):
     """An unknown model name, or a checkpoint that does not fit its model."""

@@ -24,3 +24,16 @@ def run_dir(workdir: str | Path, run_id: str) -> Path:
 def reports_dir(workdir: str | Path, run_id: str) -> Path:
     """Where `auditflow report RUN_ID` rebuilds a past run's report."""
     return cache_dir(workdir) / "reports" / run_id
+
+
+def trained_dir(workdir: str | Path, key: str) -> Path:
+    """A finished training of data + config `key` (checkpoint and `result.json`), which a later
+    run with the same data and config reuses instead of training again."""
+    return cache_dir(workdir) / "trained" / key
+
+
+def log_file(workdir: str | Path, stamp: str) -> Path:
+    """The full log of one CLI run (tracebacks included), named by its start time."""
+    path = cache_dir(workdir) / "logs" / f"run-{stamp}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

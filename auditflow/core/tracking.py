@@ -17,14 +17,19 @@ metrics and verdicts to the parent so the runs table compares pipeline runs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import platform
 import re
+import sqlite3
 import subprocess
 import tempfile
+import time
 import traceback
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -33,7 +38,7 @@ from typing import Any
 
 from auditflow.core.checks import Check, verdicts
 from auditflow.core.config import PipelineConfig, TrackingConfig
-from auditflow.core.errors import TrackingError
+from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,48 @@ CHECKS = "checks.json"
 REPORT_IMAGES = ("ingest/examples.png",)
 HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # train/<name>, per epoch
 _UNSAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
+MAX_PART = 80  # characters of one key part: MLflow refuses metric keys over 250 characters
+# Ownership of a run: the process that opened it. A run still RUNNING whose process is gone
+# (SIGKILL, power loss, out-of-memory kill) is marked KILLED by the next start.
+PID_TAG = "auditflow.pid"
+PID_START_TAG = "auditflow.pid_start"  # the process's start time, so a reused pid is not taken for it
+HOST_TAG = "auditflow.host"
+END_REASON_TAG = "auditflow.end_reason"  # why a run was ended by someone other than its own code
+# Per-epoch metrics that the store refused are retried after these pauses (seconds), then the
+# stage fails naming them; training itself never waits on the store.
+RETRY_DELAYS_S = (2.0, 5.0, 10.0)
+PROBE_TIMEOUT_S = 5.0  # the preflight check of an HTTP tracking server
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def metric_key(*parts: str) -> str:
     """`stage/metric/class/<name>` with every part made a legal MLflow key (letters, digits,
-    `_-. `); other characters become `_`, so class folders like `cat's` still log."""
-    return "/".join(_UNSAFE.sub("_", str(p)) for p in parts)
+    `_-. `); other characters become `_`, so class folders like `cat's` still log. A part
+    longer than `MAX_PART` is cut and ends with 6 hex digits of its hash, so a 255-character
+    folder name still fits MLflow's 250 characters and stays distinct."""
+    return "/".join(_safe_part(str(p)) for p in parts)
+
+
+def _safe_part(part: str) -> str:
+    safe = _UNSAFE.sub("_", part)
+    if len(safe) <= MAX_PART:
+        return safe
+    return f"{safe[: MAX_PART - 7]}-{hashlib.sha256(part.encode()).hexdigest()[:6]}"
+
+
+def class_keys(classes: tuple[str, ...] | list[str]) -> list[str]:
+    """The metric key of each class (`metric_key`); `DataError` when two classes would log
+    under one key (`a+b` and `a_b`), which would silently mix their metrics."""
+    keys = [metric_key(c) for c in classes]
+    seen: dict[str, str] = {}
+    for name, key in zip(classes, keys, strict=True):
+        if key in seen:
+            raise DataError(
+                f"class folders {seen[key]!r} and {name!r} would log under the same MLflow key {key!r} (keys keep "
+                "letters, digits and _-. and space; other characters become _): rename one of them"
+            )
+        seen[key] = name
+    return keys
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, workdir: str | Path) -> str:
@@ -98,6 +139,107 @@ def environment_tags() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         tags["auditflow.git_commit"] = "unknown"
     return tags
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, Linux `/proc`); "" when it is gone
+    or there is no `/proc`."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run: host, pid and the pid's start time."""
+    return {HOST_TAG: platform.node(), PID_TAG: str(os.getpid()), PID_START_TAG: _process_start(os.getpid())}
+
+
+def _owner_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process that opened a run still runs; None when that cannot be told here
+    (another host, or a run opened before runs recorded their process)."""
+    if tags.get(HOST_TAG) != platform.node() or not tags.get(PID_TAG, "").isdigit():
+        return None
+    pid = int(tags[PID_TAG])
+    if Path("/proc/self/stat").exists():
+        started = _process_start(pid)
+        return bool(started) and started == (tags.get(PID_START_TAG) or started)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# Errors of the store that a later try may not meet: an outage, not a bad request (MLflow's SQL
+# store maps SQLite's "database is locked" to TEMPORARILY_UNAVAILABLE; its REST client raises
+# INTERNAL_ERROR when the server cannot be reached or fails).
+_OUTAGE_CODES = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
+
+
+def _is_store_error(err: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(err, MlflowException) and err.error_code in _OUTAGE_CODES
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", "") or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def preflight(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check once, before any work, that the store at `uri` can be used: an HTTP tracking
+    server answers within `timeout_s`; a SQLite store's folder is writable and its file, when
+    there is one, is a readable SQLite database. `TrackingError` naming what is wrong and
+    what to do. Other schemes (postgresql, databricks ...) are not checked here."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                return
+        except urllib.error.HTTPError:  # it answered (an auth proxy, an older server): reachable
+            return
+        except (OSError, ValueError) as err:  # refused, unresolvable, timed out
+            reason = getattr(err, "reason", None) or err
+            raise TrackingOutageError(
+                f"cannot reach the MLflow store at {uri}: {reason}; start the tracking server or point "
+                "MLFLOW_TRACKING_URI (or tracking.tracking_uri) at one that runs"
+            ) from err
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    _check_writable(db.parent, f"the folder of the MLflow store {db.parent}")
+    if not db.exists():
+        return
+    try:
+        with open(db, "r+b") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise TrackingError(f"the MLflow store {db} cannot be opened for writing: {err.strerror}") from err
+    fix = f"move it aside (mv {db} {db}.bad) to start an empty store there, or restore it from a backup"
+    if head and head != SQLITE_MAGIC:
+        raise TrackingError(f"the MLflow store {db} is not an SQLite database (damaged or another file); {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+            conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise TrackingError(f"the MLflow store {db} cannot be read ({err}); {fix}") from err
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """`TrackingError` unless a file can be created in `folder` (SQLite writes a journal beside
+    its database). A real write, not a permission check: root ignores the mode bits, a
+    read-only mount does not."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".auditflow-write-check-"):
+            pass
+    except FileNotFoundError:
+        return  # created later, under a folder checked by the caller
+    except OSError as err:
+        raise TrackingError(f"{what} is not writable: {err.strerror}; make it writable or use another folder") from err
 
 
 @contextlib.contextmanager
@@ -248,6 +390,51 @@ class RunLogger:
         return info.model_uri
 
 
+class DeferredMetrics:
+    """Per-epoch metrics of a long loop that must not stop when the store hiccups.
+
+    `log` sends what is pending (oldest first) and keeps whatever the store refused; training
+    goes on. `close` retries the rest after `RETRY_DELAYS_S` and raises `TrackingOutageError`
+    naming the stage and the epochs if the store still refuses them: nothing is dropped
+    silently."""
+
+    def __init__(self, run: RunLogger, stage: str, uri: str) -> None:
+        self.run, self.stage, self.uri = run, stage, uri
+        self.pending: list[tuple[dict[str, float], int]] = []
+        self.error: BaseException | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.pending.append((metrics, step))
+        self._send()
+
+    def _send(self) -> None:
+        while self.pending:
+            metrics, step = self.pending[0]
+            try:
+                self.run.log_metrics(metrics, step=step)
+            except Exception as err:  # MLflow raises its own and the transport's types
+                if self.error is None:
+                    log.warning("%s: the store refused epoch %d's metrics, kept to retry: %s", self.stage, step, err)
+                self.error = err
+                return
+            self.pending.pop(0)
+
+    def close(self) -> None:
+        for delay in RETRY_DELAYS_S:
+            if not self.pending:
+                return
+            time.sleep(delay)
+            self._send()
+        if self.pending:
+            steps = [step for _, step in self.pending]
+            assert self.error is not None
+            raise TrackingOutageError(
+                f"stage {self.stage}: the MLflow store at {self.uri} refused the metrics of epochs "
+                f"{steps[0]}-{steps[-1]} {len(RETRY_DELAYS_S) + 1} times ({_first_line(self.error)}); the trained "
+                "model is kept: rerun the same command to log it without training again"
+            ) from self.error
+
+
 class Tracker:
     """Creates and ends runs; reads them back for the report."""
 
@@ -274,25 +461,31 @@ class Tracker:
                 name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
             )
         except MlflowException as err:
-            raise TrackingError(f"cannot reach the MLflow store at {self.uri}: {err}") from err
+            kind = TrackingOutageError if _is_store_error(err) else TrackingError
+            raise kind(f"cannot reach the MLflow store at {self.uri}: {_first_line(err)}") from err
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> RunLogger:
-        all_tags = dict(tags)
+        all_tags = owner_tags() | dict(tags)
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
         return RunLogger(self.client, run.info.run_id)
 
     def end_run(self, run_id: str, error: BaseException | None = None) -> None:
-        """FINISHED, or FAILED with the error as a tag and `error.txt`. The status is set even
-        when recording the error fails, so no run is left RUNNING."""
+        """FINISHED; FAILED with the error as a tag and `error.txt`; KILLED when `error` is an
+        interrupt (Ctrl-C, SIGTERM: not an `Exception`). The status is set even when recording
+        the error fails, so no run is left RUNNING."""
+        status = "FINISHED"
         try:
             if error is not None:
-                message = f"{type(error).__name__}: {error}"
+                status = "FAILED" if isinstance(error, Exception) else "KILLED"
+                message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 self.client.set_tag(run_id, "auditflow.error", message[:5000])
+                if status == "KILLED":
+                    self.client.set_tag(run_id, END_REASON_TAG, f"interrupted ({type(error).__name__})")
                 self.client.log_text(run_id, "".join(traceback.format_exception(error)), "error.txt")
         finally:
-            self.client.set_terminated(run_id, status="FAILED" if error is not None else "FINISHED")
+            self.client.set_terminated(run_id, status=status)
 
     @contextlib.contextmanager
     def stage(self, ref: TrackingRef, name: str, description: str = "") -> Iterator[RunLogger]:
@@ -303,7 +496,14 @@ class Tracker:
         try:
             yield run
         except BaseException as err:
-            self.end_run(run.run_id, err)
+            try:
+                self.end_run(run.run_id, err)
+            except Exception as store_err:  # the store is down: the next start marks the run KILLED
+                log.warning("could not mark stage run %s of %s ended: %s", run.run_id, name, _first_line(store_err))
+            if _is_store_error(err) and not isinstance(err, TrackingError):
+                raise TrackingOutageError(
+                    f"stage {name}: the MLflow store at {self.uri} failed: {_first_line(err)}"
+                ) from err
             raise
         self.end_run(run.run_id)
 
@@ -342,7 +542,11 @@ class Tracker:
         try:
             return self.client.get_run(run_id)
         except MlflowException as err:
-            raise TrackingError(f"run id {run_id!r} not found in the MLflow store at {self.uri}") from err
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                raise TrackingError(f"run id {run_id!r} not found in the MLflow store at {self.uri}") from err
+            raise TrackingOutageError(
+                f"cannot read run {run_id!r} from the MLflow store at {self.uri}: {_first_line(err)}"
+            ) from err
 
     def children(self, run: Any) -> dict[str, Any]:
         """Stage name -> newest child run of `run`."""
@@ -477,11 +681,79 @@ class RunRecord:
     study: dict[str, Any] | None = None  # the `auditflow tune` study a tuned profile came from
 
 
+def end_stale_runs(tracker: Tracker, experiment_id: str) -> list[str]:
+    """Mark KILLED, with `END_REASON_TAG` saying why, every run of the experiment still
+    RUNNING whose process (recorded at `start_run`) has ended on this host; the ids. Runs
+    opened on other hosts, or before runs recorded their process, are left alone."""
+    ended = []
+    for run in tracker.client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = dict(run.data.tags)
+        if _owner_alive(tags) is not False:
+            continue
+        reason = (
+            f"process {tags[PID_TAG]} on {tags[HOST_TAG]} ended without closing this run (killed: SIGKILL, out of "
+            f"memory or power loss); marked KILLED by process {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        )
+        tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason)
+        tracker.client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("run %s (%s), left RUNNING by a killed process, is now KILLED", run.info.run_id, run.info.run_name)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def end_flow_run_runs(uri: str, experiment: str, flow_run_id: str, reason: str) -> list[str]:
+    """Mark KILLED the pipeline run of Prefect flow run `flow_run_id` (in experiment
+    `experiment`) and its stage runs that are still RUNNING, with `reason` (the crash or
+    cancellation Prefect reported); the ids."""
+    tracker = Tracker(uri)
+    exp = tracker.client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    ended = []
+    found = tracker.client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{_quote(flow_run_id)}'"
+    )
+    for parent in found:
+        children = tracker.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
+        )
+        for run in [*children, *([parent] if parent.info.status == "RUNNING" else [])]:
+            tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
+            tracker.client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def end_own_runs(uri: str, experiment: str, reason: str) -> list[str]:
+    """Mark FAILED, with `reason`, the runs of `experiment` that this process opened and that
+    are still RUNNING: for a run stopped from outside its own code (its orchestrator died); the ids."""
+    tracker = Tracker(uri)
+    exp = tracker.client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    found = tracker.client.search_runs(
+        [exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{PID_TAG}` = '{os.getpid()}'"
+    )
+    ended = []
+    for run in (r for r in found if r.data.tags.get(HOST_TAG) == platform.node()):
+        tracker.client.set_tag(run.info.run_id, "auditflow.error", reason[:5000])
+        tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
+        tracker.client.set_terminated(run.info.run_id, status="FAILED")
+        ended.append(run.info.run_id)
+    return ended
+
+
 def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, tags: dict[str, str]) -> TrackingRef:
-    """Start the parent run: config as params and as `config.json`, environment tags."""
+    """Start the parent run: config as params and as `config.json`, environment tags. First
+    check the store (`preflight`) and end the runs that killed processes left RUNNING."""
     uri = resolve_tracking_uri(cfg.tracking, workdir)
+    preflight(uri)
     tracker = Tracker(uri)
     exp = tracker.experiment_id(cfg.tracking.experiment, workdir)
+    end_stale_runs(tracker, exp)
     note = (
         f"auditflow pipeline run, profile `{cfg.profile}`: ingest, train, evaluate, fairness and privacy audits, "
         "ONNX export, benchmark, report. Headline metrics and `verdict/*` tags are copied here from the stage runs."
