@@ -282,26 +282,24 @@ def test_class_names_that_share_a_metric_key_fail_before_training(
 ) -> None:
     """`a+b` and `a_b` would write to one key, mixing two classes' metrics: the run stops
     before training (it used to finish with one class's figures silently overwritten)."""
-    from auditflow.core.config import PipelineConfig, TrainConfig
+    from auditflow.core.config import PipelineConfig
     from auditflow.core.errors import DataError
     from auditflow.core.tracking import Tracker, open_pipeline_run
     from auditflow.tasks.ingest import ingest_data
-    from auditflow.tasks.train import train_model
 
     root = make_image_folder(tmp_path / "data", n_train=4, n_test=2)
     for split in ("train", "test"):
         (root / split / "circle").rename(root / split / "a+b")
         (root / split / "square").rename(root / split / "a_b")
     ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": fault_store}), tmp_path, "names", {})
-    snap = ingest_data.fn(ref, str(root), DataConfig(), str(tmp_path))
     _no_training(monkeypatch)
     with pytest.raises(
         DataError,
         match=r"^class folders 'a\+b' and 'a_b' would log under the same MLflow key 'a_b' \(keys keep letters, "
         r"digits and _-\. and space; other characters become _\): rename one of them$",
     ):
-        train_model.fn(ref, snap.snapshot, DataConfig(), TrainConfig(**TRAIN), str(tmp_path))
-    assert Tracker(ref.uri).load_run(ref.run_id).stage_status["train"] == "FAILED"
+        ingest_data.fn(ref, str(root), DataConfig(), str(tmp_path))  # at ingest, before any training
+    assert Tracker(ref.uri).load_run(ref.run_id).stage_status["ingest"] == "FAILED"
 
 
 # ---------------------------------------------------------------- a tracking outage during training
