@@ -119,7 +119,8 @@ def fairness_audit(
         metrics = dict(headline)
         for r in result.per_class:
             for name in ("recall", "precision", "false_positive_rate"):
-                metrics[metric_key("fairness", name, "class", str(r["class"]))] = float(r[name])  # type: ignore[arg-type]
+                if r[name] is not None:  # undefined (a class never predicted has no precision): not logged
+                    metrics[metric_key("fairness", name, "class", str(r["class"]))] = float(r[name])  # type: ignore[arg-type]
         if groups.worst is not None:
             metrics |= {
                 "fairness/subgroup/max_tpr_gap": float(groups.worst["gap"]),  # type: ignore[arg-type]
