@@ -222,7 +222,9 @@ def test_report_renders_in_chromium(reviewed_run, tmp_path: Path) -> None:
         for row in checks["rows"]:
             _, status, _, value, threshold, evidence = row
             assert status in ("pass", "warn", "fail", "inconclusive"), row
-            assert value and value != "not measured" and threshold and evidence, row
+            assert value and threshold and evidence, row
+            # a check with nothing to measure (no subgroup large enough on toy data) never passes
+            assert value != "not measured" or status == "inconclusive", row
         badge = page.js("document.getElementById('overall-verdict').dataset.verdict")
         assert badge == record.tags["verdict/overall"] == result.overall
         anchors = page.js("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href'))")
