@@ -516,7 +516,7 @@ def evaluate_gate(
             "overall/verdict",
             "Overall audit verdict",
             TAGS["overall"],
-            "pass",
+            cfg.min_overall_verdict,
             value=c.overall,
             source=" (from the stage verdicts, without this gate)",
         ),

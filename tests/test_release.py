@@ -95,6 +95,17 @@ def test_worse_verdicts_and_latency_fail() -> None:
     assert by_key(relaxed)["fairness/verdict"].status == "pass"
 
 
+def test_an_inconclusive_overall_verdict_passes_only_when_the_policy_accepts_it() -> None:
+    candidate = replace(facts("b", "2"), overall="inconclusive")
+    assert by_key(evaluate_gate(candidate, None, GateConfig(), "m"))["overall/verdict"].status == "fail"
+    relaxed = evaluate_gate(candidate, None, GateConfig(min_overall_verdict="inconclusive"), "m")
+    assert by_key(relaxed)["overall/verdict"].status == "pass"
+    failed = evaluate_gate(
+        replace(candidate, overall="fail"), None, GateConfig(min_overall_verdict="inconclusive"), "m"
+    )
+    assert by_key(failed)["overall/verdict"].status == "fail"
+
+
 def test_a_missing_metric_is_never_a_pass() -> None:
     candidate = facts("b", "2")
     del candidate.metrics[METRICS["privacy_tpr_ci_high"]]

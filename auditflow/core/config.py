@@ -396,6 +396,11 @@ class ReleaseConfig(_Section):
     max_worst_class_recall_drop: float = Field(
         0.02, ge=0.0, le=1.0, description="Worst-class recall may be at most this below the champion's (0..1)."
     )
+    min_overall_verdict: Literal["pass", "inconclusive"] = Field(
+        "pass",
+        description="Weakest overall audit verdict accepted (inconclusive: no audit failed, some could not "
+        "decide on the data at hand).",
+    )
     min_fairness_verdict: Literal["pass", "inconclusive"] = Field(
         "pass", description="Weakest fairness verdict accepted; it may also be no worse than the champion's."
     )
