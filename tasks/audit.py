@@ -483,9 +483,12 @@ def privacy_audit(
                 "(warn only: per-class samples are small)",
                 stage="privacy",
                 metric="",
-                value=None if not exposed else float(max(r["tpr"] for r in exposed)),
+                value=max((float(r["tpr"]) for r in best.per_class if r.get("stated")), default=None),
                 threshold=cfg.max_tpr_at_fpr,
-                status="warn" if exposed else "pass",
+                # no class large enough to state a rate: nothing was measured, so nothing passes
+                status="warn"
+                if exposed
+                else ("pass" if any(r.get("stated") for r in best.per_class) else "inconclusive"),
                 evidence="#privacy-per-class",
                 note="above the limit: " + ", ".join(f"{r['class']} ({r['tpr']:.3f})" for r in exposed)
                 if exposed

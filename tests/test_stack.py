@@ -287,18 +287,17 @@ def test_triggered_run_is_executed_by_the_worker_and_tracked_on_the_mlflow_serve
 
     # registered in the server's Model Registry and gated: toy data cannot state a TPR at 1% FPR,
     # so the gate fails the run and its version stays `candidate`, with the record saying why
-    model = mlflow(
-        stack, "GET", "/api/2.0/mlflow/registered-models/get", user="admin", params={"name": tags["release/model"]}
-    )
+    name, _, number = tags["release/model"].rpartition(" v")  # "<registered model> v<version>"
+    model = mlflow(stack, "GET", "/api/2.0/mlflow/registered-models/get", user="admin", params={"name": name})
     assert model.status_code == 200, model.text
     aliases = {a["alias"]: a["version"] for a in model.json()["registered_model"].get("aliases", [])}
-    assert tags["verdict/release"] == "fail" and "candidate" in aliases and "champion" not in aliases
+    assert tags["verdict/release"] == "fail" and aliases.get("candidate") == number and "champion" not in aliases
     version = mlflow(
         stack,
         "GET",
         "/api/2.0/mlflow/model-versions/get",
         user="admin",
-        params={"name": tags["release/model"], "version": aliases["candidate"]},
+        params={"name": name, "version": aliases["candidate"]},
     ).json()["model_version"]
     assert {t["key"]: t["value"] for t in version.get("tags", [])}["auditflow.run_id"] == info["run_id"]
     gate = mlflow(stack, "GET", "/get-artifact", params={"path": "release/gate.json", "run_uuid": info["run_id"]})
