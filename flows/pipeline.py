@@ -13,6 +13,7 @@ from prefect import flow
 
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
 from auditflow.flows.runners import task_runner
+from auditflow.models.evaluation import load_predictions
 from auditflow.tasks.audit import fairness_audit, privacy_audit
 from auditflow.tasks.evaluate import evaluate_model
 from auditflow.tasks.export import benchmark_model, export_model
@@ -64,7 +65,7 @@ def reference_models(
     """Train the reference models of the privacy audit (or take them from the cache), as
     parallel tasks on the flow's task runner, unless the budget rules them out."""
     start = time.perf_counter()
-    plan = plan_for(predictions, snapshot, data_cfg, train_cfg, epochs, cfg)
+    plan = plan_for(load_predictions(predictions), target_images, snapshot, data_cfg, train_cfg, epochs, cfg)
     decision = decide_tier(plan, cfg, workdir, target_train_s, target_images)
     if decision.tier != "reference":
         return References(decision, (), time.perf_counter() - start, plan.member_in[:0], plan.nonmember_in[:0])

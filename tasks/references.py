@@ -22,6 +22,7 @@ from auditflow.models.evaluation import load_predictions
 from auditflow.models.references import (
     ReferenceOutcome,
     ReferencePlan,
+    cached,
     estimate_seconds,
     plan_references,
     reference_recipe,
@@ -63,15 +64,20 @@ def data_key(snapshot_path: str, data_cfg: DataConfig) -> str:
 
 
 def plan_for(
-    predictions: str, snapshot_path: str, data_cfg: DataConfig, train_cfg: TrainConfig, epochs: int, cfg: PrivacyConfig
+    predictions: dict[str, np.ndarray],
+    n_train: int,
+    snapshot_path: str,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    cfg: PrivacyConfig,
 ) -> ReferencePlan:
-    """The reference models of this run's audit (deterministic: computed wherever needed)."""
-    data = load_predictions(predictions)
-    n_train = len(make_splits(Snapshot.open(snapshot_path), data_cfg).train_y)
+    """The reference models of this run's audit (deterministic: computed wherever needed), from
+    the evaluation's arrays (`load_predictions`) and the size of the training split."""
     return plan_references(
         n_train,
-        data["member_index"],
-        data["nonmember_index"],
+        predictions["member_index"],
+        predictions["nonmember_index"],
         cfg.references,
         cfg.reference_mode,
         cfg.seed,
@@ -89,7 +95,7 @@ def decide_tier(
         why = "privacy.references = 0" if not cfg.references else "no reference-model attack in privacy.attacks"
         return ReferenceDecision("loss", f"loss attack only: {why}", 0, 0, 0.0)
     cache = cache_dir(workdir) / "references"
-    uncached = sum(1 for s in plan.specs if not (cache / s.key / "reference.json").is_file())
+    uncached = sum(1 for s in plan.specs if not cached(cache, s))
     estimate = estimate_seconds(plan, cache, target_train_s, target_images, COMPILE_OVERHEAD_S)
     if cfg.reference_budget_s is not None and estimate > cfg.reference_budget_s:
         return ReferenceDecision(
@@ -123,10 +129,9 @@ def train_reference_model(
     workdir: str,
 ) -> ReferenceOutcome:
     """Train (or fetch from the cache) reference model `index` of this run's plan."""
-    plan = plan_for(predictions, snapshot_path, data_cfg, train_cfg, epochs, cfg)
-    spec = plan.specs[index]
     data = load_predictions(predictions)
     splits = make_splits(Snapshot.open(snapshot_path), data_cfg)
+    spec = plan_for(data, len(splits.train_y), snapshot_path, data_cfg, train_cfg, epochs, cfg).specs[index]
     runtime = resolve_runtime(train_cfg.device, train_cfg.precision, train_cfg.num_threads)
     cache = cache_dir(workdir) / "references"
     with exclusive(cache / (spec.key + ".lock.d")):  # two runs must not train the same model at once
