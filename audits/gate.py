@@ -300,6 +300,20 @@ def _minimum(facts: RunFacts, key: str, title: str, metric: str, what: str, boun
     )
 
 
+def _unjudged(
+    base: Criterion, cand: RunFacts, champ: RunFacts | None, skip: str, name: str, value: Any, reference: Any
+) -> Criterion | None:
+    """A regression criterion that cannot be judged: skipped (no comparable champion), or
+    inconclusive (a side did not log `name`); None when both values are there."""
+    if skip or champ is None:
+        return base
+    if value is None:
+        return replace(base, status="inconclusive", reason=_missing(name, cand))
+    if reference is None:
+        return replace(base, status="inconclusive", reason=_missing(name, champ, f"champion v{champ.version}"))
+    return None
+
+
 def _regression(
     cand: RunFacts,
     champ: RunFacts | None,
@@ -331,12 +345,9 @@ def _regression(
         status="skipped",
         reason=skip,
     )
-    if skip or champ is None:
-        return base
-    if value is None:
-        return replace(base, status="inconclusive", reason=_missing(metric, cand))
-    if reference is None:
-        return replace(base, status="inconclusive", reason=_missing(metric, champ, f"champion v{champ.version}"))
+    early = _unjudged(base, cand, champ, skip, metric, value, reference)
+    if early is not None:
+        return early
     if ratio:
         bound = reference * allowance
         ok = value <= bound + _EPS
@@ -395,12 +406,9 @@ def _verdict_regression(cand: RunFacts, champ: RunFacts | None, skip: str, key: 
         status="skipped",
         reason=skip,
     )
-    if skip or champ is None:
-        return base
-    if value is None:
-        return replace(base, status="inconclusive", reason=_missing(tag, cand))
-    if reference is None:
-        return replace(base, status="inconclusive", reason=_missing(tag, champ, f"champion v{champ.version}"))
+    early = _unjudged(base, cand, champ, skip, tag, value, reference)
+    if early is not None:
+        return early
     worse = SEVERITY.get(value, SEVERITY["fail"]) > SEVERITY.get(reference, SEVERITY["fail"])
     return replace(
         base, status="fail" if worse else "pass", reason=f"{value} vs champion v{champ.version}'s {reference}"
