@@ -184,7 +184,7 @@ class _ServerWatch(threading.Thread):
         self.server, self.on_exit, self.stopped = server, on_exit, threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(1.0):
+        while not self.stopped.wait(0.2):
             if self.server.poll() is not None:
                 self.on_exit(self.server.returncode)
                 return

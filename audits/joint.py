@@ -14,7 +14,8 @@ import numpy as np
 from scipy.special import softmax
 from scipy.stats import rankdata
 
-from auditflow.audits.fairness import bonferroni_level, class_counts, wilson_interval
+from auditflow.audits.fairness import class_counts
+from auditflow.core.stats import bonferroni_level, wilson_interval
 
 
 def class_ece(logits: np.ndarray, labels: np.ndarray, n_classes: int, n_bins: int = 15) -> np.ndarray:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auditflow.audits.fairness import bonferroni_level, class_counts, decide, gap_interval, wilson_interval
+from auditflow.audits.fairness import class_counts, decide, gap_interval
 from auditflow.core.config import FairnessConfig
+from auditflow.core.stats import bonferroni_level, wilson_interval
 
 N_GRID = 41  # offsets tried per class and round
 MAX_ROUNDS = 20  # coordinate-ascent sweeps over the classes (it usually stops after 2-4)

@@ -25,15 +25,14 @@ from fairlearn.metrics import MetricFrame
 
 from auditflow.audits.fairness import (
     Verdict,
-    bonferroni_level,
     class_counts,
     decide,
     gap_interval,
     one_vs_rest_table,
-    wilson_interval,
 )
 from auditflow.core.config import FairnessConfig
 from auditflow.core.errors import ConfigError, DataError
+from auditflow.core.stats import bonferroni_level, wilson_interval
 
 UNKNOWN = "unknown"
 LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601

@@ -96,13 +96,3 @@ def calibrate(
         before=before,
         after=after,
     )
-
-
-def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion `correct / n` (accuracy), each end 0..1."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return float("nan"), float("nan")
-    ci = binomtest(correct, n).proportion_ci(confidence, method="wilson")
-    return float(ci.low), float(ci.high)

@@ -21,8 +21,9 @@ from auditflow.core.checks import Check, condition_text, judge
 from auditflow.core.config import DataConfig, EvalConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.paths import run_dir
+from auditflow.core.stats import wilson_interval
 from auditflow.core.tracking import Tracker, TrackingRef, metric_key
-from auditflow.models.calibration import calibrate, wilson_interval
+from auditflow.models.calibration import calibrate
 from auditflow.models.checkpoints import load_model
 from auditflow.models.evaluation import check_learning, evaluate
 from auditflow.models.inference import predict
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 def _interval_metrics(name: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     low, high = wilson_interval(int((preds == labels).sum()), len(labels), INTERVAL)
-    return {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return {f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

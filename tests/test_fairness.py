@@ -15,18 +15,17 @@ from scipy.stats import binomtest, norm
 
 from auditflow.audits.fairness import (
     audit_fairness,
-    bonferroni_level,
     class_counts,
     decide,
     gap_interval,
     smallest_settling_n,
-    wilson_interval,
 )
 from auditflow.audits.joint import class_ece, exposure_correlation, joint_table, rank_auc, weighted_auc
 from auditflow.audits.mitigation import fit_logit_offsets, mitigation_effect
 from auditflow.audits.subgroups import audit_subgroups, cell_table, derived_attributes, read_metadata
 from auditflow.core.config import FairnessConfig
 from auditflow.core.errors import ConfigError, DataError
+from auditflow.core.stats import bonferroni_level, wilson_interval
 
 CLASSES = ("a", "b", "c")
 

@@ -467,7 +467,7 @@ def test_a_rerun_after_a_kill_past_training_reuses_the_finished_training(
 # `auditflow run` in its own session, as a terminal starts it, on the tiny data: stopped by
 # Ctrl-C, by the death of its temporary Prefect server and by SIGKILL, each once training has
 # written a checkpoint, then run to the end. Each run resumes where the one before stopped.
-EPOCHS = 12
+EPOCHS = 30
 RUN = [
     *(o for o in TINY if not o.startswith("train.epochs")),
     f"train.epochs={EPOCHS}",
