@@ -81,13 +81,45 @@ def auc_interval(is_member: np.ndarray, scores: np.ndarray, confidence: float) -
     m, n = len(x), len(y)
     if m < 2 or n < 2:
         raise ValueError(f"the AUC interval needs at least 2 members and 2 non-members, got {m} and {n}")
-    ranks = rankdata(np.concatenate([x, y]))  # midranks: ties share the average rank
-    auc = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v10 = (ranks[:m] - rankdata(x)) / n  # per member: share of non-members below it
-    v01 = 1.0 - (ranks[m:] - rankdata(y)) / m  # per non-member: share of members above it
+    auc, v10, v01 = _structural_components(x, y)  # midranks: ties share the average rank
     se = np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
     half = norm.ppf(0.5 + confidence / 2) * se
     return float(auc), float(max(auc - half, 0.0)), float(min(auc + half, 1.0))
+
+
+def _structural_components(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """DeLong's placement values: (auc, per-member share of non-members below, per-non-member
+    share of members above), ties counting 1/2."""
+    m, n = len(x), len(y)
+    ranks = rankdata(np.concatenate([x, y]))
+    auc = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    return float(auc), (ranks[:m] - rankdata(x)) / n, 1.0 - (ranks[m:] - rankdata(y)) / m
+
+
+def auc_difference(
+    is_member: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, confidence: float
+) -> tuple[float, float, float, float]:
+    """Paired DeLong test of AUC(a) - AUC(b) for two attacks scored on the same images.
+
+    Returns (difference, low, high, two-sided p-value of "no difference"). Paired because both
+    attacks see the same members and non-members: their AUCs are correlated, so the interval of
+    the difference is much narrower than the two marginal intervals suggest (DeLong, DeLong &
+    Clarke-Pearson 1988, the covariance of the two placement-value vectors)."""
+    is_member, scores_a = _check_sides(is_member, scores_a)
+    _, scores_b = _check_sides(is_member, scores_b)
+    _check_confidence(confidence)
+    m, n = int(is_member.sum()), int((~is_member).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"the AUC difference needs at least 2 members and 2 non-members, got {m} and {n}")
+    auc_a, v10_a, v01_a = _structural_components(scores_a[is_member], scores_a[~is_member])
+    auc_b, v10_b, v01_b = _structural_components(scores_b[is_member], scores_b[~is_member])
+    s10, s01 = np.cov(v10_a, v10_b), np.cov(v01_a, v01_b)
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    diff = auc_a - auc_b
+    se = float(np.sqrt(max(var, 0.0)))
+    half = norm.ppf(0.5 + confidence / 2) * se
+    p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else (1.0 if diff == 0 else 0.0)
+    return float(diff), float(diff - half), float(diff + half), p
 
 
 @dataclass(frozen=True)
@@ -294,6 +326,22 @@ def assess_attack(
     )
     eps = epsilon_lower_bound(result.rate(verdict_fpr), n_non, confidence)
     return replace(result, epsilon_lower_bound=eps)
+
+
+def gains_over_baseline(
+    is_member: np.ndarray, scores: dict[str, np.ndarray], baseline: str, confidence: float
+) -> list[dict]:
+    """Each attack's AUC minus the `baseline` attack's, paired on the same images (`auc_difference`):
+    rows of attack, gain, ci_low, ci_high, p_value and `clear` (the interval lies above 0)."""
+    if baseline not in scores:
+        return []
+    rows = []
+    for name, s in scores.items():
+        if name == baseline:
+            continue
+        gain, low, high, p = auc_difference(is_member, s, scores[baseline], confidence)
+        rows.append({"attack": name, "gain": gain, "ci_low": low, "ci_high": high, "p_value": p, "clear": low > 0})
+    return rows
 
 
 def choose_audit_set(

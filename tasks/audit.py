@@ -25,6 +25,7 @@ from auditflow.audits.privacy import (
     AttackResult,
     assess_attack,
     balance,
+    gains_over_baseline,
     per_example_loss,
     privacy_verdict,
     strongest,
@@ -337,6 +338,7 @@ def privacy_audit(
             for name, s in scores.items()
         ]
         best = strongest(results, cfg.verdict_fpr)
+        gains = gains_over_baseline(is_member, scores, "loss", cfg.confidence)
         status, why = privacy_verdict(best, cfg.verdict_fpr, cfg.max_tpr_at_fpr)
         labels_by_attack = {r.attack: attack_label(r.attack, refs, cfg.reference_mode) for r in results}
 
@@ -406,6 +408,9 @@ def privacy_audit(
             }
         for r in results:
             metrics |= attack_metrics(r, classes)
+        for g in gains:
+            key = f"privacy/{g['attack']}/auc_gain_over_loss"
+            metrics |= {key: g["gain"], f"{key}_ci_low": g["ci_low"], f"{key}_ci_high": g["ci_high"]}
         run.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
         run.set_tags(
             {
@@ -501,6 +506,7 @@ def privacy_audit(
             {
                 "attacks": [_as_dict(r, labels_by_attack[r.attack]) for r in results],
                 "strongest": best.attack,
+                "gains_over_loss": gains,
                 "verdict": status,
                 "verdict_reason": why,
                 "verdict_fpr": cfg.verdict_fpr,

@@ -78,6 +78,10 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     for attack in ("loss", "rmia", "lira"):
         assert 0.0 <= privacy.metrics[f"privacy/{attack}/auc"] <= 1.0
         assert privacy.metrics[f"privacy/{attack}/auc_ci_low"] <= privacy.metrics[f"privacy/{attack}/auc"]
+    for attack in ("rmia", "lira"):  # each paired against the loss attack on the same images
+        gain = privacy.metrics[f"privacy/{attack}/auc_gain_over_loss"]
+        assert gain == pytest.approx(privacy.metrics[f"privacy/{attack}/auc"] - privacy.metrics["privacy/loss/auc"])
+        assert privacy.metrics[f"privacy/{attack}/auc_gain_over_loss_ci_low"] < gain
     assert privacy.tags["privacy/strongest_attack"] == result.privacy_attack
     assert parent.data.tags["verdict/privacy"] == result.privacy
     assert parent.data.tags["verdict/fairness"] == result.fairness
@@ -125,6 +129,7 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
     # curves, confusion, reliability, recall, loss, ROC, exposure, speed
     assert html.count("data:image/png;base64,") == 8
     assert "<table>" in html and "Intended use." in html
+    assert re.search(r"^- rmia: [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], p = ", md, re.M)
     out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "report.md").read_text() == md

@@ -24,11 +24,13 @@ from auditflow.audits.privacy import (
     AttackResult,
     RateAtFpr,
     assess_attack,
+    auc_difference,
     auc_interval,
     balance,
     choose_audit_set,
     clopper_pearson,
     epsilon_lower_bound,
+    gains_over_baseline,
     per_example_loss,
     privacy_verdict,
     rate_at_fpr,
@@ -80,6 +82,59 @@ def test_delong_interval_covers_the_true_auc_in_95_percent_of_simulations():
 def test_auc_interval_needs_two_of_each_side():
     with pytest.raises(ValueError, match=r"^the AUC interval needs at least 2 members and 2 non-members, got 1 and 3$"):
         auc_interval(np.array([1, 0, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]), 0.95)
+
+
+def test_paired_auc_difference_matches_its_definition_with_ties():
+    rng = np.random.default_rng(4)
+    is_member = np.r_[np.ones(19, bool), np.zeros(21, bool)]
+    a = rng.integers(0, 5, 40).astype(float) + is_member  # ties, and a real signal
+    b = a + rng.integers(-1, 2, 40)  # correlated with a
+    diff, low, high, p = auc_difference(is_member, a, b, 0.9)
+    auc_a = brute_auc(a[is_member], a[~is_member])
+    auc_b = brute_auc(b[is_member], b[~is_member])
+    assert diff == pytest.approx(auc_a - auc_b, abs=1e-12)
+
+    def psi(s: np.ndarray) -> np.ndarray:
+        x, y = s[is_member], s[~is_member]
+        return np.array([[1.0 if u > v else 0.5 if u == v else 0.0 for v in y] for u in x])
+
+    # DeLong's variance of the difference, from the pairwise kernel of each attack
+    d10 = psi(a).mean(axis=1) - psi(b).mean(axis=1)
+    d01 = psi(a).mean(axis=0) - psi(b).mean(axis=0)
+    se = math.sqrt(d10.var(ddof=1) / 19 + d01.var(ddof=1) / 21)
+    assert (low, high) == pytest.approx((diff - norm.ppf(0.95) * se, diff + norm.ppf(0.95) * se), abs=1e-12)
+    assert p == pytest.approx(2 * norm.sf(abs(diff) / se), abs=1e-12)
+
+
+def test_paired_auc_difference_covers_zero_for_exchangeable_attacks_and_is_narrower_than_the_marginals():
+    rng = np.random.default_rng(5)
+    reps, n = 300, 200
+    is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    covered, paired_width, marginal_width = 0, [], []
+    for _ in range(reps):
+        signal = rng.normal(0, 1, 2 * n) + 0.5 * is_member
+        a, b = signal + rng.normal(0, 0.3, 2 * n), signal + rng.normal(0, 0.3, 2 * n)  # same law: difference 0
+        _, low, high, _ = auc_difference(is_member, a, b, 0.95)
+        covered += low <= 0.0 <= high
+        paired_width.append(high - low)
+        _, a_low, a_high = auc_interval(is_member, a, 0.95)
+        marginal_width.append(a_high - a_low)
+    assert abs(covered / reps - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / reps), covered
+    assert np.mean(paired_width) < 0.6 * np.mean(marginal_width)  # pairing is what makes small gains visible
+
+
+def test_paired_auc_difference_finds_a_real_gain():
+    rng = np.random.default_rng(6)
+    is_member = np.r_[np.ones(2000, bool), np.zeros(2000, bool)]
+    weak = rng.normal(0, 1, 4000) + 0.05 * is_member
+    strong = weak + 0.3 * is_member + rng.normal(0, 0.2, 4000)
+    diff, low, high, p = auc_difference(is_member, strong, weak, 0.95)
+    assert low > 0 and p < 1e-6 and diff > 0.05
+    [row] = gains_over_baseline(is_member, {"loss": weak, "rmia": strong}, "loss", 0.95)
+    assert row == {"attack": "rmia", "gain": diff, "ci_low": low, "ci_high": high, "p_value": p, "clear": True}
+    assert gains_over_baseline(is_member, {"rmia": strong}, "loss", 0.95) == []  # no baseline ran: nothing to compare
+    with pytest.raises(ValueError, match=r"^the AUC difference needs at least 2 members and 2 non-members, got 1"):
+        auc_difference(np.array([1, 0, 0]), np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1]), 0.95)
 
 
 # ---------------------------------------------------------------- Clopper-Pearson
