@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 from torch import nn
 
 from auditflow.core.config import ExportConfig
 from auditflow.core.errors import ModelError
 from auditflow.models.export import export_onnx, inference_providers, onnx_logits, onnx_session, optimize_onnx
-from auditflow.models.quantize import CalibrationInfo, convert_fp16, quantize_int8
+from auditflow.models.fusion import fold_for_inference
+from auditflow.models.quantize import CalibrationInfo, convert_fp16, gelu_as_int8_ops, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,14 @@ def build_variants(
 ) -> tuple[dict[str, Path], CalibrationInfo | None]:
     """Export, optimise and convert: variant name -> file in `out_dir`, and the INT8 calibration.
 
-    INT8 is quantized from the unoptimised export (its pre-processing optimises it the way the
-    quantizer expects); FP16 is converted from the optimised FP32 file."""
+    Every variant is exported from `fold_for_inference(model)` (exact folds; the parity check
+    compares it with `model` itself). INT8 is quantized from the unoptimised export (its
+    pre-processing optimises it the way the quantizer expects), then, with
+    `int8_gelu: integer`, its GELUs are moved onto uint8 (`gelu_as_int8_ops`); FP16 is converted
+    from the optimised FP32 file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = export_onnx(model, image_shape, out / "model.raw.onnx", cfg.opset)
+    raw = export_onnx(fold_for_inference(model), image_shape, out / "model.raw.onnx", cfg.opset)
     paths = {"fp32": optimize_onnx(raw, out / VARIANT_FILES["fp32"])}
     calibration = None
     if "int8" in cfg.variants:
@@ -76,6 +81,12 @@ def build_variants(
         calibration = quantize_int8(
             raw, paths["int8"], calibration_images, cfg.calibration_method, cfg.calibration_seed, cfg.int8_reduce_range
         )
+        if cfg.int8_gelu == "integer":
+            proto = onnx.load(str(paths["int8"]))
+            log.info("INT8: %d GELU(s) computed on uint8", gelu_as_int8_ops(proto))
+            onnx.save(proto, str(paths["int8"]))
+            onnx.checker.check_model(str(paths["int8"]))
+            calibration = replace(calibration, gelu="integer")
     if "fp16" in cfg.variants:
         paths["fp16"] = convert_fp16(paths["fp32"], out / VARIANT_FILES["fp16"])
     raw.unlink()

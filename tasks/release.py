@@ -41,16 +41,8 @@ from auditflow.audits.gate import (
 )
 from auditflow.core.config import apply_override
 from auditflow.core.errors import ConfigError, TrackingError
-from auditflow.core.tracking import (
-    EXPORT_RUN_TAG,
-    VERDICT_PREFIX,
-    ModelRegistry,
-    RunLogger,
-    RunRecord,
-    Tracker,
-    TrackingRef,
-    VersionRow,
-)
+from auditflow.core.tracking import VERDICT_PREFIX, RunLogger, RunRecord, Tracker, TrackingRef
+from auditflow.core.tracking.registry import EXPORT_RUN_TAG, ModelRegistry, VersionRow
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from auditflow.core.tracking import (
     TrackingRef,
     open_pipeline_run,
     resolve_tracking_uri,
-    resume_study_run,
-    tuned_profile_name,
 )
+from auditflow.core.tracking.studies import resume_study_run, tuned_profile_name
 from auditflow.models.runtime import resolve_runtime
 from auditflow.models.study import (
     TrialScores,

@@ -65,7 +65,8 @@ def test_every_variant_is_built_and_the_shipped_file_is_valid_with_dynamic_batch
     assert "Gelu" in {n.op_type for n in graph.node}  # one op, fused by the optimiser at opset 20
     int8_ops = {n.op_type for n in onnx.load(str(paths["int8"])).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= int8_ops
-    assert (calibration.method, calibration.n_images) == ("minmax", 32)
+    assert (calibration.method, calibration.n_images, calibration.gelu) == ("minmax", 32, "integer")
+    assert "QLinearSigmoid" in int8_ops and "BatchNormalization" not in {n.op_type for n in graph.node}
     for path in paths.values():
         session = onnx_session(path)
         for n in (1, 7):
@@ -167,3 +168,77 @@ def test_export_config_needs_fp32_and_names_bad_values() -> None:
         ExportConfig(variants=("int8",))
     with pytest.raises(ValueError, match="calibration_method"):
         ExportConfig(calibration_method="kl")
+
+
+# ---------------------------------------------------------------- exact folds and integer GELU
+
+
+def _with_bn_stats(model: torch.nn.Module, seed: int, negative_in: str | None = None) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics (positive scales, or one negative scale in `negative_in`)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, bn in model.named_modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.running_mean.normal_(0, 0.2, generator=gen)
+                bn.running_var.uniform_(0.5, 2.0, generator=gen)
+                bn.weight.uniform_(0.5, 1.5, generator=gen)
+                bn.bias.normal_(0, 0.2, generator=gen)
+                if name == negative_in:
+                    bn.weight[0] = -0.7
+    return model.eval()
+
+
+def test_folding_keeps_the_function_and_removes_normalisation_and_pool_batchnorms(tmp_path: Path) -> None:
+    from auditflow.models.export import export_onnx, optimize_onnx
+    from auditflow.models.fusion import fold_for_inference
+
+    model, images, _ = toy_model_and_images(steps=2)
+    model = _with_bn_stats(model, 0)
+    folded = fold_for_inference(model)
+    x = to_input(images)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-4)
+    assert all(isinstance(g.bn1, torch.nn.Identity) for g in folded[1].groups)
+    assert isinstance(model[1].groups[0].bn1, torch.nn.BatchNorm2d)  # the original is untouched
+    ops = [
+        n.op_type
+        for n in onnx.load(
+            str(optimize_onnx(export_onnx(folded, (32, 32, 3), tmp_path / "r.onnx"), tmp_path / "o.onnx"))
+        ).graph.node
+    ]
+    assert "BatchNormalization" not in ops and "Sub" not in ops and "Div" not in ops, ops
+
+
+def test_a_group_with_a_negative_batchnorm_scale_is_not_folded() -> None:
+    """max(a y + b) = a max(y) + b only for a > 0: a group with a negative scale keeps its BatchNorm."""
+    from auditflow.models.fusion import fold_for_inference
+
+    model, images, _ = toy_model_and_images(steps=2)
+    model = _with_bn_stats(model, 1, negative_in="1.groups.1.bn1")
+    folded = fold_for_inference(model)
+    kinds = [type(g.bn1).__name__ for g in folded[1].groups]
+    assert kinds == ["Identity", "BatchNorm2d", "Identity"]
+    with torch.no_grad():
+        x = to_input(images)
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_integer_gelu_replaces_every_float_gelu_and_keeps_the_answers(variants, tmp_path: Path) -> None:
+    from auditflow.models.quantize import gelu_as_int8_ops
+
+    model, images, labels, _, _ = variants
+    cfg = ExportConfig(variants=("fp32", "int8"), int8_gelu="float")
+    paths, calibration = build_variants(model, (32, 32, 3), tmp_path / "float", images[:32], cfg)
+    assert calibration is not None and calibration.gelu == "float"
+    proto = onnx.load(str(paths["int8"]))
+    assert sum(n.op_type == "Gelu" for n in proto.graph.node) == 7  # the whitening stem and two per conv group
+    # the last GELU feeds the float global max-pool: its output is never quantized, so it stays
+    assert gelu_as_int8_ops(proto) == 6
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Gelu") == 1 and ops.count("QLinearSigmoid") == ops.count("QLinearMul") == 6
+    onnx.checker.check_model(proto)
+    path = tmp_path / "model.int8.onnx"
+    onnx.save(proto, str(path))
+    check = check_variant("int8", path, images, labels, torch_logits(model, images), max_accuracy_drop=0.5)
+    assert check.verdict == "pass" and check.top1_agreement == 1.0, check
+    assert gelu_as_int8_ops(proto) == 0  # nothing left to replace

@@ -233,13 +233,15 @@ def fake_run(store: dict, name: str, accuracy: float = 0.86, digest: str = DIGES
 
 
 def aliases(store: dict, name: str) -> dict[str, tuple[str, ...]]:
-    from auditflow.core.tracking import ModelRegistry, Tracker
+    from auditflow.core.tracking import Tracker
+    from auditflow.core.tracking.registry import ModelRegistry
 
     return {v.version: v.aliases for v in ModelRegistry(Tracker(store["uri"])).versions(name)}
 
 
 def version_tags(store: dict, name: str, version: str) -> dict[str, str]:
-    from auditflow.core.tracking import ModelRegistry, Tracker
+    from auditflow.core.tracking import Tracker
+    from auditflow.core.tracking.registry import ModelRegistry
 
     return ModelRegistry(Tracker(store["uri"])).version(name, version).tags
 

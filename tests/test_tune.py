@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from auditflow.cli import app
 from auditflow.core.config import load_config
 from auditflow.core.errors import AuditflowError, ConfigError
-from auditflow.core.tracking import STAGE_TAG, Tracker, TrackingRef, study_summary, trial_runs
+from auditflow.core.tracking import STAGE_TAG, Tracker, TrackingRef
+from auditflow.core.tracking.studies import study_summary, trial_runs
 from auditflow.models.study import make_pruner, pruning_callback
 from auditflow.models.training import EpochStats
 from auditflow.models.tuning import TrialResult, choose_trial, load_space, pareto_front, parse_space, plan_study

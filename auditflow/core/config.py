@@ -318,6 +318,11 @@ class ExportConfig(_Section):
     int8_reduce_range: bool = Field(
         True, description="7-bit INT8 weights: avoids int16 saturation in the u8s8 kernels of CPUs without VNNI."
     )
+    int8_gelu: Literal["integer", "float"] = Field(
+        "integer",
+        description="GELU in the INT8 model: integer (x * sigmoid(1.702 x) with ONNX Runtime's QLinearSigmoid "
+        "and QLinearMul, staying in uint8) or float (dequantize, exact GELU, quantize again).",
+    )
     max_accuracy_drop: float = Field(
         0.5,
         ge=0.0,

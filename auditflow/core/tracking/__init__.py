@@ -1,4 +1,4 @@
-"""Tracking: the only module that imports MLflow.
+"""Tracking: the only package that imports MLflow (this module, `registry` and `studies`).
 
 One parent run per pipeline run and one nested child run per stage. Runs are addressed by id
 through `MlflowClient`, not through MLflow's thread-local "active run", so stages may run in
@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -629,6 +629,8 @@ class Tracker:
                 # sorted by epoch: epochs restored from a checkpoint are logged after the live ones
                 history = self.client.get_metric_history(train_id, f"train/{key}")
                 record.history[key] = sorted((m.step, m.value) for m in history)
+        from auditflow.core.tracking.studies import study_summary  # studies builds on this module
+
         record.study = study_summary(self, str(record.config.get("profile", "")))
         return record
 
@@ -768,254 +770,6 @@ def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, t
         tracker.end_run(run.run_id, err)
         raise
     return TrackingRef(uri=uri, experiment_id=exp, run_id=run.run_id)
-
-
-# ------------------------------------------------------------------ hyperparameter studies
-# A study is one parent run; each trial a child run (stage tag `trial-N`). A profile written by
-# `auditflow tune` is named `tuned:<study>:<study run id>`, which is how a pipeline run that used
-# it finds its study again (`study_summary`).
-TUNED_PREFIX = "tuned:"
-
-
-def tuned_profile_name(study: str, run_id: str) -> str:
-    """The `profile` field of a tuned profile: names the study and its MLflow run."""
-    return f"{TUNED_PREFIX}{study}:{run_id}"
-
-
-def resume_study_run(tracker: Tracker, run_id: str) -> TrackingRef | None:
-    """Reopen study run `run_id` (RUNNING again) and end its trial runs a kill left RUNNING as
-    KILLED; None when the store does not hold that run."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = tracker.client.get_run(run_id)
-    except MlflowException:
-        return None
-    ref = TrackingRef(uri=tracker.uri, experiment_id=run.info.experiment_id, run_id=run_id)
-    for child in tracker.client.search_runs(
-        [ref.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'"
-    ):
-        tracker.client.set_terminated(child.info.run_id, status="KILLED")
-    tracker.client.update_run(run_id, status="RUNNING")
-    return ref
-
-
-def trial_runs(tracker: Tracker, ref: TrackingRef) -> list[Any]:
-    """The trial runs of a study run, oldest first."""
-    runs = tracker.client.search_runs(
-        [ref.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{ref.run_id}'",
-        order_by=["attributes.start_time ASC"],
-    )
-    return [r for r in runs if r.data.tags.get(STAGE_TAG, "").startswith("trial-")]
-
-
-def study_summary(tracker: Tracker, profile: str) -> dict[str, Any] | None:
-    """For the report of a run whose profile `auditflow tune` wrote: the study's name, run id
-    and link, and its `tune/summary.json` (objective, trials, chosen trial and its scores);
-    None for other profiles or when the study run is not in this store."""
-    if not profile.startswith(TUNED_PREFIX):
-        return None
-    study, _, run_id = profile.removeprefix(TUNED_PREFIX).rpartition(":")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            run = tracker.client.get_run(run_id)
-            summary = json.loads(Path(tracker.client.download_artifacts(run_id, f"tune/{SUMMARY}", tmp)).read_text())
-        except Exception:  # another store, or a study that never finished
-            log.debug("study run %s of profile %s not found", run_id, profile)
-            return None
-    ref = TrackingRef(uri=tracker.uri, experiment_id=run.info.experiment_id, run_id=run_id)
-    return {"study": study, "run_id": run_id, "url": tracker.run_url(ref), **summary}
-
-
-# ------------------------------------------------------------------ model registry
-# One registered model per model line; each pipeline run that reaches the release step adds a
-# version whose `run_id` is the pipeline (parent) run and whose source is the ONNX model the
-# export stage logged. Aliases (`candidate`, `champion`) point at versions; a version's
-# `release/status` tag says what became of it.
-RUN_TAG = "auditflow.run_id"  # model-version tag: the pipeline (parent) run
-EXPORT_RUN_TAG = "auditflow.export_run_id"  # model-version tag: the stage run that logged the model
-
-
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    """One registered version, read back from the registry."""
-
-    name: str
-    version: str
-    run_id: str  # the pipeline (parent) run it came from; "" when unknown
-    aliases: tuple[str, ...]
-    tags: dict[str, str]
-    source: str  # the model URI it was registered from
-    created_ms: int
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    """A version with what its pipeline run says about it, for listings."""
-
-    version: ModelVersionInfo
-    run_name: str  # "" when the run is no longer in the store
-    run_status: str
-    verdicts: dict[str, str]  # `verdict/<check>` tags of the pipeline run, without the prefix
-    metrics: dict[str, float]  # the requested metrics the pipeline run holds
-
-
-def _version_info(mv: Any) -> ModelVersionInfo:
-    tags = dict(mv.tags or {})
-    return ModelVersionInfo(
-        name=mv.name,
-        version=str(mv.version),
-        run_id=tags.get(RUN_TAG) or mv.run_id or "",
-        aliases=tuple(sorted(mv.aliases or ())),
-        tags=tags,
-        source=mv.source or "",
-        created_ms=int(mv.creation_timestamp or 0),
-    )
-
-
-class ModelRegistry:
-    """Registry calls on the store of `tracker`: register a run's model, move and read aliases.
-
-    Errors of the store become `TrackingError` naming the model, version or alias."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-        self.client = tracker.client
-
-    def _wrap(self, what: str, err: Exception) -> TrackingError:
-        return TrackingError(f"model registry at {self.tracker.uri}: cannot {what}: {err}")
-
-    def register(self, name: str, run_id: str, model_uri: str, tags: dict[str, str] | None = None) -> ModelVersionInfo:
-        """A new version of registered model `name` (created on first use) from `model_uri`
-        (`models:/<model id>`, as the export stage logged it), linked to pipeline run `run_id`."""
-        from mlflow.exceptions import MlflowException
-
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        try:
-            if not self.client.search_registered_models(filter_string=f"name = '{_quote(name)}'"):
-                self.client.create_registered_model(
-                    name, description="Image classifier versions registered by auditflow pipeline runs."
-                )
-            # The SQL registry resolves `models:/<id>` sources through MLflow's global client.
-            with _fluent_tracking_uri(self.tracker.uri):
-                mv = self.client.create_model_version(
-                    name,
-                    source=model_uri,
-                    run_id=run_id,
-                    tags={RUN_TAG: run_id, **(tags or {})},
-                    model_id=model_id,
-                    await_creation_for=0,
-                )
-        except MlflowException as err:
-            raise self._wrap(f"register {model_uri} of run {run_id} as {name!r}", err) from err
-        if model_id:  # what `mlflow.register_model` records, so the logged model links to its versions
-            try:
-                model = self.client.get_logged_model(model_id)
-                known = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
-                entry = [{"name": name, "version": str(mv.version)}]
-                self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(known + entry)})
-            except (MlflowException, ValueError):
-                log.debug("could not link logged model %s to %s v%s", model_id, name, mv.version)
-        return _version_info(mv)
-
-    def version(self, name: str, version: str) -> ModelVersionInfo:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return _version_info(self.client.get_model_version(name, str(version)))
-        except MlflowException as err:
-            raise self._wrap(f"find version {version} of {name!r}", err) from err
-
-    def by_alias(self, name: str, alias: str) -> ModelVersionInfo | None:
-        """The version alias `alias` of model `name` points at; None when the model or the alias
-        does not exist."""
-        from mlflow.exceptions import MlflowException
-
-        if not self.exists(name):
-            return None
-        try:
-            return _version_info(self.client.get_model_version_by_alias(name, alias))
-        except MlflowException as err:
-            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise self._wrap(f"read alias {alias!r} of {name!r}", err) from err
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        """Point `alias` at `version` (it leaves the version it pointed at before)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.set_registered_model_alias(name, alias, str(version))
-        except MlflowException as err:
-            raise self._wrap(f"set alias {alias!r} of {name!r} to version {version}", err) from err
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        """Remove `alias` from model `name`; nothing when it is not set."""
-        from mlflow.exceptions import MlflowException
-
-        if self.by_alias(name, alias) is None:
-            return
-        try:
-            self.client.delete_registered_model_alias(name, alias)
-        except MlflowException as err:
-            raise self._wrap(f"delete alias {alias!r} of {name!r}", err) from err
-
-    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            for key, value in tags.items():
-                self.client.set_model_version_tag(name, str(version), key, str(value))
-        except MlflowException as err:
-            raise self._wrap(f"tag version {version} of {name!r}", err) from err
-
-    def exists(self, name: str) -> bool:
-        return bool(self.client.search_registered_models(filter_string=f"name = '{_quote(name)}'"))
-
-    def model_names(self) -> list[str]:
-        """Every registered model in the store, by name."""
-        return sorted(m.name for m in self.client.search_registered_models())
-
-    def versions(self, name: str, run_id: str | None = None) -> list[ModelVersionInfo]:
-        """Versions of `name` (only those of pipeline run `run_id` when given), newest first."""
-        if not self.exists(name):
-            return []
-        found = self.client.search_model_versions(f"name = '{_quote(name)}'")
-        # search results carry no aliases; the registered model holds them (alias -> version)
-        held: dict[str, list[str]] = {}
-        for alias, version in self.client.get_registered_model(name).aliases.items():
-            held.setdefault(str(version), []).append(alias)
-        out = [replace(_version_info(mv), aliases=tuple(sorted(held.get(str(mv.version), [])))) for mv in found]
-        if run_id is not None:
-            out = [v for v in out if v.run_id == run_id]
-        return sorted(out, key=lambda v: int(v.version), reverse=True)
-
-    def list_versions(self, name: str, metrics: tuple[str, ...] = ()) -> list[VersionRow]:
-        """Versions of `name`, newest first, each with its pipeline run's verdict tags and the
-        `metrics` that run holds (runs deleted from the store give empty ones)."""
-        from mlflow.exceptions import MlflowException
-
-        rows = []
-        for version in self.versions(name):
-            try:
-                run = self.client.get_run(version.run_id) if version.run_id else None
-            except MlflowException:
-                run = None
-            tags = dict(run.data.tags) if run else {}
-            values = dict(run.data.metrics) if run else {}
-            rows.append(
-                VersionRow(
-                    version=version,
-                    run_name=run.info.run_name if run else "",
-                    run_status=run.info.status if run else "",
-                    verdicts={
-                        k.removeprefix(VERDICT_PREFIX): v for k, v in tags.items() if k.startswith(VERDICT_PREFIX)
-                    },
-                    metrics={k: values[k] for k in metrics if k in values},
-                )
-            )
-        return rows
 
 
 def _quote(value: str) -> str:
