@@ -104,6 +104,7 @@ def audit_pipeline(
             workdir,
             cfg.privacy.n_samples,
             cfg.privacy.seed,
+            cfg.privacy.queries,
         )
         fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
         # one model at a time here (two trainings would share the same cores); Dask spreads them

@@ -53,3 +53,41 @@ def predict(
                 logits = 0.5 * _flip_average(model, x) + 0.25 * sum(_flip_average(model, v) for v in shifted)
         out.append(logits.cpu())  # sync point
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+# Augmented queries of the membership audit: (dy, dx) shifts in pixels, reflect-padded; the first
+# is the image itself, so query 0 of `query_logits` equals `predict` without TTA.
+QUERY_SHIFT = 2
+_OFFSETS = (-QUERY_SHIFT, 0, QUERY_SHIFT)
+QUERY_SHIFTS = ((0, 0), *((dy, dx) for dy in _OFFSETS for dx in _OFFSETS if (dy, dx) != (0, 0)))
+
+
+@torch.no_grad()
+def query_logits(
+    model: nn.Module, images: np.ndarray, runtime: Runtime, queries: int, batch_size: int = 1000
+) -> np.ndarray:
+    """Logits (float32, queries x N x classes) of uint8 N x H x W x 3 images under `queries`
+    augmented views: 1 = the image; 2 = the image and its mirror; 18 = each of the 9 shifts in
+    `QUERY_SHIFTS`, as is and mirrored. Views are ordered (shift, mirrored?) with the plain image first."""
+    if queries not in (1, 2, 18):
+        raise ValueError(f"queries must be 1, 2 or 18, got {queries}")
+    shifts = QUERY_SHIFTS[: max(queries // 2, 1)]
+    model.eval()
+    out = np.zeros((queries, len(images), 0), np.float32)
+    chunks: list[list[torch.Tensor]] = [[] for _ in range(queries)]
+    s = QUERY_SHIFT
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], runtime.device)
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (s, s, s, s), mode="reflect") if queries == 18 else x
+        with runtime.autocast():
+            for i, (dy, dx) in enumerate(shifts):
+                view = padded[..., s + dy : s + dy + h, s + dx : s + dx + w] if queries == 18 else x
+                chunks[2 * i if queries > 1 else 0].append(model(view).float().cpu())
+                if queries > 1:
+                    chunks[2 * i + 1].append(model(view.flip(3)).float().cpu())
+    if len(images):
+        out = np.stack([torch.cat(c).numpy() for c in chunks])
+    return out

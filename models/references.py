@@ -29,7 +29,7 @@ import numpy as np
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.models.checkpoints import load_model
-from auditflow.models.inference import predict
+from auditflow.models.inference import predict, query_logits
 from auditflow.models.runtime import Runtime
 from auditflow.models.training import fit
 
@@ -71,6 +71,7 @@ class ReferenceOutcome:
     wall_seconds: float  # spent in this run (0-ish when cached)
     epochs: int
     images: int  # training images
+    query_logits: str | None = None  # .npz: member_/nonmember_query_logits (queries x n x K); None for 1 query
 
 
 def reference_recipe(target: TrainConfig, epochs: int, seed: int) -> TrainConfig:
@@ -164,8 +165,10 @@ def train_reference(
     nonmembers: np.ndarray,
     cache: Path,
     batch_size: int = 1000,
+    queries: int = 1,
 ) -> ReferenceOutcome:
-    """Train reference model `spec` (unless cached) and score the audited points with it.
+    """Train reference model `spec` (unless cached) and score the audited points with it, under
+    `queries` augmented views as well when queries > 1 (cached beside the model, per query count).
 
     Its training set is `splits.train_*[spec.train_index]` plus `splits.test_*[spec.test_index]`;
     it validates on the target's validation split, as the target did.
@@ -175,7 +178,14 @@ def train_reference(
         meta = json.loads((folder / META_FILE).read_text())
         log.info("reference model %d: cached (%s)", spec.index, spec.key)
         return ReferenceOutcome(
-            spec.key, str(folder / LOGITS_FILE), True, meta["train_seconds"], 0.0, meta["epochs"], meta["images"]
+            spec.key,
+            str(folder / LOGITS_FILE),
+            True,
+            meta["train_seconds"],
+            0.0,
+            meta["epochs"],
+            meta["images"],
+            _queried(folder, queries, splits, members, nonmembers, runtime, batch_size),
         )
     start = time.perf_counter()
     train_idx, test_idx = np.asarray(spec.train_index, dtype=int), np.asarray(spec.test_index, dtype=int)
@@ -217,7 +227,35 @@ def train_reference(
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))  # last: marks the entry complete
     shutil.rmtree(work, ignore_errors=True)
+    queried = _queried(folder, queries, splits, members, nonmembers, runtime, batch_size)
     wall = time.perf_counter() - start
     return ReferenceOutcome(
-        spec.key, str(folder / LOGITS_FILE), False, result.train_seconds, wall, meta["epochs"], meta["images"]
+        spec.key, str(folder / LOGITS_FILE), False, result.train_seconds, wall, meta["epochs"], meta["images"], queried
     )
+
+
+def _queried(
+    folder: Path,
+    queries: int,
+    splits: Splits,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+) -> str | None:
+    """The reference model's logits of the audited points under `queries` views: read from
+    `logits.q<queries>.npz` beside it, or computed from its `model.pt` and written there."""
+    if queries == 1:
+        return None
+    path = folder / f"logits.q{queries}.npz"
+    if not path.is_file():
+        model, _ = load_model(folder / "model.pt", runtime.device)
+        model = runtime.prepare(model)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez_compressed(
+            partial,
+            member_query_logits=query_logits(model, splits.train_x[members], runtime, queries, batch_size),
+            nonmember_query_logits=query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size),
+        )
+        partial.replace(path)  # complete or absent
+    return str(path)

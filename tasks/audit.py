@@ -224,46 +224,78 @@ def fpr_name(fpr: float) -> str:
     return f"{100 * fpr:g}pct"
 
 
-def attack_label(name: str, refs: References, mode: str) -> str:
-    """How an attack is named in the report: "RMIA offline, 2 reference models"."""
+def attack_label(name: str, refs: References, mode: str, queries: int = 1) -> str:
+    """How an attack is named in the report: "RMIA offline, 2 reference models, 18 queries"."""
+    views = f", {queries} queries per image" if queries > 1 else ""
     if name == "loss":
-        return "loss threshold (Yeom et al. 2018)"
+        return f"loss threshold (Yeom et al. 2018){views}"
     paper = {"rmia": "RMIA (Zarifzadeh et al. 2024)", "lira": "LiRA (Carlini et al. 2022)"}[name]
-    return f"{paper}, {mode}, {len(refs.outcomes)} reference model(s)"
+    return f"{paper}, {mode}, {len(refs.outcomes)} reference model(s){views}"
 
 
 def run_attacks(
-    member_logits: np.ndarray,
-    member_labels: np.ndarray,
-    nonmember_logits: np.ndarray,
-    nonmember_labels: np.ndarray,
+    target_logits: np.ndarray,
+    labels: np.ndarray,
+    n_members: int,
     refs: References,
-    member_in: np.ndarray,
-    nonmember_in: np.ndarray,
+    ref_in: np.ndarray,
     cfg: PrivacyConfig,
 ) -> dict[str, np.ndarray]:
-    """Attack name -> member-ness scores of the audited points (members first, then non-members)."""
-    logits = np.concatenate([member_logits, nonmember_logits])
-    labels = np.concatenate([member_labels, nonmember_labels])
+    """Attack name -> member-ness scores of the audited points (members first, then non-members).
+
+    `target_logits` is (queries, n, K): the target's logits of each audited point under each
+    augmented view (`privacy.queries`); every attack scores each view on its own, with the
+    reference models' logits of the same view, and the scores are averaged over the views."""
     scores: dict[str, np.ndarray] = {}
     if "loss" in cfg.attacks:
-        scores["loss"] = loss_scores(logits, labels)
+        scores["loss"] = np.mean([loss_scores(view, labels) for view in target_logits], axis=0)
     if refs.decision.tier != "reference":
         return scores
-    ref_logits = []
-    for outcome in refs.outcomes:
-        with np.load(outcome.logits) as cached:
-            ref_logits.append(np.concatenate([cached["member_logits"], cached["nonmember_logits"]]))
-    ref_in = np.concatenate([member_in, nonmember_in], axis=1)
-    population = np.arange(len(member_labels), len(labels))  # the non-members stand for the population
+    ref_logits = np.stack([_reference_logits(o, len(target_logits)) for o in refs.outcomes], axis=1)  # (Q, R, n, K)
+    population = np.arange(n_members, len(labels))  # the non-members stand for the population
     if "rmia" in cfg.attacks:
-        target_prob = np.exp(true_class_log_prob(logits, labels))
-        ref_prob = np.stack([np.exp(true_class_log_prob(r, labels)) for r in ref_logits])
-        scores["rmia"] = rmia_scores(target_prob, ref_prob, ref_in, population, cfg.rmia_offline_a, cfg.rmia_gamma)
+        scores["rmia"] = np.mean(
+            [
+                rmia_scores(
+                    np.exp(true_class_log_prob(view, labels)),
+                    np.stack([np.exp(true_class_log_prob(r, labels)) for r in ref_view]),
+                    ref_in,
+                    population,
+                    cfg.rmia_offline_a,
+                    cfg.rmia_gamma,
+                )
+                for view, ref_view in zip(target_logits, ref_logits, strict=True)
+            ],
+            axis=0,
+        )
     if "lira" in cfg.attacks:
-        ref_phi = np.stack([logit_margin(r, labels) for r in ref_logits])
-        scores["lira"] = lira_scores(logit_margin(logits, labels), ref_phi, ref_in)
+        scores["lira"] = np.mean(
+            [
+                lira_scores(logit_margin(view, labels), np.stack([logit_margin(r, labels) for r in ref_view]), ref_in)
+                for view, ref_view in zip(target_logits, ref_logits, strict=True)
+            ],
+            axis=0,
+        )
     return scores
+
+
+def _reference_logits(outcome: Any, queries: int) -> np.ndarray:
+    """One reference model's logits of the audited points, (queries, n, K), members first."""
+    if queries == 1:
+        with np.load(outcome.logits) as cached:
+            return np.concatenate([cached["member_logits"], cached["nonmember_logits"]])[None]
+    if outcome.query_logits is None:
+        raise ValueError(f"reference model {outcome.key} has no logits for {queries} queries")
+    with np.load(outcome.query_logits) as cached:
+        return np.concatenate([cached["member_query_logits"], cached["nonmember_query_logits"]], axis=1)
+
+
+def audited_logits(data: Any, member_logits: np.ndarray, nonmember_logits: np.ndarray) -> np.ndarray:
+    """The target's logits of the audited points, (queries, n, K), members first: the augmented
+    views when the evaluate stage stored them, else the plain image only."""
+    if "member_query_logits" in data:
+        return np.concatenate([data["member_query_logits"], data["nonmember_query_logits"]], axis=1)
+    return np.concatenate([member_logits, nonmember_logits])[None]
 
 
 def attack_metrics(result: AttackResult, classes: tuple[str, ...]) -> dict[str, float]:
@@ -318,11 +350,16 @@ def privacy_audit(
         n_refs = len(refs.outcomes)
         member_in = np.asarray(refs.member_in, dtype=bool).reshape(n_refs, len(member_labels))
         nonmember_in = np.asarray(refs.nonmember_in, dtype=bool).reshape(n_refs, len(nonmember_labels))
+        labels = np.concatenate([member_labels, nonmember_labels])
         scores = run_attacks(
-            member_logits, member_labels, nonmember_logits, nonmember_labels, refs, member_in, nonmember_in, cfg
+            audited_logits(data, member_logits, nonmember_logits),
+            labels,
+            len(member_labels),
+            refs,
+            np.concatenate([member_in, nonmember_in], axis=1),
+            cfg,
         )
         is_member = np.concatenate([np.ones(len(member_labels), bool), np.zeros(len(nonmember_labels), bool)])
-        labels = np.concatenate([member_labels, nonmember_labels])
         results = [
             assess_attack(
                 name,
@@ -340,7 +377,7 @@ def privacy_audit(
         best = strongest(results, cfg.verdict_fpr)
         gains = gains_over_baseline(is_member, scores, "loss", cfg.confidence)
         status, why = privacy_verdict(best, cfg.verdict_fpr, cfg.max_tpr_at_fpr)
-        labels_by_attack = {r.attack: attack_label(r.attack, refs, cfg.reference_mode) for r in results}
+        labels_by_attack = {r.attack: attack_label(r.attack, refs, cfg.reference_mode, cfg.queries) for r in results}
 
         # the per-class fairness x privacy view, on the strongest attack's scores
         member_loss = per_example_loss(member_logits, member_labels)
@@ -515,6 +552,7 @@ def privacy_audit(
                 "tier": refs.decision.tier,
                 "tier_reason": refs.decision.reason,
                 "reference_mode": cfg.reference_mode,
+                "queries": cfg.queries,
                 "references": [asdict(o) for o in refs.outcomes],
                 "audited_model": "the shipped model (no test-time augmentation), as exported to ONNX",
                 "members_from": "the training split the shipped model was trained on",

@@ -26,7 +26,7 @@ from auditflow.core.tracking import Tracker, TrackingRef, metric_key
 from auditflow.models.calibration import calibrate
 from auditflow.models.checkpoints import load_model
 from auditflow.models.evaluation import check_learning, evaluate
-from auditflow.models.inference import predict
+from auditflow.models.inference import predict, query_logits
 from auditflow.models.runtime import resolve_runtime
 
 DESCRIPTION = (
@@ -69,6 +69,7 @@ def evaluate_model(
     workdir: str,
     audit_samples: int,
     audit_seed: int,
+    audit_queries: int = 1,
 ) -> EvaluateResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "evaluate", DESCRIPTION) as run:
@@ -84,9 +85,16 @@ def evaluate_model(
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
         member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
+        queried = {}
+        if audit_queries > 1:  # the membership audit's augmented views (query 0 is the plain image)
+            queried = {
+                "member_query_logits": query_logits(model, splits.train_x[members], runtime, audit_queries),
+                "nonmember_query_logits": query_logits(model, splits.test_x[nonmembers], runtime, audit_queries),
+            }
         path = run_dir(workdir, ref.run_id) / "predictions.npz"
         np.savez_compressed(
             path,
+            **queried,
             test_logits=test_logits,
             test_logits_no_tta=shipped_logits,
             test_labels=splits.test_y,

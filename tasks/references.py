@@ -143,4 +143,5 @@ def train_reference_model(
             np.asarray(data["member_index"]),
             np.asarray(data["nonmember_index"]),
             cache,
+            queries=cfg.queries,
         )

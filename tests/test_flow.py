@@ -40,7 +40,9 @@ def pipeline_run(prefect_harness, image_tar: Path, tmp_path_factory: pytest.Temp
     from auditflow.flows.pipeline import audit_pipeline
 
     workdir = tmp_path_factory.mktemp("work")
-    result = audit_pipeline(profile="quick", data=str(image_tar), overrides=TINY, workdir=str(workdir))
+    # two query views: the audit's augmented queries run end to end, target and reference models
+    overrides = [*TINY, "privacy.queries=2"]
+    result = audit_pipeline(profile="quick", data=str(image_tar), overrides=overrides, workdir=str(workdir))
     return result, workdir
 
 
@@ -78,6 +80,10 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     for attack in ("loss", "rmia", "lira"):
         assert 0.0 <= privacy.metrics[f"privacy/{attack}/auc"] <= 1.0
         assert privacy.metrics[f"privacy/{attack}/auc_ci_low"] <= privacy.metrics[f"privacy/{attack}/auc"]
+    summary = tracker.load_run(result.run_id).summaries["privacy"]
+    assert summary["queries"] == 2
+    assert {a["label"].endswith(", 2 queries per image") for a in summary["attacks"]} == {True}
+    assert len(list(workdir.glob("auditflow-cache/references/*/logits.q2.npz"))) == 2
     for attack in ("rmia", "lira"):  # each paired against the loss attack on the same images
         gain = privacy.metrics[f"privacy/{attack}/auc_gain_over_loss"]
         assert gain == pytest.approx(privacy.metrics[f"privacy/{attack}/auc"] - privacy.metrics["privacy/loss/auc"])

@@ -78,3 +78,109 @@ def test_a_reference_model_is_trained_once_then_read_from_the_cache(tmp_path: Pa
     with np.load(first.logits) as a, np.load(second.logits) as b:
         assert a["member_logits"].shape == (40, 2) and a["nonmember_logits"].shape == (20, 2)
         assert np.array_equal(a["member_logits"], b["member_logits"])
+
+
+# ---------------------------------------------------------------- augmented queries
+
+
+def test_query_views_are_the_plain_image_its_mirror_and_reflect_padded_shifts() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from auditflow.models.inference import QUERY_SHIFTS, predict, query_logits
+    from auditflow.models.presets import to_input
+    from auditflow.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fastnet", 3, width=8).eval()
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    runtime = resolve_runtime("cpu", "fp32")
+    views = query_logits(model, images, runtime, 18, batch_size=2)
+    assert views.shape == (18, 5, 3) and len(set(QUERY_SHIFTS)) == 9
+    np.testing.assert_allclose(views[0], predict(model, images, runtime), atol=1e-5)
+    np.testing.assert_allclose(views[1], predict(model, images[:, :, ::-1].copy(), runtime), atol=1e-5)
+    padded = F.pad(to_input(images), (2, 2, 2, 2), mode="reflect")
+    for i, (dy, dx) in enumerate(QUERY_SHIFTS):  # brute force: crop the padded image by hand
+        crop = padded[..., 2 + dy : 34 + dy, 2 + dx : 34 + dx]
+        with torch.no_grad():
+            np.testing.assert_allclose(views[2 * i], model(crop).numpy(), atol=1e-5)
+            np.testing.assert_allclose(views[2 * i + 1], model(crop.flip(3)).numpy(), atol=1e-5)
+    np.testing.assert_allclose(query_logits(model, images, runtime, 2), views[:2], atol=1e-5)
+    assert query_logits(model, images, runtime, 1).shape == (1, 5, 3)
+    with pytest.raises(ValueError, match=r"^queries must be 1, 2 or 18, got 3$"):
+        query_logits(model, images, runtime, 3)
+
+
+def test_attacks_average_their_scores_over_the_query_views(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
+    from auditflow.core.config import PrivacyConfig
+    from auditflow.tasks.audit import run_attacks
+
+    rng = np.random.default_rng(2)
+    q, n, k, refs = 2, 40, 3, 2
+    labels = rng.integers(0, k, n)
+    target = rng.normal(0, 2, (q, n, k)).astype(np.float32)
+    ref = rng.normal(0, 2, (refs, q, n, k)).astype(np.float32)
+    outcomes = []
+    for r in range(refs):
+        path = tmp_path / f"ref{r}.q2.npz"
+        np.savez(path, member_query_logits=ref[r][:, :20], nonmember_query_logits=ref[r][:, 20:])
+        outcomes.append(SimpleNamespace(key=f"r{r}", logits="", query_logits=str(path)))
+    references = SimpleNamespace(decision=SimpleNamespace(tier="reference"), outcomes=outcomes)
+    ref_in = np.zeros((refs, n), bool)
+    cfg = PrivacyConfig(references=refs, queries=q)
+    scores = run_attacks(target, labels, 20, references, ref_in, cfg)  # type: ignore[arg-type]
+    population = np.arange(20, n)
+    expect_rmia = np.mean(
+        [
+            rmia_scores(
+                np.exp(true_class_log_prob(target[v], labels)),
+                np.stack([np.exp(true_class_log_prob(ref[r, v], labels)) for r in range(refs)]),
+                ref_in,
+                population,
+                cfg.rmia_offline_a,
+                cfg.rmia_gamma,
+            )
+            for v in range(q)
+        ],
+        axis=0,
+    )
+    expect_lira = np.mean(
+        [
+            lira_scores(
+                logit_margin(target[v], labels),
+                np.stack([logit_margin(ref[r, v], labels) for r in range(refs)]),
+                ref_in,
+            )
+            for v in range(q)
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(scores["loss"], (loss_scores(target[0], labels) + loss_scores(target[1], labels)) / 2)
+    np.testing.assert_allclose(scores["rmia"], expect_rmia)
+    np.testing.assert_allclose(scores["lira"], expect_lira)
+    outcomes[0].query_logits = None
+    with pytest.raises(ValueError, match=r"^reference model r0 has no logits for 2 queries$"):
+        run_attacks(target, labels, 20, references, ref_in, cfg)  # type: ignore[arg-type]
+
+
+def test_cached_reference_models_score_new_query_views_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(160, 16, 16, 3), dtype=np.uint8)
+    y = np.arange(160) % 2
+    splits = Splits(x[:120], y[:120], x[120:140], y[120:140], x[140:], y[140:], ("a", "b"))
+    members, nonmembers = np.arange(0, 40), np.arange(0, 20)
+    spec = plan_references(120, members, nonmembers, 1, "offline", 0, "digest", RECIPE).specs[0]
+    runtime = resolve_runtime("cpu", "fp32")
+    first = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path)
+    assert first.query_logits is None  # one query: the plain logits only
+    again = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path, queries=2)
+    assert again.cached and again.query_logits is not None
+    with np.load(again.query_logits) as views, np.load(first.logits) as plain:
+        assert views["member_query_logits"].shape == (2, 40, 2) and views["nonmember_query_logits"].shape == (2, 20, 2)
+        np.testing.assert_allclose(views["member_query_logits"][0], plain["member_logits"], atol=1e-5)
+    stamp = Path(again.query_logits).stat().st_mtime_ns
+    third = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path, queries=2)
+    assert third.query_logits == again.query_logits and Path(third.query_logits).stat().st_mtime_ns == stamp

@@ -262,6 +262,13 @@ class PrivacyConfig(_Section):
     dask_address: str | None = Field(
         None, description="Scheduler of a Dask cluster (tcp://host:8786) for reference_runner=dask."
     )
+    queries: Literal[1, 2, 18] = Field(
+        1,
+        description="Queries per audited image, for every attack and model: 1 = the image; 2 = and its mirror; "
+        "18 = both, each shifted by -2/0/+2 px in each direction (RMIA's and LiRA's augmented queries). Scores "
+        "are averaged over the queries; each query is one more pass of the target and every reference model over "
+        "the audited images.",
+    )
     rmia_offline_a: float = Field(
         0.3, ge=0.0, le=1.0, description="RMIA offline scaling a: Pr(x) ~ ((1+a) Pr_out(x) + (1-a)) / 2."
     )
