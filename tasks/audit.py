@@ -37,6 +37,7 @@ from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import ConfigError
 from auditflow.core.tracking import Tracker, TrackingRef, metric_key
 from auditflow.models.evaluation import load_predictions
+from auditflow.models.references import ReferenceOutcome
 from auditflow.tasks.references import References
 
 FAIRNESS_DESCRIPTION = (
@@ -279,7 +280,7 @@ def run_attacks(
     return scores
 
 
-def _reference_logits(outcome: Any, queries: int) -> np.ndarray:
+def _reference_logits(outcome: ReferenceOutcome, queries: int) -> np.ndarray:
     """One reference model's logits of the audited points, (queries, n, K), members first."""
     if queries == 1:
         with np.load(outcome.logits) as cached:
@@ -290,7 +291,7 @@ def _reference_logits(outcome: Any, queries: int) -> np.ndarray:
         return np.concatenate([cached["member_query_logits"], cached["nonmember_query_logits"]], axis=1)
 
 
-def audited_logits(data: Any, member_logits: np.ndarray, nonmember_logits: np.ndarray) -> np.ndarray:
+def audited_logits(data: dict[str, np.ndarray], member_logits: np.ndarray, nonmember_logits: np.ndarray) -> np.ndarray:
     """The target's logits of the audited points, (queries, n, K), members first: the augmented
     views when the evaluate stage stored them, else the plain image only."""
     if "member_query_logits" in data:
