@@ -249,6 +249,12 @@ def _queried(
         return None
     path = folder / f"logits.q{queries}.npz"
     if not path.is_file():
+        log.info(
+            "reference model %s: scoring %d audited images under %d views",
+            folder.name,
+            len(members) + len(nonmembers),
+            queries,
+        )
         model, _ = load_model(folder / "model.pt", runtime.device)
         model = runtime.prepare(model)
         partial = path.with_name(path.name + ".partial.npz")

@@ -87,6 +87,11 @@ def evaluate_model(
         member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
         queried = {}
         if audit_queries > 1:  # the membership audit's augmented views (query 0 is the plain image)
+            log.info(
+                "scoring %d audited images under %d views for the privacy audit",
+                len(members) + len(nonmembers),
+                audit_queries,
+            )
             queried = {
                 "member_query_logits": query_logits(model, splits.train_x[members], runtime, audit_queries),
                 "nonmember_query_logits": query_logits(model, splits.test_x[nonmembers], runtime, audit_queries),
