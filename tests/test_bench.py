@@ -260,6 +260,7 @@ def test_bench_past_run_logs_both_stages_to_that_run_and_the_report_shows_them(
         "n_images": 16,
         "seed": 0,
         "reduce_range": True,
+        "gelu": "integer",
     }
     metrics = record.stage_metrics["benchmark"]
     assert metrics["benchmark/onnx-int8/bs4/images_per_second"] > 0
