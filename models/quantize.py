@@ -138,8 +138,8 @@ def gelu_as_int8_ops(model: onnx.ModelProto) -> int:
         users = consumers.get(gelu.output[0], [])
         if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
             continue
-        if len(consumers.get(dq.output[0], [])) != 1 or dq.input[1] not in inits:
-            continue
+        if len(dq.input) < 3 or len(consumers.get(dq.output[0], [])) != 1 or dq.input[1] not in inits:
+            continue  # a zero point is needed for the integer ops; a shared or dynamic input stays float
         q = users[0]
         x_q, x_scale, x_zero = dq.input[0], dq.input[1], dq.input[2]
         scale = float(onnx.numpy_helper.to_array(inits[x_scale]))
