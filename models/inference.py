@@ -7,6 +7,8 @@ same preprocessing (`presets.to_input`) and the same TTA.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,13 @@ from torch import nn
 
 from auditflow.models.presets import to_input
 from auditflow.models.runtime import Runtime
+
+
+def _batches(images: np.ndarray, runtime: Runtime, batch_size: int) -> Iterator[torch.Tensor]:
+    """`images` as model input on the runtime's device and memory format, `batch_size` at a time."""
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start : start + batch_size], runtime.device)
+        yield x.contiguous(memory_format=torch.channels_last) if runtime.channels_last else x
 
 
 def _flip_average(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -37,10 +46,7 @@ def predict(
     """
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], runtime.device)
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x in _batches(images, runtime, batch_size):
         with runtime.autocast():
             if not tta:
                 logits = model(x).float()
@@ -71,23 +77,25 @@ def query_logits(
     `QUERY_SHIFTS`, as is and mirrored. Views are ordered (shift, mirrored?) with the plain image first."""
     if queries not in (1, 2, 18):
         raise ValueError(f"queries must be 1, 2 or 18, got {queries}")
-    shifts = QUERY_SHIFTS[: max(queries // 2, 1)]
     model.eval()
-    out = np.zeros((queries, len(images), 0), np.float32)
     chunks: list[list[torch.Tensor]] = [[] for _ in range(queries)]
-    s = QUERY_SHIFT
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start : start + batch_size], runtime.device)
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (s, s, s, s), mode="reflect") if queries == 18 else x
+    for x in _batches(images, runtime, batch_size):
         with runtime.autocast():
-            for i, (dy, dx) in enumerate(shifts):
-                view = padded[..., s + dy : s + dy + h, s + dx : s + dx + w] if queries == 18 else x
-                chunks[2 * i if queries > 1 else 0].append(model(view).float().cpu())
-                if queries > 1:
-                    chunks[2 * i + 1].append(model(view.flip(3)).float().cpu())
-    if len(images):
-        out = np.stack([torch.cat(c).numpy() for c in chunks])
-    return out
+            for q, view in enumerate(_views(x, queries)):
+                chunks[q].append(model(view).float().cpu())
+    if not len(images):
+        return np.zeros((queries, 0, 0), np.float32)
+    return np.stack([torch.cat(c).numpy() for c in chunks])
+
+
+def _views(x: torch.Tensor, queries: int) -> Iterator[torch.Tensor]:
+    """The `query_logits` views of a batch, in its order: per shift, the view then its mirror."""
+    if queries == 1:
+        yield x
+        return
+    s, (h, w) = QUERY_SHIFT, x.shape[-2:]
+    padded = F.pad(x, (s, s, s, s), mode="reflect") if queries == 18 else x
+    for dy, dx in QUERY_SHIFTS[: queries // 2]:
+        view = padded[..., s + dy : s + dy + h, s + dx : s + dx + w] if queries == 18 else x
+        yield view
+        yield view.flip(3)

@@ -126,21 +126,23 @@ def gelu_as_int8_ops(model: onnx.ModelProto) -> int:
     chains were replaced."""
     graph = model.graph
     consumers: dict[str, list[onnx.NodeProto]] = {}
+    producer: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+        producer.update(dict.fromkeys(node.output, node))
     inits = {i.name: i for i in graph.initializer}
     replaced, drop, added = 0, set(), {}
     for gelu in graph.node:
         if gelu.op_type != "Gelu" or any(a.name == "approximate" and a.s == b"tanh" for a in gelu.attribute):
             continue
-        dq = next((n for n in graph.node if gelu.input[0] in n.output), None)
+        dq = producer.get(gelu.input[0])
         users = consumers.get(gelu.output[0], [])
         if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
             continue
-        if len(dq.input) < 3 or len(consumers.get(dq.output[0], [])) != 1 or dq.input[1] not in inits:
-            continue  # a zero point is needed for the integer ops; a shared or dynamic input stays float
         q = users[0]
+        if min(len(dq.input), len(q.input)) < 3 or len(consumers[dq.output[0]]) != 1 or dq.input[1] not in inits:
+            continue  # zero points are needed for the integer ops; a shared or dynamic input stays float
         x_q, x_scale, x_zero = dq.input[0], dq.input[1], dq.input[2]
         scale = float(onnx.numpy_helper.to_array(inits[x_scale]))
         tag = gelu.name or f"gelu{replaced}"
