@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
@@ -210,9 +211,15 @@ def train_reference(
     result = fit(ref_splits, model_cfg, runtime, work)
     model, _ = load_model(result.checkpoint, runtime.device)
     model = runtime.prepare(model)
-    member_logits = predict(model, splits.train_x[members], runtime, batch_size)
-    nonmember_logits = predict(model, splits.test_x[nonmembers], runtime, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
+    if queries > 1:  # the plain logits are query 0 of the views: score the images once
+        member_views, nonmember_views = _score_views(
+            folder, queries, model, splits, members, nonmembers, runtime, batch_size
+        )
+        member_logits, nonmember_logits = member_views[0], nonmember_views[0]
+    else:
+        member_logits = predict(model, splits.train_x[members], runtime, batch_size)
+        nonmember_logits = predict(model, splits.test_x[nonmembers], runtime, batch_size)
     np.savez_compressed(folder / LOGITS_FILE, member_logits=member_logits, nonmember_logits=nonmember_logits)
     shutil.copy2(result.checkpoint, folder / "model.pt")
     meta = {
@@ -247,21 +254,39 @@ def _queried(
     `logits.q<queries>.npz` beside it, or computed from its `model.pt` and written there."""
     if queries == 1:
         return None
-    path = folder / f"logits.q{queries}.npz"
+    path = _views_path(folder, queries)
     if not path.is_file():
-        log.info(
-            "reference model %s: scoring %d audited images under %d views",
-            folder.name,
-            len(members) + len(nonmembers),
-            queries,
-        )
         model, _ = load_model(folder / "model.pt", runtime.device)
-        model = runtime.prepare(model)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez_compressed(
-            partial,
-            member_query_logits=query_logits(model, splits.train_x[members], runtime, queries, batch_size),
-            nonmember_query_logits=query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size),
-        )
-        partial.replace(path)  # complete or absent
+        _score_views(folder, queries, runtime.prepare(model), splits, members, nonmembers, runtime, batch_size)
     return str(path)
+
+
+def _views_path(folder: Path, queries: int) -> Path:
+    return folder / f"logits.q{queries}.npz"
+
+
+def _score_views(
+    folder: Path,
+    queries: int,
+    model: torch.nn.Module,
+    splits: Splits,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score the audited points under `queries` views with `model` and write them to
+    `logits.q<queries>.npz` in `folder` (complete or absent); returns (member, nonmember) views."""
+    log.info(
+        "reference model %s: scoring %d audited images under %d views",
+        folder.name,
+        len(members) + len(nonmembers),
+        queries,
+    )
+    member_views = query_logits(model, splits.train_x[members], runtime, queries, batch_size)
+    nonmember_views = query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size)
+    path = _views_path(folder, queries)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, member_query_logits=member_views, nonmember_query_logits=nonmember_views)
+    partial.replace(path)
+    return member_views, nonmember_views

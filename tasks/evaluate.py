@@ -84,7 +84,6 @@ def evaluate_model(
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
-        member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
         queried = {}
         if audit_queries > 1:  # the membership audit's augmented views (query 0 is the plain image)
             log.info(
@@ -93,9 +92,16 @@ def evaluate_model(
                 audit_queries,
             )
             queried = {
-                "member_query_logits": query_logits(model, splits.train_x[members], runtime, audit_queries),
-                "nonmember_query_logits": query_logits(model, splits.test_x[nonmembers], runtime, audit_queries),
+                "member_query_logits": query_logits(
+                    model, splits.train_x[members], runtime, audit_queries, cfg.batch_size
+                ),
+                "nonmember_query_logits": query_logits(
+                    model, splits.test_x[nonmembers], runtime, audit_queries, cfg.batch_size
+                ),
             }
+            member_logits = queried["member_query_logits"][0]
+        else:
+            member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
         path = run_dir(workdir, ref.run_id) / "predictions.npz"
         np.savez_compressed(
             path,

@@ -404,3 +404,45 @@ def test_privacy_members_are_training_images_and_non_members_test_images(pipelin
     np.testing.assert_allclose(data["member_logits"], logits, atol=1e-4)
     nonmembers = data["nonmember_index"]
     assert np.array_equal(np.bincount(splits.test_y[nonmembers]), np.bincount(data["member_labels"]))
+
+
+@pytest.mark.slow
+def test_the_full_audit_runs_on_grayscale_24px_digits(prefect_harness, digits_archive: Path, tmp_path: Path) -> None:
+    """Another user's data: sklearn's handwritten digits, grayscale and 24 px (not CIFAR's 32 px
+    RGB), through the strong tier: 2 online reference models, 18 queries (shifted views on the
+    24 px grid), fairness on intervals and the per-class fairness x privacy table."""
+    import numpy as np
+
+    from auditflow.flows.pipeline import audit_pipeline
+
+    overrides = [
+        *TINY,
+        "data.image_size=24",
+        "train.epochs=3",
+        "privacy.references=2",
+        "privacy.reference_mode=online",
+        "privacy.reference_budget_s=null",
+        "privacy.queries=18",
+    ]
+    result = audit_pipeline(profile="quick", data=str(digits_archive), overrides=overrides, workdir=str(tmp_path))
+    assert result.test_accuracy_no_tta > 0.5  # 10 digit classes: chance is 0.1
+    assert result.privacy_tier == "reference"
+    tracker = Tracker(result.tracking_uri)
+    record = tracker.load_run(result.run_id)
+    privacy, fairness = record.summaries["privacy"], record.summaries["fairness"]
+    assert privacy["queries"] == 18
+    children = tracker.children(tracker.get_run(result.run_id))
+    metrics = children["privacy"].data.metrics
+    for attack in ("loss", "rmia", "lira"):
+        assert 0.0 <= metrics[f"privacy/{attack}/auc_ci_low"] <= metrics[f"privacy/{attack}/auc"] <= 1.0
+    privacy_run = children["privacy"].info.run_id
+    artifacts = {a.path for a in tracker.client.list_artifacts(privacy_run, "privacy")}
+    assert "privacy/per_class_joint.json" in artifacts  # the per-class fairness x privacy table
+    cached = list(tmp_path.glob("auditflow-cache/references/*/logits.q18.npz"))
+    assert len(cached) == 2
+    with np.load(cached[0]) as views:  # 18 views of 24 px images, 10 classes
+        assert views["member_query_logits"].shape[0] == 18 and views["member_query_logits"].shape[2] == 10
+    assert result.fairness in {"pass", "fail", "inconclusive"} and 0.0 <= result.worst_class_recall <= 1.0
+    assert len(fairness["per_class"]) == 10
+    md = Path(result.report_markdown).read_text()
+    assert "## Fairness" in md and "## Privacy" in md and "nine" in md
