@@ -6,7 +6,8 @@ the champion: accuracy, worst-class recall, the fairness verdict, the privacy at
 low FPR, ONNX parity and latency, plus the run's overall audit verdict. The result is a
 `GateRecord`: every criterion with its condition, value, threshold, status and a link to the
 evidence, and a run-vs-champion comparison table; JSON-serialisable (`as_dict`) and rendered
-to Markdown (`gate_markdown`, template `gate.md.j2`).
+to Markdown (`gate_markdown`, template `gate.md.j2`). The record and its rendering live in
+`auditflow.audits.gate_record` and are re-exported here.
 
 Pure: runs are passed in as `RunFacts` (numbers and tags read back from MLflow by the caller,
 see `facts_from_record`). A missing number is never a pass: its criterion is `inconclusive`,
@@ -17,10 +18,13 @@ split, other benchmark hardware).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from auditflow.audits.gate_record import PASSING, Criterion, GateRecord
+from auditflow.audits.gate_record import SCHEMA as SCHEMA
+from auditflow.audits.gate_record import gate_markdown as gate_markdown
 from auditflow.core.checks import SEVERITY, condition_text, judge
 from auditflow.core.config import ReleaseConfig as GateConfig
 from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url
@@ -57,9 +61,7 @@ EVIDENCE: dict[str, tuple[str, str]] = {
     "latency": ("benchmark", "#inference-benchmark"),
     "overall": ("parent", "#checks"),
 }
-PASSING = ("pass", "skipped")  # statuses that let the gate pass
 ACCEPTED = {"pass": "pass", "inconclusive": "pass or inconclusive"}  # weakest verdict -> in words
-SCHEMA = 1
 _EPS = 1e-12  # float slack so that a value exactly at its bound passes (0.8 - 0.01 vs 0.79)
 KINDS = ("verdict", "absolute", "regression")  # order of a group's criteria in the record
 # The criteria. Policy fields name `GateConfig` fields; metric names are `METRICS` keys.
@@ -191,66 +193,6 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
         links=links,
         version=version,
     )
-
-
-# ---------------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class Criterion:
-    """One condition of the gate, what it judged and why it came out as it did."""
-
-    key: str  # "accuracy/regression"
-    group: str  # what it is about: accuracy, worst_class_recall, fairness, privacy, onnx_parity, latency, overall
-    kind: str  # absolute | regression | verdict
-    title: str
-    condition: str  # written out, with the threshold
-    metric: str  # the MLflow metric or tag judged
-    value: float | str | None  # the candidate's; None when not logged
-    threshold: float | str | None  # the bound it was judged against (for regressions: derived from the champion's)
-    champion: float | str | None  # the champion's value, for regressions
-    status: str  # pass | fail | inconclusive | skipped
-    reason: str  # one line
-    evidence: str  # the stage run that holds the value, in the MLflow UI
-    anchor: str  # the section of the audit report
-
-
-@dataclass(frozen=True)
-class GateRecord:
-    """The gate's decision with everything it rests on; `as_dict` is what is logged."""
-
-    verdict: str  # pass | fail
-    model_name: str
-    candidate: dict[str, Any]  # run_id, version, url, test_split, hardware
-    champion: dict[str, Any] | None  # the same for the champion; None when there is none
-    comparable: bool  # regression criteria were judged
-    comparability: str  # why (not) comparable, in words
-    criteria: tuple[Criterion, ...]
-    comparison: tuple[dict[str, Any], ...]  # metric, title, candidate, champion, difference, better
-    config: dict[str, Any]
-    decided_at: str  # ISO 8601, UTC
-    schema: int = SCHEMA
-
-    @property
-    def failing(self) -> tuple[Criterion, ...]:
-        return tuple(c for c in self.criteria if c.status not in PASSING)
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        """One line per criterion that stopped the release."""
-        return tuple(f"{c.title}: {c.reason}" for c in self.failing)
-
-    def summary(self) -> str:
-        """One line: the verdict and why."""
-        counts = {s: sum(c.status == s for c in self.criteria) for s in ("pass", "fail", "inconclusive", "skipped")}
-        if self.verdict == "pass":
-            return f"pass: {counts['pass']} criteria passed, {counts['skipped']} skipped ({self.comparability})"
-        return "fail: " + "; ".join(self.reasons)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["failing"] = [c.key for c in self.failing]
-        out["reasons"] = list(self.reasons)
-        out["summary"] = self.summary()
-        return out
 
 
 # ---------------------------------------------------------------------------- criteria
@@ -544,14 +486,3 @@ def evaluate_gate(
         config=cfg.model_dump(mode="json"),
         decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
     )
-
-
-# ---------------------------------------------------------------------------- rendering
-def gate_markdown(record: GateRecord | dict[str, Any]) -> str:
-    """The gate record as Markdown (template `gate.md.j2`): verdict, reasons, every criterion,
-    and the run-vs-champion table. Takes the record or its logged dict form."""
-    from auditflow.audits.documents import environment
-
-    gate = record.as_dict() if isinstance(record, GateRecord) else record
-    env = environment()
-    return env.get_template("gate.md.j2").render(gate=gate)

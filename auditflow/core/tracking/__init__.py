@@ -1,4 +1,4 @@
-"""Tracking: the only package that imports MLflow (this module, `registry` and `studies`).
+"""Tracking: the only package that imports MLflow (this module and its submodules).
 
 One parent run per pipeline run and one nested child run per stage. Runs are addressed by id
 through `MlflowClient`, not through MLflow's thread-local "active run", so stages may run in
@@ -12,6 +12,13 @@ Names follow one scheme (docs/architecture.md, "Tracking names and verdicts"): m
 `stage/name` (`metric_key` makes class names safe), verdicts are `verdict/<check>` tags, every
 run carries a description (`mlflow.note.content`), and `publish` copies a stage's headline
 metrics and verdicts to the parent so the runs table compares pipeline runs.
+
+This module holds runs, stages and records (`Tracker`, `open_pipeline_run`, `RunRecord`). Beside
+it: `run_logger` (`RunLogger`, the logging calls bound to one run), `health` (`preflight`: the
+store checked before any work; outages told from bad requests), `stale` (run ownership; runs
+left RUNNING by a process that is gone are ended), `registry` (the model registry) and
+`studies` (tuning studies). Every name other code uses from the first three is re-exported
+here, so callers import from `auditflow.core.tracking` alone.
 """
 
 from __future__ import annotations
@@ -23,29 +30,36 @@ import logging
 import os
 import platform
 import re
-import sqlite3
 import subprocess
 import tempfile
 import time
 import traceback
-import urllib.error
-import urllib.request
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditflow.core.checks import Check, verdicts
+from auditflow.core.checks import Check
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
+from auditflow.core.tracking.health import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S
+from auditflow.core.tracking.health import SQLITE_MAGIC as SQLITE_MAGIC
+from auditflow.core.tracking.health import _first_line, _is_store_error
+from auditflow.core.tracking.health import preflight as preflight
+from auditflow.core.tracking.run_logger import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX, RunLogger
+from auditflow.core.tracking.run_logger import _fluent_tracking_uri as _fluent_tracking_uri
+from auditflow.core.tracking.stale import END_REASON_TAG, end_stale_runs, owner_tags
+from auditflow.core.tracking.stale import HOST_TAG as HOST_TAG
+from auditflow.core.tracking.stale import PID_START_TAG as PID_START_TAG
+from auditflow.core.tracking.stale import PID_TAG as PID_TAG
+from auditflow.core.tracking.stale import end_flow_run_runs as end_flow_run_runs
+from auditflow.core.tracking.stale import end_own_runs as end_own_runs
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 STAGE_TAG = "auditflow.stage"
-NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # The experiment kind the MLflow UI's own "experiment type" selector writes (mlflow 3.17,
 # `setExperimentTag({key: "mlflow.experimentKind", value: kind})`); "custom_model_development"
 # is shown as "Machine learning". MLflow 3.17.2 opens a page in the view its global
@@ -55,25 +69,14 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 UI_VIEW = "workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `auditflow ui` serves a local store
-VERDICT_PREFIX = "verdict/"
-SUMMARY = "summary.json"
-CHECKS = "checks.json"
 # Images the report embeds as they were logged (drawn from data, not from summaries).
 REPORT_IMAGES = ("ingest/examples.png",)
 HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # train/<name>, per epoch
 _UNSAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
 MAX_PART = 80  # characters of one key part: MLflow refuses metric keys over 250 characters
-# Ownership of a run: the process that opened it. A run still RUNNING whose process is gone
-# (SIGKILL, power loss, out-of-memory kill) is marked KILLED by the next start.
-PID_TAG = "auditflow.pid"
-PID_START_TAG = "auditflow.pid_start"  # the process's start time, so a reused pid is not taken for it
-HOST_TAG = "auditflow.host"
-END_REASON_TAG = "auditflow.end_reason"  # why a run was ended by someone other than its own code
 # Per-epoch metrics that the store refused are retried after these pauses (seconds), then the
 # stage fails naming them; training itself never waits on the store.
 RETRY_DELAYS_S = (2.0, 5.0, 10.0)
-PROBE_TIMEOUT_S = 5.0  # the preflight check of an HTTP tracking server
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def metric_key(*parts: str) -> str:
@@ -141,129 +144,6 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def _process_start(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot, Linux `/proc`); "" when it is gone
-    or there is no `/proc`."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
-
-
-def owner_tags() -> dict[str, str]:
-    """Which process owns a run: host, pid and the pid's start time."""
-    return {HOST_TAG: platform.node(), PID_TAG: str(os.getpid()), PID_START_TAG: _process_start(os.getpid())}
-
-
-def _owner_alive(tags: dict[str, str]) -> bool | None:
-    """Whether the process that opened a run still runs; None when that cannot be told here
-    (another host, or a run opened before runs recorded their process)."""
-    if tags.get(HOST_TAG) != platform.node() or not tags.get(PID_TAG, "").isdigit():
-        return None
-    pid = int(tags[PID_TAG])
-    if Path("/proc/self/stat").exists():
-        started = _process_start(pid)
-        return bool(started) and started == (tags.get(PID_START_TAG) or started)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-# Errors of the store that a later try may not meet: an outage, not a bad request (MLflow's SQL
-# store maps SQLite's "database is locked" to TEMPORARILY_UNAVAILABLE; its REST client raises
-# INTERNAL_ERROR when the server cannot be reached or fails).
-_OUTAGE_CODES = ("TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED")
-
-
-def _is_store_error(err: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(err, MlflowException) and err.error_code in _OUTAGE_CODES
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "message", "") or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def preflight(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Check once, before any work, that the store at `uri` can be used: an HTTP tracking
-    server answers within `timeout_s`; a SQLite store's folder is writable and its file, when
-    there is one, is a readable SQLite database. `TrackingError` naming what is wrong and
-    what to do. Other schemes (postgresql, databricks ...) are not checked here."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-                return
-        except urllib.error.HTTPError:  # it answered (an auth proxy, an older server): reachable
-            return
-        except (OSError, ValueError) as err:  # refused, unresolvable, timed out
-            reason = getattr(err, "reason", None) or err
-            raise TrackingOutageError(
-                f"cannot reach the MLflow store at {uri}: {reason}; start the tracking server or point "
-                "MLFLOW_TRACKING_URI (or tracking.tracking_uri) at one that runs"
-            ) from err
-    if not uri.startswith("sqlite:///"):
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    _check_writable(db.parent, f"the folder of the MLflow store {db.parent}")
-    if not db.exists():
-        return
-    try:
-        with open(db, "r+b") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-    except OSError as err:
-        raise TrackingError(f"the MLflow store {db} cannot be opened for writing: {err.strerror}") from err
-    fix = f"move it aside (mv {db} {db}.bad) to start an empty store there, or restore it from a backup"
-    if head and head != SQLITE_MAGIC:
-        raise TrackingError(f"the MLflow store {db} is not an SQLite database (damaged or another file); {fix}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-            conn.execute("PRAGMA schema_version").fetchone()
-    except sqlite3.DatabaseError as err:
-        raise TrackingError(f"the MLflow store {db} cannot be read ({err}); {fix}") from err
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """`TrackingError` unless a file can be created in `folder` (SQLite writes a journal beside
-    its database). A real write, not a permission check: root ignores the mode bits, a
-    read-only mount does not."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".auditflow-write-check-"):
-            pass
-    except FileNotFoundError:
-        return  # created later, under a folder checked by the caller
-    except OSError as err:
-        raise TrackingError(f"{what} is not writable: {err.strerror}; make it writable or use another folder") from err
-
-
-@contextlib.contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (needed by `mlflow.onnx.log_model`) at `uri` for a moment.
-
-    `mlflow.set_tracking_uri` also writes $MLFLOW_TRACKING_URI, which would leak into every
-    later run in this process; both are restored on exit.
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service import utils
-
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), utils._tracking_uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        utils._tracking_uri = saved_uri
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
 @dataclass(frozen=True)
 class TrackingRef:
     """What a task needs to reach its run: small and picklable, passed between tasks."""
@@ -271,123 +151,6 @@ class TrackingRef:
     uri: str
     experiment_id: str
     run_id: str  # the parent (pipeline) run
-
-
-class RunLogger:
-    """Logging calls bound to one run id."""
-
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client = client
-        self.run_id = run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 500])
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
-
-    def describe(self, text: str) -> None:
-        """The run's description, shown on its page in the MLflow UI (Markdown)."""
-        self.client.set_tag(self.run_id, NOTE_TAG, text)
-
-    def log_checks(self, stage: str, checks: list[Check]) -> dict[str, str]:
-        """`<stage>/checks.json` and a `verdict/<group>` tag per verdict group; the verdicts."""
-        self.log_rows([c.as_dict() for c in checks], f"{stage}/{CHECKS}")
-        found = verdicts(checks)
-        self.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})
-        return found
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
-
-    def log_dict(self, obj: Any, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(obj, indent=2, default=str), artifact_file)
-
-    def log_table(self, data: dict[str, list[Any]], artifact_file: str) -> None:
-        """Columns of equal length, shown as a table in the MLflow UI."""
-        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """Log a matplotlib figure and close it (MLflow only saves it; open figures pile up)."""
-        import matplotlib.pyplot as plt
-
-        try:
-            self.client.log_figure(self.run_id, figure, artifact_file)
-        finally:
-            plt.close(figure)
-
-    def log_rows(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        """A list of same-keyed records as an MLflow table."""
-        self.log_table({key: [r[key] for r in rows] for key in rows[0]}, artifact_file)
-
-    def log_summary(self, stage: str, summary: dict[str, Any]) -> None:
-        """The stage's small result, which the report reads back."""
-        self.log_dict(summary, f"{stage}/{SUMMARY}")
-
-    def log_dataset(self, *, name: str, digest: str, source: str, profile: dict[str, Any], context: str) -> None:
-        """A dataset input of this run: name, content digest, source and a small profile."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import Dataset as DatasetEntity
-        from mlflow.entities import DatasetInput, InputTag
-
-        if source == "cifar10" or source.startswith("cifar10:"):
-            src = HTTPDatasetSource("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
-        else:
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are local
-                warnings.simplefilter("ignore", UserWarning)
-                src = resolve_dataset_source(str(Path(source).resolve()))
-        dataset = MetaDataset(src, name=name, digest=digest[:36])
-        base = dataset._to_mlflow_entity()
-        entity = DatasetEntity(
-            name=base.name,
-            digest=base.digest,
-            source_type=base.source_type,
-            source=base.source,
-            schema=base.schema,
-            profile=json.dumps(profile),
-        )
-        self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
-
-    def log_onnx_model(
-        self, path: str | Path, example_in: Any, example_out: dict[str, Any], uri: str, providers: list[str]
-    ) -> str:
-        """Log an ONNX file as an MLflow model whose signature is inferred from one example
-        batch (input array -> named outputs); returns its model URI."""
-        import mlflow
-        import onnx
-        from mlflow.models import infer_signature
-
-        model = onnx.load(str(path))
-        with _fluent_tracking_uri(uri), mlflow.start_run(run_id=self.run_id):
-            info = mlflow.onnx.log_model(
-                model,
-                name="onnx_model",
-                input_example=example_in,
-                signature=infer_signature(example_in, example_out),
-                onnx_execution_providers=providers,
-            )
-        self.client.update_run(self.run_id, status="RUNNING")  # the with-block marked it FINISHED
-        return info.model_uri
 
 
 class DeferredMetrics:
@@ -681,71 +444,6 @@ class RunRecord:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # train/<name> by epoch
     images: dict[str, bytes] = field(default_factory=dict)  # REPORT_IMAGES that were logged
     study: dict[str, Any] | None = None  # the `auditflow tune` study a tuned profile came from
-
-
-def end_stale_runs(tracker: Tracker, experiment_id: str) -> list[str]:
-    """Mark KILLED, with `END_REASON_TAG` saying why, every run of the experiment still
-    RUNNING whose process (recorded at `start_run`) has ended on this host; the ids. Runs
-    opened on other hosts, or before runs recorded their process, are left alone."""
-    ended = []
-    for run in tracker.client.search_runs(
-        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
-    ):
-        tags = dict(run.data.tags)
-        if _owner_alive(tags) is not False:
-            continue
-        reason = (
-            f"process {tags[PID_TAG]} on {tags[HOST_TAG]} ended without closing this run (killed: SIGKILL, out of "
-            f"memory or power loss); marked KILLED by process {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        )
-        tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason)
-        tracker.client.set_terminated(run.info.run_id, status="KILLED")
-        log.warning("run %s (%s), left RUNNING by a killed process, is now KILLED", run.info.run_id, run.info.run_name)
-        ended.append(run.info.run_id)
-    return ended
-
-
-def end_flow_run_runs(uri: str, experiment: str, flow_run_id: str, reason: str) -> list[str]:
-    """Mark KILLED the pipeline run of Prefect flow run `flow_run_id` (in experiment
-    `experiment`) and its stage runs that are still RUNNING, with `reason` (the crash or
-    cancellation Prefect reported); the ids."""
-    tracker = Tracker(uri)
-    exp = tracker.client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    ended = []
-    found = tracker.client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{_quote(flow_run_id)}'"
-    )
-    for parent in found:
-        children = tracker.client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'RUNNING'",
-        )
-        for run in [*children, *([parent] if parent.info.status == "RUNNING" else [])]:
-            tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
-            tracker.client.set_terminated(run.info.run_id, status="KILLED")
-            ended.append(run.info.run_id)
-    return ended
-
-
-def end_own_runs(uri: str, experiment: str, reason: str) -> list[str]:
-    """Mark FAILED, with `reason`, the runs of `experiment` that this process opened and that
-    are still RUNNING: for a run stopped from outside its own code (its orchestrator died); the ids."""
-    tracker = Tracker(uri)
-    exp = tracker.client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    found = tracker.client.search_runs(
-        [exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{PID_TAG}` = '{os.getpid()}'"
-    )
-    ended = []
-    for run in (r for r in found if r.data.tags.get(HOST_TAG) == platform.node()):
-        tracker.client.set_tag(run.info.run_id, "auditflow.error", reason[:5000])
-        tracker.client.set_tag(run.info.run_id, END_REASON_TAG, reason[:5000])
-        tracker.client.set_terminated(run.info.run_id, status="FAILED")
-        ended.append(run.info.run_id)
-    return ended
 
 
 def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, tags: dict[str, str]) -> TrackingRef:
