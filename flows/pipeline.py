@@ -91,7 +91,7 @@ def audit_pipeline(
     ref = open_run(cfg, data, workdir, run_name)
     try:
         snap = ingest_data(ref, data, cfg.data, workdir, cfg.card)
-        trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
+        trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir, cfg.privacy.canaries, cfg.privacy.seed)
         evaluated = evaluate_model(
             ref,
             trained.checkpoint,
@@ -105,6 +105,8 @@ def audit_pipeline(
             cfg.privacy.n_samples,
             cfg.privacy.seed,
             cfg.privacy.queries,
+            cfg.privacy.canaries,
+            cfg.privacy.seed,
         )
         fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
         # one model at a time here (two trainings would share the same cores); Dask spreads them
@@ -121,7 +123,15 @@ def audit_pipeline(
             workdir,
         )
         privacy = privacy_audit(
-            ref, evaluated.predictions, references, trained.train_seconds, snap.classes, cfg.privacy, cfg.fairness
+            ref,
+            evaluated.predictions,
+            references,
+            trained.train_seconds,
+            snap.classes,
+            cfg.privacy,
+            cfg.fairness,
+            trained.dp_epsilon,
+            trained.dp_delta,
         )
         exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
         benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)

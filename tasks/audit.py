@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
+from auditflow.audits.canaries import one_run_audit
 from auditflow.audits.fairness import audit_fairness
 from auditflow.audits.joint import exposure_correlation, joint_table
 from auditflow.audits.mitigation import fit_logit_offsets, mitigation_effect
@@ -209,6 +210,19 @@ def fairness_audit(
     return VerdictResult(worst([result.worst_status, result.gap_status]), result.reasons, result.worst_recall)
 
 
+def canary_audit(
+    data: dict[str, np.ndarray], delta: float | None, confidence: float, accountant_epsilon: float | None
+) -> dict | None:
+    """The one-run audit of the canaries in `data` (None when the run had none): each canary's
+    score is the shipped model's negative loss; the bound is taken at the accountant's delta
+    (0 without DP: then it bounds pure epsilon-DP)."""
+    if "canary_logits" not in data:
+        return None
+    scores = -per_example_loss(data["canary_logits"], data["canary_labels"])
+    audit = one_run_audit(scores, data["canary_included"], delta or 0.0, confidence)
+    return asdict(audit) | {"accountant_epsilon": accountant_epsilon, "score": "negative loss of the shipped model"}
+
+
 def loss_histogram(member_loss: np.ndarray, nonmember_loss: np.ndarray) -> dict[str, list[float]]:
     """Counts of both samples on shared, log-spaced loss bins (nats)."""
     top = max(float(np.max(member_loss, initial=0)), float(np.max(nonmember_loss, initial=0)), 1e-3)
@@ -337,7 +351,11 @@ def privacy_audit(
     classes: tuple[str, ...],
     cfg: PrivacyConfig,
     fairness_cfg: FairnessConfig,
+    dp_epsilon: float | None = None,
+    dp_delta: float | None = None,
 ) -> VerdictResult:
+    """`dp_epsilon`/`dp_delta`: what DP-SGD's accountant says the training spent (None without DP);
+    the one-run canary bound is computed at that delta and shown beside that epsilon."""
     tracker = Tracker(ref.uri)
     start = time.perf_counter()
     with tracker.stage(ref, "privacy", PRIVACY_DESCRIPTION) as run:
@@ -411,6 +429,7 @@ def privacy_audit(
         )
 
         exposure["class_names"] = [classes[k] for k in exposure["classes"]]
+        one_run = canary_audit(data, dp_delta, cfg.confidence, dp_epsilon)
         verdict_rate = best.rate(cfg.verdict_fpr)
         headline: dict[str, float] = {
             "privacy/strongest/auc": best.auc,
@@ -425,6 +444,8 @@ def privacy_audit(
             }
         if "loss" in scores:
             headline["privacy/loss/auc"] = next(r.auc for r in results if r.attack == "loss")
+        if one_run is not None:  # beside train/dp_epsilon on the parent run
+            headline["privacy/canaries/epsilon_lower_bound"] = one_run["epsilon_lower_bound"]
         elapsed = time.perf_counter() - start + refs.seconds
         metrics = headline | {
             "privacy/n_members": len(member_labels),
@@ -439,6 +460,12 @@ def privacy_audit(
             "privacy/audit_cost_vs_training": elapsed / target_train_s if target_train_s > 0 else float("nan"),
             "privacy/joint/spearman": exposure["rho"],
         }
+        if one_run is not None:
+            metrics |= {
+                "privacy/canaries/count": one_run["canaries"],
+                "privacy/canaries/guesses": one_run["guesses"],
+                "privacy/canaries/correct": one_run["correct"],
+            }
         if exposure.get("ci"):
             metrics |= {
                 "privacy/joint/spearman_ci_low": exposure["ci"][0],
@@ -565,6 +592,7 @@ def privacy_audit(
                 "audit_seconds": elapsed,
                 "target_train_seconds": target_train_s,
                 "min_expected_false_positives": cfg.min_expected_false_positives,
+                "one_run": one_run,
             },
         )
     tpr = verdict_rate.tpr if verdict_rate.tpr is not None else float("nan")

@@ -15,6 +15,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from auditflow.audits.canaries import choose_canaries
 from auditflow.audits.plots import confusion_figure, reliability_figure
 from auditflow.audits.privacy import choose_audit_set
 from auditflow.core.checks import Check, condition_text, judge
@@ -70,6 +71,8 @@ def evaluate_model(
     audit_samples: int,
     audit_seed: int,
     audit_queries: int = 1,
+    canaries: int = 0,
+    canary_seed: int = 0,
 ) -> EvaluateResult:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "evaluate", DESCRIPTION) as run:
@@ -80,18 +83,22 @@ def evaluate_model(
         splits = make_splits(Snapshot.open(snapshot_path), data_cfg)
         # The privacy audit's points: test non-members and training members with the same class
         # counts, scored by the model as it ships (no TTA).
-        members, nonmembers = choose_audit_set(splits.train_y, splits.test_y, audit_samples, audit_seed)
+        # canaries (the one-run audit) are scored apart: an excluded one was never trained on
+        chosen = choose_canaries(len(splits.train_y), canaries, canary_seed)
+        members, nonmembers = choose_audit_set(
+            splits.train_y, splits.test_y, audit_samples, audit_seed, exclude=chosen.index
+        )
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
-        queried = {}
+        audit_arrays = {}
         if audit_queries > 1:  # the membership audit's augmented views (query 0 is the plain image)
             log.info(
                 "scoring %d audited images under %d views for the privacy audit",
                 len(members) + len(nonmembers),
                 audit_queries,
             )
-            queried = {
+            audit_arrays = {
                 "member_query_logits": query_logits(
                     model, splits.train_x[members], runtime, audit_queries, cfg.batch_size
                 ),
@@ -99,13 +106,20 @@ def evaluate_model(
                     model, splits.test_x[nonmembers], runtime, audit_queries, cfg.batch_size
                 ),
             }
-            member_logits = queried["member_query_logits"][0]
+            member_logits = audit_arrays["member_query_logits"][0]
         else:
             member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
+        if canaries:
+            audit_arrays |= {
+                "canary_index": chosen.index,
+                "canary_included": chosen.included,
+                "canary_labels": splits.train_y[chosen.index],
+                "canary_logits": predict(model, splits.train_x[chosen.index], runtime, cfg.batch_size),
+            }
         path = run_dir(workdir, ref.run_id) / "predictions.npz"
         np.savez_compressed(
             path,
-            **queried,
+            **audit_arrays,
             test_logits=test_logits,
             test_logits_no_tta=shipped_logits,
             test_labels=splits.test_y,

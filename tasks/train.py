@@ -9,14 +9,15 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from auditflow.audits.canaries import choose_canaries, kept_for_training
 from auditflow.core.config import DataConfig, TrainConfig
-from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.data import Snapshot, Splits, make_splits
 from auditflow.core.errors import ConfigError, ModelError
 from auditflow.core.paths import cache_dir, run_dir, trained_dir
 from auditflow.core.tracking import DeferredMetrics, Tracker, TrackingRef, class_keys
@@ -39,6 +40,8 @@ class TrainResult:
     epochs: int  # epochs trained (the plan's count: what reference models of this recipe repeat)
     compile_seconds: float  # torch.compile + warm-up before the training clock
     images: int  # training images
+    dp_epsilon: float | None = None  # DP-SGD: the accountant's epsilon spent; None without DP
+    dp_delta: float | None = None
 
 
 DESCRIPTION = (
@@ -78,9 +81,11 @@ def exclusive(work: Path) -> Iterator[None]:
         yield
 
 
-def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig) -> str:
-    """Checkpoints of an unfinished run, and finished trainings, are found again by data + config."""
-    blob = json.dumps([digest, data_cfg.model_dump(mode="json"), train_cfg.model_dump(mode="json")], sort_keys=True)
+def resume_key(digest: str, data_cfg: DataConfig, train_cfg: TrainConfig, canaries: tuple[int, int] = (0, 0)) -> str:
+    """Checkpoints of an unfinished run, and finished trainings, are found again by data + config
+    (and by the canaries held out of training, when there are any: (count, seed))."""
+    parts = [digest, data_cfg.model_dump(mode="json"), train_cfg.model_dump(mode="json")]
+    blob = json.dumps(parts + ([list(canaries)] if canaries[0] else []), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -115,8 +120,16 @@ def keep_finished(result: FitResult, work: Path, finished: Path, train_run: str)
 # training (or resumes from the last epoch's checkpoint), so it never trains an epoch twice.
 @task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_on_outage, cache_policy=NO_CACHE)
 def train_model(
-    ref: TrackingRef, snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, workdir: str
+    ref: TrackingRef,
+    snapshot_path: str,
+    data_cfg: DataConfig,
+    cfg: TrainConfig,
+    workdir: str,
+    canaries: int = 0,
+    canary_seed: int = 0,
 ) -> TrainResult:
+    """Train on the training split, less the canaries whose coin said "out" when `canaries` > 0
+    (the one-run privacy audit: `auditflow.audits.canaries`)."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "train", DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "validation"))
@@ -129,7 +142,7 @@ def train_model(
         )
         snapshot = Snapshot.open(snapshot_path)
         class_keys(snapshot.classes)  # before training: every later stage logs per-class metrics
-        key = resume_key(snapshot.digest, data_cfg, cfg)
+        key = resume_key(snapshot.digest, data_cfg, cfg, (canaries, canary_seed))
         work, finished = cache_dir(workdir) / "checkpoints" / key, trained_dir(workdir, key)
         sources = {
             name: tracker.fetch_checkpoint(value, cache_dir(workdir) / "sources-of-weights")
@@ -155,6 +168,9 @@ def train_model(
         run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
         splits = make_splits(snapshot, data_cfg)
+        if canaries:
+            splits = _without_excluded_canaries(splits, canaries, canary_seed)
+            run.log_params({"train.canaries": canaries})
         with exclusive(work):
             reused = reuse_finished(finished, work)
             # a store that stops answering mid-epoch must not stop training: epochs it refuses
@@ -284,4 +300,26 @@ def train_model(
         int(result.plan["epochs"]),
         result.compile_seconds,
         len(splits.train_y),
+        float(privacy["epsilon"]) if "epsilon" in privacy else None,
+        float(privacy["delta"]) if "delta" in privacy else None,
     )
+
+
+def _without_excluded_canaries(splits: Splits, count: int, seed: int) -> Splits:
+    n = len(splits.train_y)
+    if count > n // 2:
+        raise ConfigError(
+            f"privacy.canaries={count} needs at least {2 * count} training images, this run has {n}: "
+            f"set privacy.canaries to at most {n // 2} (0 = off)"
+        )
+    chosen = choose_canaries(n, count, seed)
+    keep = kept_for_training(len(splits.train_y), chosen)
+    log.info(
+        "one-run audit: %d of %d canaries trained on, %d held out; training on %d of %d images",
+        int(chosen.included.sum()),
+        count,
+        len(chosen.excluded),
+        len(keep),
+        len(splits.train_y),
+    )
+    return replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])

@@ -407,12 +407,16 @@ def test_privacy_members_are_training_images_and_non_members_test_images(pipelin
 
 
 @pytest.mark.slow
-def test_the_full_audit_runs_on_grayscale_24px_digits(prefect_harness, digits_archive: Path, tmp_path: Path) -> None:
+def test_the_full_audit_and_canaries_run_on_grayscale_24px_digits(
+    prefect_harness, digits_archive: Path, tmp_path: Path
+) -> None:
     """Another user's data: sklearn's handwritten digits, grayscale and 24 px (not CIFAR's 32 px
     RGB), through the strong tier: 2 online reference models, 18 queries (shifted views on the
-    24 px grid), fairness on intervals and the per-class fairness x privacy table."""
+    24 px grid), the one-run canary audit, fairness on intervals and the per-class fairness x
+    privacy table."""
     import numpy as np
 
+    from auditflow.core.paths import run_dir
     from auditflow.flows.pipeline import audit_pipeline
 
     overrides = [
@@ -423,6 +427,7 @@ def test_the_full_audit_runs_on_grayscale_24px_digits(prefect_harness, digits_ar
         "privacy.reference_mode=online",
         "privacy.reference_budget_s=null",
         "privacy.queries=18",
+        "privacy.canaries=200",
     ]
     result = audit_pipeline(profile="quick", data=str(digits_archive), overrides=overrides, workdir=str(tmp_path))
     assert result.test_accuracy_no_tta > 0.5  # 10 digit classes: chance is 0.1
@@ -446,3 +451,12 @@ def test_the_full_audit_runs_on_grayscale_24px_digits(prefect_harness, digits_ar
     assert len(fairness["per_class"]) == 10
     md = Path(result.report_markdown).read_text()
     assert "## Fairness" in md and "## Privacy" in md and "nine" in md
+    # the one-run audit: 200 canaries, the excluded ones kept out of training, none audited as members
+    one_run = privacy["one_run"]
+    assert one_run["canaries"] == 200 and 0 < one_run["included"] < 200
+    assert metrics["privacy/canaries/epsilon_lower_bound"] == one_run["epsilon_lower_bound"] >= 0.0
+    assert children["train"].data.params["train.canaries"] == "200"
+    with np.load(run_dir(tmp_path, result.run_id) / "predictions.npz") as saved:
+        assert not np.isin(saved["member_index"], saved["canary_index"]).any()
+        assert saved["canary_logits"].shape == (200, 10)
+    assert "One-run audit with canaries" in md and f"{one_run['correct']} of {one_run['guesses']} guesses" in md

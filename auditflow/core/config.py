@@ -289,6 +289,14 @@ class PrivacyConfig(_Section):
     )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided interval level.")
     seed: int = Field(0, description="Seed of the audited sample and of the reference models' halves.")
+    canaries: int = Field(
+        0,
+        ge=0,
+        description="One-run epsilon lower bound (Steinke, Nasr & Jagielski 2023): this many training images "
+        "become canaries, each trained on with probability 1/2 (seeded by privacy.seed), and the shipped model's "
+        "losses on them bound epsilon from below; shown beside DP-SGD's accountant. Costs the target about half "
+        "of them as training images; never audited as members. 0 = off.",
+    )
 
     @model_validator(mode="after")
     def _online_needs_two(self) -> PrivacyConfig:
@@ -516,6 +524,11 @@ class PipelineConfig(_Section):
             raise ValueError(
                 f"train.model='tutorial_net' takes 32x32 images only (its classifier expects 16x5x5 features), "
                 f"but data.image_size={self.data.image_size}; use fastnet or resnet18, or data.image_size=32"
+            )
+        if self.privacy.canaries and self.train.world_size > 1:
+            raise ValueError(
+                f"privacy.canaries={self.privacy.canaries} needs single-process training, "
+                f"but train.world_size={self.train.world_size}"
             )
         return self
 
