@@ -345,13 +345,17 @@ def gains_over_baseline(
 
 
 def choose_audit_set(
-    train_labels: np.ndarray, test_labels: np.ndarray, n: int, seed: int
+    train_labels: np.ndarray, test_labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (member indices into train, non-member indices into test) of equal size and class counts.
 
     Non-members are a seeded random sample of min(n, len(test)) test images; members are drawn
-    (seeded) from the training images of each class, as many as the non-members hold of it."""
+    (seeded) from the training images of each class, as many as the non-members hold of it,
+    never from `exclude` (training indices that are not plain members: the one-run audit's canaries)."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    allowed = np.ones(len(train_labels), dtype=bool)
+    if exclude is not None:
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if len(test_labels) == 0:
@@ -361,7 +365,7 @@ def choose_audit_set(
     wanted = np.bincount(test_labels[nonmembers])
     members = []
     for cls, count in enumerate(wanted):
-        pool = np.flatnonzero(train_labels == cls)
+        pool = np.flatnonzero((train_labels == cls) & allowed)
         if len(pool) < count:
             raise ValueError(
                 f"class {cls} has {len(pool)} training images, fewer than the {count} members needed "
