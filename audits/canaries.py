@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 from scipy.special import expit
 
-GUESS_SHARES = (0.02, 0.05, 0.1, 0.2, 0.5)  # k as a share of m / 2: from confident few to all
+GUESS_SHARES = (0.02, 0.05, 0.1, 0.2, 0.5)  # k as a share of m / 2: from a confident few to half the canaries
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def epsilon_bound(m: int, r: int, v: int, delta: float, level: float) -> float:
     low, high = 0.0, 1.0
     while p_value(m, r, v, high, delta) < level:
         low, high = high, 2 * high
-        if high > 1e3:  # every guess right and many of them: no finite epsilon explains it
+        if high > 1e3:  # a guard only: expit(epsilon) rounds to 1 long before, making the p-value 1
             return float("inf")
     for _ in range(50):
         mid = (low + high) / 2
@@ -97,7 +97,8 @@ class OneRunAudit:
     correct: int  # v
     epsilon_lower_bound: float  # nats; 0 when nothing is ruled out
     delta: float
-    confidence: float
+    confidence: float  # one-sided: the bound holds with this probability
+    level: float  # the level each guess count is judged at: (1 - confidence) / len(shares)
     tried: tuple[dict, ...]  # every k: guesses, correct, bound (each at the Bonferroni level)
 
 
@@ -132,5 +133,6 @@ def one_run_audit(
         epsilon_lower_bound=best["bound"],
         delta=delta,
         confidence=confidence,
+        level=level,
         tried=tuple(tried),
     )

@@ -368,8 +368,8 @@ def choose_audit_set(
         pool = np.flatnonzero((train_labels == cls) & allowed)
         if len(pool) < count:
             raise ValueError(
-                f"class {cls} has {len(pool)} training images, fewer than the {count} members needed "
-                "to match the non-members' class counts"
+                f"class {cls} has {len(pool)} training images{' outside the canaries' if exclude is not None else ''}, "
+                f"fewer than the {count} members needed to match the non-members' class counts"
             )
         members.append(rng.choice(pool, count, replace=False))
     return np.sort(np.concatenate(members)), nonmembers

@@ -59,13 +59,17 @@ def reference_models(
     epochs: int,
     target_train_s: float,
     target_images: int,
+    split_images: int,
     cfg: PrivacyConfig,
     workdir: str,
 ) -> References:
     """Train the reference models of the privacy audit (or take them from the cache), as
-    parallel tasks on the flow's task runner, unless the budget rules them out."""
+    parallel tasks on the flow's task runner, unless the budget rules them out.
+
+    `target_images` is what the target trained on (for the time estimate); `split_images` the
+    whole training split, which the plan indexes (more than the former when canaries were held out)."""
     start = time.perf_counter()
-    plan = plan_for(load_predictions(predictions), target_images, snapshot, data_cfg, train_cfg, epochs, cfg)
+    plan = plan_for(load_predictions(predictions), split_images, snapshot, data_cfg, train_cfg, epochs, cfg)
     decision = decide_tier(plan, cfg, workdir, target_train_s, target_images)
     if decision.tier != "reference":
         return References(decision, (), time.perf_counter() - start, plan.member_in[:0], plan.nonmember_in[:0])
@@ -119,6 +123,7 @@ def audit_pipeline(
             trained.epochs,
             trained.train_seconds,
             trained.images,
+            trained.split_images,
             cfg.privacy,
             workdir,
         )

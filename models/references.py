@@ -22,10 +22,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
@@ -33,6 +32,9 @@ from auditflow.models.checkpoints import load_model
 from auditflow.models.inference import predict, query_logits
 from auditflow.models.runtime import Runtime
 from auditflow.models.training import fit
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 

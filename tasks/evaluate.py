@@ -41,7 +41,9 @@ INTERVAL = 0.95  # two-sided level of the accuracy intervals shown on the card
 @dataclass(frozen=True)
 class EvaluateResult:
     # .npz: test_logits(_no_tta), test_labels, val_logits, val_labels; the privacy audit's points:
-    # member_logits/_labels/_index (training split, no TTA) and nonmember_index (into the test split)
+    # member_logits/_labels/_index (training split, no TTA) and nonmember_index (into the test split);
+    # with privacy.queries > 1 member_/nonmember_query_logits (queries x n x K); with canaries
+    # canary_index/_included/_labels/_logits (the one-run audit's, scored apart)
     predictions: str
     accuracy: float  # test top-1 as configured (with TTA when the profile uses it), 0..1
     accuracy_no_tta: float  # test top-1 of the shipped model (no TTA), 0..1

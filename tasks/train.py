@@ -39,7 +39,8 @@ class TrainResult:
     train_seconds: float  # training passes only
     epochs: int  # epochs trained (the plan's count: what reference models of this recipe repeat)
     compile_seconds: float  # torch.compile + warm-up before the training clock
-    images: int  # training images
+    images: int  # training images the model saw
+    split_images: int  # the whole training split (more than `images` when canaries were held out)
     dp_epsilon: float | None = None  # DP-SGD: the accountant's epsilon spent; None without DP
     dp_delta: float | None = None
 
@@ -130,6 +131,10 @@ def train_model(
 ) -> TrainResult:
     """Train on the training split, less the canaries whose coin said "out" when `canaries` > 0
     (the one-run privacy audit: `auditflow.audits.canaries`)."""
+    if canaries and cfg.world_size > 1:  # the torchrun workers build their own splits
+        raise ConfigError(
+            f"privacy.canaries={canaries} needs single-process training, but train.world_size={cfg.world_size}"
+        )
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "train", DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "validation"))
@@ -168,6 +173,7 @@ def train_model(
         run.set_tags({f"auditflow.{k}_checkpoint": str(v) for k, v in sources.items()})
 
         splits = make_splits(snapshot, data_cfg)
+        split_images = len(splits.train_y)
         if canaries:
             splits = _without_excluded_canaries(splits, canaries, canary_seed)
             run.log_params({"train.canaries": canaries})
@@ -284,6 +290,8 @@ def train_model(
                     (h.val_accuracy for h in result.history if h.val_accuracy == h.val_accuracy), default=float("nan")
                 ),
                 "resumed_from_epoch": result.resumed_from_epoch,
+                "images": len(splits.train_y),
+                "canaries": canaries,
                 "reused_from_run": reused["train_run"] if reused else None,
                 "runtime": described,
                 "world_size": cfg.world_size,
@@ -300,6 +308,7 @@ def train_model(
         int(result.plan["epochs"]),
         result.compile_seconds,
         len(splits.train_y),
+        split_images,
         float(privacy["epsilon"]) if "epsilon" in privacy else None,
         float(privacy["delta"]) if "delta" in privacy else None,
     )

@@ -118,3 +118,26 @@ def test_training_drops_the_excluded_canaries_and_refuses_too_many() -> None:
     assert sorted(trained.train_x.ravel()) == sorted(set(range(40)) - set(chosen.excluded.tolist()))
     with pytest.raises(ConfigError, match=r"privacy.canaries=21 needs at least 42 training images, this run has 40"):
         _without_excluded_canaries(splits, 21, 5)
+
+
+def test_the_training_key_of_a_run_without_canaries_is_what_it_was() -> None:
+    """Finished trainings are found again by this key: runs without canaries must keep theirs."""
+    import hashlib
+    import json
+
+    from auditflow.core.config import load_config
+    from auditflow.tasks.train import resume_key
+
+    cfg = load_config("quick", [])
+    before = json.dumps(["digest", cfg.data.model_dump(mode="json"), cfg.train.model_dump(mode="json")], sort_keys=True)
+    assert resume_key("digest", cfg.data, cfg.train) == hashlib.sha256(before.encode()).hexdigest()[:16]
+    assert resume_key("digest", cfg.data, cfg.train, (0, 7)) == resume_key("digest", cfg.data, cfg.train)
+    assert resume_key("digest", cfg.data, cfg.train, (100, 0)) != resume_key("digest", cfg.data, cfg.train)
+
+
+def test_too_few_canaries_are_refused_in_one_line() -> None:
+    from auditflow.core.config import load_config
+    from auditflow.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"canaries=3 is too few to guess from: use 0 \(off\) or at least 100"):
+        load_config("quick", ["privacy.canaries=3"])

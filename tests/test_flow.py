@@ -416,6 +416,8 @@ def test_the_full_audit_and_canaries_run_on_grayscale_24px_digits(
     privacy table."""
     import numpy as np
 
+    from auditflow.core.config import DataConfig
+    from auditflow.core.data import Snapshot, make_splits
     from auditflow.core.paths import run_dir
     from auditflow.flows.pipeline import audit_pipeline
 
@@ -456,6 +458,11 @@ def test_the_full_audit_and_canaries_run_on_grayscale_24px_digits(
     assert one_run["canaries"] == 200 and 0 < one_run["included"] < 200
     assert metrics["privacy/canaries/epsilon_lower_bound"] == one_run["epsilon_lower_bound"] >= 0.0
     assert children["train"].data.params["train.canaries"] == "200"
+    with np.load(run_dir(tmp_path, result.run_id) / "predictions.npz") as saved:
+        held_out = int((~saved["canary_included"]).sum())
+    data_cfg = DataConfig.model_validate(record.config["data"])
+    n_split = len(make_splits(Snapshot.open(record.summaries["ingest"]["snapshot"]), data_cfg).train_y)
+    assert record.summaries["train"]["images"] == n_split - held_out and held_out > 50
     with np.load(run_dir(tmp_path, result.run_id) / "predictions.npz") as saved:
         assert not np.isin(saved["member_index"], saved["canary_index"]).any()
         assert saved["canary_logits"].shape == (200, 10)

@@ -287,7 +287,9 @@ class PrivacyConfig(_Section):
         description="Policy: the strongest attack's TPR at verdict_fpr may be at most this (chance = verdict_fpr; "
         "0.05 at 1% FPR = 5x chance, an empirical epsilon of about ln 5 = 1.6).",
     )
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided interval level.")
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Two-sided interval level; the canary bound's one-sided confidence."
+    )
     seed: int = Field(0, description="Seed of the audited sample and of the reference models' halves.")
     canaries: int = Field(
         0,
@@ -295,11 +297,13 @@ class PrivacyConfig(_Section):
         description="One-run epsilon lower bound (Steinke, Nasr & Jagielski 2023): this many training images "
         "become canaries, each trained on with probability 1/2 (seeded by privacy.seed), and the shipped model's "
         "losses on them bound epsilon from below; shown beside DP-SGD's accountant. Costs the target about half "
-        "of them as training images; never audited as members. 0 = off.",
+        "of them as training images; never audited as members. 0 = off, else at least 100.",
     )
 
     @model_validator(mode="after")
     def _online_needs_two(self) -> PrivacyConfig:
+        if 0 < self.canaries < 100:
+            raise ValueError(f"canaries={self.canaries} is too few to guess from: use 0 (off) or at least 100")
         if self.reference_mode == "online" and 0 < self.references < 2:
             raise ValueError(f"reference_mode='online' needs references >= 2, got {self.references}")
         if self.reference_runner == "dask" and not self.dask_address:
