@@ -110,7 +110,6 @@ def audit_pipeline(
             cfg.privacy.seed,
             cfg.privacy.queries,
             cfg.privacy.canaries,
-            cfg.privacy.seed,
         )
         fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
         # one model at a time here (two trainings would share the same cores); Dask spreads them

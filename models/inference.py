@@ -88,6 +88,17 @@ def query_logits(
     return np.stack([torch.cat(c).numpy() for c in chunks])
 
 
+def audit_logits(
+    model: nn.Module, images: np.ndarray, runtime: Runtime, queries: int, batch_size: int = 1000
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(plain logits without TTA, the `query_logits` views or None for 1 query) of the audited
+    images: with several queries the plain logits are view 0, so the images are scored once."""
+    if queries == 1:
+        return predict(model, images, runtime, batch_size), None
+    views = query_logits(model, images, runtime, queries, batch_size)
+    return views[0], views
+
+
 def _views(x: torch.Tensor, queries: int) -> Iterator[torch.Tensor]:
     """The `query_logits` views of a batch, in its order: per shift, the view then its mirror."""
     if queries == 1:

@@ -22,19 +22,16 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.models.checkpoints import load_model
-from auditflow.models.inference import predict, query_logits
+from auditflow.models.inference import audit_logits, query_logits
 from auditflow.models.runtime import Runtime
 from auditflow.models.training import fit
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +210,12 @@ def train_reference(
     result = fit(ref_splits, model_cfg, runtime, work)
     model, _ = load_model(result.checkpoint, runtime.device)
     model = runtime.prepare(model)
+    _log_scoring(folder, members, nonmembers, queries)
+    member_logits, member_views = audit_logits(model, splits.train_x[members], runtime, queries, batch_size)
+    nonmember_logits, nonmember_views = audit_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
-    if queries > 1:  # the plain logits are query 0 of the views: score the images once
-        member_views, nonmember_views = _score_views(
-            folder, queries, model, splits, members, nonmembers, runtime, batch_size
-        )
-        member_logits, nonmember_logits = member_views[0], nonmember_views[0]
-    else:
-        member_logits = predict(model, splits.train_x[members], runtime, batch_size)
-        nonmember_logits = predict(model, splits.test_x[nonmembers], runtime, batch_size)
+    if member_views is not None:
+        _write_views(folder, queries, member_views, nonmember_views)
     np.savez_compressed(folder / LOGITS_FILE, member_logits=member_logits, nonmember_logits=nonmember_logits)
     shutil.copy2(result.checkpoint, folder / "model.pt")
     meta = {
@@ -259,7 +253,14 @@ def _queried(
     path = _views_path(folder, queries)
     if not path.is_file():
         model, _ = load_model(folder / "model.pt", runtime.device)
-        _score_views(folder, queries, runtime.prepare(model), splits, members, nonmembers, runtime, batch_size)
+        model = runtime.prepare(model)
+        _log_scoring(folder, members, nonmembers, queries)
+        _write_views(
+            folder,
+            queries,
+            query_logits(model, splits.train_x[members], runtime, queries, batch_size),
+            query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size),
+        )
     return str(path)
 
 
@@ -267,28 +268,20 @@ def _views_path(folder: Path, queries: int) -> Path:
     return folder / f"logits.q{queries}.npz"
 
 
-def _score_views(
-    folder: Path,
-    queries: int,
-    model: torch.nn.Module,
-    splits: Splits,
-    members: np.ndarray,
-    nonmembers: np.ndarray,
-    runtime: Runtime,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Score the audited points under `queries` views with `model` and write them to
-    `logits.q<queries>.npz` in `folder` (complete or absent); returns (member, nonmember) views."""
-    log.info(
-        "reference model %s: scoring %d audited images under %d views",
-        folder.name,
-        len(members) + len(nonmembers),
-        queries,
-    )
-    member_views = query_logits(model, splits.train_x[members], runtime, queries, batch_size)
-    nonmember_views = query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size)
+def _log_scoring(folder: Path, members: np.ndarray, nonmembers: np.ndarray, queries: int) -> None:
+    if queries > 1:
+        log.info(
+            "reference model %s: scoring %d audited images under %d views",
+            folder.name,
+            len(members) + len(nonmembers),
+            queries,
+        )
+
+
+def _write_views(folder: Path, queries: int, member_views: np.ndarray, nonmember_views: np.ndarray) -> None:
+    """The audited points' logits under `queries` views, to `logits.q<queries>.npz` in `folder`
+    (complete or absent)."""
     path = _views_path(folder, queries)
     partial = path.with_name(path.name + ".partial.npz")
     np.savez_compressed(partial, member_query_logits=member_views, nonmember_query_logits=nonmember_views)
     partial.replace(path)
-    return member_views, nonmember_views

@@ -27,7 +27,7 @@ from auditflow.core.tracking import Tracker, TrackingRef, metric_key
 from auditflow.models.calibration import calibrate
 from auditflow.models.checkpoints import load_model
 from auditflow.models.evaluation import check_learning, evaluate
-from auditflow.models.inference import predict, query_logits
+from auditflow.models.inference import audit_logits, predict, query_logits
 from auditflow.models.runtime import resolve_runtime
 
 DESCRIPTION = (
@@ -74,8 +74,8 @@ def evaluate_model(
     audit_seed: int,
     audit_queries: int = 1,
     canaries: int = 0,
-    canary_seed: int = 0,
 ) -> EvaluateResult:
+    """`canaries`: the one-run audit's count, drawn with `audit_seed` as the train stage drew them."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "evaluate", DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "validation", "test"))
@@ -86,31 +86,30 @@ def evaluate_model(
         # The privacy audit's points: test non-members and training members with the same class
         # counts, scored by the model as it ships (no TTA).
         # canaries (the one-run audit) are scored apart: an excluded one was never trained on
-        chosen = choose_canaries(len(splits.train_y), canaries, canary_seed)
+        chosen = choose_canaries(len(splits.train_y), canaries, audit_seed)
         members, nonmembers = choose_audit_set(
             splits.train_y, splits.test_y, audit_samples, audit_seed, exclude=chosen.index
         )
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
-        audit_arrays = {}
         if audit_queries > 1:  # the membership audit's augmented views (query 0 is the plain image)
             log.info(
                 "scoring %d audited images under %d views for the privacy audit",
                 len(members) + len(nonmembers),
                 audit_queries,
             )
+        member_logits, member_views = audit_logits(
+            model, splits.train_x[members], runtime, audit_queries, cfg.batch_size
+        )
+        audit_arrays = {}
+        if member_views is not None:
             audit_arrays = {
-                "member_query_logits": query_logits(
-                    model, splits.train_x[members], runtime, audit_queries, cfg.batch_size
-                ),
+                "member_query_logits": member_views,
                 "nonmember_query_logits": query_logits(
                     model, splits.test_x[nonmembers], runtime, audit_queries, cfg.batch_size
                 ),
             }
-            member_logits = audit_arrays["member_query_logits"][0]
-        else:
-            member_logits = predict(model, splits.train_x[members], runtime, cfg.batch_size)
         if canaries:
             audit_arrays |= {
                 "canary_index": chosen.index,

@@ -322,13 +322,13 @@ def _without_excluded_canaries(splits: Splits, count: int, seed: int) -> Splits:
             f"set privacy.canaries to at most {n // 2} (0 = off)"
         )
     chosen = choose_canaries(n, count, seed)
-    keep = kept_for_training(len(splits.train_y), chosen)
+    keep = kept_for_training(n, chosen)
     log.info(
         "one-run audit: %d of %d canaries trained on, %d held out; training on %d of %d images",
         int(chosen.included.sum()),
         count,
         len(chosen.excluded),
         len(keep),
-        len(splits.train_y),
+        n,
     )
     return replace(splits, train_x=splits.train_x[keep], train_y=splits.train_y[keep])
