@@ -588,7 +588,8 @@ def config(profile: ProfileOpt = "quick", overrides: SetOpt = None) -> None:
         cfg = load_config(profile, overrides or [])
     except AuditflowError as err:
         raise _fail(err) from err
-    Console().print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), markup=False)
+    # plain: rich would wrap long lines at the terminal's width and break the YAML
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
 
 
 @app.command()
@@ -651,7 +652,8 @@ def tune(
     except AuditflowError as err:
         raise _fail(err) from err
     _prefect_env()
-    from auditflow.flows.tune import task_runner, tune_study
+    from auditflow.flows.runners import task_runner
+    from auditflow.flows.tune import tune_study
 
     console.print(
         f"[bold]auditflow tune[/] study [cyan]{plan.name}[/] ({plan.objective}, {trials} trials), "

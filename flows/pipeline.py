@@ -50,7 +50,11 @@ class PipelineResult:
     run_url: str  # the parent run in the MLflow UI
 
 
-@flow(name="reference-models")
+# Not validated: its arguments are typed objects the pipeline has just built, and validation would
+# resolve the string annotations against the module's globals, which `auditflow serve` does not
+# ship (Prefect 3.9 runs served flows from a cloudpickle bundle that pickles this package by
+# value, with only the globals the code itself names): every served run failed here.
+@flow(name="reference-models", validate_parameters=False)
 def reference_models(
     predictions: str,
     snapshot: str,

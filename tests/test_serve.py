@@ -1,5 +1,7 @@
-"""`auditflow serve` against a real Prefect server: the cron deployment exists and the
-server's scheduler creates runs for it (the ephemeral API never would)."""
+"""`auditflow serve` against a real Prefect server, as a user starts it: the cron deployment
+exists, the server's scheduler starts a run (the ephemeral API never would), and that run
+*finishes*: its parent run and every stage run read back FINISHED from MLflow, with the
+reference models of the privacy audit trained inside it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,24 @@ from pathlib import Path
 
 import pytest
 
+from auditflow.core.tracking import Tracker
+
+STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
+# The tutorial Net on toy data, with the reference tier on: a served run takes about a minute.
+SERVED = [
+    "train.epochs=1",
+    "privacy.references=2",
+    "privacy.reference_budget_s=null",
+    "benchmark.batch_sizes=[1, 8]",
+    "benchmark.iterations=3",
+    "benchmark.warmup=1",
+    "benchmark.min_seconds=0",
+    "benchmark.max_seconds=1",
+    "benchmark.backends=[torch-eager, onnx-fp32]",
+    "export.variants=[fp32]",
+    "export.parity_samples=16",
+]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -28,61 +48,72 @@ def _post(url: str, body: dict) -> list | dict:
         return json.loads(resp.read())
 
 
+def _finished_parent(workdir: Path) -> tuple[Tracker, object] | None:
+    """The first pipeline (parent) run in `workdir`'s store that ended, or None."""
+    db = workdir / "mlflow.db"
+    if not db.is_file():
+        return None
+    tracker = Tracker(f"sqlite:///{db}")
+    experiment = tracker.client.get_experiment_by_name("auditflow")
+    if experiment is None:
+        return None
+    parents = tracker.client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status != 'RUNNING'", max_results=50
+    )
+    parents = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
+    return (tracker, parents[0]) if parents else None
+
+
 @pytest.mark.slow
-def test_serve_starts_a_server_and_schedules_runs(image_folder: Path, tmp_path: Path) -> None:
+def test_a_served_cron_run_finishes_with_every_stage(image_folder: Path, tmp_path: Path) -> None:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
+    workdir = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auditflow.cli",
-            "serve",
-            "--cron",
-            "0 3 * * *",
-            "--port",
-            str(port),
-            "--data",
-            str(image_folder),
-            "--workdir",
-            str(tmp_path / "work"),
-            "--name",
-            "nightly-test",
-        ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deployment, runs = None, []
+    args = ["serve", "--cron", "* * * * *", "--port", str(port), "--profile", "tutorial"]
+    args += ["--data", str(image_folder), "--workdir", str(workdir), "--name", "minutely-test"]
+    for override in SERVED:
+        args += ["--set", override]
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # the entry point a user types, not the function behind it
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("auditflow")), *args],
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deployment, ended = None, None
     try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and not runs:
-            assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
-            try:
-                found = _post(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["nightly-test"]}}})
-                if found:
-                    deployment = found[0]
-                    runs = _post(
-                        f"{api}/flow_runs/filter",
-                        {
-                            "deployments": {"id": {"any_": [deployment["id"]]}},
-                            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
-                        },
-                    )
-            except OSError:
-                pass  # server still starting
-            time.sleep(2)
+        # the server starts (~20 s), the next minute comes (<= 60 s), the run takes about a minute
+        deadline = time.monotonic() + 360
+        while time.monotonic() < deadline and ended is None:
+            assert proc.poll() is None, log.read_text()
+            if deployment is None:
+                try:
+                    found = _post(f"{api}/deployments/filter", {"deployments": {"name": {"any_": ["minutely-test"]}}})
+                    deployment = found[0] if found else None
+                except OSError:
+                    pass  # server still starting
+            ended = _finished_parent(workdir)
+            time.sleep(3)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert deployment is not None, "no deployment registered"
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["* * * * *"]
     assert deployment["parameters"]["data"] == str(image_folder)
-    assert runs, "the server scheduled no runs"
-    assert all(r["expected_start_time"].endswith(("T03:00:00Z", "T03:00:00+00:00")) for r in runs)
+    assert ended is not None, f"no scheduled run ended within the bound; serve's output:\n{log.read_text()[-4000:]}"
+    tracker, parent = ended
+    assert parent.info.status == "FINISHED", parent.data.tags.get("auditflow.error", log.read_text()[-4000:])
+    assert parent.data.tags.get("prefect.flow_run_id")
+    children = tracker.children(parent)
+    assert set(children) == STAGES
+    assert {name: c.info.status for name, c in children.items()} == dict.fromkeys(STAGES, "FINISHED")
+    privacy = children["privacy"].data
+    assert privacy.tags["privacy/tier"] == "reference"  # the reference-models subflow ran in the served run
+    assert privacy.metrics["privacy/references/count"] == 2
     # the server the command started is gone with it
     time.sleep(1)
     with pytest.raises(OSError):
