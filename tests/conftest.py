@@ -136,3 +136,28 @@ def compiled_ema_run(splits, runtime, checkpoint_dir: Path):
         precision=precision,
     )
     return fit(splits, cfg, runtime, checkpoint_dir)
+
+
+MARGIN_LOG = os.environ.get("AUDITFLOW_MARGIN_LOG")  # a JSON-lines file: every learned figure a test judged
+
+
+def at_least(name: str, value: float, floor: float) -> None:
+    """Assert that a figure a short training run reached is at least `floor`, and record it in
+    $AUDITFLOW_MARGIN_LOG when set, with the kernel family it ran on, so that the margin can be
+    measured on both (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 gives the AVX2 kernels
+    on an AVX-512 CPU; NOTES.md)."""
+    if MARGIN_LOG:
+        import json
+
+        import torch
+
+        record = {
+            "name": name,
+            "value": float(value),
+            "floor": floor,
+            "margin": float(value) - floor,
+            "kernels": torch.backends.cpu.get_cpu_capability(),
+        }
+        with open(MARGIN_LOG, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+    assert value >= floor, f"{name}: {value} < {floor}"

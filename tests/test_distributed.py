@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import at_least
 
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import ingest
@@ -30,7 +31,7 @@ def test_two_gloo_processes_train_in_sync(image_folder: Path, tmp_path: Path) ->
     assert [r["world_size"] for r in records] == [2, 2]
     assert len(result.history) == 3
     # each rank saw half of the 36 training images per epoch: 18 -> two batches of 8 (last dropped)
-    assert result.history[-1].val_accuracy >= 0.9
+    at_least("ddp toy: final val accuracy", result.history[-1].val_accuracy, 0.9)
     model, payload = load_model(result.checkpoint)
     assert payload["epoch"] == 3
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
