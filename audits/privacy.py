@@ -344,14 +344,36 @@ def gains_over_baseline(
     return rows
 
 
+@dataclass(frozen=True)
+class AuditSet:
+    """The membership audit's points: members (indices into train) and non-members (into test),
+    sorted, with equal class counts. Per class, `wanted` is how many non-members the seeded draw
+    gave and `kept` how many each side holds after matching (less where the class has fewer
+    training images than that)."""
+
+    members: np.ndarray
+    nonmembers: np.ndarray
+    wanted: np.ndarray  # per class: non-members drawn before matching
+    kept: np.ndarray  # per class: images on each side after matching
+
+    @property
+    def matched_down(self) -> dict[int, tuple[int, int]]:
+        """{class: (non-members drawn, images kept on each side)} for each class cut to match."""
+        return {c: (int(w), int(k)) for c, (w, k) in enumerate(zip(self.wanted, self.kept, strict=True)) if k < w}
+
+
 def choose_audit_set(
     train_labels: np.ndarray, test_labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (member indices into train, non-member indices into test) of equal size and class counts.
+) -> AuditSet:
+    """Members and non-members of equal size and class counts, for any class balance.
 
     Non-members are a seeded random sample of min(n, len(test)) test images; members are drawn
     (seeded) from the training images of each class, as many as the non-members hold of it,
-    never from `exclude` (training indices that are not plain members: the one-run audit's canaries)."""
+    never from `exclude` (training indices that are not plain members: the one-run audit's
+    canaries). A class with fewer such training images than drawn non-members (a rare class) is
+    matched at the smaller side: a seeded subset of its non-members is kept, as many as it has
+    training images, so the two sides still share every class count and an attack cannot win by
+    guessing classes; a class with none leaves the audit. `AuditSet.matched_down` names them."""
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     allowed = np.ones(len(train_labels), dtype=bool)
     if exclude is not None:
@@ -361,26 +383,36 @@ def choose_audit_set(
     if len(test_labels) == 0:
         raise ValueError("the audit needs test images as non-members, got 0")
     rng = np.random.default_rng(seed)
-    nonmembers = np.sort(rng.choice(len(test_labels), min(n, len(test_labels)), replace=False))
-    wanted = np.bincount(test_labels[nonmembers])
-    members = []
-    for cls, count in enumerate(wanted):
+    drawn = np.sort(rng.choice(len(test_labels), min(n, len(test_labels)), replace=False))
+    n_classes = int(max(train_labels.max(initial=-1), test_labels.max(initial=-1))) + 1
+    wanted = np.bincount(test_labels[drawn], minlength=n_classes)
+    members, nonmembers, kept = [], [], np.zeros(n_classes, np.int64)
+    for cls in range(n_classes):
         pool = np.flatnonzero((train_labels == cls) & allowed)
-        if len(pool) < count:
-            raise ValueError(
-                f"class {cls} has {len(pool)} training images{' outside the canaries' if exclude is not None else ''}, "
-                f"fewer than the {count} members needed to match the non-members' class counts"
-            )
-        members.append(rng.choice(pool, count, replace=False))
-    return np.sort(np.concatenate(members)), nonmembers
+        mine = drawn[test_labels[drawn] == cls]
+        kept[cls] = min(len(pool), len(mine))
+        members.append(rng.choice(pool, kept[cls], replace=False))
+        # the same draw as before where nothing is cut, so audits of balanced data are unchanged
+        nonmembers.append(mine if kept[cls] == len(mine) else rng.choice(mine, kept[cls], replace=False))
+    as_index = np.int64
+    return AuditSet(
+        np.sort(np.concatenate(members).astype(as_index)),
+        np.sort(np.concatenate(nonmembers).astype(as_index)),
+        wanted,
+        kept,
+    )
 
 
-def balance(member_labels: np.ndarray, nonmember_labels: np.ndarray, n_classes: int) -> dict:
+def balance(
+    member_labels: np.ndarray, nonmember_labels: np.ndarray, n_classes: int, wanted: np.ndarray | None = None
+) -> dict:
     """Whether members and non-members are alike in size and class mix.
 
     Keys: n_members, n_nonmembers, member_counts, nonmember_counts (per class), max_share_difference
-    (largest absolute difference of a class's share between the sides, 0 ideal) and alike (sizes
-    equal and every share within 0.01)."""
+    (largest absolute difference of a class's share between the sides, 0 ideal), alike (sizes
+    equal and every share within 0.01) and matched_down: [{class, drawn, kept}] for each class
+    with fewer training images than drawn non-members (`wanted`, per class; `choose_audit_set`),
+    audited with `kept` images on each side."""
     member_labels, nonmember_labels = np.asarray(member_labels), np.asarray(nonmember_labels)
     mem = np.bincount(member_labels, minlength=n_classes)
     non = np.bincount(nonmember_labels, minlength=n_classes)
@@ -396,6 +428,13 @@ def balance(member_labels: np.ndarray, nonmember_labels: np.ndarray, n_classes: 
         "nonmember_counts": non.tolist(),
         "max_share_difference": gap,
         "alike": len(member_labels) == len(nonmember_labels) and gap <= 0.01,
+        "matched_down": []
+        if wanted is None
+        else [
+            {"class": c, "drawn": int(w), "kept": int(k)}
+            for c, (w, k) in enumerate(zip(np.asarray(wanted), non, strict=False))
+            if k < w
+        ],
     }
 
 

@@ -365,7 +365,9 @@ def privacy_audit(
         member_logits, member_labels = data["member_logits"], data["member_labels"]
         nonmember_logits = data["test_logits_no_tta"][data["nonmember_index"]]
         nonmember_labels = data["test_labels"][data["nonmember_index"]]
-        balanced = balance(member_labels, nonmember_labels, len(classes))
+        balanced = balance(member_labels, nonmember_labels, len(classes), data.get("nonmember_wanted"))
+        for row in balanced["matched_down"]:  # names for the report
+            row["name"] = classes[row["class"]]
         n_refs = len(refs.outcomes)
         member_in = np.asarray(refs.member_in, dtype=bool).reshape(n_refs, len(member_labels))
         nonmember_in = np.asarray(refs.nonmember_in, dtype=bool).reshape(n_refs, len(nonmember_labels))

@@ -41,7 +41,8 @@ INTERVAL = 0.95  # two-sided level of the accuracy intervals shown on the card
 @dataclass(frozen=True)
 class EvaluateResult:
     # .npz: test_logits(_no_tta), test_labels, val_logits, val_labels; the privacy audit's points:
-    # member_logits/_labels/_index (training split, no TTA) and nonmember_index (into the test split);
+    # member_logits/_labels/_index (training split, no TTA) and nonmember_index (into the test split),
+    # nonmember_wanted (per class, non-members drawn before rare classes were matched down);
     # with privacy.queries > 1 member_/nonmember_query_logits (queries x n x K); with canaries
     # canary_index/_included/_labels/_logits (the one-run audit's, scored apart)
     predictions: str
@@ -87,9 +88,16 @@ def evaluate_model(
         # counts, scored by the model as it ships (no TTA).
         # canaries (the one-run audit) are scored apart: an excluded one was never trained on
         chosen = choose_canaries(len(splits.train_y), canaries, audit_seed)
-        members, nonmembers = choose_audit_set(
-            splits.train_y, splits.test_y, audit_samples, audit_seed, exclude=chosen.index
-        )
+        audit_set = choose_audit_set(splits.train_y, splits.test_y, audit_samples, audit_seed, exclude=chosen.index)
+        members, nonmembers = audit_set.members, audit_set.nonmembers
+        for cls, (drawn, kept) in audit_set.matched_down.items():
+            log.info(
+                "privacy audit: class %r has %d training images for %d drawn non-members: %d on each side",
+                splits.classes[cls],
+                kept,
+                drawn,
+                kept,
+            )
         test_logits = predict(model, splits.test_x, runtime, cfg.batch_size, tta=tta, translate=tta_translate)
         shipped_logits = predict(model, splits.test_x, runtime, cfg.batch_size) if tta else test_logits
         val_logits = predict(model, splits.val_x, runtime, cfg.batch_size)
@@ -130,6 +138,7 @@ def evaluate_model(
             member_labels=splits.train_y[members],
             member_index=members,
             nonmember_index=nonmembers,
+            nonmember_wanted=audit_set.wanted,
         )
 
         result = evaluate(test_logits, splits.test_y, splits.classes, cfg.ece_bins)

@@ -91,7 +91,7 @@ def test_members_of_the_audit_are_never_canaries() -> None:
     rng = np.random.default_rng(2)
     train_y, test_y = rng.integers(0, 3, 600), rng.integers(0, 3, 100)
     canaries = choose_canaries(600, 250, seed=0)
-    members, _ = choose_audit_set(train_y, test_y, 100, seed=0, exclude=canaries.index)
+    members = choose_audit_set(train_y, test_y, 100, seed=0, exclude=canaries.index).members
     assert len(members) == 100 and not np.isin(members, canaries.index).any()
 
 

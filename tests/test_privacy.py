@@ -412,29 +412,45 @@ def test_epsilon_lower_bound_uses_the_interval_ends():
 def test_choose_audit_set_matches_class_counts_and_is_seeded():
     rng = np.random.default_rng(11)
     train, test = rng.integers(0, 4, 500), rng.integers(0, 4, 200)
-    mem, non = choose_audit_set(train, test, 120, seed=3)
+    chosen = choose_audit_set(train, test, 120, seed=3)
+    mem, non = chosen.members, chosen.nonmembers
     assert len(mem) == len(non) == 120 and len(set(mem)) == 120 and len(set(non)) == 120
     assert np.array_equal(np.bincount(train[mem], minlength=4), np.bincount(test[non], minlength=4))
     assert np.all(np.diff(mem) > 0) and np.all(np.diff(non) > 0)
+    assert chosen.matched_down == {}  # every class has enough training images
     again = choose_audit_set(train, test, 120, seed=3)
-    assert np.array_equal(again[0], mem) and np.array_equal(again[1], non)
-    assert not np.array_equal(choose_audit_set(train, test, 120, seed=4)[1], non)
+    assert np.array_equal(again.members, mem) and np.array_equal(again.nonmembers, non)
+    assert not np.array_equal(choose_audit_set(train, test, 120, seed=4).nonmembers, non)
     everything = [choose_audit_set(train, test, 10_000, seed=s) for s in (3, 4)]
-    assert len(everything[0][1]) == 200  # capped at the test split
+    assert len(everything[0].nonmembers) == 200  # capped at the test split
     # Same non-members (all of them) and class counts, yet a different random draw of members.
-    assert not np.array_equal(everything[0][0], everything[1][0])
+    assert not np.array_equal(everything[0].members, everything[1].members)
     assert balance(train[mem], test[non], 4)["alike"]
 
 
-def test_choose_audit_set_names_a_short_class():
-    train = np.array([0] * 10 + [1] * 2)
+@pytest.mark.parametrize("rare", [0, 1, 2])
+def test_a_rare_class_is_matched_at_the_smaller_side(rare: int):
+    """Issue 18: a class with fewer training images than test images (1 or 6 against 8 crashed
+    the run after training). Both sides keep that class at its training count, seeded; with no
+    training image at all, the class leaves the privacy audit and the rest stays matched."""
+    train = np.array([0] * 30 + [1] * rare + [2] * 30)
+    test = np.array([0] * 8 + [1] * 8 + [2] * 8)
+    chosen = choose_audit_set(train, test, 10_000, seed=0)
+    assert chosen.matched_down == {1: (8, rare)}
+    assert np.array_equal(np.bincount(train[chosen.members], minlength=3), [8, rare, 8])
+    assert np.array_equal(np.bincount(test[chosen.nonmembers], minlength=3), [8, rare, 8])
+    again = choose_audit_set(train, test, 10_000, seed=0)
+    assert np.array_equal(again.nonmembers, chosen.nonmembers) and np.array_equal(again.members, chosen.members)
+    result = balance(train[chosen.members], test[chosen.nonmembers], 3, chosen.wanted)
+    assert result["alike"] and result["matched_down"] == [{"class": 1, "drawn": 8, "kept": rare}]
+
+
+def test_canaries_count_against_a_rare_class():
+    train = np.array([0] * 10 + [1] * 6)
     test = np.array([0] * 5 + [1] * 5)
-    with pytest.raises(
-        ValueError,
-        match=r"^class 1 has 2 training images, fewer than the 5 members needed to match the non-members' "
-        r"class counts$",
-    ):
-        choose_audit_set(train, test, 10, seed=0)
+    canaries = np.flatnonzero(train == 1)[:3]  # 3 of class 1's 6 training images are canaries
+    chosen = choose_audit_set(train, test, 10, seed=0, exclude=canaries)
+    assert chosen.matched_down == {1: (5, 3)} and not np.isin(chosen.members, canaries).any()
 
 
 def test_balance_reports_the_largest_share_difference():
