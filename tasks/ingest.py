@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from auditflow.audits.datasheet import duplicate_check
 from auditflow.audits.plots import examples_figure
 from auditflow.core.config import CardConfig, DataConfig
-from auditflow.core.data import ingest, make_splits
+from auditflow.core.data import CONVERSIONS, ingest, make_splits
 from auditflow.core.paths import cache_dir
 from auditflow.core.tracking import Tracker, TrackingRef, class_keys, metric_key
 
@@ -97,7 +97,9 @@ def ingest_data(
                 + f"train {cfg.max_train_per_class or 'none'}, test {cfg.max_test_per_class or 'none'} (seeded)",
                 "model input: float32 N x 3 x H x W in [0, 1] (pixels / 255); the model normalises internally",
                 "training augmentation (train split only): random horizontal flip and padded random crop, per config",
+                *(f"{n} image(s) {CONVERSIONS[key]}" for key, n in snapshot.conversions.items()),
             ],
+            "conversions": snapshot.conversions,
         }
         run.log_summary("ingest", summary)
         tracker.parent(ref).set_tags({"auditflow.data_digest": snapshot.digest})

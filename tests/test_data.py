@@ -83,6 +83,37 @@ def test_wrong_size_rejected_or_resized(tmp_path: Path) -> None:
     assert snap.image_shape == (32, 32, 3)
 
 
+def test_16_bit_and_exif_rotated_images_are_converted_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: a 16-bit grayscale PNG was clipped to white (mean 254 against 127 scaled) and a
+    JPEG with EXIF orientation 6 was stored unrotated, both silently."""
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(root / "train" / "circle" / "0000.png")
+    wide = np.zeros((32, 32, 3), np.uint8)
+    wide[:8] = 255  # a white band along the top as stored; orientation 6 turns it to the right edge
+    photo = Image.fromarray(wide)
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(root / "train" / "square" / "0000.jpg", quality=95, exif=exif.tobytes())
+    caplog.set_level("WARNING", logger="auditflow")
+    snap = ingest(str(root), DataConfig(), tmp_path / "cache")
+    assert snap.conversions == {"exif_rotated": 1, "scaled_16bit": 1}
+    assert Snapshot.open(snap.path).conversions == snap.conversions
+    x, _ = snap.arrays("train")
+    paths = snap.paths("train")
+    gray = x[paths.index("train/circle/0000.png")]
+    assert gray.dtype == np.uint8 and np.array_equal(gray[..., 0], gray[..., 2])  # gray stays gray
+    assert abs(float(gray.mean()) - float(ramp.mean()) / 257) < 0.6  # scaled, not clipped (was 254)
+    assert gray.max() == 255 and gray.min() == 0
+    upright = x[paths.index("train/square/0000.jpg")].mean(axis=2)
+    assert upright[:, -8:].mean() > 200 and upright[:8, :24].mean() < 50  # the band is on the right now
+    assert "1 image(s) 16-bit: scaled to 8 bits" in caplog.text and "turned upright by their EXIF" in caplog.text
+
+
 def test_classes_must_match_between_splits(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "d", n_train=2, n_test=2)
     shutil.rmtree(root / "test" / "stripes")

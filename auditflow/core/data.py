@@ -28,11 +28,11 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from auditflow.core.config import DataConfig
 from auditflow.core.errors import DataError, UnsafeArchiveError
@@ -44,6 +44,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 PATHS_FILE = "paths.json"
 SNAPSHOT_FORMAT = 2  # 2: image paths (split/class/file) are part of the content
+# Part of the source fingerprint only: a change in how images are decoded re-reads an unchanged
+# source, and identical pixels still hash to the same snapshot. 2: EXIF orientation, 16-bit scaling.
+DECODER_VERSION = 2
 MAX_IMAGE_BYTES = 64 << 20  # one image file larger than this is refused, unread (zip/tar bombs)
 _PROGRESS_EVERY = 10_000
 
@@ -89,6 +92,7 @@ def _iter_tar(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
                     raise UnsafeArchiveError(f"archive {archive} entry {member.name!r} is not a regular file")
                 if not _wanted(path):
                     continue  # never read: a huge text file in the archive costs nothing
+                _check_utf8(path, archive)  # tarfile keeps bytes that are not UTF-8 as surrogates
                 _check_size(member.name, member.size, archive)
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 yield path, (lambda data=data: data)
@@ -100,7 +104,7 @@ def _iter_zip(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                path = _check_member_name(info.filename, archive)
+                path = _check_member_name(_zip_name(info, archive), archive)
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise UnsafeArchiveError(
                         f"archive {archive} entry {info.filename!r} is a link; links are not followed"
@@ -113,6 +117,21 @@ def _iter_zip(archive: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
     except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, zlib.error) as err:
         # RuntimeError: encrypted member; NotImplementedError: unsupported compression
         raise DataError(f"cannot read archive {archive}: {err}") from err
+
+
+def _zip_name(info: zipfile.ZipInfo, archive: Path) -> str:
+    """An entry's name as text. Names not flagged UTF-8 (bit 11) are decoded by zipfile as
+    cp437, which turns UTF-8 bytes into other letters silently (`café` became `cafÃ©`): take
+    their bytes back and read them as UTF-8, the encoding of every current zip tool; bytes
+    that are not UTF-8 either are refused in one line, as they are in a plain folder."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    raw = info.filename.encode("cp437")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise DataError(f"{archive}: path {shown!r} is not valid UTF-8; rename the folder or file") from None
 
 
 def _iter_dir(root: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
@@ -146,9 +165,36 @@ def _is_archive(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------- decoding
-def _decode(name: str, payload: bytes, size: int, resize: bool) -> np.ndarray:
+# What decoding did to an image beyond reading it, counted into the snapshot's manifest and the
+# datasheet: silent before (a 16-bit PNG came out white, a rotated photo sideways).
+EXIF_ROTATED = "exif_rotated"  # turned upright by its EXIF orientation tag
+SCALED_16BIT = "scaled_16bit"  # 16-bit samples scaled to 8 bits (value * 255 / 65535)
+CONVERSIONS = {
+    EXIF_ROTATED: "turned upright by their EXIF orientation tag",
+    SCALED_16BIT: "16-bit: scaled to 8 bits (value x 255 / 65535), not clipped",
+}
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grayscale image scaled to 8 bits; Pillow's own conversion
+    clips every value above 255 to white."""
+    values = np.asarray(img, dtype=np.int64)
+    gray = (np.clip(values, 0, 65535) * 255 + 32767) // 65535
+    return Image.fromarray(gray.astype(np.uint8), mode="L")
+
+
+def _decode(name: str, payload: bytes, size: int, resize: bool) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(H x W x 3 uint8 pixels, what was done to the image: `CONVERSIONS` keys)."""
+    done: list[str] = []
     try:
         with Image.open(io.BytesIO(payload)) as img:
+            upright = ImageOps.exif_transpose(img)
+            if upright is not img:
+                done.append(EXIF_ROTATED)
+            img = upright
+            if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+                img = _to_8bit(img)
+                done.append(SCALED_16BIT)
             img = img.convert("RGB")
             if img.size != (size, size):
                 if not resize:
@@ -157,7 +203,7 @@ def _decode(name: str, payload: bytes, size: int, resize: bool) -> np.ndarray:
                         "set data.resize=true to resize"
                     )
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return np.asarray(img, dtype=np.uint8), tuple(done)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot decode image {name}: {err}") from err
 
@@ -175,8 +221,9 @@ def _strip_wrappers(paths: list[PurePosixPath]) -> int:
 
 def _read_image_folder(
     entries: Iterator[tuple[PurePosixPath, Reader]], source: str, cfg: DataConfig
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...], dict[str, list[str]]]:
-    """(images, labels, classes, paths) per split; paths are `split/class/file`, in image order."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...], dict[str, list[str]], dict[str, int]]:
+    """(images, labels, classes, paths, conversions) per split; paths are `split/class/file`, in
+    image order; conversions counts the images each `CONVERSIONS` step was applied to."""
     images: list[tuple[PurePosixPath, Reader]] = [(p, r) for p, r in entries if _wanted(p)]
     if not images:
         raise DataError(f"no images found in {source}; expected <split>/<class>/<image> files")
@@ -210,11 +257,15 @@ def _read_image_folder(
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
     names: dict[str, list[str]] = {}
+    converted: dict[str, list[str]] = {key: [] for key in CONVERSIONS}
     for split in SPLITS:
         pixels, labels, names[split] = [], [], []
         for label, cls in enumerate(classes):
             for name, reader in sorted(by_split[split][cls], key=lambda item: item[0]):
-                pixels.append(_decode(name, reader(), cfg.image_size, cfg.resize))
+                image, done_to_it = _decode(name, reader(), cfg.image_size, cfg.resize)
+                pixels.append(image)
+                for key in done_to_it:
+                    converted[key].append(name)
                 labels.append(label)
                 names[split].append(relative[name])
                 done += 1
@@ -222,7 +273,10 @@ def _read_image_folder(
                     log.info("decoded %d/%d images", done, total)
         xs[split] = np.stack(pixels)
         ys[split] = np.asarray(labels, dtype=np.int64)
-    return xs, ys, classes, names
+    for key, files in converted.items():
+        if files:
+            log.warning("%d image(s) %s, e.g. %s", len(files), CONVERSIONS[key], files[0])
+    return xs, ys, classes, names, {key: len(files) for key, files in converted.items() if files}
 
 
 def _read_torchvision_cifar10(root: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...]]:
@@ -255,6 +309,7 @@ class Snapshot:
     counts: dict[str, list[int]]  # split -> images per class
     image_shape: tuple[int, int, int]  # H, W, C
     source: str
+    conversions: dict[str, int] = field(default_factory=dict)  # CONVERSIONS key -> images it was applied to
 
     @property
     def num_classes(self) -> int:
@@ -287,6 +342,7 @@ class Snapshot:
                 counts=manifest["counts"],
                 image_shape=tuple(manifest["image_shape"]),
                 source=manifest["source"],
+                conversions=manifest.get("conversions", {}),
             )
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path} is not a snapshot folder (manifest.json unreadable or incomplete): {err}") from err
@@ -343,7 +399,7 @@ def _content_digest(
 
 def _source_fingerprint(kind: str, path: Path, cfg: DataConfig) -> str | None:
     """A cheap fingerprint of the raw source, or None when it cannot be had cheaply."""
-    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, kind, cfg.image_size, cfg.resize]).encode())
+    h = hashlib.sha256(json.dumps([SNAPSHOT_FORMAT, DECODER_VERSION, kind, cfg.image_size, cfg.resize]).encode())
     if kind == "archive":
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -368,6 +424,7 @@ def _write_snapshot(
     source: str,
     cache_dir: Path,
     paths: dict[str, list[str]] | None = None,
+    conversions: dict[str, int] | None = None,
 ) -> Snapshot:
     digest = _content_digest(xs, ys, classes, paths)
     final = cache_dir / "snapshots" / digest[:16]
@@ -389,6 +446,7 @@ def _write_snapshot(
             "counts": {s: np.bincount(ys[s], minlength=len(classes)).tolist() for s in SPLITS},
             "image_shape": list(xs["train"].shape[1:]),
             "source": source,
+            "conversions": conversions or {},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         try:
@@ -436,15 +494,15 @@ def ingest(source: str, cfg: DataConfig, cache_dir: str | Path) -> Snapshot:
     log.info("reading %s (%s)", source, kind)
     if kind == "torchvision":
         xs, ys, classes = _read_torchvision_cifar10(path)
-        paths = None
+        paths, conversions = None, {}
     else:
         entries = (
             _iter_dir(path)
             if kind == "dir"
             else (_iter_zip(path) if path.name.lower().endswith(".zip") else _iter_tar(path))
         )
-        xs, ys, classes, paths = _read_image_folder(entries, source, cfg)
-    snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir, paths)
+        xs, ys, classes, paths, conversions = _read_image_folder(entries, source, cfg)
+    snapshot = _write_snapshot(xs, ys, classes, str(source), cache_dir, paths, conversions)
     if index is not None:
         index.parent.mkdir(parents=True, exist_ok=True)
         index.write_text(json.dumps({"snapshot": snapshot.path.name, "source": str(source)}))
