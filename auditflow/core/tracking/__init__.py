@@ -42,9 +42,9 @@ from typing import Any
 from auditflow.core.checks import Check
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
+from auditflow.core.files import SQLITE_MAGIC as SQLITE_MAGIC
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
 from auditflow.core.tracking.health import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S
-from auditflow.core.tracking.health import SQLITE_MAGIC as SQLITE_MAGIC
 from auditflow.core.tracking.health import _first_line, _is_store_error
 from auditflow.core.tracking.health import preflight as preflight
 from auditflow.core.tracking.run_logger import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX, RunLogger

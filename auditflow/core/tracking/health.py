@@ -12,17 +12,14 @@ Re-exported by `auditflow.core.tracking`; import from there.
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from auditflow.core.errors import TrackingError, TrackingOutageError
+from auditflow.core.files import check_sqlite_file, check_writable
 
 PROBE_TIMEOUT_S = 5.0  # the preflight check of an HTTP tracking server
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 # Errors of the store that a later try may not meet: an outage, not a bad request (MLflow's SQL
@@ -62,32 +59,6 @@ def preflight(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     if not uri.startswith("sqlite:///"):
         return
     db = Path(uri.removeprefix("sqlite:///"))
-    _check_writable(db.parent, f"the folder of the MLflow store {db.parent}")
-    if not db.exists():
-        return
-    try:
-        with open(db, "r+b") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
-    except OSError as err:
-        raise TrackingError(f"the MLflow store {db} cannot be opened for writing: {err.strerror}") from err
+    check_writable(db.parent, f"the folder of the MLflow store {db.parent}", TrackingError)
     fix = f"move it aside (mv {db} {db}.bad) to start an empty store there, or restore it from a backup"
-    if head and head != SQLITE_MAGIC:
-        raise TrackingError(f"the MLflow store {db} is not an SQLite database (damaged or another file); {fix}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
-            conn.execute("PRAGMA schema_version").fetchone()
-    except sqlite3.DatabaseError as err:
-        raise TrackingError(f"the MLflow store {db} cannot be read ({err}); {fix}") from err
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """`TrackingError` unless a file can be created in `folder` (SQLite writes a journal beside
-    its database). A real write, not a permission check: root ignores the mode bits, a
-    read-only mount does not."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".auditflow-write-check-"):
-            pass
-    except FileNotFoundError:
-        return  # created later, under a folder checked by the caller
-    except OSError as err:
-        raise TrackingError(f"{what} is not writable: {err.strerror}; make it writable or use another folder") from err
+    check_sqlite_file(db, f"the MLflow store {db}", fix, TrackingError)
