@@ -10,6 +10,7 @@ User errors print one red line and exit with code 2.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -69,6 +70,18 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     for name in EXTRA_LOGGERS.split(","):
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _prefect_ready() -> None:
+    """Prefect's settings in the environment, then its local home and database checked (one
+    `error:` line and exit 2 when they could not be used), before any work."""
+    _prefect_env()
+    from auditflow.flows.preflight import check_prefect_home
+
+    try:
+        check_prefect_home()
+    except AuditflowError as err:
+        raise _fail(err) from err
 
 
 def _log_to_console() -> logging.Handler:
@@ -131,7 +144,7 @@ def _run_logging(path: Path) -> Iterator[None]:
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     terminals = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
-    saved = [h.formatter for h in terminals]
+    saved = [(h.formatter, h.level) for h in terminals]
     root.addHandler(to_file)
     for handler in terminals:
         handler.setFormatter(_WithoutTraceback(handler.formatter))
@@ -139,8 +152,9 @@ def _run_logging(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        for handler, formatter in zip(terminals, saved, strict=True):
+        for handler, (formatter, level) in zip(terminals, saved, strict=True):
             handler.setFormatter(formatter)
+            handler.setLevel(level)  # `_last_word` raised it
             handler.removeFilter(_for_terminal)
         root.removeHandler(to_file)
         to_file.close()
@@ -239,12 +253,36 @@ def _interrupts() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-def _find_user_error(err: BaseException) -> AuditflowError | None:
+def _disk_full(err: OSError, workdir: Path) -> AuditflowError:
+    """A full disk is the environment's fault, not a bug: one line naming where it was writing."""
+    where = f" writing {err.filename}" if err.filename else f" under --workdir {str(workdir)!r}"
+    return AuditflowError(
+        f"no space left on the device{where} ({err.strerror}); free space there or use a --workdir on another "
+        "disk, then rerun the same command: what was written is consistent and finished work is reused"
+    )
+
+
+def _last_word() -> None:
+    """Silence the log records on the terminal before the run's final line: Prefect's run
+    loggers write from their own threads and could print after it (the log file keeps all)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.flush()
+            handler.setLevel(logging.CRITICAL + 1)
+    sys.stderr.flush()
+
+
+def _find_user_error(err: BaseException, workdir: Path = Path(".")) -> AuditflowError | None:
+    """The user's or the environment's error behind `err` (its causes and contexts included)."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         if isinstance(current, AuditflowError):
             return current
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _disk_full(current, workdir)
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
@@ -266,7 +304,7 @@ def run(
         preflight(uri)  # an unreachable, unwritable or damaged store: now, not after minutes of retries
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_env()
+    _prefect_ready()
     from auditflow.flows.pipeline import audit_pipeline
 
     console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], tracking [cyan]{uri}[/]")
@@ -287,15 +325,18 @@ def run(
         except KeyboardInterrupt as err:
             signum = received[0] if received else signal.SIGINT
             log.error("interrupted by %s", signal.Signals(signum).name, exc_info=err)
+            _last_word()
             console.print(
                 f"[bold yellow]interrupted[/] ({signal.Signals(signum).name}): the run stopped and its MLflow runs "
-                f"end KILLED; rerun the same command to resume from the last finished epoch (log: {logs})"
+                "end KILLED; rerun the same command to resume: finished stages are reused and unfinished training "
+                f"goes on from its last finished epoch (log: {logs})"
             )
             raise typer.Exit(code=INTERRUPTED + signum) from err
         except Exception as err:
             log.error("the run failed", exc_info=err)
-            user = _find_user_error(err)
+            user = _find_user_error(err, workdir)
             if user is not None:
+                _last_word()
                 raise _fail(user, logs) from err
             raise
     colour = {"pass": "green", "fail": "red"}.get(result.overall, "yellow")
@@ -312,10 +353,15 @@ def run(
     tier = "" if result.privacy_tier == "reference" else "; loss tier only, see the report"
     table.add_row("privacy", f"{result.privacy} ({result.privacy_attack} attack TPR at low FPR {tpr}{tier})")
     table.add_row("release gate", f"{result.release} ({result.model_version}; `auditflow models` lists the versions)")
-    table.add_row("ONNX model", result.onnx_path)
-    table.add_row("report", result.report_html + (f" (PDF: {result.report_pdf})" if result.report_pdf else ""))
-    table.add_row("MLflow run", f"[link={result.run_url}]{result.run_url}[/link]")
-    Console().print(table)
+    out = Console()
+    out.print(table)
+    # paths and the link outside the table, never wrapped: a table cuts them with an ellipsis when
+    # stdout is not a terminal (a scheduled run's log), and a user copies them
+    paths = {"ONNX model": result.onnx_path, "report": result.report_html, "report PDF": result.report_pdf}
+    for name, path in paths.items():
+        if path:
+            out.print(f"{name}: {path}", soft_wrap=True, markup=False, highlight=False)
+    out.print(f"MLflow run: [link={result.run_url}]{result.run_url}[/link]", soft_wrap=True, highlight=False)
     if result.tracking_uri.startswith("sqlite:"):
         Console().print(f"Local store: serve it with [bold]auditflow ui --workdir {workdir}[/] and open the link")
 
@@ -384,7 +430,7 @@ def serve(
             raise AuditflowError(f"invalid cron expression {cron!r}: {err}") from err
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_env()
+    _prefect_ready()
     # A plain SIGTERM would skip `finally` and orphan the server started below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server: subprocess.Popen[bytes] | None = None
@@ -651,7 +697,7 @@ def tune(
         _check_inputs(data, workdir)
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_env()
+    _prefect_ready()
     from auditflow.flows.runners import task_runner
     from auditflow.flows.tune import tune_study
 
@@ -676,7 +722,7 @@ def tune(
             workdir=str(workdir),
         )
     except Exception as err:
-        user = _find_user_error(err)
+        user = _find_user_error(err, workdir)
         if user is not None:
             raise _fail(user) from err
         raise

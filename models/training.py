@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
-from auditflow.core.errors import ModelError
+from auditflow.core.errors import ConfigError, ModelError
 from auditflow.models.averaging import WarmupEMA, make_ema
 from auditflow.models.budget import EpochPlan, plan_epochs, replan
 from auditflow.models.checkpoints import (
@@ -255,6 +255,19 @@ class _Trainer:
         if dist.is_initialized():
             dist.broadcast(keep_ema, 0)
         return WeightChoice("ema" if keep_ema.item() else "raw", raw, averaged, where)
+
+
+def check_batch_size(batch_size: int, n_train: int, world_size: int = 1) -> None:
+    """`ConfigError` when `batch_size` exceeds the training images each process gets: every
+    epoch would then be one partial step, and the run would "train" (an epoch of 0.0 s) and
+    learn next to nothing, noticed only by the did-not-learn check."""
+    per_process = n_train // max(world_size, 1)
+    if batch_size > per_process:
+        shown = f"{per_process} images" + (f" per process, {world_size} processes" if world_size > 1 else "")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is larger than the training split ({shown}): each epoch would be "
+            f"one partial step; use train.batch_size={max(1, per_process // 8)} or so (several steps per epoch)"
+        )
 
 
 def fit(

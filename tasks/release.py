@@ -122,9 +122,24 @@ def _exported_model(record: RunRecord) -> tuple[str, str]:
     if not uri or record.stage_status.get("export") != "FINISHED":
         raise TrackingError(
             f"run {record.run_id} has no finished export stage with a logged ONNX model to register; "
-            f"export it with `auditflow bench {record.run_id}`"
+            + _way_to_a_model(record)
         )
     return uri, record.stage_run_ids["export"]
+
+
+def _way_to_a_model(record: RunRecord) -> str:
+    """Advice that leads somewhere: `auditflow bench` exports a run that finished training on a
+    snapshot; a run that did not has nothing to export, and only a rerun of the pipeline helps."""
+    trained = record.stage_status.get("train") == "FINISHED" and (record.summaries.get("ingest") or {}).get("snapshot")
+    if trained:
+        return f"export its trained model with `auditflow bench {record.run_id}`, then promote it"
+    profile = record.tags.get("auditflow.profile") or record.config.get("profile") or "quick"
+    source = record.tags.get("auditflow.source") or "DATA"
+    return (
+        f"it ended {record.status} before training finished, so there is no model to export: rerun the pipeline "
+        f"(`auditflow run --profile {profile} --data {source}`, with the --set overrides it had; its resolved "
+        f"configuration is config.json of run {record.run_id}) and promote the new run"
+    )
 
 
 def _alias_version(registry: ModelRegistry, name: str, alias: str) -> str | None:

@@ -21,11 +21,11 @@ from auditflow.core.data import Snapshot, Splits, make_splits
 from auditflow.core.errors import ConfigError, ModelError
 from auditflow.core.paths import cache_dir, run_dir, trained_dir
 from auditflow.core.tracking import DeferredMetrics, Tracker, TrackingRef, class_keys
-from auditflow.models.checkpoints import load_model
+from auditflow.models.checkpoints import load_model, read_checkpoint
 from auditflow.models.distributed import launch
 from auditflow.models.runtime import resolve_runtime
 from auditflow.models.speed import device_peak, speed_metrics
-from auditflow.models.training import EpochStats, FitResult, fit
+from auditflow.models.training import EpochStats, FitResult, check_batch_size, fit
 from auditflow.tasks.run import retry_on_outage
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,12 @@ def reuse_finished(finished: Path, work: Path) -> dict[str, str] | None:
     except (OSError, ValueError):
         return None
     if not (finished / "last.pt").is_file():
+        return None
+    try:  # damaged: say so here, naming this copy (the resumed copy's warning named checkpoints/)
+        read_checkpoint(finished / "last.pt")
+    except ModelError as err:
+        log.warning("discarding the kept training %s and training again: %s", finished, err)
+        shutil.rmtree(finished, ignore_errors=True)
         return None
     shutil.copy2(finished / "last.pt", work / "last.pt")  # a copy: a kill now leaves the result intact
     log.info("reusing the finished training of this data and config (train run %s)", result.get("train_run"))
@@ -177,6 +183,7 @@ def train_model(
         if canaries:
             splits = _without_excluded_canaries(splits, canaries, canary_seed)
             run.log_params({"train.canaries": canaries})
+        check_batch_size(cfg.batch_size, len(splits.train_y), cfg.world_size)
         with exclusive(work):
             reused = reuse_finished(finished, work)
             # a store that stops answering mid-epoch must not stop training: epochs it refuses

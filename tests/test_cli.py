@@ -71,6 +71,12 @@ def test_run_finishes_with_every_stage_and_prints_where_things_are(finished_run:
     assert_finished_with_every_stage(workdir, run_id)
     assert f"auditflow run {run_id}" in out.stdout
     assert "overall verdict" in out.stdout and "test accuracy, shipped model" in out.stdout
+    # not a terminal (COLUMNS=80): the paths come whole, one per line, never cut (issue 18)
+    said = dict(line.split(": ", 1) for line in out.stdout.splitlines() if line.startswith(("ONNX model:", "report:")))
+    assert said["ONNX model"].endswith(".onnx") and Path(said["ONNX model"]).is_file()
+    assert said["report"].endswith("report.html") and Path(said["report"]).is_file()
+    assert len(said["ONNX model"]) > 80  # longer than the terminal: it would have been cut in the table
+    assert "…" not in out.stdout
 
 
 @pytest.mark.slow

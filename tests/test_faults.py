@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -106,6 +107,60 @@ def test_a_class_folder_that_is_not_utf8_is_named(tmp_path: Path) -> None:
         DataError, match=r"path 'test/caf\\\\xe9/0000\.png' is not valid UTF-8; rename the folder or file"
     ):
         ingest(str(root), DataConfig(), tmp_path / "cache")
+
+
+def _archive_with_class_named(tmp_path: Path, kind: str, raw: bytes) -> Path:
+    """A toy archive whose `circle` class folder is named by the bytes `raw`: a GNU tar (raw
+    bytes in its headers), or a zip whose names are not flagged UTF-8 (bit 11 clear), as older
+    tools write them. The zip is written with an ASCII stand-in of the same length, then the
+    bytes are put in place (zipfile itself always flags non-ASCII names)."""
+    root = make_image_folder(tmp_path / "data", n_train=2, n_test=1)
+    files = sorted(root.rglob("*.png"))
+    if kind == "tar":
+        path = tmp_path / "toy.tar"
+        name = raw.decode("utf-8", "surrogateescape")
+        with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tar:
+            for file in files:
+                tar.add(file, f"toy/{file.relative_to(root).as_posix()}".replace("/circle/", f"/{name}/"))
+        return path
+    path = tmp_path / "toy.zip"
+    stand_in = b"C" * len(raw)
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in files:
+            zf.write(file, f"toy/{file.relative_to(root).as_posix()}".replace("/circle/", f"/{stand_in.decode()}/"))
+    path.write_bytes(path.read_bytes().replace(b"/" + stand_in + b"/", b"/" + raw + b"/"))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archive_names_that_are_not_utf8_are_named_like_a_folders(tmp_path: Path, kind: str) -> None:
+    """Issue 18: a tar's non-UTF-8 class folder gave 39 logging tracebacks and an error blaming
+    the MLflow store; a zip without the UTF-8 flag silently made the class `c\\xa0■`."""
+    archive = _archive_with_class_named(tmp_path, kind, b"c\xa0\xfe")
+    with pytest.raises(DataError, match=r"path 'toy/test/c\\\\xa0\\\\xfe/0000\.png' is not valid UTF-8; rename"):
+        ingest(str(archive), DataConfig(), tmp_path / "cache")
+
+
+def test_a_zip_of_utf8_names_without_the_flag_keeps_its_class_names(tmp_path: Path) -> None:
+    archive = _archive_with_class_named(tmp_path, "zip", "café".encode())
+    assert ingest(str(archive), DataConfig(), tmp_path / "cache").classes == ("café", "square", "stripes")
+
+
+def test_a_tar_with_a_non_utf8_class_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    archive = _archive_with_class_named(tmp_path, "tar", b"c\xa0\xfe")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("auditflow")), "run", "--data", str(archive), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Logging error" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "toy/test/c\\xa0\\xfe/0000.png' is not valid UTF-8" in errors[0], done.stderr[-3000:]
+    assert done.stderr.rstrip().splitlines()[-1] == errors[0]  # nothing after the error line
 
 
 def test_the_tutorial_net_refuses_other_image_sizes_at_load() -> None:
@@ -232,6 +287,59 @@ def test_a_read_only_workdir_or_store_fails_at_once_naming_it() -> None:
             assert done.stderr.strip() == expected
     finally:
         (base / "read-only").chmod(0o755)
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("case", ["junk prefect.db", "read-only HOME"])
+def test_a_bad_prefect_home_fails_within_10_s_naming_it(case: str) -> None:
+    """Issue 18: a `prefect.db` that is not a database, or a read-only HOME (Prefect's default
+    home is ~/.prefect), printed 20-22 tracebacks and 5,178 lines and timed out after 136 s
+    naming neither. Now one line naming the file or folder and what to do, within 10 s."""
+    base = Path(tempfile.mkdtemp(prefix="auditflow-prefect-home-"))  # not under pytest's 0700 folders
+    try:
+        base.chmod(0o755)
+        data = make_image_folder(base / "data", n_train=1, n_test=1)
+        work = base / "work"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
+        prefix: list[str] = []
+        if case == "junk prefect.db":
+            home = base / "prefect"
+            home.mkdir()
+            (home / "prefect.db").write_bytes(b"not a database\n" * 100)
+            env["PREFECT_HOME"] = str(home)
+            db = home / "prefect.db"
+            expected = (
+                f"error: Prefect's database {db} is not an SQLite database (damaged or another file); move it aside "
+                f"(mv {db} {db}.bad) and Prefect starts a new one (its flow-run history only; MLflow keeps every "
+                "run), or set PREFECT_HOME to another folder"
+            )
+        else:
+            read_only = base / "home"
+            read_only.mkdir(mode=0o555)
+            env["HOME"] = str(read_only)
+            prefix = _unprivileged()
+            expected = (
+                f"error: Prefect's home {read_only / '.prefect'} (PREFECT_HOME) cannot be created: Permission denied; "
+                "set PREFECT_HOME to a writable folder"
+            )
+        cli = str(Path(sys.executable).with_name("auditflow"))
+        start = time.monotonic()
+        done = subprocess.run(
+            [*prefix, cli, "run", "--data", str(data), "--workdir", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert time.monotonic() - start < 10, done.stderr[-2000:]
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip() == expected
+        assert not list(work.glob("mlflow.db")), "no run was opened"
+    finally:
+        if (base / "home").exists():
+            (base / "home").chmod(0o755)
         shutil.rmtree(base)
 
 
@@ -573,8 +681,9 @@ def test_ctrl_c_stops_promptly_in_one_line_and_ends_its_runs_killed(stopped_runs
     assert "Traceback" not in run.stderr and "ConnectError" not in run.stderr
     [line] = _said(run.stderr)
     assert re.fullmatch(
-        r"interrupted \(SIGINT\): the run stopped and its MLflow runs end KILLED; rerun the same command to resume "
-        r"from the last finished epoch \(log: .*/auditflow-cache/logs/run-[\d-]+\.log\)",
+        r"interrupted \(SIGINT\): the run stopped and its MLflow runs end KILLED; rerun the same command to resume: "
+        r"finished stages are reused and unfinished training goes on from its last finished epoch "
+        r"\(log: .*/auditflow-cache/logs/run-[\d-]+\.log\)",
         line,
     )
     own = _own(run)
@@ -628,6 +737,61 @@ def test_a_sigkilled_run_is_ended_at_the_next_start_which_resumes_its_training(s
     assert [step for step, _ in record.history["val_accuracy"]] == list(range(1, EPOCHS + 1))
 
 
+FULL_DISK = """
+import errno, shutil
+real = shutil.copyfile
+def full(src, dst, *args, **kwargs):  # the artifact store's disk fills up, as shutil reports it
+    if "mlartifacts" in str(dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(src, dst, *args, **kwargs)
+shutil.copyfile = full
+from auditflow.cli import app
+app()
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_path: Path) -> None:
+    """Issue 18: `OSError: [Errno 28] No space left on device` came in a traceback box from
+    shutil, naming no path and with no `error:` line (the store stayed consistent)."""
+    data = make_image_folder(tmp_path / "data", n_train=2, n_test=2)
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, "run", "--data", str(data), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr
+    [line] = _said(done.stderr)
+    assert re.fullmatch(
+        rf"error: no space left on the device under --workdir '{re.escape(str(work))}' \(No space left on device\); "
+        r"free space there or use a --workdir on another disk, then rerun the same command: what was written is "
+        r"consistent and finished work is reused \(log: .*\.log\)",
+        line,
+    ), line
+    assert {status for status, _ in _runs(work).values()} == {"FAILED"}  # none left RUNNING
+
+
+@pytest.mark.slow
+def test_a_batch_larger_than_the_split_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
+    sets = [a for o in [*TINY, "train.batch_size=100000"] for a in ("--set", o)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    cli = str(Path(sys.executable).with_name("auditflow"))
+    work = tmp_path / "work"
+    done = subprocess.run(
+        [cli, "run", "--data", str(data), "--workdir", str(work), *sets], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = _said(done.stderr)
+    assert line.startswith("error: train.batch_size=100000 is larger than the training split (21 images)"), line
+    assert {status for status, _ in _runs(work).values()} == {"FAILED"}
+
+
 @pytest.mark.slow
 def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_mlflow(tmp_path: Path) -> None:
     from auditflow.core.tracking import Tracker
@@ -644,3 +808,20 @@ def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_
     parent = next(k for k, (_, tags) in run.runs.items() if "mlflow.parentRunId" not in tags)
     client = Tracker(f"sqlite:///{run.workdir.resolve()}/mlflow.db").client
     assert "Traceback" in Path(client.download_artifacts(parent, "error.txt", str(tmp_path))).read_text()
+
+
+def test_a_damaged_kept_training_is_named_and_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 18: a damaged `trained/` checkpoint's warning named the `checkpoints/` copy."""
+    from auditflow.tasks.train import RESULT, reuse_finished
+
+    finished = tmp_path / "trained" / "key"
+    finished.mkdir(parents=True)
+    (finished / "last.pt").write_bytes(b"not a checkpoint")
+    (finished / RESULT).write_text(json.dumps({"weights_sha256": "0" * 64, "train_run": "r"}))
+    work = tmp_path / "checkpoints" / "key"
+    work.mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="auditflow"):
+        assert reuse_finished(finished, work) is None
+    assert f"discarding the kept training {finished} and training again: cannot read checkpoint" in caplog.text
+    assert str(work) not in caplog.text
+    assert not finished.exists() and not (work / "last.pt").exists()

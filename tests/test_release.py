@@ -402,3 +402,34 @@ def test_cli_promote_of_a_failing_run_is_refused_with_the_reason(store: dict) ->
     assert "cli-refused v2 is now champion, replacing v1" in out.output
     assert aliases(store, "cli-refused") == {"2": ("champion",), "1": ()}
     assert version_tags(store, "cli-refused", "1")["release/status"] == "retired"
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_promote_of_a_run_without_a_model_gives_advice_that_leads_somewhere(store: dict, trained: bool) -> None:
+    """Issue 18: `promote` on a FAILED run said "export it with `auditflow bench ID`", which
+    then failed with "has no ingest summary". A run that finished training is exported by
+    `bench`; one that did not is rerun, and the advice gives the command."""
+    from auditflow.core.config import PipelineConfig
+    from auditflow.core.tracking import Tracker, open_pipeline_run
+
+    ref = open_pipeline_run(PipelineConfig(), store["workdir"], "no-model", {"auditflow.source": "/data/toy.tar"})
+    tracker = Tracker(ref.uri)
+    with tracker.stage(ref, "ingest") as run:
+        run.log_summary("ingest", {"snapshot": str(store["workdir"] / "snapshot")})
+    if trained:
+        with tracker.stage(ref, "train"):
+            pass
+    else:
+        with pytest.raises(RuntimeError), tracker.stage(ref, "train"):
+            raise RuntimeError("killed mid-epoch")
+    tracker.end_run(ref.run_id, None if trained else RuntimeError("training failed"))
+    out = runner.invoke(app(), ["promote", ref.run_id, "--workdir", str(store["workdir"])])
+    assert out.exit_code == 2
+    line = " ".join(out.output.split())  # the one line, as rich may wrap it
+    assert line.startswith(f"error: run {ref.run_id} has no finished export stage with a logged ONNX model")
+    if trained:
+        assert f"export its trained model with `auditflow bench {ref.run_id}`, then promote it" in line
+    else:
+        assert "it ended FAILED before training finished, so there is no model to export" in line
+        assert "rerun the pipeline (`auditflow run --profile quick --data /data/toy.tar`" in line
+        assert "auditflow bench" not in line

@@ -232,3 +232,20 @@ def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypat
     result = fit(toy_splits, cfg, CPU, tmp_path)
     assert result.plan["epochs"] == 3 and result.plan["reason"].startswith("re-planned after epoch 1")
     assert len(result.history) == 3 and result.history[-1].lr == 0.0
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_naming_the_split() -> None:
+    """Issue 18: `--set train.batch_size=100000` trained one partial step per epoch, silently
+    (an epoch of 0.0 s); only the did-not-learn check noticed."""
+    from auditflow.core.errors import ConfigError
+    from auditflow.models.training import check_batch_size
+
+    check_batch_size(256, 256)  # exactly one full batch is allowed
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.batch_size=100000 is larger than the training split \(288 images\): each epoch would be one "
+        r"partial step; use train.batch_size=36 or so \(several steps per epoch\)$",
+    ):
+        check_batch_size(100000, 288)
+    with pytest.raises(ConfigError, match=r"\(144 images per process, 2 processes\)"):
+        check_batch_size(200, 288, world_size=2)
