@@ -15,10 +15,41 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+# With more classes than this a figure shows what a reader can use (the worst classes, the largest
+# confusions) and says so in its title; the full tables are logged as data beside it. With 120
+# classes the whole confusion matrix was a 7,480 x 6,358 px image with unreadable labels.
+MAX_CLASSES_SHOWN = 20
+
+
+def confused_classes(confusion: np.ndarray, limit: int = MAX_CLASSES_SHOWN) -> list[int]:
+    """The classes of the largest confusions (off-diagonal shares of the true class, largest
+    first), both sides of each, then the lowest recalls, until `limit` classes; in class order."""
+    norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    recall = np.diag(norm).copy()
+    np.fill_diagonal(norm, 0.0)
+    chosen: list[int] = []
+    for cell in np.argsort(norm, axis=None, kind="stable")[::-1]:
+        if norm.flat[cell] <= 0 or len(chosen) >= limit:
+            break
+        chosen += [int(k) for k in np.unravel_index(cell, norm.shape) if int(k) not in chosen][: limit - len(chosen)]
+    for k in np.argsort(recall, kind="stable"):
+        if len(chosen) >= limit:
+            break
+        if int(k) not in chosen:
+            chosen.append(int(k))
+    return sorted(chosen)
+
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
-    """Row-normalised confusion matrix (rows = true class) with counts annotated."""
-    cm = np.asarray(confusion, dtype=float)
+    """Row-normalised confusion matrix (rows = true class) with counts annotated; with more than
+    `MAX_CLASSES_SHOWN` classes, the rows and columns of the classes in the largest confusions."""
+    full = np.asarray(confusion, dtype=float)
+    title = "Confusion matrix (test)"
+    if len(classes) > MAX_CLASSES_SHOWN:
+        keep = confused_classes(full)
+        full, classes = full[np.ix_(keep, keep)], [classes[k] for k in keep]
+        title += f": the {len(keep)} classes of the largest confusions, of {len(confusion)} (all: confusion_matrix.csv)"
+    cm = full
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = max(4.0, 0.55 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -40,7 +71,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str])
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    ax.set_title("Confusion matrix (test)")
+    ax.set_title(title, fontsize=9 if len(title) > 40 else None, wrap=True)
     fig.tight_layout()
     return fig
 
@@ -90,14 +121,22 @@ def exposure_figure(exposure: dict, attack: str) -> Figure:
     members are (attack AUC), from `auditflow.audits.joint.exposure_correlation`."""
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
     names = exposure.get("class_names", exposure["classes"])
-    for name, x, y in zip(names, exposure["error_rate"], exposure["attack_auc"], strict=True):
-        ax.scatter([x], [y], color="tab:blue")
-        ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    errors, aucs = np.asarray(exposure["error_rate"], float), np.asarray(exposure["attack_auc"], float)
+    ax.scatter(errors, aucs, color="tab:blue", s=14 if len(names) > MAX_CLASSES_SHOWN else 36)
+    named = set(range(len(names)))
+    if len(names) > MAX_CLASSES_SHOWN:  # name only the most exposed and the worst served, or the labels pile up
+        half = MAX_CLASSES_SHOWN // 4
+        named = set(np.argsort(-aucs)[:half].tolist()) | set(np.argsort(-errors)[:half].tolist())
+    for k in sorted(named):
+        ax.annotate(str(names[k]), (errors[k], aucs[k]), textcoords="offset points", xytext=(4, 3), fontsize=8)
     ax.axhline(0.5, color="grey", ls="--", lw=1)
     ax.set_xlabel("error rate (1 - recall), lower is better")
     ax.set_ylabel(f"{attack} attack AUC within the class (0.5 ideal)")
     rho = exposure.get("rho")
-    ax.set_title("Per class: served badly vs exposed" + (f" (Spearman {rho:.2f})" if rho is not None else ""))
+    title = "Per class: served badly vs exposed" + (f" (Spearman {rho:.2f})" if rho is not None else "")
+    if len(names) > MAX_CLASSES_SHOWN:
+        title += f"\n{len(names)} classes; the {len(named)} most exposed or worst served named"
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -127,14 +166,20 @@ def per_class_figure(
 
 
 def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
-    """Per-class recall of a fairness result, with CI whiskers when present."""
-    has_ci = "recall_ci_low" in per_class[0]
+    """Per-class recall of a fairness result, with CI whiskers when present; with more than
+    `MAX_CLASSES_SHOWN` classes, the lowest recalls (all of them are in per_class.json)."""
+    rows = list(per_class)
+    label = "recall (true-positive rate), higher is better"
+    if len(rows) > MAX_CLASSES_SHOWN:
+        rows = sorted(rows, key=lambda r: r["recall"])[:MAX_CLASSES_SHOWN]
+        label += f"\nthe {len(rows)} lowest of {len(per_class)} classes (all: per_class.json)"
+    has_ci = "recall_ci_low" in rows[0]
     return per_class_figure(
-        [r["class"] for r in per_class],
-        [r["recall"] for r in per_class],
-        [r["recall_ci_low"] for r in per_class] if has_ci else None,
-        [r["recall_ci_high"] for r in per_class] if has_ci else None,
-        "recall (true-positive rate), higher is better",
+        [r["class"] for r in rows],
+        [r["recall"] for r in rows],
+        [r["recall_ci_low"] for r in rows] if has_ci else None,
+        [r["recall_ci_high"] for r in rows] if has_ci else None,
+        label,
         min_class_recall,
     )
 
@@ -183,13 +228,22 @@ def loss_histogram_figure(edges: Sequence[float], members: Sequence[int], nonmem
 
 
 def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int) -> Figure:
-    """A grid of the first `per_class` images of each class (rows), uint8 N x H x W x C."""
-    rows = len(classes)
+    """A grid of the first `per_class` images of each class (rows), uint8 N x H x W x C; with
+    more than `MAX_CLASSES_SHOWN` classes, the rarest ones in the training split (the counts of
+    all are in class_counts.json)."""
+    shown = list(enumerate(classes))
+    if len(classes) > MAX_CLASSES_SHOWN:
+        counts = np.bincount(labels, minlength=len(classes))
+        rarest = sorted(np.argsort(counts, kind="stable")[:MAX_CLASSES_SHOWN].tolist())
+        shown = [(k, classes[k]) for k in rarest]
+    rows = len(shown)
     fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 0.9 + 1.6, rows * 0.9 + 0.2), squeeze=False)
-    for k, name in enumerate(classes):
+    if len(shown) < len(classes):
+        fig.suptitle(f"the {rows} rarest of {len(classes)} classes", fontsize=8)
+    for row, (k, name) in enumerate(shown):
         picks = np.flatnonzero(labels == k)[:per_class]
         for j in range(per_class):
-            ax = axes[k, j]
+            ax = axes[row, j]
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
@@ -197,7 +251,7 @@ def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[st
             if j < len(picks):
                 img = images[picks[j]]
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
-        axes[k, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
 
