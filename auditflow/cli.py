@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,6 +69,8 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # The temporary API server gets 20 s to start by default; on 2 busy cores it can take longer.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # said at import when the home cannot be made; `check_prefect_home` says it in one line instead
+    warnings.filterwarnings("ignore", message="Failed to create the Prefect home directory", category=UserWarning)
     for name in EXTRA_LOGGERS.split(","):
         logging.getLogger(name).setLevel(logging.INFO)
 
@@ -144,7 +147,7 @@ def _run_logging(path: Path) -> Iterator[None]:
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     terminals = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
-    saved = [(h.formatter, h.level) for h in terminals]
+    saved = [h.formatter for h in terminals]
     root.addHandler(to_file)
     for handler in terminals:
         handler.setFormatter(_WithoutTraceback(handler.formatter))
@@ -152,9 +155,8 @@ def _run_logging(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        for handler, (formatter, level) in zip(terminals, saved, strict=True):
+        for handler, formatter in zip(terminals, saved, strict=True):
             handler.setFormatter(formatter)
-            handler.setLevel(level)  # `_last_word` raised it
             handler.removeFilter(_for_terminal)
         root.removeHandler(to_file)
         to_file.close()
@@ -263,14 +265,21 @@ def _disk_full(err: OSError, workdir: Path) -> AuditflowError:
 
 
 def _last_word() -> None:
-    """Silence the log records on the terminal before the run's final line: Prefect's run
-    loggers write from their own threads and could print after it (the log file keeps all)."""
+    """Before the run's final line, silence Prefect's terminal handlers, whichever logger holds
+    them: its run loggers write from their own threads, and it logs the temporary API server's
+    stop at exit, both after that line. For good: the process ends with the line; the log file
+    keeps every record."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            handler.flush()
-            handler.setLevel(logging.CRITICAL + 1)
+    loggers = [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.flush()
+                handler.setLevel(logging.CRITICAL + 1)
     sys.stderr.flush()
 
 

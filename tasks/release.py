@@ -39,7 +39,7 @@ from auditflow.audits.gate import (
     facts_from_record,
     gate_markdown,
 )
-from auditflow.core.config import apply_override
+from auditflow.core.config import apply_override, available_profiles
 from auditflow.core.errors import ConfigError, TrackingError
 from auditflow.core.tracking import VERDICT_PREFIX, RunLogger, RunRecord, Tracker, TrackingRef
 from auditflow.core.tracking.registry import EXPORT_RUN_TAG, ModelRegistry, VersionRow
@@ -133,7 +133,9 @@ def _way_to_a_model(record: RunRecord) -> str:
     trained = record.stage_status.get("train") == "FINISHED" and (record.summaries.get("ingest") or {}).get("snapshot")
     if trained:
         return f"export its trained model with `auditflow bench {record.run_id}`, then promote it"
-    profile = record.tags.get("auditflow.profile") or record.config.get("profile") or "quick"
+    profile = record.tags.get("auditflow.profile") or record.config.get("profile") or ""
+    if profile not in available_profiles() and not Path(profile).is_file():
+        profile = "PROFILE"  # a config built in code ("custom"), or a profile file not on this machine
     source = record.tags.get("auditflow.source") or "DATA"
     return (
         f"it ended {record.status} before training finished, so there is no model to export: rerun the pipeline "

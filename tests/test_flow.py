@@ -473,3 +473,26 @@ def test_the_full_audit_and_canaries_run_on_grayscale_24px_digits(
         assert not np.isin(saved["member_index"], saved["canary_index"]).any()
         assert saved["canary_logits"].shape == (200, 10)
     assert "One-run audit with canaries" in md and f"{one_run['correct']} of {one_run['guesses']} guesses" in md
+
+
+@pytest.mark.slow
+def test_a_rare_class_with_fewer_training_than_test_images_completes(prefect_harness, tmp_path: Path) -> None:
+    """Issue 18: 6 training images of a class against 8 test images crashed the run after
+    training (`choose_audit_set`). The run completes; the privacy audit matches that class at
+    its training count, and the report says so."""
+    from conftest import make_image_folder
+
+    from auditflow.flows.pipeline import audit_pipeline
+
+    data = make_image_folder(tmp_path / "data", n_train=16, n_test=8)
+    for extra in sorted((data / "train" / "stripes").glob("*.png"))[6:]:
+        extra.unlink()
+    result = audit_pipeline(profile="quick", data=str(data), overrides=TINY, workdir=str(tmp_path / "work"))
+    tracker = Tracker(result.tracking_uri)
+    assert tracker.get_run(result.run_id).info.status == "FINISHED"
+    balance = tracker.load_run(result.run_id).summaries["privacy"]["balance"]
+    [rare] = balance["matched_down"]
+    assert rare["name"] == "stripes" and rare["drawn"] == 8 and 0 < rare["kept"] < 8
+    assert balance["member_counts"] == balance["nonmember_counts"] and balance["alike"]
+    md = Path(result.report_markdown).read_text()
+    assert f"stripes ({rare['kept']} of 8 drawn)" in md and "Rare classes matched at the smaller side" in md

@@ -462,6 +462,7 @@ def test_balance_reports_the_largest_share_difference():
         "nonmember_counts": [1, 3, 0],
         "max_share_difference": 0.25,
         "alike": False,
+        "matched_down": [],  # no draw counts given: nothing to compare against
     }
 
 

@@ -409,10 +409,10 @@ def test_promote_of_a_run_without_a_model_gives_advice_that_leads_somewhere(stor
     """Issue 18: `promote` on a FAILED run said "export it with `auditflow bench ID`", which
     then failed with "has no ingest summary". A run that finished training is exported by
     `bench`; one that did not is rerun, and the advice gives the command."""
-    from auditflow.core.config import PipelineConfig
+    from auditflow.core.config import load_config
     from auditflow.core.tracking import Tracker, open_pipeline_run
 
-    ref = open_pipeline_run(PipelineConfig(), store["workdir"], "no-model", {"auditflow.source": "/data/toy.tar"})
+    ref = open_pipeline_run(load_config("quick"), store["workdir"], "no-model", {"auditflow.source": "/data/toy.tar"})
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "ingest") as run:
         run.log_summary("ingest", {"snapshot": str(store["workdir"] / "snapshot")})
@@ -425,7 +425,8 @@ def test_promote_of_a_run_without_a_model_gives_advice_that_leads_somewhere(stor
     tracker.end_run(ref.run_id, None if trained else RuntimeError("training failed"))
     out = runner.invoke(app(), ["promote", ref.run_id, "--workdir", str(store["workdir"])])
     assert out.exit_code == 2
-    line = " ".join(out.output.split())  # the one line, as rich may wrap it
+    said = " ".join(out.output.split())  # the one line, as rich may wrap it
+    line = said[said.index("error: ") :]  # after the transaction's rollback log records
     assert line.startswith(f"error: run {ref.run_id} has no finished export stage with a logged ONNX model")
     if trained:
         assert f"export its trained model with `auditflow bench {ref.run_id}`, then promote it" in line

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from auditflow.core.config import DataConfig
 from auditflow.core.errors import DataError, UnsafeArchiveError
@@ -188,10 +188,9 @@ def _decode(name: str, payload: bytes, size: int, resize: bool) -> tuple[np.ndar
     done: list[str] = []
     try:
         with Image.open(io.BytesIO(payload)) as img:
-            upright = ImageOps.exif_transpose(img)
-            if upright is not img:
+            if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # exif_transpose copies either way
+                img = ImageOps.exif_transpose(img)
                 done.append(EXIF_ROTATED)
-            img = upright
             if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
                 img = _to_8bit(img)
                 done.append(SCALED_16BIT)
