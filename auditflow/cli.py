@@ -75,14 +75,15 @@ def _prefect_env() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _prefect_ready() -> None:
+def _prefect_ready(server_here: bool = False) -> None:
     """Prefect's settings in the environment, then its local home and database checked (one
-    `error:` line and exit 2 when they could not be used), before any work."""
+    `error:` line and exit 2 when they could not be used), before any work. `server_here`: a
+    Prefect server is about to be started on them although $PREFECT_API_URL is set."""
     _prefect_env()
     from auditflow.flows.preflight import check_prefect_home
 
     try:
-        check_prefect_home()
+        check_prefect_home(server_here)
     except AuditflowError as err:
         raise _fail(err) from err
 
@@ -278,9 +279,9 @@ def _last_word() -> None:
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, PrefectConsoleHandler):
-                handler.flush()
                 handler.setLevel(logging.CRITICAL + 1)
-    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):  # a stream already closed (an in-process test runner's)
+        sys.stderr.flush()
 
 
 def _find_user_error(err: BaseException, workdir: Path = Path(".")) -> AuditflowError | None:
@@ -439,7 +440,7 @@ def serve(
             raise AuditflowError(f"invalid cron expression {cron!r}: {err}") from err
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_ready()
+    _prefect_env()
     # A plain SIGTERM would skip `finally` and orphan the server started below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server: subprocess.Popen[bytes] | None = None
@@ -447,9 +448,12 @@ def serve(
         api_url = os.environ.get("PREFECT_API_URL")
         if not api_url:
             api_url = f"http://127.0.0.1:{port}/api"
-            if not _server_healthy(api_url):
-                server = _start_prefect_server(api_url, port)
+            # set before Prefect is first imported: it reads its settings once, and without the
+            # URL the served runs would start a temporary server of their own on the same database
             os.environ["PREFECT_API_URL"] = api_url
+            if not _server_healthy(api_url):
+                _prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
+                server = _start_prefect_server(api_url, port)
         console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
         from auditflow.flows.pipeline import audit_pipeline
 

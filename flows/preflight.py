@@ -14,13 +14,14 @@ from auditflow.core.errors import OrchestrationError
 from auditflow.core.files import check_sqlite_file, check_writable
 
 
-def check_prefect_home() -> None:
+def check_prefect_home(server_here: bool = False) -> None:
     """`OrchestrationError` naming PREFECT_HOME or its database when the local Prefect API
-    could not use them; nothing to check when a Prefect server is configured."""
+    could not use them; nothing to check when a Prefect server is configured elsewhere
+    (`server_here`: `auditflow serve` is about to start one on them)."""
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if settings.api.url:
+    if settings.api.url and not server_here:
         return  # a server keeps its own database
     home = Path(settings.home).expanduser()
     what = f"Prefect's home {home} (PREFECT_HOME)"

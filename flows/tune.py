@@ -15,7 +15,9 @@ from prefect import flow
 from prefect.futures import PrefectFuture, as_completed
 
 from auditflow.core.config import load_config
+from auditflow.core.data import ingest, make_splits
 from auditflow.core.errors import ConfigError
+from auditflow.core.paths import cache_dir
 from auditflow.core.tracking import TrackingRef
 from auditflow.models.study import StudyDriver, TrialSpec
 from auditflow.models.tuning import load_space, plan_study
@@ -82,6 +84,9 @@ def tune_study(
     if parallel < 1:
         raise ConfigError(f"parallel must be at least 1, got {parallel}")
     cfg = load_config(profile, overrides or [])
+    # the training split's size, from the snapshot the ingest task then reuses: the space's batch
+    # sizes must fit it, as the pipeline refuses a batch larger than the split
+    n_train = len(make_splits(ingest(data, cfg.data, cache_dir(workdir)), cfg.data).train_y)
     plan = plan_study(
         cfg,
         load_space(space),
@@ -93,6 +98,7 @@ def tune_study(
         name=study,
         storage=storage,
         workdir=workdir,
+        n_train=n_train,
     )
     Path(workdir).mkdir(parents=True, exist_ok=True)  # the default study storage lives there
     driver = StudyDriver(plan)

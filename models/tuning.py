@@ -196,6 +196,45 @@ def check_space(base: dict[str, Any], space: SearchSpace, samples: int = FEASIBI
     return 1 - len(errors) / samples
 
 
+def fit_space_to_data(base: dict[str, Any], space: SearchSpace, n_train: int) -> SearchSpace:
+    """`space` with only the batch sizes the pipeline accepts on a training split of `n_train`
+    images (it refuses a batch larger than the split: one partial step per epoch). When none of
+    the space's fits, the study searches with one batch size, an eighth of the split (8 steps
+    per epoch); both said in the log. `ConfigError` when the space has no batch size and the
+    profile's does not fit."""
+    key, small = "train.batch_size", max(1, n_train // 8)
+    param = space.params.get(key)
+    if param is None:
+        if base["train"]["batch_size"] > n_train:
+            raise ConfigError(
+                f"train.batch_size={base['train']['batch_size']} is larger than the training split "
+                f"({n_train} images); set train.batch_size={small} or so, or search it in the space"
+            )
+        return space
+    if param.choices is not None:
+        kept = tuple(c for c in param.choices if isinstance(c, int) and c <= n_train)
+        fitted = param.model_copy(update={"choices": kept}) if kept else None
+    else:
+        fitted = param.model_copy(update={"high": float(min(param.high, n_train))}) if param.low <= n_train else None
+    kinds = space.kinds
+    if fitted is None:
+        fitted, kinds = SearchParam(choices=(small,)), {**space.kinds, key: "choices"}
+        log.warning(
+            "search space %s: no train.batch_size fits the training split (%d images); searching with %d",
+            space.source,
+            n_train,
+            small,
+        )
+    elif fitted != param:
+        log.warning(
+            "search space %s: train.batch_size limited to the training split (%d images): %s",
+            space.source,
+            n_train,
+            fitted.model_dump(exclude_defaults=True),
+        )
+    return SearchSpace({**space.params, key: fitted}, kinds, space.source)
+
+
 # ------------------------------------------------------------------ the study's plan
 @dataclass(frozen=True)
 class StudyPlan:
@@ -234,8 +273,11 @@ def plan_study(
     name: str | None = None,
     storage: str | None = None,
     workdir: str | Path = ".",
+    n_train: int | None = None,
 ) -> StudyPlan:
-    """Check every argument and the space before any trial; `ConfigError` names the bad one."""
+    """Check every argument and the space before any trial; `ConfigError` names the bad one.
+    `n_train`: the training split's size, when known; the space is then fitted to it
+    (`fit_space_to_data`), and the fitted space is what the study's name and fingerprint hold."""
     if trials < 1:
         raise ConfigError(f"trials must be at least 1, got {trials}")
     if objective not in OBJECTIVES:
@@ -252,6 +294,8 @@ def plan_study(
             "train.init_from and train.teacher unset"
         )
     base = cfg.model_dump(mode="json")
+    if n_train is not None:
+        space = fit_space_to_data(base, space, n_train)
     check_space(base, space)
     blob = json.dumps([base, space.as_dict(), objective, source], sort_keys=True, default=str)
     fingerprint = hashlib.sha256(blob.encode()).hexdigest()

@@ -19,6 +19,12 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "auditflow")
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"  # compute tests log outside flows
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+# Inductor's on-disk cache, one per kernel family: code compiled in a run on the AVX-512 kernels,
+# reused under ATEN_CPU_CAPABILITY=avx2 (NOTES.md), gave out-of-bounds indices in a compiled backward.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"torchinductor-tests-{os.environ.get('ATEN_CPU_CAPABILITY', 'default')}"),
+)
 
 CLASSES = ("circle", "square", "stripes")
 

@@ -249,7 +249,7 @@ def test_fine_tune_a_past_run_onto_new_classes(pipeline_run, tmp_path: Path) -> 
     shutil.rmtree(data / "train" / "stripes"), shutil.rmtree(data / "test" / "stripes")
     for split in ("train", "test"):
         (data / split / "square").rename(data / split / "box")
-    trained, _ = _train_from(pipeline_run, data, tmp_path, init_from=result.run_id, epochs=1)
+    trained, _ = _train_from(pipeline_run, data, tmp_path, init_from=result.run_id, epochs=1, batch_size=4)
     payload = torch_load(trained.checkpoint)
     assert payload["classes"] == ["box", "circle"] and payload["config"]["init_from"] == result.run_id
 

@@ -346,3 +346,27 @@ def test_same_study_name_with_another_space_is_refused(study_run) -> None:
     other.write_text("train.lr: {low: 0.01, high: 0.1}\n")
     with pytest.raises(ConfigError, match=r"study 'toy' in .* was started with another profile"):
         tune_study(trials=1, **(kwargs | {"space": str(other)}))
+
+
+def test_the_space_is_fitted_to_the_training_split() -> None:
+    """The pipeline refuses a batch larger than the training split, so a study on a small
+    dataset must not choose one: the default space (128, 256, 512) on 42 images used to write a
+    profile that `auditflow run` then refused."""
+    from auditflow.core.config import load_config
+    from auditflow.models.tuning import fit_space_to_data
+
+    base = load_config("tutorial").model_dump(mode="json")
+    default = load_space(None)
+    fitted = fit_space_to_data(base, default, 300)
+    assert fitted.params["train.batch_size"].choices == (128, 256)
+    assert {k: v for k, v in fitted.params.items() if k != "train.batch_size"} == {
+        k: v for k, v in default.params.items() if k != "train.batch_size"
+    }
+    assert fit_space_to_data(base, default, 1000) == default
+    assert fit_space_to_data(base, default, 42).params["train.batch_size"].choices == (5,)  # 8 steps per epoch
+    ranged = parse_space({"train.batch_size": {"low": 8, "high": 512}}, "ranged")
+    assert fit_space_to_data(base, ranged, 42).params["train.batch_size"].high == 42
+    no_batch = parse_space({"train.lr": {"low": 0.01, "high": 0.1}}, "lr only")
+    assert fit_space_to_data(base, no_batch, 42) == no_batch  # the tutorial's batch of 4 fits
+    with pytest.raises(ConfigError, match=r"^train.batch_size=256 is larger than the training split \(42 images\)"):
+        fit_space_to_data(load_config("quick").model_dump(mode="json"), no_batch, 42)
