@@ -5,10 +5,12 @@ reference models of the privacy audit trained inside it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,19 +51,24 @@ def _post(url: str, body: dict) -> list | dict:
 
 
 def _finished_parent(workdir: Path) -> tuple[Tracker, object] | None:
-    """The first pipeline (parent) run in `workdir`'s store that ended, or None."""
+    """The first pipeline (parent) run in `workdir`'s store that ended, or None. Polled with
+    plain read-only SQL: an MLflow client opened while the served run still creates the store
+    would run MLflow's migrations beside it (seen: "table spans already exists")."""
     db = workdir / "mlflow.db"
     if not db.is_file():
         return None
-    tracker = Tracker(f"sqlite:///{db}")
-    experiment = tracker.client.get_experiment_by_name("auditflow")
-    if experiment is None:
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+            ended = conn.execute(
+                "SELECT run_uuid FROM runs r WHERE status != 'RUNNING' AND NOT EXISTS "
+                "(SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId')"
+            ).fetchall()
+    except sqlite3.Error:
+        return None  # being created
+    if not ended:
         return None
-    parents = tracker.client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.status != 'RUNNING'", max_results=50
-    )
-    parents = [r for r in parents if "mlflow.parentRunId" not in r.data.tags]
-    return (tracker, parents[0]) if parents else None
+    tracker = Tracker(f"sqlite:///{db}")
+    return tracker, tracker.get_run(ended[0][0])
 
 
 @pytest.mark.slow
