@@ -29,6 +29,12 @@ os.environ.setdefault(
 CLASSES = ("circle", "square", "stripes")
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's `auditflow` subprocess gets: this one without the test
+    session's Prefect API and MLflow store, plus `extra`."""
+    return {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")} | extra
+
+
 def _image(cls: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """A learnable toy image: each class has its own colour and pattern, plus noise."""
     img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)

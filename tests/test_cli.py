@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import user_env
 from test_flow import STAGES, TINY
 
 from auditflow.core.tracking import Tracker
@@ -28,7 +29,7 @@ SETS = [arg for override in TINY for arg in ("--set", override)]
 
 def auditflow(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     """Run the installed entry point as a user would; stdout and stderr together."""
-    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    base = user_env()
     return subprocess.run(
         [AUDITFLOW, *args],
         env=base | (env or {}) | {"COLUMNS": "80"},

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import make_image_folder, user_env
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from PIL import Image
 from test_flow import TINY
@@ -148,7 +148,7 @@ def test_a_zip_of_utf8_names_without_the_flag_keeps_its_class_names(tmp_path: Pa
 
 def test_a_tar_with_a_non_utf8_class_is_one_line_from_the_cli(tmp_path: Path) -> None:
     archive = _archive_with_class_named(tmp_path, "tar", b"c\xa0\xfe")
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env = user_env()
     done = subprocess.run(
         [str(Path(sys.executable).with_name("auditflow")), "run", "--data", str(archive), "--workdir", str(tmp_path)],
         capture_output=True,
@@ -755,7 +755,7 @@ def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_pat
     shutil, naming no path and with no `error:` line (the store stayed consistent)."""
     data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
     work = tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env = user_env()
     done = subprocess.run(
         [sys.executable, "-c", FULL_DISK, "run", "--data", str(data), "--workdir", str(work), *TINY_SETS],
         capture_output=True,
@@ -779,7 +779,7 @@ def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_pat
 def test_a_batch_larger_than_the_split_stops_the_run_in_one_line(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
     sets = [a for o in [*TINY, "train.batch_size=100000"] for a in ("--set", o)]
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env = user_env()
     cli = str(Path(sys.executable).with_name("auditflow"))
     work = tmp_path / "work"
     done = subprocess.run(

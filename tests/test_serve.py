@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import user_env
 
 from auditflow.core.tracking import Tracker
 
@@ -76,7 +77,7 @@ def test_a_served_cron_run_finishes_with_every_stage(image_folder: Path, tmp_pat
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     workdir = tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env = user_env()
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     args = ["serve", "--cron", "* * * * *", "--port", str(port), "--profile", "tutorial"]
     args += ["--data", str(image_folder), "--workdir", str(workdir), "--name", "minutely-test"]
