@@ -541,7 +541,7 @@ def bench_train_cmd(
     from dataclasses import asdict
 
     from auditflow.core.data import ingest
-    from auditflow.models.benchtrain import bench_train, compare_to_baseline, summarise
+    from auditflow.models.training.benchtrain import bench_train, compare_to_baseline, summarise
 
     try:
         cfg = load_config(profile, overrides or [])
@@ -687,7 +687,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna (TPE, pruning), every trial a Prefect task and an MLflow
     run, and write the chosen configuration as a profile YAML for `auditflow run --profile`."""
-    from auditflow.models.tuning import load_space, plan_study
+    from auditflow.models.tuning.space import load_space, plan_study
 
     try:
         cfg = load_config(profile, overrides or [])

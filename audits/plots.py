@@ -186,7 +186,7 @@ def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
 
 def reliability_figure(before: dict, after: dict, temperature: float) -> Figure:
     """Reliability diagram: accuracy against mean confidence per confidence bin, before and
-    after temperature scaling (dicts of `models.calibration.Reliability`); the diagonal is
+    after temperature scaling (dicts of `models.evaluation.calibration.Reliability`); the diagonal is
     perfect calibration, bars below it are overconfident."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
     for ax, bins, title in ((left, before, "as trained (T = 1)"), (right, after, f"temperature T = {temperature:.2f}")):

@@ -7,7 +7,7 @@ import time
 from prefect import flow
 
 from auditflow.core.config import load_config
-from auditflow.models.benchtrain import TrainBench
+from auditflow.models.training.benchtrain import TrainBench
 from auditflow.tasks.ingest import ingest_data
 from auditflow.tasks.run import close_run, open_run
 from auditflow.tasks.train import train_model

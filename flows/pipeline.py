@@ -13,7 +13,7 @@ from prefect import flow
 
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
 from auditflow.flows.runners import task_runner
-from auditflow.models.evaluation import load_predictions
+from auditflow.models.evaluation.metrics import load_predictions
 from auditflow.tasks.audit import fairness_audit, privacy_audit
 from auditflow.tasks.evaluate import evaluate_model
 from auditflow.tasks.export import benchmark_model, export_model

@@ -19,8 +19,8 @@ from auditflow.core.data import ingest, make_splits
 from auditflow.core.errors import ConfigError
 from auditflow.core.paths import cache_dir
 from auditflow.core.tracking import TrackingRef
-from auditflow.models.study import StudyDriver, TrialSpec
-from auditflow.models.tuning import load_space, plan_study
+from auditflow.models.tuning.space import load_space, plan_study
+from auditflow.models.tuning.study import StudyDriver, TrialSpec
 from auditflow.tasks.ingest import ingest_data
 from auditflow.tasks.run import close_run
 from auditflow.tasks.tune import StudySummary, TrialOutcome, open_study_run, run_trial, summarise_study

@@ -28,10 +28,10 @@ import numpy as np
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
-from auditflow.models.checkpoints import load_model
-from auditflow.models.inference import audit_logits, query_logits
-from auditflow.models.runtime import Runtime
-from auditflow.models.training import fit
+from auditflow.models.evaluation.inference import audit_logits, query_logits
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.fit import fit
+from auditflow.models.training.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from auditflow.core.config import DataConfig, FairnessConfig, PrivacyConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import ConfigError
 from auditflow.core.tracking import Tracker, TrackingRef, metric_key
-from auditflow.models.evaluation import load_predictions
+from auditflow.models.evaluation.metrics import load_predictions
 from auditflow.models.references import ReferenceOutcome
 from auditflow.tasks.references import References
 
@@ -197,7 +197,7 @@ def fairness_audit(
                 else None,
             ),
         ]
-        tracker.publish(ref, run, "fairness", checks, headline)
+        tracker.publish_checks(ref, run, "fairness", checks, headline)
         run.log_summary(
             "fairness",
             asdict(result)
@@ -567,7 +567,7 @@ def privacy_audit(
                 else "no class's interval lies above the limit",
             ),
         ]
-        tracker.publish(ref, run, "privacy", checks, headline)
+        tracker.publish_checks(ref, run, "privacy", checks, headline)
         run.log_summary(
             "privacy",
             {

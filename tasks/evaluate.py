@@ -24,11 +24,11 @@ from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.paths import run_dir
 from auditflow.core.stats import wilson_interval
 from auditflow.core.tracking import Tracker, TrackingRef, metric_key
-from auditflow.models.calibration import calibrate
-from auditflow.models.checkpoints import load_model
-from auditflow.models.evaluation import check_learning, evaluate
-from auditflow.models.inference import audit_logits, predict, query_logits
-from auditflow.models.runtime import resolve_runtime
+from auditflow.models.evaluation.calibration import calibrate
+from auditflow.models.evaluation.inference import audit_logits, predict, query_logits
+from auditflow.models.evaluation.metrics import check_learning, evaluate
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.runtime import resolve_runtime
 
 DESCRIPTION = (
     "Evaluate: test accuracy with and without test-time augmentation (the shipped ONNX model has none), "
@@ -232,7 +232,7 @@ def evaluate_model(
                 f"{calibration.temperature:.3f} ({calibration.fitted_on})",
             ),
         ]
-        tracker.publish(ref, run, "evaluate", checks, headline)
+        tracker.publish_checks(ref, run, "evaluate", checks, headline)
         run.log_summary(
             "evaluate",
             {

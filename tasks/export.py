@@ -21,9 +21,8 @@ from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import DataError, ModelError, TrackingError
 from auditflow.core.paths import cache_dir, run_dir
 from auditflow.core.tracking import Tracker, TrackingRef
-from auditflow.models.benchmark import benchmark, describe_device, recommend
-from auditflow.models.checkpoints import load_model
-from auditflow.models.export import (
+from auditflow.models.export.benchmark import benchmark, describe_device, recommend
+from auditflow.models.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     check_parity,
@@ -31,9 +30,10 @@ from auditflow.models.export import (
     onnx_session,
     torch_logits,
 )
-from auditflow.models.presets import to_input
-from auditflow.models.quantize import calibration_sample
-from auditflow.models.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
+from auditflow.models.export.quantize import calibration_sample
+from auditflow.models.export.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.presets import to_input
 
 LATENCY_TABLE = "benchmark/latency.json"
 EXPORT_DESCRIPTION = (
@@ -156,7 +156,7 @@ def export_model(
             for c in checks
         ]
         headline = {k: v for k, v in per_variant.items() if k.endswith(("drop_points", "agreement"))}
-        tracker.publish(ref, run, "export", shipping, _finite(headline | parity_metrics))
+        tracker.publish_checks(ref, run, "export", shipping, _finite(headline | parity_metrics))
         run.log_summary(
             "export",
             {

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.paths import cache_dir
-from auditflow.models.evaluation import load_predictions
+from auditflow.models.evaluation.metrics import load_predictions
 from auditflow.models.references import (
     ReferenceOutcome,
     ReferencePlan,
@@ -28,7 +28,7 @@ from auditflow.models.references import (
     reference_recipe,
     train_reference,
 )
-from auditflow.models.runtime import resolve_runtime
+from auditflow.models.training.runtime import resolve_runtime
 from auditflow.tasks.train import exclusive
 
 ATTACK_NAMES = {"rmia": "RMIA", "lira": "LiRA"}

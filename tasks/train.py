@@ -21,11 +21,11 @@ from auditflow.core.data import Snapshot, Splits, make_splits
 from auditflow.core.errors import ConfigError, ModelError
 from auditflow.core.paths import cache_dir, run_dir, trained_dir
 from auditflow.core.tracking import DeferredMetrics, Tracker, TrackingRef, class_keys
-from auditflow.models.checkpoints import load_model, read_checkpoint
-from auditflow.models.distributed import launch
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.speed import device_peak, speed_metrics
-from auditflow.models.training import EpochStats, FitResult, check_batch_size, fit
+from auditflow.models.training.checkpoints import load_model, read_checkpoint
+from auditflow.models.training.distributed import launch
+from auditflow.models.training.fit import EpochStats, FitResult, check_batch_size, fit
+from auditflow.models.training.runtime import resolve_runtime
+from auditflow.models.training.speed import device_peak, speed_metrics
 from auditflow.tasks.run import retry_on_outage
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,17 @@ from auditflow.core.tracking import (
     resolve_tracking_uri,
 )
 from auditflow.core.tracking.studies import resume_study_run, tuned_profile_name
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.study import (
+from auditflow.models.training.fit import EpochStats
+from auditflow.models.training.runtime import resolve_runtime
+from auditflow.models.tuning.space import (
+    StudyPlan,
+    choose_trial,
+    pareto_front,
+    trial_config,
+    trial_results,
+    tuned_profile,
+)
+from auditflow.models.tuning.study import (
     TrialScores,
     TrialSpec,
     attach_trial,
@@ -35,8 +44,6 @@ from auditflow.models.study import (
     pruning_callback,
     score_trial,
 )
-from auditflow.models.training import EpochStats
-from auditflow.models.tuning import StudyPlan, choose_trial, pareto_front, trial_config, trial_results, tuned_profile
 from auditflow.tasks.train import epoch_metrics
 
 

@@ -132,7 +132,7 @@ def compiled_ema_run(splits, runtime, checkpoint_dir: Path):
     """The GPU test's training case (compile + EMA + TTA), on whatever `runtime` is given, so
     the CPU suite runs the same EMA path that the GPU test does."""
     from auditflow.core.config import TrainConfig
-    from auditflow.models.training import fit
+    from auditflow.models.training.fit import fit
 
     precision = "bf16" if runtime.autocast_dtype is not None else "fp32"
     cfg = TrainConfig(

@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from auditflow.core.config import BenchmarkConfig, ExportConfig
-from auditflow.models import benchmark as bench
-from auditflow.models.benchmark import BenchRow, benchmark, recommend, time_calls
-from auditflow.models.presets import to_input
-from auditflow.models.registry import build_model, prepare_from_data
-from auditflow.models.variants import build_variants
+from auditflow.models.export import benchmark as bench
+from auditflow.models.export.benchmark import BenchRow, benchmark, recommend, time_calls
+from auditflow.models.export.variants import build_variants
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.registry import build_model, prepare_from_data
 
 FAST = {"warmup": 1, "min_repeats": 3, "min_seconds": 0.0, "max_seconds": 0.3}
 CPU_BACKENDS = ("torch-eager", "onnx-fp32", "onnx-int8")
@@ -212,7 +212,7 @@ def test_bench_past_run_logs_both_stages_to_that_run_and_the_report_shows_them(
     from auditflow.core.data import ingest, make_splits
     from auditflow.core.paths import cache_dir
     from auditflow.core.tracking import Tracker, open_pipeline_run
-    from auditflow.models.checkpoints import checkpoint_payload, save_checkpoint
+    from auditflow.models.training.checkpoints import checkpoint_payload, save_checkpoint
     from auditflow.tasks.export import bench_past_run
 
     ref = open_pipeline_run(PipelineConfig(), tmp_path, "past", {})

@@ -84,7 +84,7 @@ def test_flat_params_cover_every_field() -> None:
 
 
 def test_model_names_match_registry() -> None:
-    from auditflow.models.registry import REGISTRY
+    from auditflow.models.training.registry import REGISTRY
 
     assert tuple(REGISTRY) == MODEL_NAMES
 

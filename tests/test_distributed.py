@@ -10,8 +10,8 @@ from conftest import at_least
 
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import ingest
-from auditflow.models.checkpoints import load_model
-from auditflow.models.distributed import launch
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.distributed import launch
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from conftest import _image
 
 from auditflow.core.config import ExportConfig
 from auditflow.core.errors import ModelError
-from auditflow.models.export import (
+from auditflow.models.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     check_parity,
@@ -21,9 +21,9 @@ from auditflow.models.export import (
     onnx_session,
     torch_logits,
 )
-from auditflow.models.presets import to_input
-from auditflow.models.registry import build_model, prepare_from_data
-from auditflow.models.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
+from auditflow.models.export.variants import MANIFEST, build_variants, check_variant, read_manifest, write_manifest
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.registry import build_model, prepare_from_data
 
 
 def toy_model_and_images(n: int = 60, steps: int = 10) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
@@ -189,8 +189,8 @@ def _with_bn_stats(model: torch.nn.Module, seed: int, negative_in: str | None = 
 
 
 def test_folding_keeps_the_function_and_removes_normalisation_and_pool_batchnorms(tmp_path: Path) -> None:
-    from auditflow.models.export import export_onnx, optimize_onnx
-    from auditflow.models.fusion import fold_for_inference
+    from auditflow.models.export.fusion import fold_for_inference
+    from auditflow.models.export.onnx import export_onnx, optimize_onnx
 
     model, images, _ = toy_model_and_images(steps=2)
     model = _with_bn_stats(model, 0)
@@ -211,7 +211,7 @@ def test_folding_keeps_the_function_and_removes_normalisation_and_pool_batchnorm
 
 def test_a_group_with_a_negative_batchnorm_scale_is_not_folded() -> None:
     """max(a y + b) = a max(y) + b only for a > 0: a group with a negative scale keeps its BatchNorm."""
-    from auditflow.models.fusion import fold_for_inference
+    from auditflow.models.export.fusion import fold_for_inference
 
     model, images, _ = toy_model_and_images(steps=2)
     model = _with_bn_stats(model, 1, negative_in="1.groups.1.bn1")
@@ -224,7 +224,7 @@ def test_a_group_with_a_negative_batchnorm_scale_is_not_folded() -> None:
 
 
 def test_integer_gelu_replaces_every_float_gelu_and_keeps_the_answers(variants, tmp_path: Path) -> None:
-    from auditflow.models.quantize import gelu_as_int8_ops
+    from auditflow.models.export.quantize import gelu_as_int8_ops
 
     model, images, labels, _, _ = variants
     cfg = ExportConfig(variants=("fp32", "int8"), int8_gelu="float")

@@ -176,8 +176,8 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(image_folder: Path, 
     from auditflow.core.config import TrainConfig
     from auditflow.core.data import make_splits
     from auditflow.core.errors import ModelError
-    from auditflow.models.runtime import resolve_runtime
-    from auditflow.models.training import fit
+    from auditflow.models.training.fit import fit
+    from auditflow.models.training.runtime import resolve_runtime
 
     splits = make_splits(ingest(str(image_folder), DataConfig(), tmp_path / "cache"), DataConfig(val_fraction=0.25))
     cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=1e30, precision="fp32", device="cpu")
@@ -472,7 +472,7 @@ def _flaky_epoch_logging(monkeypatch: pytest.MonkeyPatch, fail: Callable[[int, i
 
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    import auditflow.models.training as training
+    import auditflow.models.training.fit as training
 
     def trained(*args, **kwargs):
         raise AssertionError("an epoch was trained again")

@@ -337,8 +337,8 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     from auditflow.core.data import Snapshot, make_splits
     from auditflow.core.paths import cache_dir
     from auditflow.core.tracking import open_pipeline_run
-    from auditflow.models.runtime import resolve_runtime
-    from auditflow.models.training import fit
+    from auditflow.models.training.fit import fit
+    from auditflow.models.training.runtime import resolve_runtime
     from auditflow.tasks.ingest import ingest_data
     from auditflow.tasks.train import resume_key, train_model
 
@@ -382,9 +382,9 @@ def test_privacy_members_are_training_images_and_non_members_test_images(pipelin
     from auditflow.core.config import DataConfig
     from auditflow.core.data import Snapshot, make_splits
     from auditflow.core.paths import run_dir
-    from auditflow.models.checkpoints import load_model
-    from auditflow.models.inference import predict
-    from auditflow.models.runtime import resolve_runtime
+    from auditflow.models.evaluation.inference import predict
+    from auditflow.models.training.checkpoints import load_model
+    from auditflow.models.training.runtime import resolve_runtime
 
     result, workdir = pipeline_run
     record = Tracker(result.tracking_uri).load_run(result.run_id)

@@ -25,7 +25,7 @@ def splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_compiled_bf16_training_on_cuda(splits, tmp_path: Path) -> None:
     from conftest import compiled_ema_run
 
-    from auditflow.models.runtime import resolve_runtime
+    from auditflow.models.training.runtime import resolve_runtime
 
     result = compiled_ema_run(splits, resolve_runtime("auto"), tmp_path)
     # the CPU twin: tests/test_training_small.py::test_compiled_ema_run_learns_on_cpu
@@ -34,8 +34,8 @@ def test_compiled_bf16_training_on_cuda(splits, tmp_path: Path) -> None:
 
 
 def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
-    from auditflow.models.runtime import resolve_runtime
-    from auditflow.models.speed import GPU_BF16_PEAK, device_peak
+    from auditflow.models.training.runtime import resolve_runtime
+    from auditflow.models.training.speed import GPU_BF16_PEAK, device_peak
 
     peak = device_peak(resolve_runtime("auto"))
     name = torch.cuda.get_device_name()
@@ -50,7 +50,7 @@ def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
-    from auditflow.models.distributed import launch
+    from auditflow.models.training.distributed import launch
 
     snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
     cfg = TrainConfig(width=8, epochs=2, batch_size=8, lr=0.05, world_size=2)

@@ -108,5 +108,6 @@ def test_install_beside_models_and_tasks_distributions(tmp_path: Path, image_fol
     # Uninstalling a stand-in removes only its own files.
     _run([*pip, "uninstall", "--yes", "standin-models"])
     _run(
-        [py, "-c", "import auditflow.models.training, auditflow.tasks.train, tasks; print(tasks.ORIGIN)"], cwd=tmp_path
+        [py, "-c", "import auditflow.models.training.fit, auditflow.tasks.train, tasks; print(tasks.ORIGIN)"],
+        cwd=tmp_path,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auditflow.models.evaluation import evaluate, expected_calibration_error
+from auditflow.models.evaluation.metrics import evaluate, expected_calibration_error
 
 CLASSES = ("a", "b", "c")
 

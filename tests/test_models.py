@@ -11,12 +11,12 @@ from torch import nn
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.errors import ConfigError, ModelError
-from auditflow.models.checkpoints import load_model
-from auditflow.models.inference import predict
-from auditflow.models.presets import augment, to_input
-from auditflow.models.registry import FastNet, TutorialNet, build_model
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.training import fit
+from auditflow.models.evaluation.inference import predict
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.fit import fit
+from auditflow.models.training.presets import augment, to_input
+from auditflow.models.training.registry import FastNet, TutorialNet, build_model
+from auditflow.models.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
 
@@ -194,7 +194,7 @@ def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
 
 
 def test_distillation_loss_is_zero_only_when_matching_the_teacher() -> None:
-    from auditflow.models.transfer import distillation_loss
+    from auditflow.models.training.transfer import distillation_loss
 
     logits = torch.randn(5, 4)
     assert distillation_loss(logits, logits, 4.0).abs().item() < 1e-6
@@ -214,7 +214,7 @@ def test_fit_with_teacher_and_init_state(splits, tmp_path: Path) -> None:
 
 
 def test_load_matching_keeps_the_new_classifier_fresh() -> None:
-    from auditflow.models.transfer import load_matching
+    from auditflow.models.training.transfer import load_matching
 
     source = build_model("fastnet", 10, width=8).state_dict()
     target = build_model("fastnet", 3, width=8)
@@ -224,7 +224,7 @@ def test_load_matching_keeps_the_new_classifier_fresh() -> None:
 
 
 def test_flop_count_of_the_tutorial_net() -> None:
-    from auditflow.models.speed import train_flops_per_image
+    from auditflow.models.training.speed import train_flops_per_image
 
     # forward multiply-adds of the tutorial Net: conv1 28*28*6*75, conv2 10*10*16*150, fc 400*120+120*84+84*10
     conv1 = 28 * 28 * 6 * 75
@@ -251,7 +251,7 @@ def test_translate_tta_weights_shifted_views() -> None:
 
 @pytest.mark.slow
 def test_warm_up_compiles_times_steps_and_restores_everything(splits) -> None:
-    from auditflow.models.training import OPTIMIZERS, _param_groups, warm_up
+    from auditflow.models.training.fit import OPTIMIZERS, _param_groups, warm_up
 
     base = build_model("fastnet", 3, width=8)
     cfg = tiny(compile=True)
@@ -267,7 +267,7 @@ def test_warm_up_compiles_times_steps_and_restores_everything(splits) -> None:
 
 
 def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    from auditflow.models.training import OPTIMIZERS, _param_groups, warm_up
+    from auditflow.models.training.fit import OPTIMIZERS, _param_groups, warm_up
 
     def broken(model):
         def call(*args, **kwargs):
@@ -307,14 +307,14 @@ def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) ->
     ],
 )
 def test_lr_schedule_values(schedule: str, expected: dict[int, float]) -> None:
-    from auditflow.models.training import _schedule
+    from auditflow.models.training.fit import _schedule
 
     f = _schedule(tiny(schedule=schedule, warmup_fraction=0.2), total_steps=100)
     assert {step: f(step) for step in expected} == pytest.approx(expected)
 
 
 def test_random_crops_are_windows_of_the_padded_image_at_every_offset() -> None:
-    from auditflow.models.presets import augment
+    from auditflow.models.training.presets import augment
 
     n, p, h = 400, 2, 6
     # every pixel holds its own coordinates, so a crop reveals its offset
@@ -335,7 +335,7 @@ def test_random_crops_are_windows_of_the_padded_image_at_every_offset() -> None:
 
 
 def test_flips_mirror_about_half_of_the_batch() -> None:
-    from auditflow.models.presets import augment
+    from auditflow.models.training.presets import augment
 
     batch = torch.arange(8, dtype=torch.float32).reshape(1, 1, 1, 8).repeat(1000, 1, 1, 1)
     out = augment(batch, flip=True, crop_padding=0, generator=torch.Generator().manual_seed(0))

@@ -14,14 +14,15 @@ from torch import nn
 from auditflow.core.config import DPConfig, TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ModelError
-from auditflow.models import loop, training
-from auditflow.models.checkpoints import load_model, read_checkpoint, state_digest
-from auditflow.models.inference import predict
-from auditflow.models.presets import to_input
-from auditflow.models.private import make_compatible, make_private, steps_per_epoch
-from auditflow.models.registry import build_model, prepare_from_data
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.training import fit
+from auditflow.models.evaluation.inference import predict
+from auditflow.models.training import fit as training
+from auditflow.models.training import loop
+from auditflow.models.training.checkpoints import load_model, read_checkpoint, state_digest
+from auditflow.models.training.fit import fit
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.private import make_compatible, make_private, steps_per_epoch
+from auditflow.models.training.registry import build_model, prepare_from_data
+from auditflow.models.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
 

@@ -10,7 +10,7 @@ import pytest
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.models.references import estimate_seconds, plan_references, reference_recipe, train_reference
-from auditflow.models.runtime import resolve_runtime
+from auditflow.models.training.runtime import resolve_runtime
 
 RECIPE = TrainConfig(
     model="fastnet", width=8, epochs=1, batch_size=16, lr=0.05, compile=False, precision="fp32", val_subset=None
@@ -87,9 +87,9 @@ def test_query_views_are_the_plain_image_its_mirror_and_reflect_padded_shifts() 
     import torch
     import torch.nn.functional as F
 
-    from auditflow.models.inference import QUERY_SHIFTS, predict, query_logits
-    from auditflow.models.presets import to_input
-    from auditflow.models.registry import build_model
+    from auditflow.models.evaluation.inference import QUERY_SHIFTS, predict, query_logits
+    from auditflow.models.training.presets import to_input
+    from auditflow.models.training.registry import build_model
 
     torch.manual_seed(0)
     model = build_model("fastnet", 3, width=8).eval()

@@ -109,7 +109,7 @@ def test_duplicate_check_finds_exact_and_near_copies() -> None:
 
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
-    from auditflow.models.calibration import calibrate, fit_temperature
+    from auditflow.models.evaluation.calibration import calibrate, fit_temperature
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2, (4000, 5))

@@ -109,6 +109,7 @@ def test_experiment_opens_in_the_model_training_view_and_links_say_so(tmp_path: 
 
 def test_publish_copies_verdicts_and_headline_to_the_parent(tmp_path: Path) -> None:
     from auditflow.core.checks import Check
+    from auditflow.core.stage import StageReport
 
     ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
     tracker = Tracker(ref.uri)
@@ -120,11 +121,30 @@ def test_publish_copies_verdicts_and_headline_to_the_parent(tmp_path: Path) -> N
             "fairness/worst", "fairness", "Worst", "worst ≥ 0.5", "fairness", "fairness/worst", 0.6, 0.5, "pass", "#f"
         ),
     ]
+    report = StageReport(
+        stage="fairness",
+        metrics={"fairness/worst": 0.6, "fairness/skipped": float("nan")},
+        headline={"fairness/recall_gap": 0.4},
+        params={"fairness.max_recall_gap": 0.3},
+        tags={"fairness/method": "simultaneous"},
+        parent_tags={"fairness/method": "simultaneous"},
+        checks=tuple(checks),
+        tables={"fairness/rows.json": [{"class": "a", "recall": 0.5}]},
+        documents={"fairness/doc.json": {"a": 1}},
+        summary={"verdict": "fail"},
+    )
     with tracker.stage(ref, "fairness", "a stage") as run:
-        run.log_metrics({"fairness/recall_gap": 0.4})
-        assert tracker.publish(ref, run, "fairness", checks, {"fairness/recall_gap": 0.4}) == {"fairness": "fail"}
+        assert tracker.publish(ref, run, report) == {"fairness": "fail"}
     record = tracker.load_run(ref.run_id)
     assert record.tags["verdict/fairness"] == "fail" and record.metrics["fairness/recall_gap"] == 0.4
+    assert "fairness/worst" not in record.metrics, "only the headline goes to the parent"
+    assert record.stage_metrics["fairness"] == {"fairness/worst": 0.6, "fairness/recall_gap": 0.4}, "NaN is dropped"
     assert record.stage_tags["fairness"]["verdict/fairness"] == "fail"
+    assert record.stage_tags["fairness"]["fairness/method"] == record.tags["fairness/method"] == "simultaneous"
     assert [c["key"] for c in record.checks["fairness"]] == ["fairness/gap", "fairness/worst"]
+    assert record.summaries["fairness"] == {"verdict": "fail"}
+    child = tracker.client.get_run(record.stage_run_ids["fairness"])
+    assert child.data.params == {"fairness.max_recall_gap": "0.3"}
+    logged = {a.path for a in tracker.client.list_artifacts(child.info.run_id, "fairness")}
+    assert {"fairness/rows.json", "fairness/doc.json", "fairness/checks.json", "fairness/summary.json"} <= logged
     assert record.stage_tags["fairness"]["mlflow.note.content"] == "a stage"

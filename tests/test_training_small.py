@@ -13,13 +13,13 @@ from conftest import at_least, compiled_ema_run
 from auditflow.core.config import DataConfig, TrainConfig, load_config
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.errors import ModelError
-from auditflow.models.averaging import WarmupEMA, make_ema, update_ema, warmup_decay
-from auditflow.models.budget import plan_epochs
-from auditflow.models.checkpoints import load_model, read_checkpoint
-from auditflow.models.evaluation import check_learning
-from auditflow.models.inference import predict
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.training import fit
+from auditflow.models.evaluation.inference import predict
+from auditflow.models.evaluation.metrics import check_learning
+from auditflow.models.training.averaging import WarmupEMA, make_ema, update_ema, warmup_decay
+from auditflow.models.training.budget import plan_epochs
+from auditflow.models.training.checkpoints import load_model, read_checkpoint
+from auditflow.models.training.fit import fit
+from auditflow.models.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
 
@@ -122,7 +122,7 @@ def test_plan_fits_the_budget_and_never_exceeds_the_maximum() -> None:
 
 
 def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_splits, tmp_path: Path, caplog) -> None:
-    caplog.set_level("INFO", logger="auditflow.models.training")
+    caplog.set_level("INFO", logger="auditflow.models.training.fit")
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=50, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=1e-3
     )
@@ -208,7 +208,7 @@ def test_a_junk_resume_checkpoint_is_discarded_with_a_warning(toy_splits, tmp_pa
 
 
 def test_the_first_epoch_replans_a_wrong_warm_up_estimate() -> None:
-    from auditflow.models.budget import replan
+    from auditflow.models.training.budget import replan
 
     first = plan_epochs(13, 100.0, step_seconds=1.0, steps_per_epoch=100, val_seconds=0.0, val_every=1)
     assert first.epochs == 1  # a busy machine made the throwaway steps 10x too slow
@@ -222,7 +222,7 @@ def test_the_first_epoch_replans_a_wrong_warm_up_estimate() -> None:
 def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The warm-up estimate is forced far too high; after epoch 1 the budget allows all 3
     epochs, and the LR schedule must still run down to zero at the new end."""
-    import auditflow.models.training as training
+    import auditflow.models.training.fit as training
 
     real = training.warm_up
     monkeypatch.setattr(training, "warm_up", lambda *a, **k: (*real(*a, **k)[:2], 1e3))
@@ -238,7 +238,7 @@ def test_a_batch_larger_than_the_training_split_is_refused_naming_the_split() ->
     """Issue 18: `--set train.batch_size=100000` trained one partial step per epoch, silently
     (an epoch of 0.0 s); only the did-not-learn check noticed."""
     from auditflow.core.errors import ConfigError
-    from auditflow.models.training import check_batch_size
+    from auditflow.models.training.fit import check_batch_size
 
     check_batch_size(256, 256)  # exactly one full batch is allowed
     with pytest.raises(

@@ -17,9 +17,9 @@ from auditflow.core.config import load_config
 from auditflow.core.errors import AuditflowError, ConfigError
 from auditflow.core.tracking import STAGE_TAG, Tracker, TrackingRef
 from auditflow.core.tracking.studies import study_summary, trial_runs
-from auditflow.models.study import make_pruner, pruning_callback
-from auditflow.models.training import EpochStats
-from auditflow.models.tuning import TrialResult, choose_trial, load_space, pareto_front, parse_space, plan_study
+from auditflow.models.training.fit import EpochStats
+from auditflow.models.tuning.space import TrialResult, choose_trial, load_space, pareto_front, parse_space, plan_study
+from auditflow.models.tuning.study import make_pruner, pruning_callback
 
 runner = CliRunner()
 TINY = [
@@ -353,7 +353,7 @@ def test_the_space_is_fitted_to_the_training_split() -> None:
     dataset must not choose one: the default space (128, 256, 512) on 42 images used to write a
     profile that `auditflow run` then refused."""
     from auditflow.core.config import load_config
-    from auditflow.models.tuning import fit_space_to_data
+    from auditflow.models.tuning.space import fit_space_to_data
 
     base = load_config("tutorial").model_dump(mode="json")
     default = load_space(None)

@@ -24,12 +24,10 @@ here, so callers import from `auditflow.core.tracking` alone.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import tempfile
 import time
@@ -43,7 +41,10 @@ from auditflow.core.checks import Check
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
 from auditflow.core.files import SQLITE_MAGIC as SQLITE_MAGIC
+from auditflow.core.names import MAX_PART as MAX_PART
+from auditflow.core.names import metric_key as metric_key
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
+from auditflow.core.stage import StageReport
 from auditflow.core.tracking.health import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S
 from auditflow.core.tracking.health import _first_line, _is_store_error
 from auditflow.core.tracking.health import preflight as preflight
@@ -72,26 +73,9 @@ DEFAULT_UI = "http://127.0.0.1:5000"  # where `auditflow ui` serves a local stor
 # Images the report embeds as they were logged (drawn from data, not from summaries).
 REPORT_IMAGES = ("ingest/examples.png",)
 HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # train/<name>, per epoch
-_UNSAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
-MAX_PART = 80  # characters of one key part: MLflow refuses metric keys over 250 characters
 # Per-epoch metrics that the store refused are retried after these pauses (seconds), then the
 # stage fails naming them; training itself never waits on the store.
 RETRY_DELAYS_S = (2.0, 5.0, 10.0)
-
-
-def metric_key(*parts: str) -> str:
-    """`stage/metric/class/<name>` with every part made a legal MLflow key (letters, digits,
-    `_-. `); other characters become `_`, so class folders like `cat's` still log. A part
-    longer than `MAX_PART` is cut and ends with 6 hex digits of its hash, so a 255-character
-    folder name still fits MLflow's 250 characters and stays distinct."""
-    return "/".join(_safe_part(str(p)) for p in parts)
-
-
-def _safe_part(part: str) -> str:
-    safe = _UNSAFE.sub("_", part)
-    if len(safe) <= MAX_PART:
-        return safe
-    return f"{safe[: MAX_PART - 7]}-{hashlib.sha256(part.encode()).hexdigest()[:6]}"
 
 
 def class_keys(classes: tuple[str, ...] | list[str]) -> list[str]:
@@ -270,11 +254,48 @@ class Tracker:
             raise
         self.end_run(run.run_id)
 
-    def publish(
+    def publish(self, ref: TrackingRef, run: RunLogger, report: StageReport) -> dict[str, str]:
+        """Log everything a stage found on its run `run`: params, metrics, tags, tables,
+        documents, figures, files, checks (with `verdict/<group>` tags) and the summary; copy
+        the verdicts, the headline metrics and `report.parent_tags` to the parent run, where the
+        runs table compares pipeline runs. Returns the verdicts (group -> status)."""
+        if report.params:
+            run.log_params(dict(report.params))
+        metrics = report.finite_metrics()
+        if metrics:
+            run.log_metrics(metrics)
+        if report.tags:
+            run.set_tags(dict(report.tags))
+        for name, rows in report.tables.items():
+            if rows:
+                run.log_rows(rows, name)
+        for name, columns in report.columns.items():
+            run.log_table(columns, name)
+        for name, document in report.documents.items():
+            run.log_dict(document, name)
+        for name, text in report.texts.items():
+            run.log_text(text, name)
+        for name, figure in report.figures.items():
+            run.log_figure(figure, name)
+        for path, folder in report.files:
+            run.log_artifact(path, folder)
+        found = run.log_checks(report.stage, list(report.checks)) if report.checks else {}
+        parent = self.parent(ref)
+        parent_tags = {f"{VERDICT_PREFIX}{group}": status for group, status in found.items()} | dict(report.parent_tags)
+        if parent_tags:
+            parent.set_tags(parent_tags)
+        headline = {k: v for k, v in metrics.items() if k in report.headline}
+        if headline:
+            parent.log_metrics(headline)
+        if report.summary is not None:
+            run.log_summary(report.stage, dict(report.summary))
+        return found
+
+    def publish_checks(
         self, ref: TrackingRef, run: RunLogger, stage: str, checks: list[Check], headline: dict[str, float]
     ) -> dict[str, str]:
         """Log a stage's checks (table + verdict tags) and copy its verdicts and `headline`
-        metrics to the parent run, where the runs table compares pipeline runs; the verdicts."""
+        metrics to the parent run. (Stages not yet returning a `StageReport` use this.)"""
         found = run.log_checks(stage, checks)
         parent = self.parent(ref)
         parent.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})

@@ -16,11 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from auditflow.core.checks import Check, verdicts
-
-NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
-VERDICT_PREFIX = "verdict/"
-SUMMARY = "summary.json"
-CHECKS = "checks.json"
+from auditflow.core.names import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX
 
 
 @contextlib.contextmanager

@@ -34,25 +34,25 @@ from torch.optim.swa_utils import AveragedModel
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ConfigError, ModelError
-from auditflow.models.averaging import WarmupEMA, make_ema
-from auditflow.models.budget import EpochPlan, plan_epochs, replan
-from auditflow.models.checkpoints import (
+from auditflow.models.evaluation.inference import predict
+from auditflow.models.training.averaging import WarmupEMA, make_ema
+from auditflow.models.training.budget import EpochPlan, plan_epochs, replan
+from auditflow.models.training.checkpoints import (
     checkpoint_payload,
     load_model,
     read_checkpoint,
     save_checkpoint,
     state_digest,
 )
-from auditflow.models.inference import predict
-from auditflow.models.loop import epoch_batches, train_one_epoch, warm_up
-from auditflow.models.presets import to_input
-from auditflow.models.registry import build_model, prepare_from_data
-from auditflow.models.runtime import Runtime
-from auditflow.models.speed import train_flops_per_image
-from auditflow.models.transfer import load_matching
+from auditflow.models.training.loop import epoch_batches, train_one_epoch, warm_up
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.registry import build_model, prepare_from_data
+from auditflow.models.training.runtime import Runtime
+from auditflow.models.training.speed import train_flops_per_image
+from auditflow.models.training.transfer import load_matching
 
 if TYPE_CHECKING:  # private.py imports Opacus, which takes seconds: only DP runs load it
-    from auditflow.models.private import PrivateTraining
+    from auditflow.models.training.private import PrivateTraining
 
 __all__ = ["EpochStats", "FitResult", "fit", "load_model", "predict", "train_one_epoch", "warm_up"]
 
@@ -324,7 +324,7 @@ def fit(
     if cfg.dp is None:
         steps_per_epoch = len(epoch_batches(torch.arange(len(splits.train_y)), cfg.batch_size, cfg.drop_last))
     else:
-        from auditflow.models import private as dp_sgd  # imports Opacus (seconds): DP runs only
+        from auditflow.models.training import private as dp_sgd  # imports Opacus (seconds): DP runs only
 
         steps_per_epoch = dp_sgd.steps_per_epoch(len(splits.train_y), cfg.batch_size)
 

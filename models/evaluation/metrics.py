@@ -1,6 +1,6 @@
 """Classification metrics from logits: accuracy, per-class P/R/F1, confusion matrix, ECE.
 
-`evaluate` returns metrics; `models.training.predict` returns the logits they come from.
+`evaluate` returns metrics; `models.evaluation.inference.predict` returns the logits they come from.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def build_model(
     model = factory(num_classes, width, dropout)
     if not dp_compatible:
         return model
-    from auditflow.models.private import make_compatible  # imports Opacus (seconds): DP runs only
+    from auditflow.models.training.private import make_compatible  # imports Opacus (seconds): DP runs only
 
     return make_compatible(model)
 

@@ -18,10 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from auditflow.core.config import TrainConfig
-from auditflow.models.averaging import WarmupEMA, update_ema
-from auditflow.models.presets import augment, to_input
-from auditflow.models.runtime import Runtime
-from auditflow.models.transfer import distillation_loss
+from auditflow.models.training.averaging import WarmupEMA, update_ema
+from auditflow.models.training.presets import augment, to_input
+from auditflow.models.training.runtime import Runtime
+from auditflow.models.training.transfer import distillation_loss
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Optuna is the search engine (TPE; median pruning on the per-epoch validation acc
 `fit` reports) and its RDB storage the study's memory: a study of the same name resumes where
 it stopped, and trials a killed process left RUNNING are failed and queued again with the same
 parameters (Optuna's `RetryHeartbeatStaleTrialCallback`). What a study is and how its trial is
-chosen live in `tuning.py`.
+chosen live in `space.py`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import optuna
 from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ConfigError
-from auditflow.models.checkpoints import load_model
-from auditflow.models.evaluation import evaluate
-from auditflow.models.runtime import Runtime
-from auditflow.models.training import EpochStats, fit, predict
-from auditflow.models.tuning import Choice, StudyPlan, TrialResult, pareto_front, trial_config
+from auditflow.models.evaluation.metrics import evaluate
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.fit import EpochStats, fit, predict
+from auditflow.models.training.runtime import Runtime
+from auditflow.models.tuning.space import Choice, StudyPlan, TrialResult, pareto_front, trial_config
 
 log = logging.getLogger(__name__)
 

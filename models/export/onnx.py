@@ -1,6 +1,6 @@
 """ONNX export with a dynamic batch axis, offline graph optimisation, sessions and parity checks.
 
-The exported graph takes float32 N x 3 x H x W pixels in [0, 1] (`models.presets.to_input`)
+The exported graph takes float32 N x 3 x H x W pixels in [0, 1] (`models.training.presets.to_input`)
 and returns logits; normalisation is inside the graph. Test-time augmentation is not part
 of the graph.
 
@@ -26,7 +26,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from torch import nn
 
 from auditflow.core.errors import ModelError
-from auditflow.models.presets import to_input
+from auditflow.models.training.presets import to_input
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "pixels"

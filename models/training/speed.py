@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from auditflow.models.runtime import Runtime
+from auditflow.models.training.runtime import Runtime
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, FLOP/s (no sparsity).
 GPU_BF16_PEAK = {

@@ -20,7 +20,7 @@ import logging
 import torch
 from torch import nn
 
-from auditflow.models.registry import FastNet, Normalize, _ConvGroup
+from auditflow.models.training.registry import FastNet, Normalize, _ConvGroup
 
 log = logging.getLogger(__name__)
 

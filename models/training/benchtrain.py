@@ -16,11 +16,11 @@ import numpy as np
 
 from auditflow.core.config import PipelineConfig
 from auditflow.core.data import Snapshot, make_splits
-from auditflow.models.checkpoints import load_model
-from auditflow.models.inference import predict
-from auditflow.models.runtime import resolve_runtime
-from auditflow.models.speed import Peak, device_peak, speed_metrics
-from auditflow.models.training import fit
+from auditflow.models.evaluation.inference import predict
+from auditflow.models.training.checkpoints import load_model
+from auditflow.models.training.fit import fit
+from auditflow.models.training.runtime import resolve_runtime
+from auditflow.models.training.speed import Peak, device_peak, speed_metrics
 
 
 @dataclass(frozen=True)

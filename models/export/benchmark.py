@@ -10,7 +10,7 @@ Method, per backend and batch size:
 - p50/p95/p99 latency of one batch, and throughput = batch size / mean latency.
 torch and ONNX Runtime get the same explicit CPU thread count; torch's is restored afterwards.
 Achieved FLOP/s = FLOPs per image (torch's flop counter, multiply-add = 2) x images/s, as a
-fraction of the device's peak (`models.speed.device_peak`, which names its source).
+fraction of the device's peak (`models.training.speed.device_peak`, which names its source).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditflow.core.errors import ModelError
-from auditflow.models.export import INPUT_NAME, OUTPUT_NAME, onnx_session
-from auditflow.models.presets import to_input
-from auditflow.models.runtime import Runtime
-from auditflow.models.speed import device_peak
+from auditflow.models.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_session
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.runtime import Runtime
+from auditflow.models.training.speed import device_peak
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ def benchmark(
 ) -> BenchResult:
     """Time each backend (default: all that can run here) at each batch size on uint8 NHWC
     `images` (tiled when a batch is larger). `variants` maps fp32/int8/fp16 to (ONNX file,
-    accuracy verdict), as `models.variants.read_manifest` returns."""
+    accuracy verdict), as `models.export.variants.read_manifest` returns."""
     threads = threads or len(os.sched_getaffinity(0))
     image_shape = tuple(images.shape[1:])
     paths = {name: path for name, (path, _) in variants.items()}

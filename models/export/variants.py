@@ -22,9 +22,9 @@ from torch import nn
 
 from auditflow.core.config import ExportConfig
 from auditflow.core.errors import ModelError
-from auditflow.models.export import export_onnx, inference_providers, onnx_logits, onnx_session, optimize_onnx
-from auditflow.models.fusion import fold_for_inference
-from auditflow.models.quantize import CalibrationInfo, convert_fp16, gelu_as_int8_ops, quantize_int8
+from auditflow.models.export.fusion import fold_for_inference
+from auditflow.models.export.onnx import export_onnx, inference_providers, onnx_logits, onnx_session, optimize_onnx
+from auditflow.models.export.quantize import CalibrationInfo, convert_fp16, gelu_as_int8_ops, quantize_int8
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Data-parallel training under torchrun: one process per device, DistributedDataParallel.
 
-`launch` starts `torchrun --standalone --nproc_per_node N -m models.distributed SPEC` and
+`launch` starts `torchrun --standalone --nproc_per_node N -m auditflow.models.training.distributed SPEC` and
 waits; every process runs `fit` on its shard (NCCL on CUDA, gloo on CPU), rank 0 writes the
 checkpoint, and each rank writes `result-RANK.json` (history and a digest of its final
 weights, which must agree across ranks).
@@ -22,8 +22,8 @@ import torch.distributed as dist
 from auditflow.core.config import DataConfig, TrainConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import ModelError
-from auditflow.models.runtime import Runtime, resolve_runtime
-from auditflow.models.training import EpochStats, FitResult, fit, load_model
+from auditflow.models.training.fit import EpochStats, FitResult, fit, load_model
+from auditflow.models.training.runtime import Runtime, resolve_runtime
 
 
 def _uses_cuda(device: str) -> bool:
@@ -72,7 +72,7 @@ def launch(spec: dict[str, Any], world_size: int, result_dir: str | Path) -> tup
         "--standalone",
         f"--nproc_per_node={world_size}",
         "-m",
-        "auditflow.models.distributed",
+        "auditflow.models.training.distributed",
         str(spec_path),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

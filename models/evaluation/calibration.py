@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from auditflow.models.evaluation import expected_calibration_error
+from auditflow.models.evaluation.metrics import expected_calibration_error
 
 LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: wider is never the NLL optimum for a trained net
 

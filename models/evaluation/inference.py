@@ -1,8 +1,8 @@
 """Inference on uint8 images: logits with optional test-time augmentation.
 
-`predict` returns logits; `evaluation.evaluate` turns them into metrics. Training validation,
+`predict` returns logits; `metrics.evaluate` turns them into metrics. Training validation,
 evaluation, the audits and the training benchmark all call it, so every number comes from the
-same preprocessing (`presets.to_input`) and the same TTA.
+same preprocessing (`training.presets.to_input`) and the same TTA.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from auditflow.models.presets import to_input
-from auditflow.models.runtime import Runtime
+from auditflow.models.training.presets import to_input
+from auditflow.models.training.runtime import Runtime
 
 
 def _batches(images: np.ndarray, runtime: Runtime, batch_size: int) -> Iterator[torch.Tensor]:

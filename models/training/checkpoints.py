@@ -20,7 +20,7 @@ from torch import nn
 
 from auditflow.core.config import TrainConfig
 from auditflow.core.errors import ModelError
-from auditflow.models.registry import build_model
+from auditflow.models.training.registry import build_model
 
 FORMAT = 2  # 2: `kept` names the weights to ship ("raw" or "ema")
 

@@ -22,8 +22,8 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from auditflow.models.export import INPUT_NAME
-from auditflow.models.presets import to_input
+from auditflow.models.export.onnx import INPUT_NAME
+from auditflow.models.training.presets import to_input
 
 log = logging.getLogger(__name__)
 
