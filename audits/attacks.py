@@ -87,6 +87,7 @@ def rmia_scores(
     target_prob: np.ndarray,
     ref_prob: np.ndarray,
     ref_in: np.ndarray,
+    *,
     population: np.ndarray,
     a: float,
     gamma: float,

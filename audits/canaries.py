@@ -2,13 +2,14 @@
 Run", NeurIPS 2023): an empirical lower bound on epsilon from a single training run.
 
 `m` training images are set aside as canaries and each is trained on with probability 1/2
-(independent, seeded coins); the rest of the training split is trained on as usual. After
-training, the auditor ranks the canaries by a membership score (here the shipped model's
-negative loss), guesses "in" for the k highest and "out" for the k lowest, and counts its
-correct guesses. For an (epsilon, delta)-DP training run the number of correct guesses among r
-is at most Binomial(r, e^eps / (1 + e^eps)) plus a delta term (the paper's Theorem 3.1 /
-Algorithm 2, as in the authors' code); so an epsilon whose p-value for the observed count falls
-below 1 - confidence is ruled out, and the largest such epsilon is the lower bound.
+(independent, seeded coins, drawn once by the train stage: `models/training/canaries.py`); the
+rest of the training split is trained on as usual. After training, the auditor ranks the
+canaries by a membership score (here the shipped model's negative loss), guesses "in" for the
+k highest and "out" for the k lowest, and counts its correct guesses. For an (epsilon,
+delta)-DP training run the number of correct guesses among r is at most
+Binomial(r, e^eps / (1 + e^eps)) plus a delta term (the paper's Theorem 3.1 / Algorithm 2, as
+in the authors' code); so an epsilon whose p-value for the observed count falls below
+1 - confidence is ruled out, and the largest such epsilon is the lower bound.
 
 Hand-written (no maintained library computes it; `jax_privacy.auditing` needs JAX): the
 binomial tail and the delta term follow the paper, the search is a bisection. Several guess
@@ -29,34 +30,7 @@ from scipy.special import expit
 GUESS_SHARES = (0.02, 0.05, 0.1, 0.2, 0.5)  # k as a share of m / 2: from a confident few to half the canaries
 
 
-@dataclass(frozen=True)
-class Canaries:
-    """Which training images are canaries and which of them the model trains on."""
-
-    index: np.ndarray  # sorted indices into the training split
-    included: np.ndarray  # bool, same order: trained on (a fair, seeded coin each)
-
-    @property
-    def excluded(self) -> np.ndarray:
-        """Training-split indices the model must not see."""
-        return self.index[~self.included]
-
-
-def choose_canaries(n_train: int, m: int, seed: int) -> Canaries:
-    """`m` distinct training images (seeded) and a fair coin for each; m = 0 gives none."""
-    if m < 0 or m > n_train // 2:
-        raise ValueError(f"canaries must be between 0 and half the {n_train} training images, got {m}")
-    rng = np.random.default_rng([seed, 23])
-    index = np.sort(rng.choice(n_train, m, replace=False)) if m else np.zeros(0, dtype=np.int64)
-    return Canaries(index.astype(np.int64), rng.random(m) < 0.5)
-
-
-def kept_for_training(n_train: int, canaries: Canaries) -> np.ndarray:
-    """Sorted training-split indices the model trains on: all but the excluded canaries."""
-    return np.setdiff1d(np.arange(n_train), canaries.excluded)
-
-
-def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+def p_value(m: int, r: int, v: int, *, epsilon: float, delta: float) -> float:
     """Probability of >= v correct guesses out of r (m canaries) if training were (epsilon, delta)-DP."""
     if not 0 <= v <= r <= m:
         raise ValueError(f"need 0 <= correct <= guesses <= canaries, got {v}, {r}, {m}")
@@ -72,20 +46,20 @@ def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
     return min(tail + 2 * m * delta * alpha, 1.0)
 
 
-def epsilon_bound(m: int, r: int, v: int, delta: float, level: float) -> float:
+def epsilon_bound(m: int, r: int, v: int, *, delta: float, level: float) -> float:
     """The largest epsilon whose p-value for v correct of r guesses is below `level` (0 if none)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if p_value(m, r, v, 0.0, delta) >= level:
+    if p_value(m, r, v, epsilon=0.0, delta=delta) >= level:
         return 0.0
     low, high = 0.0, 1.0
-    while p_value(m, r, v, high, delta) < level:
+    while p_value(m, r, v, epsilon=high, delta=delta) < level:
         low, high = high, 2 * high
         if high > 1e3:  # a guard only: expit(epsilon) rounds to 1 long before, making the p-value 1
             return float("inf")
     for _ in range(50):
         mid = (low + high) / 2
-        low, high = (mid, high) if p_value(m, r, v, mid, delta) < level else (low, mid)
+        low, high = (mid, high) if p_value(m, r, v, epsilon=mid, delta=delta) < level else (low, mid)
     return low
 
 
@@ -103,7 +77,12 @@ class OneRunAudit:
 
 
 def one_run_audit(
-    scores: np.ndarray, included: np.ndarray, delta: float, confidence: float, shares: tuple[float, ...] = GUESS_SHARES
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    delta: float,
+    confidence: float,
+    shares: tuple[float, ...] = GUESS_SHARES,
 ) -> OneRunAudit:
     """Guess "in" for the k highest `scores` and "out" for the k lowest, for k = share x m / 2 over
     `shares`; the bound is the best k's, each k judged at level (1 - confidence) / len(shares)."""
@@ -122,7 +101,12 @@ def one_run_audit(
             continue
         correct = int(included[order[-k:]].sum() + (~included[order[:k]]).sum())
         tried.append(
-            {"k": k, "guesses": 2 * k, "correct": correct, "bound": epsilon_bound(m, 2 * k, correct, delta, level)}
+            {
+                "k": k,
+                "guesses": 2 * k,
+                "correct": correct,
+                "bound": epsilon_bound(m, 2 * k, correct, delta=delta, level=level),
+            }
         )
     best = max(tried, key=lambda t: t["bound"], default={"guesses": 0, "correct": 0, "bound": 0.0})
     return OneRunAudit(

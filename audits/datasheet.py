@@ -22,10 +22,21 @@ from typing import Any
 import numpy as np
 
 from auditflow.audits.documents import md_cell, number, render_document, write_document
+from auditflow.core.names import Ingest, Stage, per_class
 from auditflow.core.tracking import RunRecord
 
 HASH_W, HASH_H = 9, 8
 SPLITS = ("train", "validation", "test")
+METRICS = {  # datasheet field -> the ingest stage's metric
+    "n_classes": Ingest.N_CLASSES,
+    "image_height_px": Ingest.IMAGE_HEIGHT_PX,
+    "image_width_px": Ingest.IMAGE_WIDTH_PX,
+    "image_channels": Ingest.IMAGE_CHANNELS,
+    "exact_duplicates": Ingest.EXACT_DUPLICATES,
+    "near_duplicates": Ingest.NEAR_DUPLICATES,
+    "near_duplicate_share": Ingest.NEAR_DUPLICATE_SHARE,
+    "duplicate_max_distance": Ingest.DUPLICATE_MAX_DISTANCE,
+}
 
 
 def _area_resize(grey: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -57,7 +68,7 @@ class DuplicateResult:
     max_distance: int  # bits of 64
 
 
-def duplicate_check(train: np.ndarray, test: np.ndarray, max_distance: int, chunk: int = 256) -> DuplicateResult:
+def duplicate_check(train: np.ndarray, test: np.ndarray, *, max_distance: int, chunk: int = 256) -> DuplicateResult:
     """Exact and near duplicates of the `test` images among the `train` images (uint8 NHWC)."""
     seen = {hashlib.sha1(img.tobytes()).digest() for img in train}
     exact = sum(hashlib.sha1(img.tobytes()).digest() in seen for img in test)
@@ -72,15 +83,12 @@ def duplicate_check(train: np.ndarray, test: np.ndarray, max_distance: int, chun
 
 def build_datasheet(record: RunRecord) -> dict[str, Any]:
     """The datasheet of pipeline run `record` as a document dict (numbers carry their MLflow source)."""
-    s = record.summaries.get("ingest", {})
+    s = record.summaries.get(Stage.INGEST, {})
     card = record.config.get("card", {})
     data = record.config.get("data", {})
     classes = s.get("classes", [])
     keys = s.get("class_keys", classes)
-    n = {name: number(record, "ingest", f"ingest/{name}") for name in (
-        "images_train", "images_validation", "images_test", "n_classes", "image_height_px", "image_width_px",
-        "image_channels", "exact_duplicates", "near_duplicates", "near_duplicate_share", "duplicate_max_distance",
-    )}  # fmt: skip
+    n = {name: number(record, Stage.INGEST, metric) for name, metric in METRICS.items()}
     return {
         "schema": "auditflow-datasheet/1 (after Gebru et al., Datasheets for Datasets)",
         "dataset": {
@@ -92,11 +100,14 @@ def build_datasheet(record: RunRecord) -> dict[str, Any]:
         },
         "composition": {
             "classes": n["n_classes"],
-            "images": {split: n[f"images_{split}"] for split in SPLITS},
+            "images": {split: number(record, Stage.INGEST, Ingest.IMAGES.format(split=split)) for split in SPLITS},
             "per_class": [
                 {
                     "class": c,
-                    **{split: number(record, "ingest", f"ingest/images_{split}/class/{k}") for split in SPLITS},
+                    **{
+                        split: number(record, Stage.INGEST, per_class(Ingest.IMAGES.format(split=split), k))
+                        for split in SPLITS
+                    },
                 }
                 for c, k in zip(classes, keys, strict=True)
             ],
@@ -116,17 +127,17 @@ def build_datasheet(record: RunRecord) -> dict[str, Any]:
             "near": n["near_duplicates"],
             "near_share": n["near_duplicate_share"],
         },
-        "examples_artifact": "ingest/examples.png",
+        "examples_artifact": Ingest.EXAMPLES_PNG,
     }
 
 
 def render_datasheet(record: RunRecord, figures: dict[str, str]) -> tuple[str, str, dict[str, Any]]:
     """(Markdown, HTML, document) of the datasheet; `figures["examples"]` is the base64 PNG grid."""
     doc = build_datasheet(record)
-    md, html = render_document("datasheet.md.j2", doc, f"Datasheet: {md_cell(record.name)}", figures)
+    md, html = render_document("datasheet.md.j2", doc, title=f"Datasheet: {md_cell(record.name)}", figures=figures)
     return md, html, doc
 
 
 def write_datasheet(record: RunRecord, out: Path, figures: dict[str, str]) -> dict[str, Path]:
     md, html, doc = render_datasheet(record, figures)
-    return write_document(out, "datasheet", md, html, doc)
+    return write_document(out, "datasheet", md=md, html=html, doc=doc)

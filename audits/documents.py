@@ -17,6 +17,7 @@ import markdown
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from auditflow.core import names
 from auditflow.core.tracking import RunRecord
 
 
@@ -66,8 +67,9 @@ def show(value: Any) -> str:
 
 
 def environment(autoescape: bool = False) -> Environment:
-    """The Jinja environment of every Markdown template (report, card, datasheet); escape
-    HTML (`autoescape`) when the Markdown is rendered for an HTML page."""
+    """The Jinja environment of every Markdown template (report, card, datasheet, gate); escape
+    HTML (`autoescape`) when the Markdown is rendered for an HTML page. Templates read metric
+    and tag names from the names module, as `names` (`m.evaluate[names.Evaluate.TEST_ACCURACY]`)."""
     env = Environment(
         loader=PackageLoader("auditflow.audits", "templates"),
         undefined=StrictUndefined,
@@ -79,10 +81,11 @@ def environment(autoescape: bool = False) -> Environment:
     env.filters["num"] = _fmt
     env.filters["cell"] = md_cell
     env.filters["show"] = show
+    env.globals["names"] = names
     return env
 
 
-def render_document(template: str, doc: dict[str, Any], title: str, figures: dict[str, str]) -> tuple[str, str]:
+def render_document(template: str, doc: dict[str, Any], *, title: str, figures: dict[str, str]) -> tuple[str, str]:
     """(Markdown, standalone HTML) of document `doc` through Markdown template `template`;
     `figures` are base64 PNGs, linked from the Markdown and embedded in the HTML."""
     md = environment().get_template(template).render(doc=doc, figures=figures, embed=False)
@@ -96,7 +99,7 @@ def render_document(template: str, doc: dict[str, Any], title: str, figures: dic
     return md, html
 
 
-def write_document(out: Path, stem: str, md: str, html: str, doc: dict[str, Any]) -> dict[str, Path]:
+def write_document(out: Path, stem: str, *, md: str, html: str, doc: dict[str, Any]) -> dict[str, Path]:
     """`<stem>.md`, `<stem>.html` and `<stem>.json` in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / f"{stem}.md", "html": out / f"{stem}.html", "json": out / f"{stem}.json"}

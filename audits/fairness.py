@@ -54,7 +54,7 @@ METRICS = {"recall": _recall, "precision": _precision, "false_positive_rate": _f
 
 
 def one_vs_rest_table(
-    labels: np.ndarray, preds: np.ndarray, classes: tuple[str, ...], groups: np.ndarray | None = None
+    labels: np.ndarray, preds: np.ndarray, classes: tuple[str, ...], *, groups: np.ndarray | None = None
 ) -> pd.DataFrame:
     """The one-vs-rest stacked table (K copies of the test set: y_true = "is class k", y_pred =
     "predicted k", class = k, optional group), with identical rows merged into one row and a
@@ -91,7 +91,7 @@ def one_vs_rest_table(
 # --- interval helpers, shared with subgroups, mitigation and joint -------------------------------
 
 
-def decide(low: float, high: float, threshold: float, higher_is_better: bool) -> Verdict:
+def decide(low: float, high: float, threshold: float, *, higher_is_better: bool) -> Verdict:
     """Three-valued verdict of an interval [low, high] against a policy threshold.
 
     `pass` when the whole interval is on the good side (reaching the threshold counts as good),
@@ -193,7 +193,7 @@ def _fmt_ci(low: float, high: float) -> str:
 
 
 def audit_fairness(
-    labels: np.ndarray, preds: np.ndarray, classes: tuple[str, ...], cfg: FairnessConfig
+    labels: np.ndarray, preds: np.ndarray, classes: tuple[str, ...], *, cfg: FairnessConfig
 ) -> FairnessResult:
     """Per-class quality of service (one-vs-rest recall, precision, FPR) with simultaneous
     Wilson intervals and three-valued verdicts on worst-class recall and the recall gap."""
@@ -265,7 +265,7 @@ def audit_fairness(
 
             def settles(n: int, p: float = p) -> bool:
                 lo, hi = _proportion_interval_at(np.array([p]), n, level)
-                return decide(float(lo[0]), float(hi[0]), t_min, True) != "inconclusive"
+                return decide(float(lo[0]), float(hi[0]), t_min, higher_is_better=True) != "inconclusive"
 
             ns.append(smallest_settling_n(settles, start))
         settle["worst_class_recall"] = None if None in ns else max(ns)  # type: ignore[type-var]
@@ -310,7 +310,7 @@ def _gap_settle_n(recall: np.ndarray, support: np.ndarray, level: float, thresho
 
     def settles(n: int) -> bool:
         lo, hi = _proportion_interval_at(recall, n, level)
-        return decide(*gap_interval(lo, hi), threshold, False) != "inconclusive"
+        return decide(*gap_interval(lo, hi), threshold, higher_is_better=False) != "inconclusive"
 
     # at n = the smallest current support every interval is at least as wide as now: still open
     return smallest_settling_n(settles, int(support.min()) + 1)

@@ -27,29 +27,31 @@ from auditflow.audits.gate_record import SCHEMA as SCHEMA
 from auditflow.audits.gate_record import gate_markdown as gate_markdown
 from auditflow.core.checks import SEVERITY, condition_text, judge
 from auditflow.core.config import ReleaseConfig as GateConfig
-from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url
+from auditflow.core.names import Benchmark, Evaluate, Export, Fairness, Privacy, Verdict, verdict_tag
+from auditflow.core.tracking import RunRecord, run_url
 
 # Every MLflow name the gate reads, in one place (stage runs' metrics are merged under the
 # parent's, see `facts_from_record`). `latency_ms` is filled in with the configured backend and
 # batch size.
 METRICS: dict[str, str] = {
-    "accuracy": "evaluate/test_accuracy_no_tta",  # the shipped model, 0..1, higher is better
-    "accuracy_ci_low": "evaluate/test_accuracy_no_tta_ci_low",
-    "accuracy_ci_high": "evaluate/test_accuracy_no_tta_ci_high",
-    "worst_class_recall": "fairness/worst_class_recall",  # 0..1, higher is better
-    "privacy_tpr": "privacy/strongest/tpr_at_verdict_fpr",  # 0..1, lower is better; chance = the FPR
-    "privacy_tpr_ci_high": "privacy/strongest/tpr_at_verdict_fpr_ci_high",
-    "onnx_max_abs_diff": "export/parity/max_abs_diff",  # logits, lower is better, 0 ideal
-    "latency_ms": "benchmark/{backend}/bs{batch_size}/p50_ms",  # median, lower is better
+    "accuracy": Evaluate.TEST_ACCURACY_NO_TTA,  # the shipped model, 0..1, higher is better
+    "accuracy_ci_low": Evaluate.TEST_ACCURACY_NO_TTA_CI_LOW,
+    "accuracy_ci_high": Evaluate.TEST_ACCURACY_NO_TTA_CI_HIGH,
+    "worst_class_recall": Fairness.WORST_CLASS_RECALL,  # 0..1, higher is better
+    "privacy_tpr": Privacy.STRONGEST_TPR_AT_VERDICT_FPR,  # 0..1, lower is better; chance = the FPR
+    "privacy_tpr_ci_high": Privacy.STRONGEST_TPR_AT_VERDICT_FPR_CI_HIGH,
+    "onnx_max_abs_diff": Export.PARITY_MAX_ABS_DIFF,  # logits, lower is better, 0 ideal
+    # median, lower is better; a template: `latency_metric` fills in the backend and batch size
+    "latency_ms": Benchmark.RESULT.format(backend="{backend}", batch_size="{batch_size}", name="p50_ms"),
 }
 TAGS: dict[str, str] = {
-    "fairness": f"{VERDICT_PREFIX}fairness",
-    "privacy": f"{VERDICT_PREFIX}privacy",
-    "onnx_parity": f"{VERDICT_PREFIX}onnx_parity",
-    "overall": f"{VERDICT_PREFIX}overall",
-    "release": f"{VERDICT_PREFIX}release",  # what this gate sets; not an input of the overall verdict here
+    "fairness": verdict_tag(Verdict.FAIRNESS),
+    "privacy": verdict_tag(Verdict.PRIVACY),
+    "onnx_parity": verdict_tag(Verdict.ONNX_PARITY),
+    "overall": verdict_tag(Verdict.OVERALL),
+    "release": verdict_tag(Verdict.RELEASE),  # what this gate sets; not an input of the overall verdict here
     "data_digest": "auditflow.data_digest",
-    "benchmark_cpu": "benchmark/cpu",
+    "benchmark_cpu": Benchmark.CPU,
 }
 # Where the evidence of each group lives: stage run (linked in the MLflow UI), report section.
 EVIDENCE: dict[str, tuple[str, str]] = {
@@ -61,10 +63,18 @@ EVIDENCE: dict[str, tuple[str, str]] = {
     "latency": ("benchmark", "#inference-benchmark"),
     "overall": ("parent", "#checks"),
 }
+
+
+def _key(group: str, check: str) -> str:
+    """A criterion's key in the gate record (`privacy/regression`): group, then check."""
+    return f"{group}/{check}"
+
+
 ACCEPTED = {"pass": "pass", "inconclusive": "pass or inconclusive"}  # weakest verdict -> in words
 _EPS = 1e-12  # float slack so that a value exactly at its bound passes (0.8 - 0.01 vs 0.79)
 KINDS = ("verdict", "absolute", "regression")  # order of a group's criteria in the record
-# The criteria. Policy fields name `GateConfig` fields; metric names are `METRICS` keys.
+# The criteria, each keyed `<group>/<check>` (`EVIDENCE` lists the groups). Policy fields name
+# `GateConfig` fields; metric names are `METRICS` keys.
 # (key, title, metric, what it is, policy field with the bound, higher is better)
 BOUNDS = (
     ("accuracy/minimum", "Test accuracy", "accuracy", "test accuracy (shipped model)", "min_accuracy", True),
@@ -77,7 +87,7 @@ BOUNDS = (
         True,
     ),
     (
-        "privacy/tpr_bound",
+        _key(Verdict.PRIVACY, "tpr_bound"),
         "Membership attack TPR at low FPR",
         "privacy_tpr_ci_high",
         "upper interval bound of the strongest attack's TPR at the verdict FPR",
@@ -105,7 +115,14 @@ REGRESSIONS = (
         True,
         False,
     ),
-    ("privacy/regression", "privacy_tpr", "attack TPR at the verdict FPR", "max_privacy_tpr_increase", False, False),
+    (
+        _key(Verdict.PRIVACY, "regression"),
+        "privacy_tpr",
+        "attack TPR at the verdict FPR",
+        "max_privacy_tpr_increase",
+        False,
+        False,
+    ),
     (
         "onnx_parity/regression",
         "onnx_max_abs_diff",
@@ -118,8 +135,8 @@ REGRESSIONS = (
 )
 # (key, title, `TAGS` key, weakest verdict accepted: a policy field or the verdict itself)
 VERDICTS = (
-    ("fairness/verdict", "Fairness verdict", "fairness", "min_fairness_verdict"),
-    ("privacy/verdict", "Privacy verdict", "privacy", "pass"),
+    (_key(Verdict.FAIRNESS, "verdict"), "Fairness verdict", "fairness", "min_fairness_verdict"),
+    (_key(Verdict.PRIVACY, "verdict"), "Privacy verdict", "privacy", "pass"),
     ("onnx_parity/verdict", "ONNX parity verdict", "onnx_parity", "pass"),
 )
 
@@ -222,7 +239,7 @@ def _criterion(facts: RunFacts, key: str, kind: str, **fields: Any) -> Criterion
 def _minimum(facts: RunFacts, key: str, title: str, metric: str, what: str, bound: float, higher: bool) -> Criterion:
     """The run's own `metric` against a policy bound (reaching the bound passes)."""
     value = _number(facts, metric)
-    status = judge(value, bound, higher)
+    status = judge(value, bound, higher_is_better=higher)
     if value is None:
         reason = _missing(metric, facts)
     else:
@@ -233,7 +250,7 @@ def _minimum(facts: RunFacts, key: str, title: str, metric: str, what: str, boun
         key,
         "absolute",
         title=title,
-        condition=condition_text(what, bound, higher),
+        condition=condition_text(what, bound, higher_is_better=higher),
         metric=metric,
         value=value,
         threshold=bound,
@@ -423,6 +440,7 @@ def evaluate_gate(
     candidate: RunFacts,
     champion: RunFacts | None,
     cfg: GateConfig,
+    *,
     model_name: str,
     now: datetime | None = None,
 ) -> GateRecord:
@@ -460,7 +478,9 @@ def evaluate_gate(
     verdicts = [
         _verdict(c, key, title, TAGS[tag], getattr(cfg, weakest, weakest)) for key, title, tag, weakest in VERDICTS
     ] + [
-        _verdict_regression(c, v, skip, "fairness/regression", TAGS["fairness"], "Fairness verdict vs champion"),
+        _verdict_regression(
+            c, v, skip, _key(Verdict.FAIRNESS, "regression"), TAGS["fairness"], "Fairness verdict vs champion"
+        ),
         _verdict(
             c,
             "overall/verdict",

@@ -10,6 +10,8 @@ with a percentile-bootstrap interval over images resampled within each class.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from scipy.special import softmax
 from scipy.stats import rankdata
@@ -18,7 +20,7 @@ from auditflow.audits.fairness import class_counts
 from auditflow.core.stats import bonferroni_level, wilson_interval
 
 
-def class_ece(logits: np.ndarray, labels: np.ndarray, n_classes: int, n_bins: int = 15) -> np.ndarray:
+def class_ece(logits: np.ndarray, labels: np.ndarray, n_classes: int, *, n_bins: int = 15) -> np.ndarray:
     """Expected calibration error among the images of each true class, (K,), 0..1, 0 ideal.
 
     Top-label confidence vs correctness in equal-width bins ((b/B, (b+1)/B], as the model-level
@@ -43,7 +45,46 @@ def _plain(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+@dataclass(frozen=True)
+class JointRow:
+    """One class of the fairness x privacy view. Quality of service: recall (+ simultaneous
+    interval; higher is better, 1 ideal), precision, ece (0..1, lower is better, 0 ideal).
+    Exposure: attack_auc (0.5 ideal), attack_tpr at the verdict FPR (+ interval; equal to that
+    FPR is ideal), whether it is stated and why not, and the mean loss of members and of
+    non-members (nats; a member loss far below the non-member loss is what the attack exploits).
+    None where undefined (a class without test images, members or an attack row)."""
+
+    class_name: str
+    support: int
+    recall: float | None
+    recall_ci_low: float
+    recall_ci_high: float
+    precision: float | None
+    ece: float | None
+    attack_auc: float | None
+    attack_tpr: float | None
+    attack_tpr_ci_low: float | None
+    attack_tpr_ci_high: float | None
+    attack_stated: bool | None
+    attack_reason: str | None
+    n_members: int
+    n_nonmembers: int
+    member_loss_mean: float | None
+    nonmember_loss_mean: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON-ready row (`class` first), as logged in `privacy/per_class_joint.json`."""
+        row = asdict(self)
+        return {"class": row.pop("class_name")} | row
+
+
+def joint_rows(table: tuple[JointRow, ...]) -> list[dict[str, object]]:
+    """The rows of `joint_table` as JSON-ready dicts (an MLflow table, the stage summary)."""
+    return [r.as_dict() for r in table]
+
+
 def joint_table(
+    *,
     test_logits: np.ndarray,
     test_labels: np.ndarray,
     classes: tuple[str, ...],
@@ -54,12 +95,8 @@ def joint_table(
     nonmember_labels: np.ndarray,
     confidence: float,
     n_bins: int = 15,
-) -> list[dict[str, object]]:
-    """One JSON-ready row per class: class, support, recall (+ simultaneous ci), precision, ece
-    (lower better, 0 ideal), attack_auc (0.5 ideal), attack_tpr at the verdict FPR (+ci; equal to
-    that FPR is ideal), attack_stated / attack_reason, n_members / n_nonmembers and the mean loss
-    of members and of non-members (nats; a large member-below-non-member difference is what the
-    attack exploits).
+) -> tuple[JointRow, ...]:
+    """One `JointRow` per class, in class order (`joint_rows` makes them JSON-ready).
 
     `attack_per_class` rows (keys class, auc, tpr, tpr_ci_low, tpr_ci_high, stated, reason) are
     matched by class name; a class without a row gets None."""
@@ -67,7 +104,7 @@ def joint_table(
     k_classes = len(classes)
     counts = class_counts(labels, logits.argmax(1), k_classes)
     low, high = wilson_interval(counts["tp"], counts["support"], bonferroni_level(confidence, k_classes))
-    ece = class_ece(logits, labels, k_classes, n_bins)
+    ece = class_ece(logits, labels, k_classes, n_bins=n_bins)
     attack = {str(r["class"]): r for r in attack_per_class}
     member_loss, nonmember_loss = np.asarray(member_loss, float), np.asarray(nonmember_loss, float)
     member_labels, nonmember_labels = np.asarray(member_labels), np.asarray(nonmember_labels)
@@ -77,30 +114,27 @@ def joint_table(
         m, u = member_loss[member_labels == k], nonmember_loss[nonmember_labels == k]
         support, predicted = int(counts["support"][k]), int(counts["predicted"][k])
         rows.append(
-            {
-                "class": cls,
-                "support": support,
-                "recall": counts["tp"][k] / support if support else None,
-                "recall_ci_low": float(low[k]),
-                "recall_ci_high": float(high[k]),
-                "precision": counts["tp"][k] / predicted if predicted else None,
-                "ece": _plain(ece[k]),
-                "attack_auc": _plain(a.get("auc")),
-                "attack_tpr": _plain(a.get("tpr")),
-                "attack_tpr_ci_low": _plain(a.get("tpr_ci_low")),
-                "attack_tpr_ci_high": _plain(a.get("tpr_ci_high")),
-                "attack_stated": a.get("stated"),
-                "attack_reason": a.get("reason"),
-                "n_members": len(m),
-                "n_nonmembers": len(u),
-                "member_loss_mean": float(m.mean()) if len(m) else None,
-                "nonmember_loss_mean": float(u.mean()) if len(u) else None,
-            }
+            JointRow(
+                class_name=cls,
+                support=support,
+                recall=_plain(counts["tp"][k] / support) if support else None,
+                recall_ci_low=float(low[k]),
+                recall_ci_high=float(high[k]),
+                precision=_plain(counts["tp"][k] / predicted) if predicted else None,
+                ece=_plain(ece[k]),
+                attack_auc=_plain(a.get("auc")),
+                attack_tpr=_plain(a.get("tpr")),
+                attack_tpr_ci_low=_plain(a.get("tpr_ci_low")),
+                attack_tpr_ci_high=_plain(a.get("tpr_ci_high")),
+                attack_stated=a.get("stated"),
+                attack_reason=a.get("reason"),
+                n_members=len(m),
+                n_nonmembers=len(u),
+                member_loss_mean=float(m.mean()) if len(m) else None,
+                nonmember_loss_mean=float(u.mean()) if len(u) else None,
+            )
         )
-    for row in rows:  # numpy scalars -> plain floats
-        for key in ("recall", "precision"):
-            row[key] = _plain(row[key])  # type: ignore[arg-type]
-    return rows
+    return tuple(rows)
 
 
 def rank_auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -117,7 +151,7 @@ def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarra
     return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n)
 
 
-def weighted_auc(pos: np.ndarray, neg: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+def weighted_auc(pos: np.ndarray, neg: np.ndarray, *, w: np.ndarray, v: np.ndarray) -> np.ndarray:
     """AUCs of resamples given as multiplicities: w (B, n_pos) of pos, v (B, n_neg) of neg.
 
     AUC = sum_i w_i (#{neg below pos_i} + 0.5 #{neg tied}) / (sum w * sum v), the neg counts
@@ -136,7 +170,7 @@ def weighted_auc(pos: np.ndarray, neg: np.ndarray, w: np.ndarray, v: np.ndarray)
 
 def _bootstrap_auc(pos: np.ndarray, neg: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot,) AUCs of resamples (with replacement, same sizes) of pos and of neg."""
-    return weighted_auc(pos, neg, _resample_counts(rng, len(pos), n_boot), _resample_counts(rng, len(neg), n_boot))
+    return weighted_auc(pos, neg, w=_resample_counts(rng, len(pos), n_boot), v=_resample_counts(rng, len(neg), n_boot))
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -149,6 +183,7 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def exposure_correlation(
+    *,
     test_labels: np.ndarray,
     test_preds: np.ndarray,
     member_scores: np.ndarray,

@@ -144,7 +144,12 @@ def _summary(labels: np.ndarray, preds: np.ndarray, n_classes: int, level: float
 
 
 def mitigation_effect(
-    offsets: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray, classes: tuple[str, ...], cfg: FairnessConfig
+    offsets: np.ndarray,
+    test_logits: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    classes: tuple[str, ...],
+    cfg: FairnessConfig,
 ) -> MitigationResult:
     """Compare the model with and without the per-class `offsets` on the held-out test split."""
     offsets = np.asarray(offsets, dtype=np.float64)
@@ -199,14 +204,14 @@ def mitigation_effect(
         worst_recall_after=float(wa),
         worst_recall_ci_before=before["worst_ci"],
         worst_recall_ci_after=after["worst_ci"],
-        worst_status_before=decide(*before["worst_ci"], t_min, True),
-        worst_status_after=decide(*after["worst_ci"], t_min, True),
+        worst_status_before=decide(*before["worst_ci"], t_min, higher_is_better=True),
+        worst_status_after=decide(*after["worst_ci"], t_min, higher_is_better=True),
         recall_gap_before=before["gap"],
         recall_gap_after=after["gap"],
         recall_gap_ci_before=before["gap_ci"],
         recall_gap_ci_after=after["gap_ci"],
-        gap_status_before=decide(*before["gap_ci"], t_gap, False),
-        gap_status_after=decide(*after["gap_ci"], t_gap, False),
+        gap_status_before=decide(*before["gap_ci"], t_gap, higher_is_better=False),
+        gap_status_after=decide(*after["gap_ci"], t_gap, higher_is_better=False),
         helped=helped,
         reading=reading,
         confidence=cfg.confidence,

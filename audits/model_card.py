@@ -17,7 +17,19 @@ from typing import Any
 
 from auditflow.audits.documents import md_cell, number, render_document, write_document
 from auditflow.core.checks import overall
-from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url
+from auditflow.core.names import (
+    VERDICT_PREFIX,
+    Benchmark,
+    Evaluate,
+    Export,
+    Fairness,
+    Privacy,
+    Stage,
+    Train,
+    Verdict,
+    verdict_tag,
+)
+from auditflow.core.tracking import RunRecord, run_url
 
 SNIPPET = """import numpy as np
 import onnxruntime as ort
@@ -37,11 +49,14 @@ def _verdicts(record: RunRecord) -> dict[str, str]:
     return {
         k.removeprefix(VERDICT_PREFIX): v
         for k, v in record.tags.items()
-        if k.startswith(VERDICT_PREFIX) and k != f"{VERDICT_PREFIX}overall"
+        if k.startswith(VERDICT_PREFIX) and k != verdict_tag(Verdict.OVERALL)
     }
 
 
-def _metric(record: RunRecord, name: str, stage: str, metric: str, interval: bool, what: str) -> dict[str, Any]:
+def _metric(record: RunRecord, name: str, metric: str, *, interval: bool, what: str) -> dict[str, Any]:
+    """One metrics row: `metric` of the stage its name starts with, and its `_ci_low`/`_ci_high`
+    interval when `interval`."""
+    stage = metric.split("/", 1)[0]
     entry: dict[str, Any] = {"name": name, "value": number(record, stage, metric), "measured_on": what}
     if interval:
         entry["interval"] = [number(record, stage, f"{metric}_ci_low"), number(record, stage, f"{metric}_ci_high")]
@@ -52,46 +67,45 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     """The model card of pipeline run `record` as a document dict."""
     s, cfg = record.summaries, record.config
     card, train_cfg = cfg.get("card", {}), cfg.get("train", {})
-    ingest, evaluate, export = s.get("ingest", {}), s.get("evaluate", {}), s.get("export", {})
+    ingest, evaluate, export = s.get(Stage.INGEST, {}), s.get(Stage.EVALUATE, {}), s.get(Stage.EXPORT, {})
     classes = ingest.get("classes", [])
     height, width = (ingest.get("image_shape") or [0, 0])[:2]
     name = card.get("model_name") or f"{cfg.get('profile', 'custom')}-{train_cfg.get('model', 'model')}"
     date = datetime.fromtimestamp(record.start_time_ms / 1000, UTC).strftime("%Y-%m-%d") if record.start_time_ms else ""
     version = card.get("version") or record.name
     url = run_url(record.uri, record.experiment_id, record.run_id, cfg.get("tracking", {}).get("ui_url"))
-    temperature = number(record, "evaluate", "evaluate/temperature")
+    temperature = number(record, Stage.EVALUATE, Evaluate.TEMPERATURE)
     t_value = temperature["value"] if temperature else 1.0
     tta = bool(evaluate.get("tta"))
     shipped_file = (export.get("files") or {}).get("fp32", "onnx/model.onnx")
-    n_test = number(record, "evaluate", "evaluate/test_images")
+    n_test = number(record, Stage.EVALUATE, Evaluate.TEST_IMAGES)
     on_test = f"test split ({n_test['value']:.0f} images)" if n_test else "test split"
     verdicts = _verdicts(record)
-    privacy = record.summaries.get("privacy", {})
+    privacy = record.summaries.get(Stage.PRIVACY, {})
     attack = privacy.get("strongest", "not run")
     fpr_text = f"{100 * privacy.get('verdict_fpr', 0.01):g}%"
+    attacked = "training members vs test non-members"
     metrics = [
-        _metric(record, "top-1 accuracy, shipped model (ONNX, no TTA)", "evaluate",
-                "evaluate/test_accuracy_no_tta", True, on_test),
+        _metric(record, "top-1 accuracy, shipped model (ONNX, no TTA)", Evaluate.TEST_ACCURACY_NO_TTA,
+                interval=True, what=on_test),
         _metric(record, "top-1 accuracy with test-time augmentation (not shipped)" if tta else "top-1 accuracy",
-                "evaluate", "evaluate/test_accuracy", True, on_test),
-        _metric(record, "expected calibration error, shipped model before temperature scaling", "evaluate",
-                "evaluate/test_ece_no_tta", False, on_test),
-        _metric(record, "expected calibration error after temperature scaling", "evaluate",
-                "evaluate/test_ece_calibrated", False, on_test),
-        _metric(record, "worst-class recall", "fairness", "fairness/worst_class_recall", True, on_test),
-        _metric(record, "recall gap (best minus worst class)", "fairness", "fairness/recall_gap", True, on_test),
+                Evaluate.TEST_ACCURACY, interval=True, what=on_test),
+        _metric(record, "expected calibration error, shipped model before temperature scaling",
+                Evaluate.TEST_ECE_NO_TTA, interval=False, what=on_test),
+        _metric(record, "expected calibration error after temperature scaling", Evaluate.TEST_ECE_CALIBRATED,
+                interval=False, what=on_test),
+        _metric(record, "worst-class recall", Fairness.WORST_CLASS_RECALL, interval=True, what=on_test),
+        _metric(record, "recall gap (best minus worst class)", Fairness.RECALL_GAP, interval=True, what=on_test),
         _metric(record, f"membership attack TPR at {fpr_text} FPR, strongest attack ({attack}; chance = {fpr_text})",
-                "privacy", "privacy/strongest/tpr_at_verdict_fpr", True, "training members vs test non-members"),
-        _metric(record, f"membership attack AUC, strongest attack ({attack}; 0.5 = chance)", "privacy",
-                "privacy/strongest/auc", True, "training members vs test non-members"),
+                Privacy.STRONGEST_TPR_AT_VERDICT_FPR, interval=True, what=attacked),
+        _metric(record, f"membership attack AUC, strongest attack ({attack}; 0.5 = chance)", Privacy.STRONGEST_AUC,
+                interval=True, what=attacked),
     ]  # fmt: skip
-    int8_drop = number(record, "export", "export/int8/accuracy_drop_points")
-    speedups = {  # batch size -> metric, for the INT8 throughput at the largest batch timed
-        int(k.split("/")[2].removeprefix("bs")): k
-        for k in record.stage_metrics.get("benchmark", {})
-        if k.startswith("benchmark/onnx-int8/bs") and k.endswith("/speedup_vs_eager")
-    }
-    int8_speed = number(record, "benchmark", speedups[max(speedups)]) if speedups else None
+    int8_drop = number(record, Stage.EXPORT, Export.INT8_ACCURACY_DROP_POINTS)
+    speedups = Benchmark.by_batch_size(  # for the INT8 throughput at the largest batch timed
+        record.stage_metrics.get(Stage.BENCHMARK, {}), "onnx-int8", "speedup_vs_eager"
+    )
+    int8_speed = number(record, Stage.BENCHMARK, speedups[max(speedups)]) if speedups else None
     tradeoffs = []
     if tta:
         tradeoffs.append(
@@ -99,8 +113,8 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
                 "text": "Test-time augmentation raises accuracy but is not part of the ONNX graph: the shipped model "
                 "scores the accuracy without TTA.",
                 "numbers": {
-                    "with_tta": number(record, "evaluate", "evaluate/test_accuracy"),
-                    "shipped": number(record, "evaluate", "evaluate/test_accuracy_no_tta"),
+                    "with_tta": number(record, Stage.EVALUATE, Evaluate.TEST_ACCURACY),
+                    "shipped": number(record, Stage.EVALUATE, Evaluate.TEST_ACCURACY_NO_TTA),
                 },
             }
         )
@@ -124,15 +138,15 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             f"auditflow pipeline run {record.run_id}, MLflow experiment "
             f"{record.experiment_name or record.experiment_id}.",
             "architecture": train_cfg.get("model", ""),
-            "parameters": number(record, "train", "train/parameters"),
+            "parameters": number(record, Stage.TRAIN, Train.PARAMETERS),
             "training": f"{train_cfg.get('optimizer', '?')} with {train_cfg.get('schedule', '?')} schedule, "
             f"profile {cfg.get('profile', '?')}",
             # DP-SGD: the accountant's (epsilon, delta) actually spent, read back from the train stage
             "differential_privacy": {
-                "epsilon": number(record, "train", "train/dp_epsilon"),
-                "delta": number(record, "train", "train/dp_delta"),
-                "max_grad_norm": number(record, "train", "train/dp_max_grad_norm"),
-                "noise_multiplier": number(record, "train", "train/dp_noise_multiplier"),
+                "epsilon": number(record, Stage.TRAIN, Train.DP_EPSILON),
+                "delta": number(record, Stage.TRAIN, Train.DP_DELTA),
+                "max_grad_norm": number(record, Stage.TRAIN, Train.DP_MAX_GRAD_NORM),
+                "noise_multiplier": number(record, Stage.TRAIN, Train.DP_NOISE_MULTIPLIER),
             }
             if train_cfg.get("dp")
             else None,
@@ -191,7 +205,7 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             },
         ],
         "checks": {
-            "overall": record.tags.get(f"{VERDICT_PREFIX}overall") or overall(verdicts.values()),
+            "overall": record.tags.get(verdict_tag(Verdict.OVERALL)) or overall(verdicts.values()),
             "verdicts": verdicts,
         },
         "how_to_use": SNIPPET.format(
@@ -212,10 +226,11 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
 def render_model_card(record: RunRecord) -> tuple[str, str, dict[str, Any]]:
     """(Markdown, HTML, document) of the model card."""
     doc = build_model_card(record)
-    md, html = render_document("model_card.md.j2", doc, f"Model card: {md_cell(doc['model_details']['name'])}", {})
+    title = f"Model card: {md_cell(doc['model_details']['name'])}"
+    md, html = render_document("model_card.md.j2", doc, title=title, figures={})
     return md, html, doc
 
 
 def write_model_card(record: RunRecord, out: Path) -> dict[str, Path]:
     md, html, doc = render_model_card(record)
-    return write_document(out, "model_card", md, html, doc)
+    return write_document(out, "model_card", md=md, html=html, doc=doc)

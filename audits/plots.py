@@ -227,7 +227,7 @@ def loss_histogram_figure(edges: Sequence[float], members: Sequence[int], nonmem
     return fig
 
 
-def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int) -> Figure:
+def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], *, per_class: int) -> Figure:
     """A grid of the first `per_class` images of each class (rows), uint8 N x H x W x C; with
     more than `MAX_CLASSES_SHOWN` classes, the rarest ones in the training split (the counts of
     all are in class_counts.json)."""

@@ -97,7 +97,7 @@ def _structural_components(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndar
 
 
 def auc_difference(
-    is_member: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, confidence: float
+    is_member: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, *, confidence: float
 ) -> tuple[float, float, float, float]:
     """Paired DeLong test of AUC(a) - AUC(b) for two attacks scored on the same images.
 
@@ -146,6 +146,7 @@ def _format_share(share: float) -> str:
 def rate_at_fpr(
     is_member: np.ndarray,
     scores: np.ndarray,
+    *,
     fpr: float,
     confidence: float,
     min_expected_false_positives: float,
@@ -266,7 +267,7 @@ def _class_row(
         row["reason"] = f"not stated: the class has {n_mem} members and {n_non} non-members"
         return row
     row["auc"] = float(roc_auc_score(is_member, scores))
-    rate = rate_at_fpr(is_member, scores, verdict_fpr, confidence, min_fp)
+    rate = rate_at_fpr(is_member, scores, fpr=verdict_fpr, confidence=confidence, min_expected_false_positives=min_fp)
     row |= {"stated": rate.stated, "reason": rate.reason, "tpr": rate.tpr}
     if rate.tpr_ci is not None:
         row |= {"tpr_ci_low": rate.tpr_ci[0], "tpr_ci_high": rate.tpr_ci[1]}
@@ -277,6 +278,7 @@ def assess_attack(
     name: str,
     scores: np.ndarray,
     is_member: np.ndarray,
+    *,
     labels: np.ndarray,
     classes: tuple[str, ...],
     fpr_levels: tuple[float, ...] = (0.01, 0.001, 0.0001),
@@ -299,7 +301,10 @@ def assess_attack(
     auc, low, high = auc_interval(is_member, scores, confidence)
     fpr, tpr, _ = roc_curve(is_member, scores)
     rates = tuple(
-        rate_at_fpr(is_member, scores, f, confidence, min_expected_false_positives) for f in sorted(set(fpr_levels))
+        rate_at_fpr(
+            is_member, scores, fpr=f, confidence=confidence, min_expected_false_positives=min_expected_false_positives
+        )
+        for f in sorted(set(fpr_levels))
     )
     n_non = int((~is_member).sum())
     per_class = [
@@ -329,7 +334,7 @@ def assess_attack(
 
 
 def gains_over_baseline(
-    is_member: np.ndarray, scores: dict[str, np.ndarray], baseline: str, confidence: float
+    is_member: np.ndarray, scores: dict[str, np.ndarray], *, baseline: str, confidence: float
 ) -> list[dict]:
     """Each attack's AUC minus the `baseline` attack's, paired on the same images (`auc_difference`):
     rows of attack, gain, ci_low, ci_high, p_value and `clear` (the interval lies above 0)."""
@@ -339,7 +344,7 @@ def gains_over_baseline(
     for name, s in scores.items():
         if name == baseline:
             continue
-        gain, low, high, p = auc_difference(is_member, s, scores[baseline], confidence)
+        gain, low, high, p = auc_difference(is_member, s, scores[baseline], confidence=confidence)
         rows.append({"attack": name, "gain": gain, "ci_low": low, "ci_high": high, "p_value": p, "clear": low > 0})
     return rows
 
@@ -363,7 +368,7 @@ class AuditSet:
 
 
 def choose_audit_set(
-    train_labels: np.ndarray, test_labels: np.ndarray, n: int, seed: int, exclude: np.ndarray | None = None
+    train_labels: np.ndarray, test_labels: np.ndarray, *, n: int, seed: int, exclude: np.ndarray | None = None
 ) -> AuditSet:
     """Members and non-members of equal size and class counts, for any class balance.
 
@@ -404,7 +409,7 @@ def choose_audit_set(
 
 
 def balance(
-    member_labels: np.ndarray, nonmember_labels: np.ndarray, n_classes: int, wanted: np.ndarray | None = None
+    member_labels: np.ndarray, nonmember_labels: np.ndarray, n_classes: int, *, wanted: np.ndarray | None = None
 ) -> dict:
     """Whether members and non-members are alike in size and class mix.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,22 +26,59 @@ from auditflow.audits.datasheet import write_datasheet
 from auditflow.audits.documents import environment
 from auditflow.audits.model_card import write_model_card
 from auditflow.core.checks import overall
-from auditflow.core.tracking import VERDICT_PREFIX, RunRecord, run_url, ui_base
+from auditflow.core.names import NOTE_TAG, VERDICT_PREFIX, Ingest, Report, Stage, Verdict, verdict_tag
+from auditflow.core.tracking import RunRecord, run_url, ui_base
 
-NOT_AUDIT_VERDICTS = (f"{VERDICT_PREFIX}overall", f"{VERDICT_PREFIX}release")
-STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
+# the release gate compares with the champion: a sound model that is worse than the champion
+# is not a failed audit, so `verdict/release` stays out of the run's own verdict
+NOT_AUDIT_VERDICTS = (verdict_tag(Verdict.OVERALL), verdict_tag(Verdict.RELEASE))
+STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVACY, Stage.EXPORT, Stage.BENCHMARK)
+OVERALL_NOTE = "**Overall verdict: {verdict}.** "  # leads the parent run's description
 MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReportFiles:
+    """What `build_report` wrote, and where each file goes on the pipeline run."""
+
     html: Path
     markdown: Path
     summary_markdown: str  # the verdict and checks alone, for a Prefect artifact
     pdf: Path | None = None  # None when WeasyPrint cannot run here (see `pdf_note`)
     pdf_note: str = ""
     documents: tuple[Path, ...] = ()  # model card and datasheet: .html, .md, .json
+    figures: tuple[Path, ...] = ()  # figures/<name>.png
+
+    @property
+    def model_card(self) -> tuple[Path, ...]:
+        """The model card's files (.html, .md, .json), which are also logged with the model."""
+        return tuple(p for p in self.documents if p.stem == "model_card")
+
+    def artifacts(self) -> list[tuple[Path, str]]:
+        """(file, artifact folder) of every file, as logged on the pipeline run."""
+        pages = (self.html, self.markdown, *([self.pdf] if self.pdf else []))
+        return [
+            *((path, Report.FOLDER) for path in pages),
+            *((png, Report.FIGURES_FOLDER) for png in self.figures),
+            *((path, Report.FOLDER) for path in self.documents),
+        ]
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One check as the report lists it: text cells, its value read back from MLflow."""
+
+    key: str
+    title: str
+    status: str  # pass | warn | fail | inconclusive
+    condition: str
+    value: str  # formatted; "not measured" when missing
+    threshold: str  # formatted, with the warning threshold when there is one
+    metric: str
+    note: str
+    interval: tuple[float, float] | None  # the interval the status was decided on, when it was
+    evidence: str  # a Markdown link: a report anchor or the MLflow artifact page
 
 
 def _png_b64(fig: Any) -> str:
@@ -50,14 +88,20 @@ def _png_b64(fig: Any) -> str:
 def overall_verdict(record: RunRecord) -> str:
     """`verdict/overall` of a run: its tag when set, else from the stage verdicts (a stage that
     failed or is missing fails the run)."""
-    tagged = record.tags.get(f"{VERDICT_PREFIX}overall")
+    tagged = record.tags.get(verdict_tag(Verdict.OVERALL))
     if tagged:
         return tagged
-    # the release gate compares with the champion: a sound model that is worse than the champion
-    # is not a failed audit, so `verdict/release` stays out of the run's own verdict
     values = [v for k, v in record.tags.items() if k.startswith(VERDICT_PREFIX) and k not in NOT_AUDIT_VERDICTS]
     failed = any(st != "FINISHED" for st in record.stage_status.values())
     return overall(values, missing=failed or any(st not in record.summaries for st in STAGES))
+
+
+def overall_tags(verdict: str, description: str) -> dict[str, str]:
+    """The pipeline run's tags once its verdict is known: `verdict/overall`, and its
+    description (`description`, the run's current one) led by the verdict; a rerun replaces
+    the lead rather than adding a second one."""
+    body = re.sub(r"^\*\*Overall verdict: [a-z]+\.\*\* ", "", description)
+    return {verdict_tag(Verdict.OVERALL): verdict, NOTE_TAG: OVERALL_NOTE.format(verdict=verdict) + body}
 
 
 def _fmt(value: Any) -> str:
@@ -66,7 +110,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def check_rows(record: RunRecord) -> list[dict[str, str]]:
+def check_rows(record: RunRecord) -> list[CheckRow]:
     """Every check of every stage, in stage order, with its value read from the stage run's
     metrics in MLflow and its evidence as a link (report anchor or MLflow artifact page)."""
     ui = ui_base(record.uri, record.config.get("tracking", {}).get("ui_url"))
@@ -83,18 +127,18 @@ def check_rows(record: RunRecord) -> list[dict[str, str]]:
                 link = f"[{evidence}]({url})"
             warn = c.get("warn_threshold")
             rows.append(
-                {
-                    "key": c["key"],
-                    "title": c["title"],
-                    "status": c["status"],
-                    "condition": c["condition"],
-                    "value": _fmt(value),
-                    "threshold": _fmt(c["threshold"]) + (f" (warn {_fmt(warn)})" if warn not in (None, "") else ""),
-                    "metric": c["metric"],
-                    "note": c.get("note", ""),
-                    "interval": c.get("interval"),
-                    "evidence": link,
-                }
+                CheckRow(
+                    key=c["key"],
+                    title=c["title"],
+                    status=c["status"],
+                    condition=c["condition"],
+                    value=_fmt(value),
+                    threshold=_fmt(c["threshold"]) + (f" (warn {_fmt(warn)})" if warn not in (None, "") else ""),
+                    metric=c["metric"],
+                    note=c.get("note", ""),
+                    interval=tuple(c["interval"]) if c.get("interval") else None,  # JSON holds a list
+                    evidence=link,
+                )
             )
     return rows
 
@@ -105,27 +149,30 @@ def report_context(record: RunRecord) -> dict[str, Any]:
     figures: dict[str, str] = {}
     if any(record.history.values()):
         figures["curves"] = _png_b64(plots.curves_figure(record.history))
-    if "evaluate" in s:
-        figures["confusion"] = _png_b64(plots.confusion_figure(s["evaluate"]["confusion"], s["evaluate"]["classes"]))
-        cal = s["evaluate"].get("calibration")
+    if Stage.EVALUATE in s:
+        evaluate = s[Stage.EVALUATE]
+        figures["confusion"] = _png_b64(plots.confusion_figure(evaluate["confusion"], evaluate["classes"]))
+        cal = evaluate.get("calibration")
         if cal:
             figures["reliability"] = _png_b64(plots.reliability_figure(cal["before"], cal["after"], cal["temperature"]))
-    if "fairness" in s:
+    if Stage.FAIRNESS in s:
+        fairness = s[Stage.FAIRNESS]
         figures["recall"] = _png_b64(
-            plots.recall_figure(s["fairness"]["per_class"], s["fairness"]["thresholds"]["min_class_recall"])
+            plots.recall_figure(fairness["per_class"], fairness["thresholds"]["min_class_recall"])
         )
-    if "privacy" in s:
-        p = s["privacy"]
+    if Stage.PRIVACY in s:
+        p = s[Stage.PRIVACY]
         if "attacks" in p:  # runs before the reference-model tiers have one loss curve only
             curves = {a["label"]: (a["roc_fpr"], a["roc_tpr"], a["auc"]) for a in p["attacks"]}
             figures["roc"] = _png_b64(plots.roc_figure(curves))
             figures["exposure"] = _png_b64(plots.exposure_figure(p["exposure"], p["strongest"]))
         if p.get("loss_histogram"):
             figures["loss_histogram"] = _png_b64(plots.loss_histogram_figure(**p["loss_histogram"]))
-    if "recommendation" in s.get("benchmark", {}) and s["benchmark"]["rows"]:  # older runs: table only
-        figures["throughput"] = _png_b64(plots.throughput_figure(s["benchmark"]["rows"]))
-    if "ingest/examples.png" in record.images:
-        figures["examples"] = base64.b64encode(record.images["ingest/examples.png"]).decode()
+    benchmark = s.get(Stage.BENCHMARK, {})
+    if "recommendation" in benchmark and benchmark["rows"]:  # older runs: table only
+        figures["throughput"] = _png_b64(plots.throughput_figure(benchmark["rows"]))
+    if Ingest.EXAMPLES_PNG in record.images:
+        figures["examples"] = base64.b64encode(record.images[Ingest.EXAMPLES_PNG]).decode()
     failed = [stage for stage, st in record.stage_status.items() if st != "FINISHED"]
     ui_url = record.config.get("tracking", {}).get("ui_url")
     return {
@@ -143,7 +190,7 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         "experiment_link": run_url(record.uri, record.experiment_id, None, ui_url),
         "local_store": not record.uri.startswith(("http://", "https://")) and not ui_url,
         "versions": {k: v for k, v in sorted(record.tags.items()) if k.startswith("versions.")},
-        "gate": s.get("release"),
+        "gate": s.get(Stage.RELEASE),
     }
 
 
@@ -194,8 +241,9 @@ def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> Re
     html, md, summary, pngs = render(record)
     (out / "report.html").write_text(html)
     (out / "report.md").write_text(md)
-    for name, data in pngs.items():
-        (out / "figures" / f"{name}.png").write_bytes(data)
+    figures = tuple(out / "figures" / f"{name}.png" for name in sorted(pngs))
+    for path in figures:
+        path.write_bytes(pngs[path.stem])
     examples = {"examples": base64.b64encode(pngs["examples"]).decode()} if "examples" in pngs else {}
     documents = (*write_model_card(record, out).values(), *write_datasheet(record, out, examples).values())
     note = write_pdf(out / "report.html", out / "report.pdf") if pdf else "no PDF requested"
@@ -208,4 +256,5 @@ def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> Re
         pdf=None if note else out / "report.pdf",
         pdf_note=note,
         documents=tuple(documents),
+        figures=figures,
     )

@@ -180,11 +180,13 @@ def _group_key(group: object) -> tuple[int, float, str]:
     return 1, 0, g
 
 
-def cell_table(labels: np.ndarray, preds: np.ndarray, attribute: np.ndarray, classes: tuple[str, ...]) -> pd.DataFrame:
+def cell_table(
+    labels: np.ndarray, preds: np.ndarray, attribute: np.ndarray, *, classes: tuple[str, ...]
+) -> pd.DataFrame:
     """MetricFrame by (class, group) on the one-vs-rest stacked table (sensitive feature: the
     attribute group; control feature: the class k of each one-vs-rest copy): tpr, fpr and image
     counts (count, positives, negatives, tp, fp). Index (class, group), classes in order."""
-    table = one_vs_rest_table(labels, preds, classes, attribute)
+    table = one_vs_rest_table(labels, preds, classes, groups=attribute)
     weight = {"sample_weight": table["weight"].to_numpy()}
     mf = MetricFrame(
         metrics=CELL_METRICS,
@@ -233,6 +235,7 @@ def audit_subgroups(
     labels: np.ndarray,
     preds: np.ndarray,
     attributes: dict[str, np.ndarray],
+    *,
     classes: tuple[str, ...],
     cfg: FairnessConfig,
 ) -> SubgroupResult:
@@ -244,7 +247,7 @@ def audit_subgroups(
         if len(values) != len(labels):
             raise DataError(f"attribute {name!r} has {len(values)} values for {len(labels)} test images")
     m = cfg.min_group_count
-    tables = {name: cell_table(labels, preds, values, classes) for name, values in attributes.items()}
+    tables = {name: cell_table(labels, preds, values, classes=classes) for name, values in attributes.items()}
     n_tpr = sum(int((t["positives"] >= m).sum()) for t in tables.values())
     n_fpr = sum(int((t["negatives"] >= m).sum()) for t in tables.values())
     tpr_level, fpr_level = bonferroni_level(cfg.confidence, n_tpr), bonferroni_level(cfg.confidence, n_fpr)
@@ -298,7 +301,9 @@ def audit_subgroups(
                     "tpr_gap": tpr_gap,
                     "tpr_gap_ci_low": tpr_lo,
                     "tpr_gap_ci_high": tpr_hi,
-                    "tpr_status": decide(tpr_lo, tpr_hi, cfg.max_subgroup_gap, False) if judged else None,
+                    "tpr_status": decide(tpr_lo, tpr_hi, cfg.max_subgroup_gap, higher_is_better=False)
+                    if judged
+                    else None,
                     "best_group": str(jt["tpr"].idxmax()) if judged else None,
                     "worst_group": str(jt["tpr"].idxmin()) if judged else None,
                     "fpr_gap": fpr_gap,
@@ -323,7 +328,7 @@ def audit_subgroups(
             max(g["tpr_gap_ci_low"] for g in judged_gaps),  # type: ignore[type-var]
             max(g["tpr_gap_ci_high"] for g in judged_gaps),  # type: ignore[type-var]
             t,
-            False,
+            higher_is_better=False,
         )
         w = max(judged_gaps, key=lambda g: g["tpr_gap"])  # type: ignore[arg-type, return-value]
         worst = {

@@ -21,7 +21,7 @@ def train_overhead(profile: str, data: str, overrides: list[str] | None = None, 
     try:
         snap = ingest_data(ref, data, cfg.data, workdir)
         start = time.perf_counter()
-        trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir)
+        trained = train_model(ref, snap.snapshot, data_cfg=cfg.data, cfg=cfg.train, workdir=workdir)
         task_wall = time.perf_counter() - start
     except BaseException as err:
         close_run(ref, err)

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from prefect import flow
 
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
+from auditflow.core.predictions import Predictions
+from auditflow.core.tracking import TrackingRef
 from auditflow.flows.runners import task_runner
-from auditflow.models.evaluation.metrics import load_predictions
-from auditflow.tasks.audit import fairness_audit, privacy_audit
-from auditflow.tasks.evaluate import evaluate_model
-from auditflow.tasks.export import benchmark_model, export_model
+from auditflow.models.references import References, decide_tier, plan_for
+from auditflow.tasks.audit import VerdictResult, fairness_audit, privacy_audit
+from auditflow.tasks.evaluate import EvaluateResult, evaluate_model
+from auditflow.tasks.export import ExportResult, benchmark_model, export_model
 from auditflow.tasks.ingest import ingest_data
-from auditflow.tasks.references import References, decide_tier, plan_for, train_reference_model
-from auditflow.tasks.release import release
-from auditflow.tasks.report import report_run
+from auditflow.tasks.references import train_reference_model
+from auditflow.tasks.release import ReleaseResult, release
+from auditflow.tasks.report import ReportResult, report_run
 from auditflow.tasks.run import close_run, end_tracking_runs, open_run
 from auditflow.tasks.train import train_model
 
@@ -49,6 +51,43 @@ class PipelineResult:
     overall: str  # verdict/overall: pass | fail | inconclusive
     run_url: str  # the parent run in the MLflow UI
 
+    @classmethod
+    def of(
+        cls,
+        ref: TrackingRef,
+        evaluated: EvaluateResult,
+        fairness: VerdictResult,
+        privacy: VerdictResult,
+        references: References,
+        released: ReleaseResult,
+        exported: ExportResult,
+        report: ReportResult,
+    ) -> PipelineResult:
+        """The flow's result from what the stages returned."""
+        return cls(
+            run_id=ref.run_id,
+            tracking_uri=ref.uri,
+            experiment_id=ref.experiment_id,
+            test_accuracy=evaluated.accuracy,
+            test_accuracy_no_tta=evaluated.accuracy_no_tta,
+            learning=evaluated.learning,
+            learning_message=evaluated.learning_message,
+            fairness=fairness.status,
+            worst_class_recall=fairness.headline,
+            privacy=privacy.status,
+            privacy_attack=privacy.attack,
+            privacy_tpr=privacy.headline,
+            privacy_tier=references.decision.tier,
+            release=released.verdict,
+            model_version=f"{released.model_name} v{released.version}",
+            onnx_path=exported.onnx_path,
+            report_html=report.html,
+            report_markdown=report.markdown,
+            report_pdf=report.pdf,
+            overall=report.overall,
+            run_url=report.run_url,
+        )
+
 
 # Not validated: its arguments are typed objects the pipeline has just built, and validation would
 # resolve the string annotations against the module's globals, which `auditflow serve` does not
@@ -73,8 +112,11 @@ def reference_models(
     `target_images` is what the target trained on (for the time estimate); `split_images` the
     whole training split, which the plan indexes (more than the former when canaries were held out)."""
     start = time.perf_counter()
-    plan = plan_for(load_predictions(predictions), split_images, snapshot, data_cfg, train_cfg, epochs, cfg)
-    decision = decide_tier(plan, cfg, workdir, target_train_s, target_images)
+    audit = Predictions.load(predictions).audit
+    plan = plan_for(
+        audit, split_images, snapshot_path=snapshot, data_cfg=data_cfg, train_cfg=train_cfg, epochs=epochs, cfg=cfg
+    )
+    decision = decide_tier(plan, cfg, workdir=workdir, target_train_s=target_train_s, target_images=target_images)
     if decision.tier != "reference":
         return References(decision, (), time.perf_counter() - start, plan.member_in[:0], plan.nonmember_in[:0])
     futures = [
@@ -99,21 +141,18 @@ def audit_pipeline(
     ref = open_run(cfg, data, workdir, run_name)
     try:
         snap = ingest_data(ref, data, cfg.data, workdir, cfg.card)
-        trained = train_model(ref, snap.snapshot, cfg.data, cfg.train, workdir, cfg.privacy.canaries, cfg.privacy.seed)
+        trained = train_model(
+            ref, snap.snapshot, data_cfg=cfg.data, cfg=cfg.train, workdir=workdir, privacy_cfg=cfg.privacy
+        )
         evaluated = evaluate_model(
             ref,
-            trained.checkpoint,
+            trained,
             snap.snapshot,
-            cfg.data,
-            cfg.evaluate,
-            cfg.train.tta,
-            cfg.train.tta_translate,
-            cfg.train.device,
-            workdir,
-            cfg.privacy.n_samples,
-            cfg.privacy.seed,
-            cfg.privacy.queries,
-            cfg.privacy.canaries,
+            data_cfg=cfg.data,
+            cfg=cfg.evaluate,
+            train_cfg=cfg.train,
+            privacy_cfg=cfg.privacy,
+            workdir=workdir,
         )
         fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
         # one model at a time here (two trainings would share the same cores); Dask spreads them
@@ -149,26 +188,4 @@ def audit_pipeline(
         close_run(ref, err)
         raise
     close_run(ref)
-    return PipelineResult(
-        run_id=ref.run_id,
-        tracking_uri=ref.uri,
-        experiment_id=ref.experiment_id,
-        test_accuracy=evaluated.accuracy,
-        test_accuracy_no_tta=evaluated.accuracy_no_tta,
-        learning=evaluated.learning,
-        learning_message=evaluated.learning_message,
-        fairness=fairness.status,
-        worst_class_recall=fairness.headline,
-        privacy=privacy.status,
-        privacy_attack=privacy.attack,
-        privacy_tpr=privacy.headline,
-        privacy_tier=references.decision.tier,
-        release=released.verdict,
-        model_version=f"{released.model_name} v{released.version}",
-        onnx_path=exported.onnx_path,
-        report_html=report.html,
-        report_markdown=report.markdown,
-        report_pdf=report.pdf,
-        overall=report.overall,
-        run_url=report.run_url,
-    )
+    return PipelineResult.of(ref, evaluated, fairness, privacy, references, released, exported, report)

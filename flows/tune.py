@@ -1,7 +1,8 @@
 """The hyperparameter study: validate -> open (or resume) the Optuna study and its MLflow run ->
 ingest -> trials, `parallel` at a time through the flow's task runner -> summarise.
 
-The study is validated (arguments, space, feasibility) before any trial starts. Trials run as
+The study is validated (arguments, space, feasibility: `plan_tuning`, the check the CLI makes
+before any work) before any trial starts. Trials run as
 Prefect tasks: in threads by default, on a Dask cluster with `task_runner(dask_address=...)`
 (the study storage must then be a database every worker reaches, not the local SQLite file).
 """
@@ -16,10 +17,9 @@ from prefect.futures import PrefectFuture, as_completed
 
 from auditflow.core.config import load_config
 from auditflow.core.data import ingest, make_splits
-from auditflow.core.errors import ConfigError
 from auditflow.core.paths import cache_dir
 from auditflow.core.tracking import TrackingRef
-from auditflow.models.tuning.space import load_space, plan_study
+from auditflow.models.tuning.plan import plan_tuning
 from auditflow.models.tuning.study import StudyDriver, TrialSpec
 from auditflow.tasks.ingest import ingest_data
 from auditflow.tasks.run import close_run
@@ -38,7 +38,7 @@ def _record(driver: StudyDriver, spec: TrialSpec, future: PrefectFuture[TrialOut
         log.warning("trial %d failed: %s: %s", spec.number, type(err).__name__, err)
         driver.tell(spec.number, None, error=f"{type(err).__name__}: {err}")
         return err
-    driver.tell(spec.number, outcome.scores, outcome.state == "pruned", {"mlflow_run_id": outcome.run_id})
+    driver.tell(spec.number, outcome.scores, pruned=outcome.state == "pruned", attrs={"mlflow_run_id": outcome.run_id})
     return None
 
 
@@ -81,21 +81,20 @@ def tune_study(
     holds `trials` finished trials, and write the chosen configuration as a profile YAML
     (`out`, default `WORKDIR/tuned-STUDY.yaml`). Running it again with the same study name
     resumes the study."""
-    if parallel < 1:
-        raise ConfigError(f"parallel must be at least 1, got {parallel}")
     cfg = load_config(profile, overrides or [])
     # the training split's size, from the snapshot the ingest task then reuses: the space's batch
     # sizes must fit it, as the pipeline refuses a batch larger than the split
     n_train = len(make_splits(ingest(data, cfg.data, cache_dir(workdir)), cfg.data).train_y)
-    plan = plan_study(
+    plan = plan_tuning(
         cfg,
-        load_space(space),
         data,
-        trials,
+        trials=trials,
+        parallel=parallel,
+        space=space,
         objective=objective,
         min_worst_recall=min_worst_recall,
         time_budget_min=time_budget_min,
-        name=study,
+        study=study,
         storage=storage,
         workdir=workdir,
         n_train=n_train,

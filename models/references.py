@@ -11,6 +11,10 @@ test split, chosen by `auditflow.audits.privacy.choose_audit_set`):
   saw any audited point (RMIA offline, LiRA offline);
 - online: the pool also holds every audited point, so each reference model saw a random half
   of them (RMIA online, LiRA online with IN and OUT models).
+
+Planning (`plan_for`, `decide_tier`) is deterministic and computed wherever it is needed (the
+flow and each reference-model task); the Prefect tasks in `auditflow.tasks.references` only
+train, and the privacy audit reads the cached logits through `reference_logits`.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Literal
 
 import numpy as np
 
-from auditflow.core.config import TrainConfig
-from auditflow.core.data import Splits
+from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig
+from auditflow.core.data import Snapshot, Splits
+from auditflow.core.paths import cache_dir
+from auditflow.core.predictions import AuditPoints
 from auditflow.models.evaluation.inference import audit_logits, query_logits
 from auditflow.models.training.checkpoints import load_model
 from auditflow.models.training.fit import fit
@@ -37,6 +43,8 @@ log = logging.getLogger(__name__)
 
 LOGITS_FILE = "logits.npz"
 META_FILE = "reference.json"
+ATTACK_NAMES = {"rmia": "RMIA", "lira": "LiRA"}
+COMPILE_OVERHEAD_S = 45.0  # per uncached model on the CPU (torch.compile + warm-up); measured ~30-60 s
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,28 @@ class ReferenceOutcome:
     query_logits: str | None = None  # .npz: member_/nonmember_query_logits (queries x n x K); None for 1 query
 
 
+@dataclass(frozen=True)
+class ReferenceDecision:
+    """Which privacy tier runs and why: the reference tiers, or the loss attack alone."""
+
+    tier: str  # "reference" or "loss"
+    reason: str
+    count: int  # reference models planned
+    uncached: int  # of which need training in this run
+    estimate_s: float  # estimated training seconds of the uncached ones
+
+
+@dataclass(frozen=True)
+class References:
+    """The privacy tier that runs, and the reference models it uses (empty for the loss tier)."""
+
+    decision: ReferenceDecision
+    outcomes: tuple[ReferenceOutcome, ...]
+    seconds: float  # wall time of the reference step, cached models included
+    member_in: np.ndarray  # (R, n_members) bool: audited member i was in reference model r's training set
+    nonmember_in: np.ndarray  # (R, n_nonmembers) bool
+
+
 def reference_recipe(target: TrainConfig, epochs: int, seed: int) -> TrainConfig:
     """The target's recipe with its epoch count fixed (no time budget: the reference must not
     train longer because its half of the data makes epochs cheaper) and its own seed."""
@@ -89,6 +119,7 @@ def plan_references(
     n_train: int,
     members: np.ndarray,
     nonmembers: np.ndarray,
+    *,
     count: int,
     mode: Literal["offline", "online"],
     seed: int,
@@ -147,7 +178,7 @@ def cached(cache: Path, spec: ReferenceSpec) -> bool:
 
 
 def estimate_seconds(
-    plan: ReferencePlan, cache: Path, target_train_seconds: float, target_images: int, overhead_seconds: float
+    plan: ReferencePlan, cache: Path, *, target_train_seconds: float, target_images: int, overhead_seconds: float
 ) -> float:
     """Seconds the uncached reference models would take to train: the target's training time
     scaled by each one's share of images, plus a fixed overhead (compile, warm-up) each."""
@@ -156,10 +187,95 @@ def estimate_seconds(
     return sum(per_image * (len(s.train_index) + len(s.test_index)) + overhead_seconds for s in todo)
 
 
+def data_key(snapshot_path: str, data_cfg: DataConfig) -> str:
+    """The data a reference model sees: the snapshot's content digest and how it was split."""
+    digest = Snapshot.open(snapshot_path).digest
+    return hashlib.sha256(json.dumps([digest, data_cfg.model_dump(mode="json")]).encode()).hexdigest()[:20]
+
+
+def plan_for(
+    audit: AuditPoints,
+    n_train: int,
+    *,
+    snapshot_path: str,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    cfg: PrivacyConfig,
+) -> ReferencePlan:
+    """The reference models of this run's audit (deterministic: computed wherever needed), from
+    the audited points (`Predictions.audit`) and the size of the training split."""
+    return plan_references(
+        n_train,
+        audit.member_index,
+        audit.nonmember_index,
+        count=cfg.references,
+        mode=cfg.reference_mode,
+        seed=cfg.seed,
+        data_digest=data_key(snapshot_path, data_cfg),
+        recipe=reference_recipe(train_cfg, epochs, train_cfg.seed),
+    )
+
+
+def decide_tier(
+    plan: ReferencePlan, cfg: PrivacyConfig, *, workdir: str, target_train_s: float, target_images: int
+) -> ReferenceDecision:
+    """Run the reference tiers unless their uncached models would overrun `reference_budget_s`."""
+    wanted = [a for a in cfg.attacks if a != "loss"]
+    if not cfg.references or not wanted:
+        why = "privacy.references = 0" if not cfg.references else "no reference-model attack in privacy.attacks"
+        return ReferenceDecision("loss", f"loss attack only: {why}", 0, 0, 0.0)
+    cache = cache_dir(workdir) / "references"
+    uncached = sum(1 for s in plan.specs if not cached(cache, s))
+    estimate = estimate_seconds(
+        plan,
+        cache,
+        target_train_seconds=target_train_s,
+        target_images=target_images,
+        overhead_seconds=COMPILE_OVERHEAD_S,
+    )
+    attacks = " and ".join(ATTACK_NAMES[a] for a in wanted)
+    if cfg.reference_budget_s is not None and estimate > cfg.reference_budget_s:
+        return ReferenceDecision(
+            "loss",
+            f"loss attack only: training {uncached} uncached reference model(s) would take about {estimate:.0f} s "
+            f"here, over privacy.reference_budget_s = {cfg.reference_budget_s:.0f} s; profile `audit` runs {attacks}",
+            cfg.references,
+            uncached,
+            estimate,
+        )
+    return ReferenceDecision(
+        "reference",
+        f"{attacks} {cfg.reference_mode} with {cfg.references} reference model(s) "
+        f"({cfg.references - uncached} from the cache)",
+        cfg.references,
+        uncached,
+        estimate,
+    )
+
+
+def reference_logits(outcomes: tuple[ReferenceOutcome, ...], queries: int) -> np.ndarray:
+    """The reference models' logits of the audited points, (queries, R, n, K), members first,
+    read from their cache entries (`queries` > 1: the augmented views cached beside them)."""
+    return np.stack([_one_reference_logits(o, queries) for o in outcomes], axis=1)
+
+
+def _one_reference_logits(outcome: ReferenceOutcome, queries: int) -> np.ndarray:
+    """One reference model's logits of the audited points, (queries, n, K), members first."""
+    if queries == 1:
+        with np.load(outcome.logits) as stored:
+            return np.concatenate([stored["member_logits"], stored["nonmember_logits"]])[None]
+    if outcome.query_logits is None:
+        raise ValueError(f"reference model {outcome.key} has no logits for {queries} queries")
+    with np.load(outcome.query_logits) as stored:
+        return np.concatenate([stored["member_query_logits"], stored["nonmember_query_logits"]], axis=1)
+
+
 def train_reference(
     splits: Splits,
     spec: ReferenceSpec,
     recipe: TrainConfig,
+    *,
     runtime: Runtime,
     members: np.ndarray,
     nonmembers: np.ndarray,
@@ -207,12 +323,16 @@ def train_reference(
         spec.seed,
     )
     work = folder.with_name(folder.name + ".partial")
-    result = fit(ref_splits, model_cfg, runtime, work)
+    result = fit(ref_splits, model_cfg, runtime, checkpoint_dir=work)
     model, _ = load_model(result.checkpoint, runtime.device)
     model = runtime.prepare(model)
     _log_scoring(folder, members, nonmembers, queries)
-    member_logits, member_views = audit_logits(model, splits.train_x[members], runtime, queries, batch_size)
-    nonmember_logits, nonmember_views = audit_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size)
+    member_logits, member_views = audit_logits(
+        model, splits.train_x[members], runtime, queries=queries, batch_size=batch_size
+    )
+    nonmember_logits, nonmember_views = audit_logits(
+        model, splits.test_x[nonmembers], runtime, queries=queries, batch_size=batch_size
+    )
     folder.mkdir(parents=True, exist_ok=True)
     if member_views is not None:
         _write_views(folder, queries, member_views, nonmember_views)
@@ -258,8 +378,8 @@ def _queried(
         _write_views(
             folder,
             queries,
-            query_logits(model, splits.train_x[members], runtime, queries, batch_size),
-            query_logits(model, splits.test_x[nonmembers], runtime, queries, batch_size),
+            query_logits(model, splits.train_x[members], runtime, queries=queries, batch_size=batch_size),
+            query_logits(model, splits.test_x[nonmembers], runtime, queries=queries, batch_size=batch_size),
         )
     return str(path)
 

@@ -9,15 +9,16 @@ report, and the card again with the model (the export stage run's `onnx/` folder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.audits.report import build_report, overall_verdict
+from auditflow.audits.report import build_report, overall_tags, overall_verdict
+from auditflow.core.names import NOTE_TAG, Report, Stage
 from auditflow.core.paths import run_dir
-from auditflow.core.tracking import NOTE_TAG, VERDICT_PREFIX, RunLogger, Tracker, TrackingRef
+from auditflow.core.tracking import RunLogger, Tracker, TrackingRef
+from auditflow.models.export.stage import ARTIFACT_FOLDER as MODEL_FOLDER
 
 
 @dataclass(frozen=True)
@@ -34,28 +35,21 @@ def report_run(ref: TrackingRef, workdir: str) -> ReportResult:
     tracker = Tracker(ref.uri)
     parent = tracker.parent(ref)
     verdict = overall_verdict(tracker.load_run(ref.run_id))
-    note = tracker.get_run(ref.run_id).data.tags.get(NOTE_TAG, "")
-    parent.set_tags({f"{VERDICT_PREFIX}overall": verdict, NOTE_TAG: f"**Overall verdict: {verdict}.** {note}"})
+    parent.set_tags(overall_tags(verdict, tracker.get_run(ref.run_id).data.tags.get(NOTE_TAG, "")))
     record = tracker.load_run(ref.run_id)  # with the tag, so the report shows what MLflow holds
-    files = build_report(record, run_dir(workdir, ref.run_id) / "report")
-    for path in (files.html, files.markdown, *([files.pdf] if files.pdf else [])):
-        parent.log_artifact(path, "report")
-    for png in sorted(Path(files.html).parent.glob("figures/*.png")):
-        parent.log_artifact(png, "report/figures")
-    for path in files.documents:
-        parent.log_artifact(path, "report")
-    export_run = record.stage_run_ids.get("export")
-    if export_run:
+    files = build_report(record, run_dir(workdir, ref.run_id) / Report.FOLDER)
+    for path, folder in files.artifacts():
+        parent.log_artifact(path, folder)
+    if export_run := record.stage_run_ids.get(Stage.EXPORT):
         with_model = RunLogger(tracker.client, export_run)
-        for path in files.documents:
-            if path.stem == "model_card":
-                with_model.log_artifact(path, "onnx")
+        for path in files.model_card:
+            with_model.log_artifact(path, MODEL_FOLDER)
     if files.pdf_note:
-        parent.set_tags({"report/pdf": files.pdf_note})
-    link = tracker.run_url(ref, record.config.get("tracking", {}).get("ui_url"))
+        parent.set_tags({Report.PDF_NOTE: files.pdf_note})
     create_markdown_artifact(
         key="auditflow-report",
         markdown=f"{files.summary_markdown}\n\nReport: `{files.html}`",
         description=f"auditflow audit summary, overall {verdict}",
     )
+    link = tracker.run_url(ref, record.config.get("tracking", {}).get("ui_url"))
     return ReportResult(str(files.html), str(files.markdown), files.pdf and str(files.pdf), verdict, link)

@@ -40,16 +40,25 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     images = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     prepare_from_data(model, to_input(images))
     model.eval()
-    paths, _ = build_variants(model, (32, 32, 3), tmp_path_factory.mktemp("onnx"), images, ExportConfig())
+    paths, _ = build_variants(
+        model,
+        image_shape=(32, 32, 3),
+        out_dir=tmp_path_factory.mktemp("onnx"),
+        calibration_images=images,
+        cfg=ExportConfig(),
+    )
     return model, {name: (path, "pass") for name, path in paths.items()}, images
 
 
 def test_rows_are_consistent_and_threads_are_restored(setup) -> None:
     model, variants, images = setup
-    before = torch.get_num_threads()
-    other = 1 if before != 1 else 2
-    result = benchmark(model, variants, images, (1, 32), backends=CPU_BACKENDS, threads=other, **FAST)
-    assert torch.get_num_threads() == before  # the benchmark's budget does not leak
+    before, other = torch.get_num_threads(), 1
+    torch.set_num_threads(2)  # the session runs on 1 (conftest); a budget of 2 would time-box out here
+    try:
+        result = benchmark(model, variants, images, batch_sizes=(1, 32), backends=CPU_BACKENDS, threads=other, **FAST)
+        assert torch.get_num_threads() == 2  # the benchmark's budget does not leak
+    finally:
+        torch.set_num_threads(before)
     assert result.threads == other and result.hardware["threads"] == other
     assert {(r.backend, r.batch_size) for r in result.rows} == {(b, n) for b in CPU_BACKENDS for n in (1, 32)}
     for r in result.rows:
@@ -78,7 +87,7 @@ def test_threads_are_restored_when_a_backend_fails(setup, monkeypatch: pytest.Mo
     monkeypatch.setitem(bench.BACKENDS, "torch-eager", ("fp32", "cpu", broken))
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="boom"):
-        benchmark(model, variants, images, (1,), backends=("torch-eager",), threads=before + 1, **FAST)
+        benchmark(model, variants, images, batch_sizes=(1,), backends=("torch-eager",), threads=before + 1, **FAST)
     assert torch.get_num_threads() == before
 
 
@@ -103,11 +112,11 @@ def test_time_calls_is_time_boxed() -> None:
 def test_missing_variant_and_gpu_backends_are_skipped_with_a_reason(setup) -> None:
     model, variants, images = setup
     only_fp32 = {"fp32": variants["fp32"]}
-    result = benchmark(model, only_fp32, images, (1,), backends=("torch-eager", "onnx-int8"), **FAST)
+    result = benchmark(model, only_fp32, images, batch_sizes=(1,), backends=("torch-eager", "onnx-int8"), **FAST)
     assert {r.backend for r in result.rows} == {"torch-eager"}
     assert "no int8 variant was built" in result.skipped["onnx-int8"]
     if not torch.cuda.is_available():
-        result = benchmark(model, variants, images, (1,), backends=GPU_BACKENDS, **FAST)
+        result = benchmark(model, variants, images, batch_sizes=(1,), backends=GPU_BACKENDS, **FAST)
         assert result.rows == [] and set(result.skipped) == set(GPU_BACKENDS)
         assert all(why == "needs a CUDA device" for why in result.skipped.values())
 
@@ -159,7 +168,7 @@ def test_benchmark_config_names_bad_values() -> None:
 @pytest.mark.slow
 def test_torch_compile_backend_runs_on_cpu(setup) -> None:
     model, variants, images = setup
-    result = benchmark(model, variants, images, (1,), backends=("torch-eager", "torch-compile"), **FAST)
+    result = benchmark(model, variants, images, batch_sizes=(1,), backends=("torch-eager", "torch-compile"), **FAST)
     assert {r.backend for r in result.rows} == {"torch-eager", "torch-compile"}
 
 
@@ -168,7 +177,7 @@ def test_torch_compile_backend_runs_on_cpu(setup) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_backend_runs_or_says_why_not(setup, backend: str) -> None:
     model, variants, images = setup
-    result = benchmark(model, variants, images, (1, 8), backends=("torch-eager-cuda", backend), **FAST)
+    result = benchmark(model, variants, images, batch_sizes=(1, 8), backends=("torch-eager-cuda", backend), **FAST)
     assert {r.batch_size for r in result.rows if r.backend == "torch-eager-cuda"} == {1, 8}
     if backend.startswith("torch") or backend == "onnx-fp32-cuda":
         assert {r.backend for r in result.rows} >= {backend}, result.skipped
@@ -237,7 +246,7 @@ def test_bench_past_run_logs_both_stages_to_that_run_and_the_report_shows_them(
     prepare_from_data(model, to_input(splits.train_x))
     with tracker.stage(ref, "train") as run:
         save_checkpoint(
-            checkpoint_payload(model.eval(), TrainConfig(width=8), snapshot.classes, 1), tmp_path / "model.pt"
+            checkpoint_payload(model.eval(), TrainConfig(width=8), snapshot.classes, epoch=1), tmp_path / "model.pt"
         )
         run.log_artifact(tmp_path / "model.pt", "checkpoint")
     tracker.end_run(ref.run_id)

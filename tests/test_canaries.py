@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from auditflow.audits.canaries import (
-    choose_canaries,
-    epsilon_bound,
-    kept_for_training,
-    one_run_audit,
-    p_value,
-)
+from auditflow.audits.canaries import epsilon_bound, one_run_audit, p_value
 from auditflow.audits.privacy import choose_audit_set
+from auditflow.models.training.canaries import choose_canaries, hold_out_canaries, kept_for_training
 
 
 def brute_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -34,18 +29,20 @@ def brute_p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     [(10, 10, 10, 0.5, 0.0), (50, 20, 14, 1.0, 1e-3), (30, 12, 3, 0.2, 1e-2), (40, 16, 16, 2.0, 1e-4)],
 )
 def test_p_value_matches_brute_force(m: int, r: int, v: int, eps: float, delta: float) -> None:
-    assert p_value(m, r, v, eps, delta) == pytest.approx(brute_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-12)
+    assert p_value(m, r, v, epsilon=eps, delta=delta) == pytest.approx(
+        brute_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-12
+    )
 
 
 def test_all_of_ten_right_bounds_epsilon_in_closed_form() -> None:
     # P[10 of 10] = q^10 = 0.05  =>  q = 0.05^(1/10), epsilon = logit(q)
-    assert epsilon_bound(10, 10, 10, 0.0, 0.05) == pytest.approx(logit(0.05**0.1), abs=1e-6)
+    assert epsilon_bound(10, 10, 10, delta=0.0, level=0.05) == pytest.approx(logit(0.05**0.1), abs=1e-6)
 
 
 def test_delta_weakens_the_bound_and_more_correct_guesses_strengthen_it() -> None:
-    assert epsilon_bound(1000, 200, 150, 1e-3, 0.05) < epsilon_bound(1000, 200, 150, 0.0, 0.05)
-    assert epsilon_bound(1000, 200, 120, 0.0, 0.05) < epsilon_bound(1000, 200, 150, 0.0, 0.05)
-    assert epsilon_bound(1000, 200, 100, 0.0, 0.05) == 0.0  # a coin's score rules nothing out
+    assert epsilon_bound(1000, 200, 150, delta=1e-3, level=0.05) < epsilon_bound(1000, 200, 150, delta=0.0, level=0.05)
+    assert epsilon_bound(1000, 200, 120, delta=0.0, level=0.05) < epsilon_bound(1000, 200, 150, delta=0.0, level=0.05)
+    assert epsilon_bound(1000, 200, 100, delta=0.0, level=0.05) == 0.0  # a coin's score rules nothing out
 
 
 def randomised_response(eps: float, m: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +57,10 @@ def test_the_bound_stays_below_the_true_epsilon_and_finds_most_of_it() -> None:
     rng = np.random.default_rng(0)
     eps, trials = 1.0, 200
     bounds = np.array(
-        [one_run_audit(*randomised_response(eps, 1000, rng), 0.0, 0.95).epsilon_lower_bound for _ in range(trials)]
+        [
+            one_run_audit(*randomised_response(eps, 1000, rng), delta=0.0, confidence=0.95).epsilon_lower_bound
+            for _ in range(trials)
+        ]
     )
     assert np.mean(bounds > eps) <= 0.05  # a 95% lower bound
     assert np.median(bounds) > 0.5 * eps  # and not a vacuous one
@@ -71,7 +71,7 @@ def test_no_signal_rules_out_nothing() -> None:
     bounds = []
     for _ in range(200):
         included = rng.random(500) < 0.5
-        bounds.append(one_run_audit(rng.random(500), included, 1e-5, 0.95).epsilon_lower_bound)
+        bounds.append(one_run_audit(rng.random(500), included, delta=1e-5, confidence=0.95).epsilon_lower_bound)
     assert np.mean(np.array(bounds) > 0) <= 0.05
 
 
@@ -91,7 +91,7 @@ def test_members_of_the_audit_are_never_canaries() -> None:
     rng = np.random.default_rng(2)
     train_y, test_y = rng.integers(0, 3, 600), rng.integers(0, 3, 100)
     canaries = choose_canaries(600, 250, seed=0)
-    members = choose_audit_set(train_y, test_y, 100, seed=0, exclude=canaries.index).members
+    members = choose_audit_set(train_y, test_y, n=100, seed=0, exclude=canaries.index).members
     assert len(members) == 100 and not np.isin(members, canaries.index).any()
 
 
@@ -109,15 +109,15 @@ def test_canaries_need_single_process_training() -> None:
 def test_training_drops_the_excluded_canaries_and_refuses_too_many() -> None:
     from auditflow.core.data import Splits
     from auditflow.core.errors import ConfigError
-    from auditflow.tasks.train import _without_excluded_canaries
 
     x = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
     splits = Splits(x, np.arange(40) % 2, x[:2], np.zeros(2, int), x[:2], np.zeros(2, int), ("a", "b"))
     chosen = choose_canaries(40, 20, seed=5)
-    trained = _without_excluded_canaries(splits, 20, 5)
+    trained, drawn = hold_out_canaries(splits, 20, 5)
+    assert np.array_equal(drawn.index, chosen.index) and np.array_equal(drawn.included, chosen.included)
     assert sorted(trained.train_x.ravel()) == sorted(set(range(40)) - set(chosen.excluded.tolist()))
     with pytest.raises(ConfigError, match=r"privacy.canaries=21 needs at least 42 training images, this run has 40"):
-        _without_excluded_canaries(splits, 21, 5)
+        hold_out_canaries(splits, 21, 5)
 
 
 def test_the_training_key_of_a_run_without_canaries_is_what_it_was() -> None:
@@ -126,13 +126,13 @@ def test_the_training_key_of_a_run_without_canaries_is_what_it_was() -> None:
     import json
 
     from auditflow.core.config import load_config
-    from auditflow.tasks.train import resume_key
+    from auditflow.models.training.stage import resume_key
 
     cfg = load_config("quick", [])
     before = json.dumps(["digest", cfg.data.model_dump(mode="json"), cfg.train.model_dump(mode="json")], sort_keys=True)
     assert resume_key("digest", cfg.data, cfg.train) == hashlib.sha256(before.encode()).hexdigest()[:16]
-    assert resume_key("digest", cfg.data, cfg.train, (0, 7)) == resume_key("digest", cfg.data, cfg.train)
-    assert resume_key("digest", cfg.data, cfg.train, (100, 0)) != resume_key("digest", cfg.data, cfg.train)
+    assert resume_key("digest", cfg.data, cfg.train, canaries=(0, 7)) == resume_key("digest", cfg.data, cfg.train)
+    assert resume_key("digest", cfg.data, cfg.train, canaries=(100, 0)) != resume_key("digest", cfg.data, cfg.train)
 
 
 def test_too_few_canaries_are_refused_in_one_line() -> None:

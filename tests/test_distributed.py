@@ -37,6 +37,7 @@ def test_two_gloo_processes_train_in_sync(image_folder: Path, tmp_path: Path) ->
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_failed_launch_reports_the_error(tmp_path: Path) -> None:
     from auditflow.core.errors import ModelError
 
@@ -48,6 +49,25 @@ def test_failed_launch_reports_the_error(tmp_path: Path) -> None:
     }
     with pytest.raises(ModelError, match=r"distributed training \(2 processes\) failed with exit code"):
         launch(spec, 2, tmp_path / "ddp")
+
+
+def test_a_failed_torchrun_is_a_model_error_with_its_last_lines(tmp_path: Path, monkeypatch) -> None:
+    """The fast tier's side of the test above: torchrun's exit code and output tail, no processes."""
+    import subprocess
+
+    from auditflow.core.errors import ModelError
+
+    def failing_torchrun(cmd, **kwargs):
+        assert kwargs["env"]["OMP_NUM_THREADS"] and "--nproc_per_node=2" in cmd
+        return subprocess.CompletedProcess(cmd, 1, "".join(f"line {i}\n" for i in range(40)), "boom\n")
+
+    monkeypatch.setattr(subprocess, "run", failing_torchrun)
+    spec = {"train": TrainConfig(device="cpu").model_dump(mode="json")}
+    with pytest.raises(ModelError) as err:
+        launch(spec, 2, tmp_path / "ddp")
+    message = str(err.value)
+    assert message.startswith("distributed training (2 processes) failed with exit code 1:\nline 16\n")
+    assert message.endswith("line 39\nboom") and "line 15\n" not in message  # the last 25 lines
 
 
 def test_ranks_that_end_with_different_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,11 @@ def toy_model_and_images(n: int = 60, steps: int = 10) -> tuple[torch.nn.Module,
 def variants(tmp_path_factory: pytest.TempPathFactory):
     model, images, labels = toy_model_and_images()
     paths, calibration = build_variants(
-        model, (32, 32, 3), tmp_path_factory.mktemp("onnx"), images[:32], ExportConfig()
+        model,
+        image_shape=(32, 32, 3),
+        out_dir=tmp_path_factory.mktemp("onnx"),
+        calibration_images=images[:32],
+        cfg=ExportConfig(),
     )
     return model, images, labels, paths, calibration
 
@@ -79,7 +83,9 @@ def test_each_variant_agrees_with_torch_and_passes_its_checks(variants, variant:
     model, images, labels, paths, _ = variants
     reference = torch_logits(model, images)
     assert (reference.argmax(1) == labels).mean() == 1.0  # the toy model learned the toy classes
-    check = check_variant(variant, paths[variant], images, labels, reference, max_accuracy_drop=0.5)
+    check = check_variant(
+        variant, paths[variant], test_x=images, test_y=labels, reference_logits=reference, max_accuracy_drop=0.5
+    )
     assert check.providers == {"CPUExecutionProvider": "ok"}
     assert check.measured_on == "CPUExecutionProvider"
     assert check.max_abs_diff < max_diff
@@ -94,9 +100,20 @@ def test_int8_that_loses_too_much_accuracy_is_marked_failing(variants, tmp_path:
     the classes apart, and the check must say so with the value and the limit."""
     model, images, labels, _, _ = variants
     paths, _ = build_variants(
-        model, (32, 32, 3), tmp_path, np.zeros_like(images[:16]), ExportConfig(variants=("fp32", "int8"))
+        model,
+        image_shape=(32, 32, 3),
+        out_dir=tmp_path,
+        calibration_images=np.zeros_like(images[:16]),
+        cfg=ExportConfig(variants=("fp32", "int8")),
     )
-    check = check_variant("int8", paths["int8"], images, labels, torch_logits(model, images), max_accuracy_drop=0.5)
+    check = check_variant(
+        "int8",
+        paths["int8"],
+        test_x=images,
+        test_y=labels,
+        reference_logits=torch_logits(model, images),
+        max_accuracy_drop=0.5,
+    )
     assert check.verdict == "fail"
     assert check.accuracy_drop > 0.5
     assert check.reasons == (
@@ -109,7 +126,14 @@ def test_accuracy_drop_is_in_points_against_the_torch_model(variants) -> None:
     model, images, labels, paths, _ = variants
     wrong = labels.copy()
     wrong[:6] = (wrong[:6] + 1) % 3  # the reference is right on 54 of 60 against these labels
-    check = check_variant("fp32", paths["fp32"], images, wrong, torch_logits(model, images), max_accuracy_drop=0.0)
+    check = check_variant(
+        "fp32",
+        paths["fp32"],
+        test_x=images,
+        test_y=wrong,
+        reference_logits=torch_logits(model, images),
+        max_accuracy_drop=0.0,
+    )
     assert check.reference_accuracy == pytest.approx(0.9)
     assert check.accuracy == pytest.approx(0.9) and check.accuracy_drop == pytest.approx(0.0)
     assert check.verdict == "pass"  # a drop of 0 is within a limit of 0
@@ -130,7 +154,11 @@ def test_corrupt_truncated_or_missing_onnx_gives_a_model_error_naming_the_file(
     assert info.value.__cause__ is not None
     assert "\n" not in str(info.value)  # one line for the terminal
     reference = np.zeros((len(images), 3), dtype=np.float32)
-    check = check_variant("fp32", bad, images, labels, reference, 0.5) if damage != "missing" else None
+    check = (
+        check_variant("fp32", bad, test_x=images, test_y=labels, reference_logits=reference, max_accuracy_drop=0.5)
+        if damage != "missing"
+        else None
+    )
     if check is not None:  # the check records the error instead of raising, and fails the variant
         assert check.verdict == "fail" and str(bad) in check.providers["CPUExecutionProvider"]
         assert "no provider could run it" in check.reasons[-1]
@@ -152,7 +180,10 @@ def test_fp32_parity_detects_a_different_model(variants) -> None:
 def test_manifest_round_trip_and_fallback(variants, tmp_path: Path) -> None:
     model, images, labels, paths, calibration = variants
     reference = torch_logits(model, images)
-    checks = [check_variant(n, p, images, labels, reference, 0.5) for n, p in paths.items()]
+    checks = [
+        check_variant(n, p, test_x=images, test_y=labels, reference_logits=reference, max_accuracy_drop=0.5)
+        for n, p in paths.items()
+    ]
     manifest = write_manifest(paths["fp32"].parent, checks, calibration)
     assert json.loads(manifest.read_text())["calibration"]["method"] == "minmax"
     assert read_manifest(paths["fp32"]) == {n: (p, "pass") for n, p in paths.items()}
@@ -228,7 +259,9 @@ def test_integer_gelu_replaces_every_float_gelu_and_keeps_the_answers(variants, 
 
     model, images, labels, _, _ = variants
     cfg = ExportConfig(variants=("fp32", "int8"), int8_gelu="float")
-    paths, calibration = build_variants(model, (32, 32, 3), tmp_path / "float", images[:32], cfg)
+    paths, calibration = build_variants(
+        model, image_shape=(32, 32, 3), out_dir=tmp_path / "float", calibration_images=images[:32], cfg=cfg
+    )
     assert calibration is not None and calibration.gelu == "float"
     proto = onnx.load(str(paths["int8"]))
     assert sum(n.op_type == "Gelu" for n in proto.graph.node) == 7  # the whitening stem and two per conv group
@@ -239,6 +272,8 @@ def test_integer_gelu_replaces_every_float_gelu_and_keeps_the_answers(variants, 
     onnx.checker.check_model(proto)
     path = tmp_path / "model.int8.onnx"
     onnx.save(proto, str(path))
-    check = check_variant("int8", path, images, labels, torch_logits(model, images), max_accuracy_drop=0.5)
+    check = check_variant(
+        "int8", path, test_x=images, test_y=labels, reference_logits=torch_logits(model, images), max_accuracy_drop=0.5
+    )
     assert check.verdict == "pass" and check.top1_agreement == 1.0, check
     assert gelu_as_int8_ops(proto) == 0  # nothing left to replace

@@ -20,7 +20,7 @@ from auditflow.audits.fairness import (
     gap_interval,
     smallest_settling_n,
 )
-from auditflow.audits.joint import class_ece, exposure_correlation, joint_table, rank_auc, weighted_auc
+from auditflow.audits.joint import class_ece, exposure_correlation, joint_rows, joint_table, rank_auc, weighted_auc
 from auditflow.audits.mitigation import fit_logit_offsets, mitigation_effect
 from auditflow.audits.subgroups import audit_subgroups, cell_table, derived_attributes, read_metadata
 from auditflow.core.config import FairnessConfig
@@ -71,7 +71,7 @@ def test_wilson_without_data_is_the_unit_interval() -> None:
 
 def test_per_class_rates_and_intervals_brute_force(predictions) -> None:
     labels, preds = predictions
-    result = audit_fairness(labels, preds, CLASSES, _cfg())
+    result = audit_fairness(labels, preds, CLASSES, cfg=_cfg())
     level = 1 - 0.05 / 3
     assert result.per_class_level == pytest.approx(level)
     lows, highs, recalls = [], [], []
@@ -128,7 +128,7 @@ def test_decide_at_its_edges() -> None:
     assert decide(0.3001, 0.5, 0.3, higher_is_better=False) == "fail"
     assert decide(0.3, 0.5, 0.3, higher_is_better=False) == "inconclusive"
     with pytest.raises(ValueError, match=r"need low <= high, got low 0\.6 and high 0\.5"):
-        decide(0.6, 0.5, 0.5, True)
+        decide(0.6, 0.5, 0.5, higher_is_better=True)
 
 
 def _two_classes(tp: tuple[int, int], n: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,11 +146,11 @@ def test_worst_recall_verdict_at_the_edges() -> None:
     low_a, high_a = wilson_by_hand(80, 100, level)
 
     at_edge = audit_fairness(
-        labels, preds, ("a", "b"), _cfg(min_class_recall=float(wilson_interval(80, 100, level)[0]))
+        labels, preds, ("a", "b"), cfg=_cfg(min_class_recall=float(wilson_interval(80, 100, level)[0]))
     )
     assert at_edge.worst_status == "pass" and at_edge.worst_class == "a"
 
-    above = audit_fairness(labels, preds, ("a", "b"), _cfg(min_class_recall=high_a + 1e-9))
+    above = audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(min_class_recall=high_a + 1e-9))
     assert above.worst_status == "fail"
     assert above.reasons == (
         f"worst-class recall fails: 1 class(es) are below the threshold {high_a + 1e-9} with simultaneous "
@@ -158,7 +158,7 @@ def test_worst_recall_verdict_at_the_edges() -> None:
     )
     assert "worst_class_recall" not in above.settle_n
 
-    straddle = audit_fairness(labels, preds, ("a", "b"), _cfg(min_class_recall=0.75))
+    straddle = audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(min_class_recall=0.75))
     assert straddle.worst_status == "inconclusive"
     n = straddle.settle_n["worst_class_recall"]
     assert n is not None and n > 100
@@ -174,7 +174,7 @@ def test_worst_recall_verdict_at_the_edges() -> None:
 
 def test_no_settle_n_when_recall_sits_on_the_threshold() -> None:
     labels, preds = _two_classes((80, 90), (100, 100))
-    result = audit_fairness(labels, preds, ("a", "b"), _cfg(min_class_recall=0.8))
+    result = audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(min_class_recall=0.8))
     assert result.worst_status == "inconclusive" and result.settle_n == {"worst_class_recall": None}
     assert "no realistic test-set size would settle it" in result.reasons[0]
 
@@ -184,15 +184,15 @@ def test_recall_gap_verdicts() -> None:
     level = bonferroni_level(0.95, 2)
     (la, ha), (lb, hb) = wilson_by_hand(60, 200, level), wilson_by_hand(95, 200, level)
     gap_lo, gap_hi = lb - ha, hb - la
-    assert audit_fairness(labels, preds, ("a", "b"), _cfg(max_recall_gap=gap_hi)).gap_status == "pass"
-    fail = audit_fairness(labels, preds, ("a", "b"), _cfg(max_recall_gap=gap_lo - 1e-9))
+    assert audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(max_recall_gap=gap_hi)).gap_status == "pass"
+    fail = audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(max_recall_gap=gap_lo - 1e-9))
     assert fail.gap_status == "fail" and fail.recall_gap == pytest.approx(0.175)
     assert fail.reasons[0].startswith("recall gap 0.175 (best b 0.475 minus worst a 0.300), simultaneous 95% interval")
-    mid = audit_fairness(labels, preds, ("a", "b"), _cfg(max_recall_gap=0.2))
+    mid = audit_fairness(labels, preds, ("a", "b"), cfg=_cfg(max_recall_gap=0.2))
     assert mid.gap_status == "inconclusive" and mid.settle_n["recall_gap"] > 200
     n = mid.settle_n["recall_gap"]
     lo, hi = wilson_interval(np.array([0.3, 0.475]) * n, np.array([n, n]), level)
-    assert decide(*gap_interval(lo, hi), 0.2, False) == "pass"
+    assert decide(*gap_interval(lo, hi), 0.2, higher_is_better=False) == "pass"
 
 
 def test_smallest_settling_n_is_the_smallest() -> None:
@@ -205,7 +205,7 @@ def test_fairness_rejects_bad_inputs() -> None:
     with pytest.raises(
         ValueError, match=r"need equal, non-zero numbers of labels and predictions, got \(2,\) and \(3,\)"
     ):
-        audit_fairness(np.zeros(2, int), np.zeros(3, int), CLASSES, _cfg())
+        audit_fairness(np.zeros(2, int), np.zeros(3, int), CLASSES, cfg=_cfg())
     with pytest.raises(ValueError, match=r"labels must be integers in 0..2, got values \[0 5\]"):
         class_counts(np.array([0, 5]), np.array([0, 0]), 3)
 
@@ -265,7 +265,7 @@ def test_planted_subgroup_gap_is_found_and_fails() -> None:
     labels, preds, values = _subgroup_data(rng, 300, 0.9)
     attrs = derived_attributes(_grey_images(values), ("brightness",), 3)
     preds = np.where((labels == 1) & (attrs["brightness"] == "low"), 2, preds)  # dark class-b images: always wrong
-    result = audit_subgroups(labels, preds, attrs, CLASSES, FairnessConfig())
+    result = audit_subgroups(labels, preds, attrs, classes=CLASSES, cfg=FairnessConfig())
     assert result.status == "fail"
     assert result.worst["attribute"] == "brightness" and result.worst["class"] == "b"
     assert result.worst["worst_group"] == "low" and result.worst["gap"] > 0.8 and result.worst["ci_low"] > 0.2
@@ -277,7 +277,7 @@ def test_no_planted_gap_with_large_n_passes() -> None:
     rng = np.random.default_rng(4)
     labels, preds, values = _subgroup_data(rng, 3000, 0.85)
     attrs = derived_attributes(_grey_images(values, size=2), ("brightness", "colourfulness"), 3)
-    result = audit_subgroups(labels, preds, attrs, CLASSES, FairnessConfig())
+    result = audit_subgroups(labels, preds, attrs, classes=CLASSES, cfg=FairnessConfig())
     assert result.status == "pass" and result.reasons == ()
     assert result.cell_level == pytest.approx(1 - 0.05 / 12)  # 9 brightness + 3 colourfulness cells
     assert all(g["tpr_gap_ci_high"] <= 0.2 for g in result.gaps if g["judged"])
@@ -288,7 +288,7 @@ def test_small_cells_are_shown_but_not_judged() -> None:
     preds = labels.copy()
     group = np.array(["x"] * 300, dtype=object)
     group[:10] = "y"  # 10 class-a images in group y: below min_group_count
-    result = audit_subgroups(labels, preds, {"site": group}, CLASSES, FairnessConfig(min_group_count=30))
+    result = audit_subgroups(labels, preds, {"site": group}, classes=CLASSES, cfg=FairnessConfig(min_group_count=30))
     small = next(c for c in result.cells if c["class"] == "a" and c["group"] == "y")
     assert small["judged"] is False and small["positives"] == 10
     assert small["reason"].startswith("10 images of the class < min_group_count 30")
@@ -302,7 +302,7 @@ def test_cell_table_matches_groupby_brute_force() -> None:
     rng = np.random.default_rng(5)
     labels, preds = rng.integers(0, 3, 400), rng.integers(0, 3, 400)
     group = rng.choice(["p", "q", "r"], 400)
-    table = cell_table(labels, preds, group, CLASSES)
+    table = cell_table(labels, preds, group, classes=CLASSES)
     stacked = pd.DataFrame(
         {
             "class": np.repeat(CLASSES, 400),
@@ -375,7 +375,7 @@ def test_logit_adjustment_raises_the_biased_class_on_test() -> None:
     offsets = fit_logit_offsets(val_logits, val_labels, 4)
     assert np.argmax(offsets) == 2 and offsets.mean() == pytest.approx(0.0)
     assert np.array_equal(offsets, fit_logit_offsets(val_logits, val_labels, 4))  # deterministic
-    result = mitigation_effect(offsets, test_logits, test_labels, ("w", "x", "y", "z"), FairnessConfig())
+    result = mitigation_effect(offsets, test_logits, test_labels, classes=("w", "x", "y", "z"), cfg=FairnessConfig())
     row = result.per_class[2]
     brute_before = np.mean(test_logits[test_labels == 2].argmax(1) == 2)
     brute_after = np.mean((test_logits[test_labels == 2] + offsets).argmax(1) == 2)
@@ -389,7 +389,9 @@ def test_logit_adjustment_raises_the_biased_class_on_test() -> None:
 
 def test_mitigation_that_does_not_help_says_so() -> None:
     test_logits, test_labels = _biased_logits(500, 8)
-    result = mitigation_effect(np.zeros(4), test_logits, test_labels, ("w", "x", "y", "z"), FairnessConfig())
+    result = mitigation_effect(
+        np.zeros(4), test_logits, test_labels, classes=("w", "x", "y", "z"), cfg=FairnessConfig()
+    )
     assert not result.helped and result.reading.endswith("it did not help on test.")
     assert result.worst_recall_ci_before == result.worst_recall_ci_after
 
@@ -411,8 +413,8 @@ def test_class_ece_brute_force() -> None:
             if inside.any():
                 ece += inside.mean() * abs(ok[inside].mean() - c[inside].mean())
         expected.append(ece)
-    assert class_ece(logits, labels, 3, 10) == pytest.approx(expected)
-    assert np.isnan(class_ece(logits, np.zeros(300, int), 3, 10)[1])
+    assert class_ece(logits, labels, 3, n_bins=10) == pytest.approx(expected)
+    assert np.isnan(class_ece(logits, np.zeros(300, int), 3, n_bins=10)[1])
 
 
 def test_rank_auc_and_weighted_auc_brute_force() -> None:
@@ -421,29 +423,36 @@ def test_rank_auc_and_weighted_auc_brute_force() -> None:
     diff = pos[:, None] - neg[None, :]
     assert rank_auc(pos, neg) == pytest.approx(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
     w, v = rng.integers(0, 3, (4, 30)), rng.integers(0, 3, (4, 40))
-    got = weighted_auc(pos, neg, w, v)
+    got = weighted_auc(pos, neg, w=w, v=v)
     for b in range(4):
         p, n = np.repeat(pos, w[b]), np.repeat(neg, v[b])
         d = p[:, None] - n[None, :]
         assert got[b] == pytest.approx(np.mean(d > 0) + 0.5 * np.mean(d == 0))
 
 
-def _exposure_data(rng: np.random.Generator, planted: bool) -> tuple[np.ndarray, ...]:
+def _exposure_data(rng: np.random.Generator, planted: bool) -> dict[str, np.ndarray]:
     k, n = 8, 400
     error = np.linspace(0.05, 0.6, k)
     test_labels = np.repeat(np.arange(k), n)
     test_preds = np.where(rng.random(k * n) < error[test_labels], (test_labels + 1) % k, test_labels)
     labels = np.repeat(np.arange(k), n)
     shift = error[labels] if planted else 0.0
-    return test_labels, test_preds, rng.normal(size=k * n) + shift, labels, rng.normal(size=k * n), labels
+    return {
+        "test_labels": test_labels,
+        "test_preds": test_preds,
+        "member_scores": rng.normal(size=k * n) + shift,
+        "member_labels": labels,
+        "nonmember_scores": rng.normal(size=k * n),
+        "nonmember_labels": labels,
+    }
 
 
 def test_exposure_correlation_planted_and_random() -> None:
     rng = np.random.default_rng(11)
-    planted = exposure_correlation(*_exposure_data(rng, True), n_classes=8, n_boot=300, seed=0, confidence=0.95)
+    planted = exposure_correlation(**_exposure_data(rng, True), n_classes=8, n_boot=300, seed=0, confidence=0.95)
     assert planted["answer"] == "yes" and planted["ci"][0] > 0 and planted["n_classes"] == 8
     assert planted["reading"].startswith("yes: classes the model serves worse are also more exposed")
-    random = exposure_correlation(*_exposure_data(rng, False), n_classes=8, n_boot=300, seed=0, confidence=0.95)
+    random = exposure_correlation(**_exposure_data(rng, False), n_classes=8, n_boot=300, seed=0, confidence=0.95)
     assert random["ci"][0] <= 0 <= random["ci"][1] and random["answer"] == "inconclusive"
     json.dumps(planted)
 
@@ -456,12 +465,23 @@ def test_joint_table_rows() -> None:
     ]
     member_loss, member_labels = rng.random(60), np.repeat([0, 1], 30)
     rows = joint_table(
-        logits, labels, CLASSES, attack, member_loss, member_labels, rng.random(60) + 1, member_labels, 0.95, 10
+        test_logits=logits,
+        test_labels=labels,
+        classes=CLASSES,
+        attack_per_class=attack,
+        member_loss=member_loss,
+        member_labels=member_labels,
+        nonmember_loss=rng.random(60) + 1,
+        nonmember_labels=member_labels,
+        confidence=0.95,
+        n_bins=10,
     )
     preds = logits.argmax(1)
-    assert rows[1]["recall"] == pytest.approx(np.mean(preds[labels == 1] == 1))
-    assert rows[1]["attack_auc"] == 0.7 and rows[0]["attack_auc"] is None
-    assert rows[0]["member_loss_mean"] == pytest.approx(member_loss[:30].mean())
-    assert rows[2]["n_members"] == 0 and rows[2]["member_loss_mean"] is None
-    assert rows[0]["ece"] == pytest.approx(class_ece(logits, labels, 3, 10)[0])
-    json.dumps(rows)
+    assert rows[1].recall == pytest.approx(np.mean(preds[labels == 1] == 1))
+    assert rows[1].attack_auc == 0.7 and rows[0].attack_auc is None
+    assert rows[0].member_loss_mean == pytest.approx(member_loss[:30].mean())
+    assert rows[2].n_members == 0 and rows[2].member_loss_mean is None
+    assert rows[0].ece == pytest.approx(class_ece(logits, labels, 3, n_bins=10)[0])
+    table = joint_rows(rows)
+    assert [r["class"] for r in table] == list(CLASSES) and list(table[0])[:2] == ["class", "support"]
+    json.dumps(table)

@@ -146,6 +146,7 @@ def test_a_zip_of_utf8_names_without_the_flag_keeps_its_class_names(tmp_path: Pa
     assert ingest(str(archive), DataConfig(), tmp_path / "cache").classes == ("café", "square", "stripes")
 
 
+@pytest.mark.slow
 def test_a_tar_with_a_non_utf8_class_is_one_line_from_the_cli(tmp_path: Path) -> None:
     archive = _archive_with_class_named(tmp_path, "tar", b"c\xa0\xfe")
     env = user_env()
@@ -182,7 +183,7 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(image_folder: Path, 
     splits = make_splits(ingest(str(image_folder), DataConfig(), tmp_path / "cache"), DataConfig(val_fraction=0.25))
     cfg = TrainConfig(model="fastnet", width=8, epochs=3, batch_size=12, lr=1e30, precision="fp32", device="cpu")
     with pytest.raises(ModelError, match=r"training diverged at epoch 1: mean loss nan; lower train.lr \(now 1e\+30\)"):
-        fit(splits, cfg, resolve_runtime("cpu", "fp32"), tmp_path / "ckpt")
+        fit(splits, cfg, resolve_runtime("cpu", "fp32"), checkpoint_dir=tmp_path / "ckpt")
 
 
 def test_a_workdir_that_is_a_file_is_one_line_and_exit_2(image_folder: Path, tmp_path: Path) -> None:
@@ -255,6 +256,7 @@ def _unprivileged() -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+@pytest.mark.slow
 def test_a_read_only_workdir_or_store_fails_at_once_naming_it() -> None:
     import sqlite3
 
@@ -290,6 +292,7 @@ def test_a_read_only_workdir_or_store_fails_at_once_naming_it() -> None:
         shutil.rmtree(base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["junk prefect.db", "read-only HOME"])
 def test_a_bad_prefect_home_fails_within_10_s_naming_it(case: str) -> None:
     """Issue 18: a `prefect.db` that is not a database, or a read-only HOME (Prefect's default
@@ -496,7 +499,7 @@ def test_a_tracking_outage_mid_training_neither_stops_it_nor_drops_an_epoch(
 
     ref, snapshot, data_cfg, workdir = train_stage
     _flaky_epoch_logging(monkeypatch, lambda step, n: step >= 2 and n == 1)  # epochs 2 and 3: first try fails
-    train_model.fn(ref, snapshot, data_cfg, TrainConfig(**TRAIN), workdir)
+    train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=TrainConfig(**TRAIN), workdir=workdir)
     record = Tracker(ref.uri).load_run(ref.run_id)
     assert record.stage_status["train"] == "FINISHED" and record.summaries["train"]["resumed_from_epoch"] == 0
     assert _train_steps(ref, record.stage_run_ids["train"]) == [1, 2, 3]  # each once, none lost
@@ -520,12 +523,12 @@ def test_a_lasting_tracking_outage_fails_the_stage_after_training_and_the_rerun_
             rf"\({re.escape(OUTAGE)}\); the trained model is kept: rerun the same command to log it without "
             r"training again$",
         ):
-            train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+            train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=cfg, workdir=workdir)
     tracker = Tracker(ref.uri)
     failed = tracker.load_run(ref.run_id)
     assert failed.stage_status["train"] == "FAILED" and _train_steps(ref, failed.stage_run_ids["train"]) == []
     _no_training(monkeypatch)  # the retry (or rerun) must reuse the finished training
-    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=cfg, workdir=workdir)
     record = tracker.load_run(ref.run_id)
     assert record.stage_status["train"] == "FINISHED"
     assert record.summaries["train"]["resumed_from_epoch"] == 3
@@ -541,16 +544,17 @@ def test_a_rerun_after_a_kill_past_training_reuses_the_finished_training(
     from auditflow.core.config import TrainConfig
     from auditflow.core.paths import trained_dir
     from auditflow.core.tracking import Tracker
-    from auditflow.tasks.train import resume_key, train_model
+    from auditflow.models.training.stage import resume_key
+    from auditflow.tasks.train import train_model
 
     ref, snapshot, data_cfg, workdir = train_stage
     cfg = TrainConfig(**TRAIN)
     tracker = Tracker(ref.uri)
-    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=cfg, workdir=workdir)
     first = tracker.load_run(ref.run_id)
     with monkeypatch.context() as patch:
         _no_training(patch)
-        train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+        train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=cfg, workdir=workdir)
     again = tracker.load_run(ref.run_id)
     assert again.stage_run_ids["train"] != first.stage_run_ids["train"]
     assert again.stage_tags["train"]["train/reused_from_run"] == first.stage_run_ids["train"]
@@ -565,7 +569,7 @@ def test_a_rerun_after_a_kill_past_training_reuses_the_finished_training(
 
     result = trained_dir(workdir, resume_key(Snapshot.open(snapshot).digest, data_cfg, cfg)) / "result.json"
     result.write_text(json.dumps({**json.loads(result.read_text()), "weights_sha256": "0" * 64}))
-    train_model.fn(ref, snapshot, data_cfg, cfg, workdir)
+    train_model.fn(ref, snapshot, data_cfg=data_cfg, cfg=cfg, workdir=workdir)
     third = tracker.load_run(ref.run_id)
     assert "does not hold the weights it recorded (sha256 " + "0" * 64 in caplog.text
     assert third.summaries["train"]["resumed_from_epoch"] == 0 and third.summaries["train"]["reused_from_run"] is None
@@ -812,7 +816,7 @@ def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_
 
 def test_a_damaged_kept_training_is_named_and_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 18: a damaged `trained/` checkpoint's warning named the `checkpoints/` copy."""
-    from auditflow.tasks.train import RESULT, reuse_finished
+    from auditflow.models.training.stage import RESULT, reuse_finished
 
     finished = tmp_path / "trained" / "key"
     finished.mkdir(parents=True)

@@ -8,43 +8,23 @@ from pathlib import Path
 
 import pytest
 from conftest import at_least
+from run_keys import PIPED_CLASS, TINY, make_shared_data
 from typer.testing import CliRunner
 
 from auditflow.cli import app
 from auditflow.core.errors import DataError
 from auditflow.core.tracking import Tracker
 
-TINY = [
-    "train.width=8",
-    "train.epochs=4",
-    "train.batch_size=16",
-    "train.lr=0.05",
-    "train.precision=fp32",
-    "train.compile=false",
-    "train.ema_decay=null",
-    "train.tta_translate=0",
-    "data.val_fraction=0.125",
-    "benchmark.batch_sizes=[1, 8]",
-    "benchmark.iterations=3",
-    "benchmark.warmup=1",
-    "export.parity_samples=16",
-    "benchmark.backends=[torch-eager, onnx-fp32, onnx-int8]",
-    "benchmark.min_seconds=0",
-    "benchmark.max_seconds=1",
-]
 STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(prefect_harness, image_tar: Path, tmp_path_factory: pytest.TempPathFactory):
-    from auditflow.flows.pipeline import audit_pipeline
-
-    workdir = tmp_path_factory.mktemp("work")
-    # two query views: the audit's augmented queries run end to end, target and reference models
-    overrides = [*TINY, "privacy.queries=2"]
-    result = audit_pipeline(profile="quick", data=str(image_tar), overrides=overrides, workdir=str(workdir))
-    return result, workdir
+@pytest.fixture
+def pipeline_run(shared_run):
+    """(result, work folder) of the session's one pipeline run (conftest `shared_run`): the toy
+    folder, two query views (the audit's augmented queries run end to end, target and reference
+    models)."""
+    return shared_run[0], shared_run[3]
 
 
 @pytest.mark.slow
@@ -225,13 +205,16 @@ def _train_from(pipeline_run, data: Path, workdir: Path, **train):
     ref = open_pipeline_run(cfg, store, "derived", {})
     snap = ingest_data.fn(ref, str(data), DataConfig(val_fraction=0.125), str(workdir))
     tcfg = TrainConfig(**({"width": 8, "epochs": 2, "batch_size": 16, "lr": 0.05, "precision": "fp32"} | train))
-    return train_model.fn(ref, snap.snapshot, DataConfig(val_fraction=0.125), tcfg, str(workdir)), ref
+    return train_model.fn(
+        ref, snap.snapshot, data_cfg=DataConfig(val_fraction=0.125), cfg=tcfg, workdir=str(workdir)
+    ), ref
 
 
 @pytest.mark.slow
-def test_distil_from_a_past_run(pipeline_run, image_folder: Path, tmp_path: Path) -> None:
+def test_distil_from_a_past_run(pipeline_run, tmp_path: Path) -> None:
     result, _ = pipeline_run
-    trained, ref = _train_from(pipeline_run, image_folder, tmp_path, epochs=4, teacher=result.run_id, distill_alpha=0.7)
+    data = make_shared_data(tmp_path)  # the teacher's classes
+    trained, ref = _train_from(pipeline_run, data, tmp_path, epochs=4, teacher=result.run_id, distill_alpha=0.7)
     summary = Tracker(ref.uri).load_run(ref.run_id).summaries["train"]
     assert summary["teacher"] == result.run_id and summary["flops_per_image"] > 0
     assert 0 < summary["fraction_of_peak"] < 1.5
@@ -272,9 +255,8 @@ def test_teacher_with_other_classes_is_refused(pipeline_run, tmp_path: Path) -> 
         (data / "train" / "circle").rename(data / "train" / "disc"),
         (data / "test" / "circle").rename(data / "test" / "disc"),
     )
-    with pytest.raises(
-        ConfigError, match=rf"train\.teacher='{result.run_id}' was trained on classes \['circle', 'square', 'stripes'\]"
-    ):
+    classes = re.escape(str([PIPED_CLASS, "square", "stripes"]))
+    with pytest.raises(ConfigError, match=rf"train\.teacher='{result.run_id}' was trained on classes {classes}"):
         _train_from(pipeline_run, data, tmp_path, teacher=result.run_id)
 
 
@@ -339,8 +321,9 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     from auditflow.core.tracking import open_pipeline_run
     from auditflow.models.training.fit import fit
     from auditflow.models.training.runtime import resolve_runtime
+    from auditflow.models.training.stage import resume_key
     from auditflow.tasks.ingest import ingest_data
-    from auditflow.tasks.train import resume_key, train_model
+    from auditflow.tasks.train import train_model
 
     result, store = pipeline_run
     data_cfg = DataConfig(val_fraction=0.125)
@@ -358,10 +341,10 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
             make_splits(Snapshot.open(snap.snapshot), data_cfg),
             cfg,
             resolve_runtime("cpu", "fp32"),
-            work,
+            checkpoint_dir=work,
             on_epoch=kill_after_two,
         )
-    train_model.fn(ref, snap.snapshot, data_cfg, cfg, str(tmp_path))
+    train_model.fn(ref, snap.snapshot, data_cfg=data_cfg, cfg=cfg, workdir=str(tmp_path))
     tracker = Tracker(ref.uri)
     summary = tracker.load_run(ref.run_id).summaries["train"]
     assert summary["resumed_from_epoch"] == 2 and summary["epochs"] == 4

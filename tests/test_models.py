@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +103,7 @@ def test_to_input_layout_and_range() -> None:
 
 def test_fit_learns_toy_data_and_checkpoints(splits, tmp_path: Path) -> None:
     cfg = tiny(epochs=6)
-    result = fit(splits, cfg, CPU, tmp_path)
+    result = fit(splits, cfg, CPU, checkpoint_dir=tmp_path)
     assert len(result.history) == 6
     at_least("fit toy: final val accuracy", result.history[-1].val_accuracy, 0.9)  # three very different classes
     model, payload = load_model(result.checkpoint)
@@ -112,18 +113,18 @@ def test_fit_learns_toy_data_and_checkpoints(splits, tmp_path: Path) -> None:
 
 
 def test_seeded_cpu_runs_are_identical(splits, tmp_path: Path) -> None:
-    a = fit(splits, tiny(), CPU, tmp_path / "a")
-    b = fit(splits, tiny(), CPU, tmp_path / "b")
+    a = fit(splits, tiny(), CPU, checkpoint_dir=tmp_path / "a")
+    b = fit(splits, tiny(), CPU, checkpoint_dir=tmp_path / "b")
     sa, sb = torch.load(a.checkpoint)["state_dict"], torch.load(b.checkpoint)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    c = fit(splits, tiny(seed=1), CPU, tmp_path / "c")
+    c = fit(splits, tiny(seed=1), CPU, checkpoint_dir=tmp_path / "c")
     sc = torch.load(c.checkpoint)["state_dict"]
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
 def test_interrupted_run_resumes_to_the_same_weights(splits, tmp_path: Path) -> None:
     cfg = tiny(epochs=4, ema_decay=0.9, dropout=0.1)
-    full = fit(splits, cfg, CPU, tmp_path / "full")
+    full = fit(splits, cfg, CPU, checkpoint_dir=tmp_path / "full")
 
     class Killed(Exception):
         pass
@@ -134,8 +135,8 @@ def test_interrupted_run_resumes_to_the_same_weights(splits, tmp_path: Path) -> 
 
     # checkpoint_every=1 saves after on_epoch; die before the epoch-2 save -> resume from epoch 1
     with pytest.raises(Killed):
-        fit(splits, cfg, CPU, tmp_path / "cut", on_epoch=die_after_two)
-    resumed = fit(splits, cfg, CPU, tmp_path / "cut")
+        fit(splits, cfg, CPU, checkpoint_dir=tmp_path / "cut", on_epoch=die_after_two)
+    resumed = fit(splits, cfg, CPU, checkpoint_dir=tmp_path / "cut")
     assert resumed.resumed_from_epoch == 1
     assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
     a, b = torch.load(full.checkpoint), torch.load(resumed.checkpoint)
@@ -146,25 +147,74 @@ def test_interrupted_run_resumes_to_the_same_weights(splits, tmp_path: Path) -> 
 
 
 def test_finished_checkpoint_with_other_config_starts_fresh(splits, tmp_path: Path) -> None:
-    fit(splits, tiny(epochs=2), CPU, tmp_path)
-    again = fit(splits, tiny(epochs=3), CPU, tmp_path)
+    fit(splits, tiny(epochs=2), CPU, checkpoint_dir=tmp_path)
+    again = fit(splits, tiny(epochs=3), CPU, checkpoint_dir=tmp_path)
     assert again.resumed_from_epoch == 0 and len(again.history) == 3
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
+def _steps_on_one_batch(splits, cfg: TrainConfig, n: int) -> tuple[list[float], list[float], list[str], list[str]]:
+    """`n` optimiser steps of fit's own model, optimiser and LR schedule (over `n` steps) on
+    one fixed batch of 12 images, augmentation off. Returns (the loss before each step, the
+    learning rate of each step, the parameters that moved, the trainable parameters)."""
+    from auditflow.models.training.fit import OPTIMIZERS, _param_groups, _schedule
+    from auditflow.models.training.loop import _train_step
+    from auditflow.models.training.registry import prepare_from_data
+
+    torch.manual_seed(cfg.seed)  # fit's model (`_build`, less its FLOP count, which takes seconds)
+    model = build_model(cfg.model, len(splits.classes), width=cfg.width)
+    prepare_from_data(model, to_input(splits.train_x))
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(model, cfg.weight_decay), cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps=n))
+    idx = torch.as_tensor(np.linspace(0, len(splits.train_y) - 1, 12).round().astype(np.int64))  # every class
+    x, y = torch.as_tensor(np.asarray(splits.train_x))[idx], torch.as_tensor(splits.train_y)[idx]
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    losses, lrs = [], []
+    for _ in range(n):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        loss, _ = _train_step(model, x, y, optimizer, cfg, CPU)
+        scheduler.step()
+        losses.append(loss.item())
+    lrs.append(optimizer.param_groups[0]["lr"])  # after the last step: where the schedule ends
+    moved = [k for k, p in model.named_parameters() if not torch.equal(p, before[k])]
+    return losses, lrs, moved, [k for k, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 0.003), ("adamw", 0.003), ("rmsprop", 0.003)])
+def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(splits, optimizer: str, lr: float) -> None:
+    cfg = tiny(optimizer=optimizer, lr=lr, schedule="constant", label_smoothing=0.1, flip=False, crop_padding=0)
+    losses, lrs, moved, trainable = _steps_on_one_batch(splits, cfg, 6)
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+    assert moved == trainable  # every trainable tensor took the steps
+    assert lrs == [lr] * 7
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
-def test_optimizers_and_schedules_train(splits, tmp_path: Path, optimizer: str, schedule: str) -> None:
-    lr = 0.05 if optimizer == "sgd" else 0.003
-    result = fit(
-        splits, tiny(epochs=1, optimizer=optimizer, schedule=schedule, lr=lr, label_smoothing=0.1), CPU, tmp_path
-    )
-    assert np.isfinite(result.history[0].train_loss)
+def test_each_schedule_sets_the_learning_rate_of_every_step_and_lowers_the_loss(splits, schedule: str) -> None:
+    """10 steps, 2 of warm-up: the optimiser's learning rate at each step is lr x the
+    schedule's multiplier; constant stays, cosine and onecycle rise to lr at the end of the
+    warm-up, then fall to 0 at the last step."""
+    from auditflow.models.training.fit import _schedule
+
+    cfg = tiny(schedule=schedule, warmup_fraction=0.2, lr=0.05, flip=False, crop_padding=0)
+    losses, lrs, moved, trainable = _steps_on_one_batch(splits, cfg, 10)
+    shape = _schedule(cfg, total_steps=10)
+    assert lrs == pytest.approx([0.05 * shape(step) for step in range(11)])
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert moved == trainable
+    if schedule == "constant":
+        assert lrs == [0.05] * 11
+        return
+    peaks = [step for step, lr in enumerate(lrs) if lr == pytest.approx(0.05)]
+    assert peaks and set(peaks) <= {1, 2}  # the end of the 2-step warm-up
+    assert all(a < b for a, b in itertools.pairwise(lrs[: peaks[0] + 1]))  # rises
+    assert all(a > b for a, b in itertools.pairwise(lrs[peaks[-1] :]))  # then falls
+    assert lrs[-1] == 0.0
 
 
 def test_bf16_autocast_on_cpu_runs(splits, tmp_path: Path) -> None:
     rt = resolve_runtime("cpu", "bf16")
     assert rt.autocast_dtype == torch.bfloat16
-    result = fit(splits, tiny(epochs=1, precision="bf16"), rt, tmp_path)
+    result = fit(splits, tiny(epochs=1, precision="bf16"), rt, checkpoint_dir=tmp_path)
     assert np.isfinite(result.history[0].train_loss)
 
 
@@ -189,7 +239,7 @@ def test_cuda_runtime_uses_bf16_and_trains(splits, tmp_path: Path) -> None:
         pytest.skip("needs a CUDA device")
     rt = resolve_runtime("auto")
     assert rt.device.type == "cuda" and rt.autocast_dtype == torch.bfloat16 and rt.channels_last
-    result = fit(splits, tiny(epochs=2, device="cuda", precision="auto"), rt, tmp_path)
+    result = fit(splits, tiny(epochs=2, device="cuda", precision="auto"), rt, checkpoint_dir=tmp_path)
     assert result.history[-1].val_accuracy > 0.5
 
 
@@ -202,14 +252,16 @@ def test_distillation_loss_is_zero_only_when_matching_the_teacher() -> None:
 
 
 def test_fit_with_teacher_and_init_state(splits, tmp_path: Path) -> None:
-    teacher_run = fit(splits, tiny(epochs=4), CPU, tmp_path / "teacher")
+    teacher_run = fit(splits, tiny(epochs=4), CPU, checkpoint_dir=tmp_path / "teacher")
     teacher, _ = load_model(teacher_run.checkpoint)
     # alpha=1: the labels play no part, so whatever the student learns comes from the teacher
-    student_run = fit(splits, tiny(epochs=4, distill_alpha=1.0), CPU, tmp_path / "student", teacher=teacher)
+    student_run = fit(
+        splits, tiny(epochs=4, distill_alpha=1.0), CPU, checkpoint_dir=tmp_path / "student", teacher=teacher
+    )
     student, _ = load_model(student_run.checkpoint)
     agree = (predict(student, splits.test_x, CPU).argmax(1) == predict(teacher, splits.test_x, CPU).argmax(1)).mean()
     at_least("distillation toy: student-teacher agreement", agree, 0.8)
-    tuned = fit(splits, tiny(epochs=1), CPU, tmp_path / "tuned", init_state=teacher.state_dict())
+    tuned = fit(splits, tiny(epochs=1), CPU, checkpoint_dir=tmp_path / "tuned", init_state=teacher.state_dict())
     at_least("init_state toy: first-epoch val accuracy", tuned.history[0].val_accuracy, 0.9)  # a trained start
 
 
@@ -258,7 +310,7 @@ def test_warm_up_compiles_times_steps_and_restores_everything(splits) -> None:
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    compiled, seconds, step = warm_up(base, base, optimizer, x, y, cfg, CPU, timed_steps=2)
+    compiled, seconds, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, timed_steps=2)
     assert hasattr(compiled, "_orig_mod") and seconds > 0 and step > 0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
     assert all(p.grad is None for p in base.parameters())
@@ -280,13 +332,13 @@ def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyP
     cfg = tiny(compile=True)
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    model, _, step = warm_up(base, base, optimizer, x, y, cfg, CPU)
+    model, _, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU)
     assert model is base and step != step  # nan: nothing timed without a budget
     assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
 
 
 def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) -> None:
-    from auditflow.tasks.train import exclusive
+    from auditflow.models.training.stage import exclusive
 
     with exclusive(tmp_path / "w"):
         with pytest.raises(ModelError, match=r"another run is training the same data and config in .*/w"):

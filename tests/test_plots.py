@@ -67,7 +67,7 @@ def test_many_classes_give_bounded_figures_that_say_what_they_show() -> None:
     labels_y = np.repeat(np.arange(K), 3)
     labels_y = np.concatenate([labels_y, np.arange(1, K)])  # class 0 has 3 images, the others 4: 0 is rarest
     images = rng.integers(0, 255, (len(labels_y), 8, 8, 3), dtype=np.uint8)
-    fig = examples_figure(images, labels_y, NAMES, 3)
+    fig = examples_figure(images, labels_y, NAMES, per_class=3)
     assert len(fig.axes) == MAX_CLASSES_SHOWN * 3 and fig.axes[0].get_ylabel() == "class-000"
     assert len(to_png(fig)) < 1_000_000
 

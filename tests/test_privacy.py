@@ -89,7 +89,7 @@ def test_paired_auc_difference_matches_its_definition_with_ties():
     is_member = np.r_[np.ones(19, bool), np.zeros(21, bool)]
     a = rng.integers(0, 5, 40).astype(float) + is_member  # ties, and a real signal
     b = a + rng.integers(-1, 2, 40)  # correlated with a
-    diff, low, high, p = auc_difference(is_member, a, b, 0.9)
+    diff, low, high, p = auc_difference(is_member, a, b, confidence=0.9)
     auc_a = brute_auc(a[is_member], a[~is_member])
     auc_b = brute_auc(b[is_member], b[~is_member])
     assert diff == pytest.approx(auc_a - auc_b, abs=1e-12)
@@ -114,7 +114,7 @@ def test_paired_auc_difference_covers_zero_for_exchangeable_attacks_and_is_narro
     for _ in range(reps):
         signal = rng.normal(0, 1, 2 * n) + 0.5 * is_member
         a, b = signal + rng.normal(0, 0.3, 2 * n), signal + rng.normal(0, 0.3, 2 * n)  # same law: difference 0
-        _, low, high, _ = auc_difference(is_member, a, b, 0.95)
+        _, low, high, _ = auc_difference(is_member, a, b, confidence=0.95)
         covered += low <= 0.0 <= high
         paired_width.append(high - low)
         _, a_low, a_high = auc_interval(is_member, a, 0.95)
@@ -128,13 +128,14 @@ def test_paired_auc_difference_finds_a_real_gain():
     is_member = np.r_[np.ones(2000, bool), np.zeros(2000, bool)]
     weak = rng.normal(0, 1, 4000) + 0.05 * is_member
     strong = weak + 0.3 * is_member + rng.normal(0, 0.2, 4000)
-    diff, low, high, p = auc_difference(is_member, strong, weak, 0.95)
+    diff, low, high, p = auc_difference(is_member, strong, weak, confidence=0.95)
     assert low > 0 and p < 1e-6 and diff > 0.05
-    [row] = gains_over_baseline(is_member, {"loss": weak, "rmia": strong}, "loss", 0.95)
+    [row] = gains_over_baseline(is_member, {"loss": weak, "rmia": strong}, baseline="loss", confidence=0.95)
     assert row == {"attack": "rmia", "gain": diff, "ci_low": low, "ci_high": high, "p_value": p, "clear": True}
-    assert gains_over_baseline(is_member, {"rmia": strong}, "loss", 0.95) == []  # no baseline ran: nothing to compare
+    # no baseline ran: nothing to compare
+    assert gains_over_baseline(is_member, {"rmia": strong}, baseline="loss", confidence=0.95) == []
     with pytest.raises(ValueError, match=r"^the AUC difference needs at least 2 members and 2 non-members, got 1"):
-        auc_difference(np.array([1, 0, 0]), np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1]), 0.95)
+        auc_difference(np.array([1, 0, 0]), np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1]), confidence=0.95)
 
 
 # ---------------------------------------------------------------- Clopper-Pearson
@@ -189,7 +190,9 @@ def test_score_functions_name_bad_shapes():
     with pytest.raises(
         ValueError, match=r"^target_prob must have shape \(n,\), ref_prob and ref_in \(R, n\); got \(5,\), \(2, 4\)"
     ):
-        rmia_scores(np.full(5, 0.5), np.full((2, 4), 0.5), np.zeros((2, 4), bool), np.arange(4), 0.3, 1.0)
+        rmia_scores(
+            np.full(5, 0.5), np.full((2, 4), 0.5), np.zeros((2, 4), bool), population=np.arange(4), a=0.3, gamma=1.0
+        )
     with pytest.raises(ValueError, match=r"^target_phi must have shape \(n,\), ref_phi and ref_in \(R, n\); got"):
         lira_scores(np.zeros(3), np.zeros((2, 3)), np.zeros((3, 3), bool))
 
@@ -220,7 +223,7 @@ def test_rmia_equals_the_double_loop_definition(online, gamma):
     ref_in = rng.random((r, n)) < 0.5 if online else np.zeros((r, n), bool)
     population = np.sort(rng.choice(n, 12, replace=False))
     population = np.union1d(population, [3, 7])
-    got = rmia_scores(target, refs, ref_in, population, 0.3, gamma)
+    got = rmia_scores(target, refs, ref_in, population=population, a=0.3, gamma=gamma)
     np.testing.assert_allclose(got, slow_rmia(target, refs, ref_in, population, 0.3, gamma), atol=1e-12)
 
 
@@ -297,10 +300,20 @@ def test_attacks_find_memorised_members_and_only_chance_otherwise(memorised):
     scores = {
         "loss": loss_scores(target, labels),
         "rmia-offline": rmia_scores(
-            prob, np.exp([true_class_log_prob(m, labels) for m in out_refs]), offline_in, population, 0.3, 1.0
+            prob,
+            np.exp([true_class_log_prob(m, labels) for m in out_refs]),
+            offline_in,
+            population=population,
+            a=0.3,
+            gamma=1.0,
         ),
         "rmia-online": rmia_scores(
-            prob, np.exp([true_class_log_prob(m, labels) for m in refs]), ref_in, population, 0.3, 1.0
+            prob,
+            np.exp([true_class_log_prob(m, labels) for m in refs]),
+            ref_in,
+            population=population,
+            a=0.3,
+            gamma=1.0,
         ),
         "lira-offline": lira_scores(
             logit_margin(target, labels), np.array([logit_margin(m, labels) for m in out_refs]), offline_in
@@ -340,7 +353,7 @@ def test_rate_at_fpr_on_a_hand_made_example_with_ties(fpr, tpr, threshold, false
     members = np.array([6, 4, 4, 4, 3, 1], float)
     scores = np.r_[members, nonmembers]
     is_member = np.r_[np.ones(6, bool), np.zeros(10, bool)]
-    rate = rate_at_fpr(is_member, scores, fpr, 0.95, 0)
+    rate = rate_at_fpr(is_member, scores, fpr=fpr, confidence=0.95, min_expected_false_positives=0)
     assert (rate.tpr, rate.threshold, rate.false_positives) == (pytest.approx(tpr), threshold, false_positives)
     assert (rate.tpr, rate.threshold) == (
         pytest.approx(brute_rate(members, nonmembers, fpr)[0]),
@@ -355,18 +368,19 @@ def test_rate_at_fpr_matches_brute_force_on_random_tied_scores():
         members, nonmembers = rng.integers(0, 8, 15).astype(float), rng.integers(0, 8, 40).astype(float)
         scores, is_member = np.r_[members, nonmembers], np.r_[np.ones(15, bool), np.zeros(40, bool)]
         for fpr in (0.05, 0.1, 0.25):
-            rate = rate_at_fpr(is_member, scores, fpr, 0.95, 0)
+            rate = rate_at_fpr(is_member, scores, fpr=fpr, confidence=0.95, min_expected_false_positives=0)
             assert (rate.tpr, rate.threshold) == brute_rate(members, nonmembers, fpr)
 
 
 def test_rate_at_fpr_refuses_below_ten_expected_false_positives():
     rng = np.random.default_rng(9)
     scores, is_member = rng.normal(size=10_000), np.r_[np.ones(5_000, bool), np.zeros(5_000, bool)]
-    rate = rate_at_fpr(is_member, scores, 0.001, 0.95, 10)
+    rate = rate_at_fpr(is_member, scores, fpr=0.001, confidence=0.95, min_expected_false_positives=10)
     assert not rate.stated and rate.tpr is None and rate.tpr_ci is None
     assert rate.expected_false_positives == pytest.approx(5.0)
     assert rate.reason == "not stated: 0.1% of 5,000 non-members is 5 expected false positives, fewer than 10"
-    assert rate_at_fpr(is_member, scores, 0.002, 0.95, 10).stated  # exactly 10 is enough
+    # exactly 10 is enough
+    assert rate_at_fpr(is_member, scores, fpr=0.002, confidence=0.95, min_expected_false_positives=10).stated
 
 
 # ---------------------------------------------------------------- assessment, epsilon, choice
@@ -379,7 +393,17 @@ def test_assess_attack_reports_rates_per_class_rows_and_a_thinned_roc():
     is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     scores = rng.normal(size=2 * n) + 2.0 * (is_member & (labels == 0))  # only class 0 leaks
     classes = ("a", "b", "c", "empty")
-    result = assess_attack("toy", scores, is_member, labels, classes, (0.01, 0.001), 0.01, 0.95, 10)
+    result = assess_attack(
+        "toy",
+        scores,
+        is_member,
+        labels=labels,
+        classes=classes,
+        fpr_levels=(0.01, 0.001),
+        verdict_fpr=0.01,
+        confidence=0.95,
+        min_expected_false_positives=10,
+    )
     assert [r.fpr for r in result.rates] == [0.001, 0.01]
     assert result.rate(0.01).stated and not result.rate(0.001).stated
     assert len(result.roc_fpr) <= 401 and result.roc_fpr[0] == 0.0 and result.roc_fpr[-1] == 1.0
@@ -392,7 +416,9 @@ def test_assess_attack_reports_rates_per_class_rows_and_a_thinned_roc():
     assert rows["a"]["tpr"] > 0.2 and rows["b"]["tpr"] < 0.05
     for k, name in enumerate(("a", "b", "c")):
         inside = labels == k
-        own = rate_at_fpr(is_member[inside], scores[inside], 0.01, 0.95, 10)  # the class's own threshold
+        own = rate_at_fpr(
+            is_member[inside], scores[inside], fpr=0.01, confidence=0.95, min_expected_false_positives=10
+        )  # the class's own threshold
         assert rows[name]["tpr"] == own.tpr and rows[name]["tpr_ci_low"] == own.tpr_ci[0]
         assert rows[name]["auc"] == pytest.approx(auc_interval(is_member[inside], scores[inside], 0.95)[0])
     assert result.epsilon_lower_bound == epsilon_lower_bound(result.rate(0.01), n, 0.95)
@@ -412,16 +438,16 @@ def test_epsilon_lower_bound_uses_the_interval_ends():
 def test_choose_audit_set_matches_class_counts_and_is_seeded():
     rng = np.random.default_rng(11)
     train, test = rng.integers(0, 4, 500), rng.integers(0, 4, 200)
-    chosen = choose_audit_set(train, test, 120, seed=3)
+    chosen = choose_audit_set(train, test, n=120, seed=3)
     mem, non = chosen.members, chosen.nonmembers
     assert len(mem) == len(non) == 120 and len(set(mem)) == 120 and len(set(non)) == 120
     assert np.array_equal(np.bincount(train[mem], minlength=4), np.bincount(test[non], minlength=4))
     assert np.all(np.diff(mem) > 0) and np.all(np.diff(non) > 0)
     assert chosen.matched_down == {}  # every class has enough training images
-    again = choose_audit_set(train, test, 120, seed=3)
+    again = choose_audit_set(train, test, n=120, seed=3)
     assert np.array_equal(again.members, mem) and np.array_equal(again.nonmembers, non)
-    assert not np.array_equal(choose_audit_set(train, test, 120, seed=4).nonmembers, non)
-    everything = [choose_audit_set(train, test, 10_000, seed=s) for s in (3, 4)]
+    assert not np.array_equal(choose_audit_set(train, test, n=120, seed=4).nonmembers, non)
+    everything = [choose_audit_set(train, test, n=10_000, seed=s) for s in (3, 4)]
     assert len(everything[0].nonmembers) == 200  # capped at the test split
     # Same non-members (all of them) and class counts, yet a different random draw of members.
     assert not np.array_equal(everything[0].members, everything[1].members)
@@ -435,13 +461,13 @@ def test_a_rare_class_is_matched_at_the_smaller_side(rare: int):
     training image at all, the class leaves the privacy audit and the rest stays matched."""
     train = np.array([0] * 30 + [1] * rare + [2] * 30)
     test = np.array([0] * 8 + [1] * 8 + [2] * 8)
-    chosen = choose_audit_set(train, test, 10_000, seed=0)
+    chosen = choose_audit_set(train, test, n=10_000, seed=0)
     assert chosen.matched_down == {1: (8, rare)}
     assert np.array_equal(np.bincount(train[chosen.members], minlength=3), [8, rare, 8])
     assert np.array_equal(np.bincount(test[chosen.nonmembers], minlength=3), [8, rare, 8])
-    again = choose_audit_set(train, test, 10_000, seed=0)
+    again = choose_audit_set(train, test, n=10_000, seed=0)
     assert np.array_equal(again.nonmembers, chosen.nonmembers) and np.array_equal(again.members, chosen.members)
-    result = balance(train[chosen.members], test[chosen.nonmembers], 3, chosen.wanted)
+    result = balance(train[chosen.members], test[chosen.nonmembers], 3, wanted=chosen.wanted)
     assert result["alike"] and result["matched_down"] == [{"class": 1, "drawn": 8, "kept": rare}]
 
 
@@ -449,7 +475,7 @@ def test_canaries_count_against_a_rare_class():
     train = np.array([0] * 10 + [1] * 6)
     test = np.array([0] * 5 + [1] * 5)
     canaries = np.flatnonzero(train == 1)[:3]  # 3 of class 1's 6 training images are canaries
-    chosen = choose_audit_set(train, test, 10, seed=0, exclude=canaries)
+    chosen = choose_audit_set(train, test, n=10, seed=0, exclude=canaries)
     assert chosen.matched_down == {1: (5, 3)} and not np.isin(chosen.members, canaries).any()
 
 

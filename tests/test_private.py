@@ -62,9 +62,10 @@ def splits() -> Splits:
 @pytest.fixture(scope="module")
 def dp_run(splits: Splits, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, training.FitResult]:
     cfg = dp_cfg()
-    return cfg, fit(splits, cfg, CPU, tmp_path_factory.mktemp("dp"))
+    return cfg, fit(splits, cfg, CPU, checkpoint_dir=tmp_path_factory.mktemp("dp"))
 
 
+@pytest.mark.slow
 def test_dp_training_spends_at_most_its_epsilon(splits: Splits, dp_run) -> None:
     cfg, result = dp_run
     privacy = result.privacy
@@ -80,12 +81,13 @@ def test_dp_training_spends_at_most_its_epsilon(splits: Splits, dp_run) -> None:
 
 
 def test_non_dp_runs_report_no_privacy(splits: Splits, tmp_path: Path) -> None:
-    result = fit(splits, dp_cfg(dp=None, epochs=1), CPU, tmp_path)
+    result = fit(splits, dp_cfg(dp=None, epochs=1), CPU, checkpoint_dir=tmp_path)
     assert result.privacy == {}
     model, _ = load_model(result.checkpoint)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_dp_checkpoint_loads_back_as_the_trained_groupnorm_model(splits: Splits, dp_run) -> None:
     cfg, result = dp_run
     payload = read_checkpoint(result.checkpoint)
@@ -107,32 +109,36 @@ def test_a_larger_epsilon_needs_less_noise() -> None:
     for epsilon in (2.0, 8.0):
         model = make_compatible(build_model("fastnet", 3, width=4))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        private = make_private(model, optimizer, DPConfig(epsilon=epsilon, accountant="gdp"), 40, 12, epochs=2)
+        private = make_private(
+            model, optimizer, DPConfig(epsilon=epsilon, accountant="gdp"), n=40, batch_size=12, epochs=2
+        )
         assert private.report()["steps"] == 0 and private.report()["epsilon"] == 0.0
         noise[epsilon] = private.optimizer.noise_multiplier
     assert noise[2.0] > noise[8.0] > 0
 
 
+@pytest.mark.slow
 def test_the_plan_is_timed_with_dp_steps_and_never_replanned(splits: Splits, tmp_path: Path, monkeypatch) -> None:
     timed_with = []
     real_warm_up = training.warm_up
 
-    def spy(model, base, optimizer, *args):
-        timed_with.append((type(model).__name__, type(optimizer).__name__, args[-1]))
-        return real_warm_up(model, base, optimizer, *args)
+    def spy(model, base, optimizer, **kwargs):
+        timed_with.append((type(model).__name__, type(optimizer).__name__, kwargs["timed_steps"]))
+        return real_warm_up(model, base, optimizer, **kwargs)
 
     def no_replan(*args, **kwargs):
         raise AssertionError("a DP run re-planned: its noise was calibrated to the first plan")
 
     monkeypatch.setattr(training, "warm_up", spy)
     monkeypatch.setattr(training, "replan", no_replan)
-    result = fit(splits, dp_cfg(epochs=2, time_budget_s=600.0), CPU, tmp_path)
+    result = fit(splits, dp_cfg(epochs=2, time_budget_s=600.0), CPU, checkpoint_dir=tmp_path)
     assert timed_with == [("GradSampleModule", "DPOptimizer", training.TIMED_STEPS)]
     assert result.plan["epochs"] == 2 == len(result.history) and result.plan["step_seconds"] > 0
     assert result.plan["reason"].endswith("; final: DP-SGD's noise is calibrated to it")
     assert 0 < result.privacy["epsilon"] <= 8.0
 
 
+@pytest.mark.slow
 def test_an_interrupted_dp_run_resumes_with_its_accountant(splits: Splits, dp_run, tmp_path: Path) -> None:
     cfg, full = dp_run
 
@@ -144,8 +150,8 @@ def test_an_interrupted_dp_run_resumes_with_its_accountant(splits: Splits, dp_ru
             raise Killed
 
     with pytest.raises(Killed):  # dies before the epoch-2 save: resumes from epoch 1
-        fit(splits, cfg, CPU, tmp_path / "cut", on_epoch=die_at_two)
-    resumed = fit(splits, cfg, CPU, tmp_path / "cut")
+        fit(splits, cfg, CPU, checkpoint_dir=tmp_path / "cut", on_epoch=die_at_two)
+    resumed = fit(splits, cfg, CPU, checkpoint_dir=tmp_path / "cut")
     assert resumed.resumed_from_epoch == 1
     assert resumed.privacy == full.privacy  # every step counted once: same steps, same epsilon
     a, b = read_checkpoint(full.checkpoint), read_checkpoint(resumed.checkpoint)
@@ -156,7 +162,7 @@ def test_an_interrupted_dp_run_resumes_with_its_accountant(splits: Splits, dp_ru
 def test_an_empty_poisson_batch_still_takes_a_noisy_step(splits: Splits) -> None:
     model = make_compatible(build_model("fastnet", 3, width=4))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    private = make_private(model, optimizer, DPConfig(accountant="gdp"), 40, 12, epochs=2)
+    private = make_private(model, optimizer, DPConfig(accountant="gdp"), n=40, batch_size=12, epochs=2)
     before = copy.deepcopy(model.state_dict())
     images = torch.as_tensor(splits.train_x)
     empty = torch.zeros(0, dtype=torch.long)

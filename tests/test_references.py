@@ -20,7 +20,10 @@ RECIPE = TrainConfig(
 def _plan(mode: str = "offline", count: int = 4, seed: int = 0, recipe: TrainConfig = RECIPE):
     members = np.arange(0, 400, 4)  # 100 of 1000 training images
     nonmembers = np.arange(0, 200, 2)  # 100 of 200 test images
-    return plan_references(1000, members, nonmembers, count, mode, seed, "digest", recipe), members, nonmembers
+    plan = plan_references(
+        1000, members, nonmembers, count=count, mode=mode, seed=seed, data_digest="digest", recipe=recipe
+    )
+    return plan, members, nonmembers
 
 
 def test_offline_references_never_see_an_audited_image() -> None:
@@ -59,7 +62,9 @@ def test_estimate_counts_only_uncached_models(tmp_path: Path) -> None:
     assert full == pytest.approx(expected)
     (tmp_path / plan.specs[0].key).mkdir()
     (tmp_path / plan.specs[0].key / "reference.json").write_text("{}")
-    assert estimate_seconds(plan, tmp_path, 90.0, 900, 10.0) == pytest.approx(0.1 * len(plan.specs[1].train_index) + 10)
+    assert estimate_seconds(
+        plan, tmp_path, target_train_seconds=90.0, target_images=900, overhead_seconds=10.0
+    ) == pytest.approx(0.1 * len(plan.specs[1].train_index) + 10)
 
 
 def test_a_reference_model_is_trained_once_then_read_from_the_cache(tmp_path: Path) -> None:
@@ -69,11 +74,17 @@ def test_a_reference_model_is_trained_once_then_read_from_the_cache(tmp_path: Pa
     x[y == 1] //= 4  # dark images are class 1: learnable
     splits = Splits(x[:120], y[:120], x[120:140], y[120:140], x[140:], y[140:], ("light", "dark"))
     members, nonmembers = np.arange(0, 40), np.arange(0, 20)
-    plan = plan_references(120, members, nonmembers, 1, "offline", 0, "digest", RECIPE)
+    plan = plan_references(
+        120, members, nonmembers, count=1, mode="offline", seed=0, data_digest="digest", recipe=RECIPE
+    )
     runtime = resolve_runtime("cpu", "fp32")
-    first = train_reference(splits, plan.specs[0], RECIPE, runtime, members, nonmembers, tmp_path)
+    first = train_reference(
+        splits, plan.specs[0], RECIPE, runtime=runtime, members=members, nonmembers=nonmembers, cache=tmp_path
+    )
     assert not first.cached and first.epochs == 1 and first.images == len(plan.specs[0].train_index)
-    second = train_reference(splits, plan.specs[0], RECIPE, runtime, members, nonmembers, tmp_path)
+    second = train_reference(
+        splits, plan.specs[0], RECIPE, runtime=runtime, members=members, nonmembers=nonmembers, cache=tmp_path
+    )
     assert second.cached and second.wall_seconds == 0.0
     with np.load(first.logits) as a, np.load(second.logits) as b:
         assert a["member_logits"].shape == (40, 2) and a["nonmember_logits"].shape == (20, 2)
@@ -95,7 +106,7 @@ def test_query_views_are_the_plain_image_its_mirror_and_reflect_padded_shifts() 
     model = build_model("fastnet", 3, width=8).eval()
     images = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
     runtime = resolve_runtime("cpu", "fp32")
-    views = query_logits(model, images, runtime, 18, batch_size=2)
+    views = query_logits(model, images, runtime, queries=18, batch_size=2)
     assert views.shape == (18, 5, 3) and len(set(QUERY_SHIFTS)) == 9
     np.testing.assert_allclose(views[0], predict(model, images, runtime), atol=1e-5)
     np.testing.assert_allclose(views[1], predict(model, images[:, :, ::-1].copy(), runtime), atol=1e-5)
@@ -105,18 +116,19 @@ def test_query_views_are_the_plain_image_its_mirror_and_reflect_padded_shifts() 
         with torch.no_grad():
             np.testing.assert_allclose(views[2 * i], model(crop).numpy(), atol=1e-5)
             np.testing.assert_allclose(views[2 * i + 1], model(crop.flip(3)).numpy(), atol=1e-5)
-    np.testing.assert_allclose(query_logits(model, images, runtime, 2), views[:2], atol=1e-5)
-    assert query_logits(model, images, runtime, 1).shape == (1, 5, 3)
+    np.testing.assert_allclose(query_logits(model, images, runtime, queries=2), views[:2], atol=1e-5)
+    assert query_logits(model, images, runtime, queries=1).shape == (1, 5, 3)
     with pytest.raises(ValueError, match=r"^queries must be 1, 2 or 18, got 3$"):
-        query_logits(model, images, runtime, 3)
+        query_logits(model, images, runtime, queries=3)
 
 
 def test_attacks_average_their_scores_over_the_query_views(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
+    from auditflow.audits.privacy_stage import run_attacks
     from auditflow.core.config import PrivacyConfig
-    from auditflow.tasks.audit import run_attacks
+    from auditflow.models.references import reference_logits
 
     rng = np.random.default_rng(2)
     q, n, k, refs = 2, 40, 3, 2
@@ -128,10 +140,11 @@ def test_attacks_average_their_scores_over_the_query_views(tmp_path: Path) -> No
         path = tmp_path / f"ref{r}.q2.npz"
         np.savez(path, member_query_logits=ref[r][:, :20], nonmember_query_logits=ref[r][:, 20:])
         outcomes.append(SimpleNamespace(key=f"r{r}", logits="", query_logits=str(path)))
-    references = SimpleNamespace(decision=SimpleNamespace(tier="reference"), outcomes=outcomes)
     ref_in = np.zeros((refs, n), bool)
     cfg = PrivacyConfig(references=refs, queries=q)
-    scores = run_attacks(target, labels, 20, references, ref_in, cfg)  # type: ignore[arg-type]
+    ref_logits = reference_logits(tuple(outcomes), q)  # type: ignore[arg-type]
+    assert ref_logits.shape == (q, refs, n, k)
+    scores = run_attacks(target, labels, n_members=20, ref_logits=ref_logits, ref_in=ref_in, cfg=cfg)
     population = np.arange(20, n)
     expect_rmia = np.mean(
         [
@@ -139,9 +152,9 @@ def test_attacks_average_their_scores_over_the_query_views(tmp_path: Path) -> No
                 np.exp(true_class_log_prob(target[v], labels)),
                 np.stack([np.exp(true_class_log_prob(ref[r, v], labels)) for r in range(refs)]),
                 ref_in,
-                population,
-                cfg.rmia_offline_a,
-                cfg.rmia_gamma,
+                population=population,
+                a=cfg.rmia_offline_a,
+                gamma=cfg.rmia_gamma,
             )
             for v in range(q)
         ],
@@ -163,7 +176,7 @@ def test_attacks_average_their_scores_over_the_query_views(tmp_path: Path) -> No
     np.testing.assert_allclose(scores["lira"], expect_lira)
     outcomes[0].query_logits = None
     with pytest.raises(ValueError, match=r"^reference model r0 has no logits for 2 queries$"):
-        run_attacks(target, labels, 20, references, ref_in, cfg)  # type: ignore[arg-type]
+        reference_logits(tuple(outcomes), q)  # type: ignore[arg-type]
 
 
 def test_cached_reference_models_score_new_query_views_once(tmp_path: Path) -> None:
@@ -172,15 +185,23 @@ def test_cached_reference_models_score_new_query_views_once(tmp_path: Path) -> N
     y = np.arange(160) % 2
     splits = Splits(x[:120], y[:120], x[120:140], y[120:140], x[140:], y[140:], ("a", "b"))
     members, nonmembers = np.arange(0, 40), np.arange(0, 20)
-    spec = plan_references(120, members, nonmembers, 1, "offline", 0, "digest", RECIPE).specs[0]
+    spec = plan_references(
+        120, members, nonmembers, count=1, mode="offline", seed=0, data_digest="digest", recipe=RECIPE
+    ).specs[0]
     runtime = resolve_runtime("cpu", "fp32")
-    first = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path)
+    first = train_reference(
+        splits, spec, RECIPE, runtime=runtime, members=members, nonmembers=nonmembers, cache=tmp_path
+    )
     assert first.query_logits is None  # one query: the plain logits only
-    again = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path, queries=2)
+    again = train_reference(
+        splits, spec, RECIPE, runtime=runtime, members=members, nonmembers=nonmembers, cache=tmp_path, queries=2
+    )
     assert again.cached and again.query_logits is not None
     with np.load(again.query_logits) as views, np.load(first.logits) as plain:
         assert views["member_query_logits"].shape == (2, 40, 2) and views["nonmember_query_logits"].shape == (2, 20, 2)
         np.testing.assert_allclose(views["member_query_logits"][0], plain["member_logits"], atol=1e-5)
     stamp = Path(again.query_logits).stat().st_mtime_ns
-    third = train_reference(splits, spec, RECIPE, runtime, members, nonmembers, tmp_path, queries=2)
+    third = train_reference(
+        splits, spec, RECIPE, runtime=runtime, members=members, nonmembers=nonmembers, cache=tmp_path, queries=2
+    )
     assert third.query_logits == again.query_logits and Path(third.query_logits).stat().st_mtime_ns == stamp

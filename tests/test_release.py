@@ -61,7 +61,7 @@ def test_thresholds_exactly_met_pass() -> None:
     champion = facts("a", "1", accuracy=0.80)
     # exactly the absolute bound, exactly the allowed drop (0.80 - 0.01 is not 0.79 in floats)
     candidate = facts("b", "2", accuracy=0.79, latency_ms=1.5 * 1.25)
-    record = evaluate_gate(candidate, champion, cfg, "m")
+    record = evaluate_gate(candidate, champion, cfg, model_name="m")
     found = by_key(record)
     assert found["accuracy/minimum"].status == "pass" and found["accuracy/minimum"].reason == "0.79 ≥ 0.79"
     assert found["accuracy/regression"].status == "pass"
@@ -71,7 +71,7 @@ def test_thresholds_exactly_met_pass() -> None:
 
 
 def test_regression_beyond_the_allowance_fails_and_says_why() -> None:
-    record = evaluate_gate(facts("b", "2", accuracy=0.84), facts("a", "1", accuracy=0.86), GateConfig(), "m")
+    record = evaluate_gate(facts("b", "2", accuracy=0.84), facts("a", "1", accuracy=0.86), GateConfig(), model_name="m")
     found = by_key(record)
     assert found["accuracy/minimum"].status == "pass"  # fine on its own ...
     assert found["accuracy/regression"].status == "fail"  # ... but 2 points below the champion, 1 allowed
@@ -85,23 +85,23 @@ def test_regression_beyond_the_allowance_fails_and_says_why() -> None:
 def test_worse_verdicts_and_latency_fail() -> None:
     candidate = facts("b", "2", latency_ms=1.5 * 1.3)
     candidate.tags[TAGS["fairness"]] = "inconclusive"
-    record = evaluate_gate(candidate, facts("a", "1"), GateConfig(), "m")
+    record = evaluate_gate(candidate, facts("a", "1"), GateConfig(), model_name="m")
     found = by_key(record)
     assert found["fairness/verdict"].status == "fail"
     assert found["fairness/verdict"].reason == "inconclusive (required: pass)"
     assert found["fairness/regression"].status == "fail"
     assert found["latency/regression"].status == "fail"
-    relaxed = evaluate_gate(candidate, None, GateConfig(min_fairness_verdict="inconclusive"), "m")
+    relaxed = evaluate_gate(candidate, None, GateConfig(min_fairness_verdict="inconclusive"), model_name="m")
     assert by_key(relaxed)["fairness/verdict"].status == "pass"
 
 
 def test_an_inconclusive_overall_verdict_passes_only_when_the_policy_accepts_it() -> None:
     candidate = replace(facts("b", "2"), overall="inconclusive")
-    assert by_key(evaluate_gate(candidate, None, GateConfig(), "m"))["overall/verdict"].status == "fail"
-    relaxed = evaluate_gate(candidate, None, GateConfig(min_overall_verdict="inconclusive"), "m")
+    assert by_key(evaluate_gate(candidate, None, GateConfig(), model_name="m"))["overall/verdict"].status == "fail"
+    relaxed = evaluate_gate(candidate, None, GateConfig(min_overall_verdict="inconclusive"), model_name="m")
     assert by_key(relaxed)["overall/verdict"].status == "pass"
     failed = evaluate_gate(
-        replace(candidate, overall="fail"), None, GateConfig(min_overall_verdict="inconclusive"), "m"
+        replace(candidate, overall="fail"), None, GateConfig(min_overall_verdict="inconclusive"), model_name="m"
     )
     assert by_key(failed)["overall/verdict"].status == "fail"
 
@@ -110,7 +110,7 @@ def test_a_missing_metric_is_never_a_pass() -> None:
     candidate = facts("b", "2")
     del candidate.metrics[METRICS["privacy_tpr_ci_high"]]
     del candidate.tags[TAGS["onnx_parity"]]
-    record = evaluate_gate(candidate, None, GateConfig(), "m")
+    record = evaluate_gate(candidate, None, GateConfig(), model_name="m")
     found = by_key(record)
     assert found["privacy/tpr_bound"].status == "inconclusive"
     assert found["privacy/tpr_bound"].value is None
@@ -120,18 +120,18 @@ def test_a_missing_metric_is_never_a_pass() -> None:
     # the same number missing on the champion: that regression cannot be judged either
     champion = facts("a", "1")
     del champion.metrics[METRICS["worst_class_recall"]]
-    record = evaluate_gate(facts("b", "2"), champion, GateConfig(), "m")
+    record = evaluate_gate(facts("b", "2"), champion, GateConfig(), model_name="m")
     assert by_key(record)["worst_class_recall/regression"].status == "inconclusive"
     assert "champion v1" in by_key(record)["worst_class_recall/regression"].reason
     assert record.verdict == "fail"
     # an overall verdict nobody could work out
-    record = evaluate_gate(replace(facts("b", "2"), overall=None), None, GateConfig(), "m")
+    record = evaluate_gate(replace(facts("b", "2"), overall=None), None, GateConfig(), model_name="m")
     assert by_key(record)["overall/verdict"].status == "inconclusive" and record.verdict == "fail"
 
 
 def test_a_champion_on_another_test_split_is_not_comparable() -> None:
     champion = replace(facts("a", "1", accuracy=0.99), test_split=split_identity("cd" * 32, {}))
-    record = evaluate_gate(facts("b", "2", accuracy=0.60), champion, GateConfig(), "m")
+    record = evaluate_gate(facts("b", "2", accuracy=0.60), champion, GateConfig(), model_name="m")
     assert not record.comparable
     assert record.comparability.startswith("not comparable: champion v1 was tested on another test split")
     regressions = [c for c in record.criteria if c.kind == "regression"]
@@ -140,20 +140,20 @@ def test_a_champion_on_another_test_split_is_not_comparable() -> None:
     assert record.verdict == "pass"  # far below the champion, but not on the same images
     assert "not comparable" in gate_markdown(record)
     # a run that records no digest is not comparable either
-    unknown = evaluate_gate(replace(facts("b", "2"), test_split=""), facts("a", "1"), GateConfig(), "m")
+    unknown = evaluate_gate(replace(facts("b", "2"), test_split=""), facts("a", "1"), GateConfig(), model_name="m")
     assert "records no test-split digest" in unknown.comparability
 
 
 def test_latency_is_compared_only_on_the_same_hardware() -> None:
     champion = replace(facts("a", "1", latency_ms=0.5), hardware="another cpu, 8 threads")
-    record = evaluate_gate(facts("b", "2", latency_ms=1.5), champion, GateConfig(), "m")
+    record = evaluate_gate(facts("b", "2", latency_ms=1.5), champion, GateConfig(), model_name="m")
     latency = by_key(record)["latency/regression"]
     assert latency.status == "skipped" and "benchmarked on other hardware" in latency.reason
     assert by_key(record)["accuracy/regression"].status == "pass"
 
 
 def test_no_champion_skips_regressions_and_the_record_is_json() -> None:
-    record = evaluate_gate(facts("b", "1"), None, GateConfig(), "m")
+    record = evaluate_gate(facts("b", "1"), None, GateConfig(), model_name="m")
     assert record.verdict == "pass" and record.champion is None
     assert record.comparability == "no champion yet: regression criteria skipped"
     logged = json.loads(json.dumps(record.as_dict()))
@@ -206,7 +206,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "export") as run:
         x = np.zeros((2, 3), np.float32)
-        model_uri = run.log_onnx_model(workdir / "model.onnx", x, {"logits": x}, ref.uri, ["CPUExecutionProvider"])
+        model_uri = run.log_onnx_model(
+            workdir / "model.onnx",
+            example_in=x,
+            example_out={"logits": x},
+            uri=ref.uri,
+            providers=["CPUExecutionProvider"],
+        )
     tracker.end_run(ref.run_id)
     return {"workdir": workdir, "uri": ref.uri, "model_uri": model_uri}
 
@@ -246,11 +252,13 @@ def version_tags(store: dict, name: str, version: str) -> dict[str, str]:
     return ModelRegistry(Tracker(store["uri"])).version(name, version).tags
 
 
+@pytest.mark.slow  # runs the release flow under the Prefect test server
 def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_harness, store: dict) -> None:
     from prefect import flow
 
+    from auditflow.audits.release import GATE_JSON, list_models, read_gate_record
     from auditflow.core.tracking import Tracker
-    from auditflow.tasks.release import GATE_JSON, list_models, read_gate_record, release
+    from auditflow.tasks.release import release
 
     cfg = GateConfig(model_name="first-then-worse")
 
@@ -296,6 +304,7 @@ def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_h
     assert "candidate" in out.output and "champion" in out.output and "rejected" in out.output
 
 
+@pytest.mark.slow  # runs the release flow under the Prefect test server
 def test_a_failure_after_promotion_rolls_back_to_the_previous_champion(prefect_harness, store: dict) -> None:
     """The flow's tasks in a transaction: the new version is registered, gated and promoted,
     then something fails. The hooks put `champion` back on v1; v2 keeps no alias and is tagged
@@ -334,10 +343,10 @@ def test_a_failure_after_promotion_rolls_back_to_the_previous_champion(prefect_h
 
 
 def test_cli_promote_rolls_back_the_same_way(store: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`promote_run` (the CLI path, task bodies without the Prefect engine) joins the tasks'
-    rollback hooks to its transaction: a failure after the alias moved puts it back."""
+    """`promote_run` (the CLI's plain service, no Prefect) undoes its steps in reverse order:
+    a failure after the alias moved puts it back."""
+    from auditflow.audits import release as release_module
     from auditflow.core.tracking import RunLogger
-    from auditflow.tasks import release as release_module
 
     name = "cli-rollback"
     first = release_module.promote_run(store["uri"], fake_run(store, "a").run_id, [f"release.model_name={name}"])

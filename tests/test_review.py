@@ -1,8 +1,9 @@
 """The review experience: the report in a real browser, the MLflow UI of a finished run, the
 model card and datasheet against MLflow, and the naming scheme on every run.
 
-One tiny pipeline run (module scope) on toy data whose first class is named `circle|disc`, so
-a stray `|` in a Markdown table would split its cells, and whose model card owner holds one too.
+The session's one tiny pipeline run (conftest `shared_run`) on toy data whose first class is
+named `circle|disc`, so a stray `|` in a Markdown table would split its cells, and whose model
+card owner holds one too.
 Screenshots are kept under pytest's tmp dir and copied to `test-artifacts/` (git-ignored).
 """
 
@@ -20,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import chromium, chromium_binary
+from run_keys import OWNER, PIPED_CLASS
 
 from auditflow.audits.documents import md_cell, numbers_in
 from auditflow.core.checks import judge, overall, verdicts
-from auditflow.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, Tracker, metric_key
+from auditflow.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, metric_key
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-PIPED_CLASS = "circle|disc"
-OWNER = "Vision team | audits"
 HEADLINE = (
     "evaluate/test_accuracy",
     "evaluate/test_accuracy_no_tta",
@@ -62,29 +62,20 @@ def keep(path: Path) -> Path:
     return Path(shutil.copy2(path, ARTIFACTS / path.name))
 
 
-@pytest.fixture(scope="module")
-def reviewed_run(prefect_harness, tmp_path_factory: pytest.TempPathFactory):
-    from conftest import make_image_folder
-    from test_flow import TINY
-
-    from auditflow.flows.pipeline import audit_pipeline
-
-    root = tmp_path_factory.mktemp("review")
-    data = make_image_folder(root / "toy")
-    for split in ("train", "test"):
-        (data / split / "circle").rename(data / split / PIPED_CLASS)
-    result = audit_pipeline(
-        profile="quick", data=str(data), overrides=[*TINY, f"card.owner={OWNER}"], workdir=str(root / "work")
-    )
-    tracker = Tracker(result.tracking_uri)
-    return result, tracker, tracker.load_run(result.run_id), root / "work"
+@pytest.fixture
+def reviewed_run(shared_run):
+    """(PipelineResult, Tracker, RunRecord, work folder) of the session's shared run."""
+    return shared_run
 
 
 # ------------------------------------------------------------------ fast unit tests
 def test_judge_and_overall_at_their_edges() -> None:
-    assert judge(0.5, 0.5, True) == "pass" and judge(0.4999, 0.5, True) == "fail"
-    assert judge(0.15, 0.15, False, warn=0.05) == "warn" and judge(0.05, 0.15, False, warn=0.05) == "pass"
-    assert judge(0.1501, 0.15, False, warn=0.05) == "fail" and judge(None, 0.1, True) == "inconclusive"
+    assert judge(0.5, 0.5, higher_is_better=True) == "pass"
+    assert judge(0.4999, 0.5, higher_is_better=True) == "fail"
+    assert judge(0.15, 0.15, higher_is_better=False, warn=0.05) == "warn"
+    assert judge(0.05, 0.15, higher_is_better=False, warn=0.05) == "pass"
+    assert judge(0.1501, 0.15, higher_is_better=False, warn=0.05) == "fail"
+    assert judge(None, 0.1, higher_is_better=True) == "inconclusive"
     assert overall(["pass", "warn"]) == "pass" and overall(["pass", "inconclusive"]) == "inconclusive"
     assert overall(["inconclusive", "fail"]) == "fail" and overall(["pass"], missing=True) == "fail"
     rows = [{"verdict": "fairness", "status": "pass"}, {"verdict": "fairness", "status": "fail"}]
@@ -116,7 +107,7 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     labels = np.array([rng.choice(5, p=row) for row in p])  # calibrated at z: logits 3 z need T = 3
     assert fit_temperature(3 * z, labels) == pytest.approx(3.0, rel=0.1)
-    result = calibrate(3 * z[:2000], labels[:2000], 3 * z[2000:], labels[2000:], 15)
+    result = calibrate(3 * z[:2000], labels[:2000], test_logits=3 * z[2000:], test_labels=labels[2000:], n_bins=15)
     assert result.ece_after < result.ece_before and result.nll_after < result.nll_before
 
 

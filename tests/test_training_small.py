@@ -59,6 +59,7 @@ def test_ema_every_k_steps_keeps_the_horizon() -> None:
     assert rule.decay == pytest.approx(0.99**5)
 
 
+@pytest.mark.slow
 def test_compiled_ema_run_learns_on_cpu(toy_splits, tmp_path: Path) -> None:
     """The same case as tests/test_gpu.py::test_compiled_bf16_training_on_cuda, on the CPU."""
     result = compiled_ema_run(toy_splits, CPU, tmp_path)
@@ -72,7 +73,7 @@ def test_the_better_weights_are_kept_and_shipped(toy_splits, tmp_path: Path) -> 
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=2, batch_size=12, lr=0.05, precision="fp32", device="cpu", ema_decay=0.999
     )
-    result = fit(toy_splits, cfg, CPU, tmp_path)
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     choice = result.choice
     assert choice["kept"] == ("ema" if choice["ema_accuracy"] > choice["raw_accuracy"] else "raw")
     model, payload = load_model(result.checkpoint)
@@ -91,7 +92,7 @@ def test_quick_profile_on_small_digits_is_no_worse_with_ema(digits_archive: Path
     assert len(splits.train_y) // cfg.train.batch_size <= 6  # a few steps per epoch, as in the report
     accuracy, kept = {}, {}
     for name, train in (("ema", cfg.train), ("raw", cfg.train.model_copy(update={"ema_decay": None}))):
-        result = fit(splits, train, CPU, tmp_path / name)
+        result = fit(splits, train, CPU, checkpoint_dir=tmp_path / name)
         model, _ = load_model(result.checkpoint)
         logits = predict(model, splits.test_x, CPU, tta=train.tta, translate=train.tta_translate)
         accuracy[name] = float((logits.argmax(1) == splits.test_y).mean())
@@ -114,11 +115,13 @@ def test_plan_fits_the_budget_and_never_exceeds_the_maximum() -> None:
     assert plan.epochs == 7  # 0.95 * 100 / (10 + 2) = 7.9
     assert plan.epoch_seconds == pytest.approx(10.0)
     assert "7 of 13 epochs fit the 100 s budget" in plan.reason
-    assert plan_epochs(13, 1e6, 0.1, 100, 2.0, 1).epochs == 13
-    assert plan_epochs(13, None, float("nan"), 100, 0.0, 1).epochs == 13
-    tight = plan_epochs(13, 5.0, 0.1, 100, 2.0, 1)
+    assert plan_epochs(13, 1e6, step_seconds=0.1, steps_per_epoch=100, val_seconds=2.0, val_every=1).epochs == 13
+    unmeasured = plan_epochs(13, None, step_seconds=float("nan"), steps_per_epoch=100, val_seconds=0.0, val_every=1)
+    assert unmeasured.epochs == 13
+    tight = plan_epochs(13, 5.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=2.0, val_every=1)
     assert tight.epochs == 1 and "not even one epoch fits" in tight.reason
-    assert plan_epochs(13, 100.0, 0.1, 100, 2.0, val_every=4).epochs == 9  # 95 / (10 + 0.5)
+    every_fourth = plan_epochs(13, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=2.0, val_every=4)
+    assert every_fourth.epochs == 9  # 95 / (10 + 0.5)
 
 
 def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_splits, tmp_path: Path, caplog) -> None:
@@ -126,7 +129,7 @@ def test_fit_chooses_epochs_from_the_budget_and_keeps_the_plan_on_resume(toy_spl
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=50, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=1e-3
     )
-    result = fit(toy_splits, cfg, CPU, tmp_path)
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     assert result.plan["epochs"] == 1 and len(result.history) == 1
     assert result.plan["step_seconds"] > 0 and "not even one epoch fits" in caplog.text
     payload = read_checkpoint(result.checkpoint)
@@ -146,7 +149,7 @@ def test_per_epoch_validation_is_cheap_and_the_end_is_scored_in_full(toy_splits,
         val_subset=5,
         tta=True,
     )
-    result = fit(toy_splits, cfg, CPU, tmp_path)
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     validated = [not math.isnan(h.val_accuracy) for h in result.history]
     assert validated == [False, True, True]  # every 2nd epoch and the last
     scored = [h.val_accuracy * 5 for h in result.history if not math.isnan(h.val_accuracy)]
@@ -165,7 +168,7 @@ def test_learning_check_fails_at_chance_and_names_the_gap() -> None:
     check = check_learning(at_chance, labels, train_accuracy=0.978)
     assert check.verdict == "fail" and check.chance == pytest.approx(0.1)
     assert "is at chance (10.0%) while training accuracy is 97.8%: the model did not generalise" in check.message
-    assert check_learning(labels, labels, 1.0).verdict == "pass"
+    assert check_learning(labels, labels, train_accuracy=1.0).verdict == "pass"
     assert "did not learn" in check_learning(at_chance, labels, train_accuracy=0.12).message
 
 
@@ -176,7 +179,7 @@ def test_learning_check_edge_is_the_wilson_bound() -> None:
     for correct in range(100, 200):
         preds = np.where(np.arange(200) < correct, labels, 1 - labels)
         low = binomtest(correct, 200).proportion_ci(0.99, method="wilson").low
-        assert (check_learning(preds, labels, 1.0).verdict == "pass") == (low > 0.5), correct
+        assert (check_learning(preds, labels, train_accuracy=1.0).verdict == "pass") == (low > 0.5), correct
 
 
 # --- checkpoints are data, not code --------------------------------------------------------
@@ -200,7 +203,7 @@ def test_a_checkpoint_carrying_code_is_refused_unrun(tmp_path: Path) -> None:
 def test_a_junk_resume_checkpoint_is_discarded_with_a_warning(toy_splits, tmp_path: Path, caplog) -> None:
     (tmp_path / "last.pt").write_bytes(b"junk" * 100)
     cfg = TrainConfig(model="fastnet", width=8, epochs=1, batch_size=12, lr=0.05, precision="fp32", device="cpu")
-    result = fit(toy_splits, cfg, CPU, tmp_path)
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     assert result.resumed_from_epoch == 0 and len(result.history) == 1
     assert (
         f"discarding unreadable checkpoint and starting over: cannot read checkpoint {tmp_path}/last.pt" in caplog.text
@@ -214,9 +217,10 @@ def test_the_first_epoch_replans_a_wrong_warm_up_estimate() -> None:
     assert first.epochs == 1  # a busy machine made the throwaway steps 10x too slow
     again = replan(first, 13, 100, epoch_seconds=10.0, val_seconds=0.5, val_every=1)
     assert again.epochs == 9 and again.reason.startswith("re-planned after epoch 1 (the warm-up estimate gave 1)")
-    assert replan(again, 13, 100, 10.0, 0.5, 1) is again  # same answer: the plan stands
-    unbudgeted = plan_epochs(13, None, 1.0, 100, 0.0, 1)
-    assert replan(unbudgeted, 13, 100, 99.0, 0.0, 1) is unbudgeted
+    # same answer: the plan stands
+    assert replan(again, 13, 100, epoch_seconds=10.0, val_seconds=0.5, val_every=1) is again
+    unbudgeted = plan_epochs(13, None, step_seconds=1.0, steps_per_epoch=100, val_seconds=0.0, val_every=1)
+    assert replan(unbudgeted, 13, 100, epoch_seconds=99.0, val_seconds=0.0, val_every=1) is unbudgeted
 
 
 def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +233,7 @@ def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypat
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=600.0
     )
-    result = fit(toy_splits, cfg, CPU, tmp_path)
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     assert result.plan["epochs"] == 3 and result.plan["reason"].startswith("re-planned after epoch 1")
     assert len(result.history) == 3 and result.history[-1].lr == 0.0
 

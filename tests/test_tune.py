@@ -40,7 +40,7 @@ SPACE = {
 
 def _plan_error(raw: object, overrides: tuple[str, ...] = (), trials: int = 3) -> str:
     with pytest.raises(ConfigError) as err:
-        plan_study(load_config("quick", list(overrides)), parse_space(raw, "s.yaml"), "data", trials)
+        plan_study(load_config("quick", list(overrides)), parse_space(raw, "s.yaml"), source="data", trials=trials)
     return str(err.value)
 
 
@@ -57,7 +57,7 @@ def test_default_space_covers_the_usual_knobs_and_validates() -> None:
         "train.batch_size",
     }
     assert space.kinds["train.epochs"] == "int" and space.kinds["train.lr"] == "float"
-    plan = plan_study(load_config("quick"), space, "cifar10", 20)
+    plan = plan_study(load_config("quick"), space, source="cifar10", trials=20)
     assert plan.name == f"quick-{plan.fingerprint[:8]}" and plan.directions == ("maximize",)
 
 

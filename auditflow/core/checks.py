@@ -43,7 +43,7 @@ class Check:
         return asdict(self)
 
 
-def judge(value: float | None, threshold: float, higher_is_better: bool, warn: float | None = None) -> str:
+def judge(value: float | None, threshold: float, *, higher_is_better: bool, warn: float | None = None) -> str:
     """`pass`, `warn` or `fail` of a point value against a threshold (inclusive: reaching the
     threshold passes) and an optional warning threshold on the passing side of it."""
     if value is None or value != value:  # not measured, or nan
@@ -57,7 +57,7 @@ def judge(value: float | None, threshold: float, higher_is_better: bool, warn: f
 
 
 def condition_text(
-    name: str, threshold: float, higher_is_better: bool, warn: float | None = None, fmt: str = "g"
+    name: str, threshold: float, *, higher_is_better: bool, warn: float | None = None, fmt: str = "g"
 ) -> str:
     """`"worst-class recall ≥ 0.5"`, with the warning band when there is one."""
     sign = DIRECTION_WORDS[higher_is_better][0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z_\-. ]")
 MAX_PART = 80  # characters of one key part: MLflow refuses metric keys over 250 characters
@@ -97,11 +98,13 @@ class Ingest:
     NEAR_DUPLICATES = "ingest/near_duplicates"
     NEAR_DUPLICATE_SHARE = "ingest/near_duplicate_share"
     N_CLASSES = "ingest/n_classes"
+    IMAGES = "ingest/images_{split}"  # .format(split=...): train, validation, test; per class: `per_class`
 
 
 class Train:
     """Names under `train/...`."""
 
+    CHECKPOINT_FOLDER = "checkpoint"  # the final checkpoint's artifact folder: checkpoint/model.pt
     DP_ACCOUNTANT = "train/dp_accountant"
     DP_DELTA = "train/dp_delta"
     DP_EPSILON = "train/dp_epsilon"
@@ -123,9 +126,13 @@ class Evaluate:
     """Names under `evaluate/...`."""
 
     CHANCE_ACCURACY = "evaluate/chance_accuracy"
+    CONFUSION_MATRIX_CSV = "evaluate/confusion_matrix.csv"
     CONFUSION_MATRIX_PNG = "evaluate/confusion_matrix.png"
+    F1 = "evaluate/f1"  # per class: per_class(Evaluate.F1, cls)
     MEMBER_ACCURACY = "evaluate/member_accuracy"
     PER_CLASS_JSON = "evaluate/per_class.json"
+    PRECISION = "evaluate/precision"  # per class: per_class(Evaluate.PRECISION, cls)
+    RECALL = "evaluate/recall"  # per class: per_class(Evaluate.RECALL, cls)
     RELIABILITY_PNG = "evaluate/reliability.png"
     TEMPERATURE = "evaluate/temperature"
     TEMPERATURE_FIT_IMAGES = "evaluate/temperature_fit_images"
@@ -157,9 +164,14 @@ class Fairness:
     MITIGATION_RECALL_GAP_BEFORE = "fairness/mitigation/recall_gap_before"
     MITIGATION_WORST_CLASS_RECALL_AFTER = "fairness/mitigation/worst_class_recall_after"
     MITIGATION_WORST_CLASS_RECALL_BEFORE = "fairness/mitigation/worst_class_recall_before"
+    FALSE_POSITIVE_RATE = "fairness/false_positive_rate"  # per class: per_class(FALSE_POSITIVE_RATE, cls)
     PER_CLASS_JSON = "fairness/per_class.json"
+    PRECISION = "fairness/precision"  # per class: per_class(PRECISION, cls)
+    RECALL = "fairness/recall"  # per class: per_class(RECALL, cls)
     RECALL_BY_CLASS_PNG = "fairness/recall_by_class.png"
     RECALL_GAP = "fairness/recall_gap"
+    RECALL_GAP_CI_HIGH = "fairness/recall_gap_ci_high"
+    RECALL_GAP_CI_LOW = "fairness/recall_gap_ci_low"
     REGRESSION = "fairness/regression"
     SUBGROUP_CELLS_JSON = "fairness/subgroup_cells.json"
     SUBGROUP_GAPS_JSON = "fairness/subgroup_gaps.json"
@@ -169,6 +181,8 @@ class Fairness:
     SUBGROUP_TPR_GAP = "fairness/subgroup_tpr_gap"
     VERDICT = "fairness/verdict"
     WORST_CLASS_RECALL = "fairness/worst_class_recall"
+    WORST_CLASS_RECALL_CI_HIGH = "fairness/worst_class_recall_ci_high"
+    WORST_CLASS_RECALL_CI_LOW = "fairness/worst_class_recall_ci_low"
 
 
 class Privacy:
@@ -215,6 +229,7 @@ class Privacy:
     VERDICT = "privacy/verdict"
     ATTACK = "privacy/{attack}/{name}"  # .format(attack=..., name=...): auc, advantage, tpr_at_1pct_fpr...
     ATTACK_PER_CLASS_JSON = "privacy/{attack}/per_class.json"
+    ATTACK_BASE = "privacy/{attack}"  # per class: per_class(ATTACK_BASE.format(attack=...), cls, "auc")
 
 
 class Export:
@@ -234,28 +249,50 @@ class Benchmark:
     CPU_FLAGS = "benchmark/cpu_flags"
     FLOPS_PER_IMAGE = "benchmark/flops_per_image"
     LATENCY_JSON = "benchmark/latency.json"
-    ONNX_INT8_BS = "benchmark/onnx-int8/bs"
     THREADS = "benchmark/threads"
     THROUGHPUT_PNG = "benchmark/throughput.png"
     RESULT = "benchmark/{backend}/bs{batch_size}/{name}"  # .format(backend=..., batch_size=..., name=...)
     PEAK_SOURCE = "benchmark/peak_source/{device}"
     RECOMMENDED = "benchmark/recommended/{device}/{target}"
 
+    @staticmethod
+    def by_batch_size(keys: Iterable[str], backend: str, name: str) -> dict[int, str]:
+        """Batch size -> key, of the `RESULT` keys among `keys` for one backend and one name
+        (`benchmark/onnx-int8/bs256/speedup_vs_eager` -> {256: that key})."""
+        found = {}
+        for key in keys:
+            parts = key.split("/")
+            if len(parts) == 4 and parts[0] == Stage.BENCHMARK and parts[1] == backend and parts[3] == name:
+                size = parts[2].removeprefix("bs")
+                if parts[2].startswith("bs") and size.isdigit():
+                    found[int(size)] = key
+        return found
+
 
 class Release:
     """Names under `release/...`."""
 
+    ACCURACY_VS_CHAMPION = "release/accuracy_vs_champion"  # candidate minus champion
     CHAMPION = "release/champion"
     COMPARABILITY = "release/comparability"
     GATE_JSON = "release/gate.json"
     GATE_MD = "release/gate.md"
     LATENCY_RATIO_VS_CHAMPION = "release/latency_ratio_vs_champion"
     MODEL = "release/model"
-    OUTCOME = "release/outcome"
-    STATUS = "release/status"
+    OUTCOME = "release/outcome"  # on the pipeline run: what became of its version, in words
+    PRIVACY_TPR_VS_CHAMPION = "release/privacy_tpr_vs_champion"
+    STATUS = "release/status"  # on a model version: candidate | rejected | champion | retired | rolled_back
     SUMMARY = "release/summary"
+    WORST_CLASS_RECALL_VS_CHAMPION = "release/worst_class_recall_vs_champion"
     CRITERIA = "release/criteria_{status}"  # .format(status=...): how many criteria had that status
-    ANY = "release/{name}"  # .format(name=...)
+
+
+class Report:
+    """What the report stage logs on the pipeline (parent) run: files under `report/`."""
+
+    FOLDER = "report"  # report.html, .md, .pdf; the model card and the datasheet (.html, .md, .json)
+    FIGURES_FOLDER = "report/figures"  # the report's figures as PNGs
+    PDF_NOTE = "report/pdf"  # tag: why no PDF was made, when none was
 
 
 class Tune:

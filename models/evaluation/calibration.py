@@ -47,7 +47,7 @@ class Reliability:
     ece: float  # expected calibration error of these bins, 0..1, 0 ideal
 
 
-def reliability(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15, temperature: float = 1.0) -> Reliability:
+def reliability(logits: np.ndarray, labels: np.ndarray, *, n_bins: int = 15, temperature: float = 1.0) -> Reliability:
     """Reliability-diagram bins of `softmax(logits / temperature)` against `labels`."""
     probs = softmax(logits.astype(np.float64) / temperature, axis=1)
     confidence = probs.max(1)
@@ -79,12 +79,12 @@ class CalibrationResult:
 
 
 def calibrate(
-    val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray, n_bins: int
+    val_logits: np.ndarray, val_labels: np.ndarray, *, test_logits: np.ndarray, test_labels: np.ndarray, n_bins: int
 ) -> CalibrationResult:
     """Fit T on the validation logits; ECE and NLL on the test logits before and after."""
     t = fit_temperature(val_logits, val_labels)
-    before = reliability(test_logits, test_labels, n_bins)
-    after = reliability(test_logits, test_labels, n_bins, t)
+    before = reliability(test_logits, test_labels, n_bins=n_bins)
+    after = reliability(test_logits, test_labels, n_bins=n_bins, temperature=t)
     return CalibrationResult(
         temperature=t,
         fitted_on="validation" if len(val_labels) else "not fitted (no validation split)",

@@ -34,6 +34,7 @@ def predict(
     model: nn.Module,
     images: np.ndarray,
     runtime: Runtime,
+    *,
     batch_size: int = 1000,
     tta: bool = False,
     translate: int = 0,
@@ -70,7 +71,7 @@ QUERY_SHIFTS = ((0, 0), *((dy, dx) for dy in _OFFSETS for dx in _OFFSETS if (dy,
 
 @torch.no_grad()
 def query_logits(
-    model: nn.Module, images: np.ndarray, runtime: Runtime, queries: int, batch_size: int = 1000
+    model: nn.Module, images: np.ndarray, runtime: Runtime, *, queries: int, batch_size: int = 1000
 ) -> np.ndarray:
     """Logits (float32, queries x N x classes) of uint8 N x H x W x 3 images under `queries`
     augmented views: 1 = the image; 2 = the image and its mirror; 18 = each of the 9 shifts in
@@ -89,13 +90,13 @@ def query_logits(
 
 
 def audit_logits(
-    model: nn.Module, images: np.ndarray, runtime: Runtime, queries: int, batch_size: int = 1000
+    model: nn.Module, images: np.ndarray, runtime: Runtime, *, queries: int, batch_size: int = 1000
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(plain logits without TTA, the `query_logits` views or None for 1 query) of the audited
     images: with several queries the plain logits are view 0, so the images are scored once."""
     if queries == 1:
-        return predict(model, images, runtime, batch_size), None
-    views = query_logits(model, images, runtime, queries, batch_size)
+        return predict(model, images, runtime, batch_size=batch_size), None
+    views = query_logits(model, images, runtime, queries=queries, batch_size=batch_size)
     return views[0], views
 
 

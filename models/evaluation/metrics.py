@@ -1,6 +1,7 @@
 """Classification metrics from logits: accuracy, per-class P/R/F1, confusion matrix, ECE.
 
 `evaluate` returns metrics; `models.evaluation.inference.predict` returns the logits they come from.
+`models.evaluation.stage` builds the evaluate stage's report from them.
 """
 
 from __future__ import annotations
@@ -10,12 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-
-def load_predictions(path: str) -> dict[str, np.ndarray]:
-    """The arrays of an evaluation's `predictions.npz` (test and member logits and labels)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -60,7 +55,7 @@ class EvalResult:
         ]
 
 
-def evaluate(logits: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], ece_bins: int = 15) -> EvalResult:
+def evaluate(logits: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], *, ece_bins: int = 15) -> EvalResult:
     """Metrics of `logits` (N x C) against integer `labels` (N)."""
     if len(logits) != len(labels) or len(labels) == 0:
         raise ValueError(f"need equal, non-zero numbers of logits and labels, got {len(logits)} and {len(labels)}")
@@ -100,7 +95,7 @@ class LearningCheck:
 
 
 def check_learning(
-    preds: np.ndarray, labels: np.ndarray, train_accuracy: float, confidence: float = 0.99
+    preds: np.ndarray, labels: np.ndarray, *, train_accuracy: float, confidence: float = 0.99
 ) -> LearningCheck:
     """Compare held-out accuracy (`preds` vs `labels`) with chance and with `train_accuracy`."""
     from scipy.stats import binomtest

@@ -229,7 +229,7 @@ EAGER = {"cpu": "torch-eager", "cuda": "torch-eager-cuda"}
 
 # ------------------------------------------------------------------------------ measurement
 def time_calls(
-    run: Run, sync: Callable[[], None], warmup: int, min_repeats: int, min_seconds: float, max_seconds: float
+    run: Run, sync: Callable[[], None], *, warmup: int, min_repeats: int, min_seconds: float, max_seconds: float
 ) -> np.ndarray:
     """Latencies (ms) of timed calls of `run`, after at least one untimed warm-up call."""
     for _ in range(max(warmup, 1)):
@@ -324,6 +324,7 @@ def benchmark(
     model: nn.Module,
     variants: dict[str, tuple[Path, str]],
     images: np.ndarray,
+    *,
     batch_sizes: tuple[int, ...],
     backends: tuple[str, ...] | None = None,
     warmup: int = 5,
@@ -352,7 +353,14 @@ def benchmark(
                 for bs in batch_sizes:
                     batch = np.resize(np.asarray(images), (bs, *image_shape))  # repeats images when bs > len
                     run, sync = make(batch)
-                    ms = time_calls(run, sync, warmup, min_repeats, min_seconds, max_seconds)
+                    ms = time_calls(
+                        run,
+                        sync,
+                        warmup=warmup,
+                        min_repeats=min_repeats,
+                        min_seconds=min_seconds,
+                        max_seconds=max_seconds,
+                    )
                     rows.append(
                         {
                             "backend": name,

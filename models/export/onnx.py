@@ -54,7 +54,7 @@ class ParityResult:
     n_samples: int
 
 
-def export_onnx(model: nn.Module, image_shape: tuple[int, int, int], path: str | Path, opset: int = 20) -> Path:
+def export_onnx(model: nn.Module, image_shape: tuple[int, int, int], path: str | Path, *, opset: int = 20) -> Path:
     """Export `model` (CPU, fp32, eval) to `path`; batch dimension dynamic. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> ParityResult:
     )
 
 
-def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray, batch_size: int = 256) -> ParityResult:
+def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray, *, batch_size: int = 256) -> ParityResult:
     """Compare torch (CPU, fp32) and ONNX Runtime (CPU) logits on uint8 NHWC `images`."""
     session = onnx_session(onnx_path)
     return compare_logits(torch_logits(model, images, batch_size), onnx_logits(session, images, batch_size))

@@ -71,6 +71,7 @@ def quantize_int8(
     fp32_path: str | Path,
     dst: str | Path,
     calibration_images: np.ndarray,
+    *,
     method: str = "minmax",
     seed: int = 0,
     reduce_range: bool = True,

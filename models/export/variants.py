@@ -59,6 +59,7 @@ class VariantCheck:
 
 def build_variants(
     model: nn.Module,
+    *,
     image_shape: tuple[int, int, int],
     out_dir: str | Path,
     calibration_images: np.ndarray,
@@ -73,13 +74,18 @@ def build_variants(
     from the optimised FP32 file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = export_onnx(fold_for_inference(model), image_shape, out / "model.raw.onnx", cfg.opset)
+    raw = export_onnx(fold_for_inference(model), image_shape, out / "model.raw.onnx", opset=cfg.opset)
     paths = {"fp32": optimize_onnx(raw, out / VARIANT_FILES["fp32"])}
     calibration = None
     if "int8" in cfg.variants:
         paths["int8"] = out / VARIANT_FILES["int8"]
         calibration = quantize_int8(
-            raw, paths["int8"], calibration_images, cfg.calibration_method, cfg.calibration_seed, cfg.int8_reduce_range
+            raw,
+            paths["int8"],
+            calibration_images,
+            method=cfg.calibration_method,
+            seed=cfg.calibration_seed,
+            reduce_range=cfg.int8_reduce_range,
         )
         if cfg.int8_gelu == "integer":
             proto = onnx.load(str(paths["int8"]))
@@ -103,6 +109,7 @@ def _provider_list(provider: str) -> list[object]:
 def check_variant(
     variant: str,
     path: str | Path,
+    *,
     test_x: np.ndarray,
     test_y: np.ndarray,
     reference_logits: np.ndarray,

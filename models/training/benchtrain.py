@@ -43,7 +43,7 @@ class TrainBench:
 
 
 def bench_train(
-    snapshot: Snapshot, cfg: PipelineConfig, seed: int, peak: Peak | None = None, scratch: str | Path | None = None
+    snapshot: Snapshot, cfg: PipelineConfig, seed: int, *, peak: Peak | None = None, scratch: str | Path | None = None
 ) -> TrainBench:
     """Train `cfg` with `seed` on `snapshot` and measure it."""
     train = cfg.train.model_copy(update={"seed": seed})
@@ -51,7 +51,7 @@ def bench_train(
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         start = time.perf_counter()
         splits = make_splits(snapshot, cfg.data)
-        result = fit(splits, train, runtime, tmp)
+        result = fit(splits, train, runtime, checkpoint_dir=tmp)
         wall = time.perf_counter() - start
         model, _ = load_model(result.checkpoint, runtime.device)
     logits = predict(
@@ -62,8 +62,8 @@ def bench_train(
         result.flops_per_image,
         result.images_per_second,
         result.train_seconds,
-        peak.flops_per_second,
-        result.time_to_target,
+        peak_flops=peak.flops_per_second,
+        time_to_target=result.time_to_target,
     )
     return TrainBench(
         profile=cfg.profile,

@@ -31,6 +31,7 @@ class EpochPlan:
 def plan_epochs(
     max_epochs: int,
     budget_seconds: float | None,
+    *,
     step_seconds: float,
     steps_per_epoch: int,
     val_seconds: float,
@@ -60,7 +61,7 @@ def plan_epochs(
 
 
 def replan(
-    plan: EpochPlan, max_epochs: int, steps_per_epoch: int, epoch_seconds: float, val_seconds: float, val_every: int
+    plan: EpochPlan, max_epochs: int, steps_per_epoch: int, *, epoch_seconds: float, val_seconds: float, val_every: int
 ) -> EpochPlan:
     """The plan again after the first epoch, from its measured time: a few throwaway steps on a
     busy machine can be off by several times, a whole epoch much less. The LR schedule is then
@@ -68,7 +69,12 @@ def replan(
     if plan.budget_seconds is None:
         return plan
     new = plan_epochs(
-        max_epochs, plan.budget_seconds, epoch_seconds / steps_per_epoch, steps_per_epoch, val_seconds, val_every
+        max_epochs,
+        plan.budget_seconds,
+        step_seconds=epoch_seconds / steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        val_seconds=val_seconds,
+        val_every=val_every,
     )
     if new.epochs == plan.epochs:
         return plan

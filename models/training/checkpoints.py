@@ -35,7 +35,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def checkpoint_payload(
-    model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], epoch: int, **extra: Any
+    model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], *, epoch: int, **extra: Any
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -83,7 +83,7 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
         classes = payload["classes"]
     except (KeyError, TypeError, ValueError) as err:  # ValidationError is a ValueError
         raise ModelError(f"{checkpoint} is not an auditflow checkpoint (no valid config/classes): {err}") from err
-    model = build_model(cfg.model, len(classes), cfg.width, cfg.dropout, dp_compatible=cfg.dp is not None)
+    model = build_model(cfg.model, len(classes), width=cfg.width, dropout=cfg.dropout, dp_compatible=cfg.dp is not None)
     try:
         model.load_state_dict(shipped_state(payload))
     except RuntimeError as err:

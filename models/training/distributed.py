@@ -45,7 +45,9 @@ def _worker(spec_path: str) -> None:
         splits = make_splits(Snapshot.open(spec["snapshot"]), DataConfig.model_validate(spec["data"]))
         init_state = load_model(spec["init_from"])[0].state_dict() if spec.get("init_from") else None
         teacher = load_model(spec["teacher"])[0] if spec.get("teacher") else None
-        result = fit(splits, cfg, runtime, spec["checkpoint_dir"], init_state=init_state, teacher=teacher)
+        result = fit(
+            splits, cfg, runtime, checkpoint_dir=spec["checkpoint_dir"], init_state=init_state, teacher=teacher
+        )
         dist.barrier()
         out = {**asdict(result), "checkpoint": str(result.checkpoint), "world_size": dist.get_world_size()}
         Path(spec["result_dir"], f"result-{rank}.json").write_text(json.dumps(out))

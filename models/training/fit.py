@@ -230,7 +230,7 @@ class _Trainer:
             state["ema_n_averaged"] = self.ema[1].updates
         if self.private is not None:
             state["privacy"] = self.private.state_dict()
-        save_checkpoint(checkpoint_payload(self.base, self.cfg, self.classes, epoch, **state), self.checkpoint)
+        save_checkpoint(checkpoint_payload(self.base, self.cfg, self.classes, epoch=epoch, **state), self.checkpoint)
 
     def choose_weights(self, splits: Splits) -> WeightChoice:
         """Score the raw and the averaged weights on the whole validation split (no TTA; a
@@ -274,6 +274,7 @@ def fit(
     splits: Splits,
     cfg: TrainConfig,
     runtime: Runtime,
+    *,
     checkpoint_dir: str | Path,
     on_epoch: Callable[[EpochStats], None] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
@@ -330,12 +331,22 @@ def fit(
 
     timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
     if cfg.dp is not None and timed:  # plan with DP steps: per-example gradients cost ~2 plain ones
-        with dp_sgd.timing_steps(base, optimizer, cfg.dp.max_grad_norm, cfg.batch_size) as (dp_model, dp_optimizer):
+        timing = dp_sgd.timing_steps(base, optimizer, max_grad_norm=cfg.dp.max_grad_norm, batch_size=cfg.batch_size)
+        with timing as (dp_model, dp_optimizer):
             _, compile_seconds, step_seconds = warm_up(
-                dp_model, base, dp_optimizer, train_x, train_y, cfg, runtime, timed
+                dp_model,
+                base,
+                dp_optimizer,
+                images=train_x,
+                labels=train_y,
+                cfg=cfg,
+                runtime=runtime,
+                timed_steps=timed,
             )
     else:
-        model, compile_seconds, step_seconds = warm_up(model, base, optimizer, train_x, train_y, cfg, runtime, timed)
+        model, compile_seconds, step_seconds = warm_up(
+            model, base, optimizer, images=train_x, labels=train_y, cfg=cfg, runtime=runtime, timed_steps=timed
+        )
     if compile_seconds:
         log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
     if saved_plan is not None:
@@ -343,13 +354,22 @@ def fit(
     else:
         val_cost = trainer.validate(val_x, val_y)[2] if cfg.time_budget_s is not None else 0.0
         plan = _agree(
-            plan_epochs(cfg.epochs, cfg.time_budget_s, step_seconds, steps_per_epoch, val_cost, cfg.val_every)
+            plan_epochs(
+                cfg.epochs,
+                cfg.time_budget_s,
+                step_seconds=step_seconds,
+                steps_per_epoch=steps_per_epoch,
+                val_seconds=val_cost,
+                val_every=cfg.val_every,
+            )
         )
         if cfg.dp is not None:
             plan = dataclasses.replace(plan, reason=f"{plan.reason}; final: DP-SGD's noise is calibrated to it")
     log.info("plan: %s", plan.reason)
     if cfg.dp is not None:
-        trainer.private = dp_sgd.make_private(base, optimizer, cfg.dp, len(splits.train_y), cfg.batch_size, plan.epochs)
+        trainer.private = dp_sgd.make_private(
+            base, optimizer, cfg.dp, n=len(splits.train_y), batch_size=cfg.batch_size, epochs=plan.epochs
+        )
         model, optimizer = trainer.private.model, trainer.private.optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, steps_per_epoch * plan.epochs))
     if saved_states is not None:  # after the scheduler: its constructor resets the learning rate
@@ -365,7 +385,17 @@ def fit(
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
         batches = trainer.private.epoch_batches(cfg.seed * 100_003 + epoch, runtime.device) if trainer.private else None
         loss, acc, seconds, seen = train_one_epoch(
-            model, train_x, train_y, optimizer, scheduler, cfg, runtime, generator, trainer.ema, teacher, batches
+            model,
+            train_x,
+            train_y,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            cfg=cfg,
+            runtime=runtime,
+            generator=generator,
+            ema=trainer.ema,
+            teacher=teacher,
+            batches=batches,
         )
         if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
             for buffer in base.buffers():
@@ -391,7 +421,16 @@ def fit(
         # Not for DP: the noise is calibrated to the planned epochs; more would spend more than
         # dp.epsilon, fewer would have trained with more noise than needed.
         if epoch == 1 and saved_plan is None and cfg.time_budget_s is not None and cfg.dp is None:
-            plan = _agree(replan(plan, cfg.epochs, steps_per_epoch, seconds, val_seconds, cfg.val_every))
+            plan = _agree(
+                replan(
+                    plan,
+                    cfg.epochs,
+                    steps_per_epoch,
+                    epoch_seconds=seconds,
+                    val_seconds=val_seconds,
+                    val_every=cfg.val_every,
+                )
+            )
             scheduler.lr_lambdas[0] = _schedule(cfg, steps_per_epoch * plan.epochs)  # type: ignore[attr-defined]
             if plan.reason.startswith("re-planned"):
                 log.info("plan: %s", plan.reason)
@@ -436,7 +475,9 @@ def _build(
     """The model on its device, initialised (fine-tuned weights, whitening from the data),
     and its training FLOPs per image."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(splits.classes), cfg.width, cfg.dropout, dp_compatible=cfg.dp is not None)
+    model = build_model(
+        cfg.model, len(splits.classes), width=cfg.width, dropout=cfg.dropout, dp_compatible=cfg.dp is not None
+    )
     fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
     if any("whiten" in name for name in fresh):
         # a seeded random sample: snapshots are stored class by class

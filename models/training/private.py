@@ -102,7 +102,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 @contextlib.contextmanager
 def timing_steps(
-    base: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float, batch_size: int
+    base: nn.Module, optimizer: torch.optim.Optimizer, *, max_grad_norm: float, batch_size: int
 ) -> Iterator[tuple[nn.Module, torch.optim.Optimizer]]:
     """`base` and `optimizer` taking DP-SGD steps (per-example gradients, clipping, noise with a
     placeholder multiplier) for the timed warm-up that plans the time budget. No accountant:
@@ -173,7 +173,7 @@ class PrivateTraining:
 
 
 def make_private(
-    base: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, n: int, batch_size: int, epochs: int
+    base: nn.Module, optimizer: torch.optim.Optimizer, dp: DPConfig, *, n: int, batch_size: int, epochs: int
 ) -> PrivateTraining:
     """Wrap `base` (already `make_compatible`) and `optimizer` for DP-SGD over `n` training
     images, with the noise calibrated so that `epochs` epochs are (dp.epsilon, delta)-DP."""

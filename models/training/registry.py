@@ -165,7 +165,7 @@ REGISTRY: dict[str, Callable[[int, int, float], nn.Module]] = {
 
 
 def build_model(
-    name: str, num_classes: int, width: int = 64, dropout: float = 0.0, dp_compatible: bool = False
+    name: str, num_classes: int, *, width: int = 64, dropout: float = 0.0, dp_compatible: bool = False
 ) -> nn.Module:
     """A fresh model from the registry; raises `ModelError` for an unknown name.
 

@@ -77,6 +77,7 @@ def speed_metrics(
     flops_per_image: float,
     images_per_second: float,
     train_seconds: float,
+    *,
     peak_flops: float,
     time_to_target: float | None = None,
 ) -> dict[str, float]:

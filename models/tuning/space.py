@@ -264,9 +264,9 @@ def default_storage(workdir: str | Path) -> str:
 def plan_study(
     cfg: PipelineConfig,
     space: SearchSpace,
+    *,
     source: str,
     trials: int,
-    *,
     objective: str = "accuracy",
     min_worst_recall: float = 0.0,
     time_budget_min: float | None = None,
@@ -381,7 +381,7 @@ def choose_trial(results: Sequence[TrialResult], min_worst_recall: float = 0.0) 
 
 
 # ------------------------------------------------------------------ outputs
-def tuned_profile(plan: StudyPlan, choice: Choice, profile_name: str, header: Sequence[str] = ()) -> str:
+def tuned_profile(plan: StudyPlan, choice: Choice, *, profile_name: str, header: Sequence[str] = ()) -> str:
     """The chosen configuration as a profile YAML for `auditflow run --profile FILE`, headed by
     `header` lines as comments. Its `profile` field is `profile_name`."""
     cfg = trial_config(plan.base | {"profile": profile_name}, choice.trial.params)

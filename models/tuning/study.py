@@ -93,11 +93,12 @@ def score_trial(
     splits: Splits,
     cfg: TrainConfig,
     runtime: Runtime,
+    *,
     checkpoint_dir: str | Path,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrialScores:
     """Train one trial's config and score its shipped weights on the whole validation split."""
-    result = fit(splits, cfg, runtime, checkpoint_dir, on_epoch=on_epoch)
+    result = fit(splits, cfg, runtime, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch)
     model, _ = load_model(result.checkpoint, runtime.device)
     logits = predict(
         runtime.prepare(model), np.asarray(splits.val_x), runtime, tta=cfg.tta, translate=cfg.tta_translate
@@ -207,6 +208,7 @@ class StudyDriver:
         self,
         number: int,
         scores: TrialScores | None,
+        *,
         pruned: bool = False,
         attrs: dict[str, Any] | None = None,
         error: str | None = None,

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from auditflow.core.checks import Check
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
 from auditflow.core.files import SQLITE_MAGIC as SQLITE_MAGIC
+from auditflow.core.names import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX, Ingest, Release, Stage, Train
 from auditflow.core.names import MAX_PART as MAX_PART
 from auditflow.core.names import metric_key as metric_key
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
@@ -48,7 +48,7 @@ from auditflow.core.stage import StageReport
 from auditflow.core.tracking.health import PROBE_TIMEOUT_S as PROBE_TIMEOUT_S
 from auditflow.core.tracking.health import _first_line, _is_store_error
 from auditflow.core.tracking.health import preflight as preflight
-from auditflow.core.tracking.run_logger import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX, RunLogger
+from auditflow.core.tracking.run_logger import RunLogger
 from auditflow.core.tracking.run_logger import _fluent_tracking_uri as _fluent_tracking_uri
 from auditflow.core.tracking.stale import END_REASON_TAG, end_stale_runs, owner_tags
 from auditflow.core.tracking.stale import HOST_TAG as HOST_TAG
@@ -71,8 +71,8 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_VIEW = "workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `auditflow ui` serves a local store
 # Images the report embeds as they were logged (drawn from data, not from summaries).
-REPORT_IMAGES = ("ingest/examples.png",)
-HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # train/<name>, per epoch
+REPORT_IMAGES = (Ingest.EXAMPLES_PNG,)
+HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # Train.EPOCH names, per epoch
 # Per-epoch metrics that the store refused are retried after these pauses (seconds), then the
 # stage fails naming them; training itself never waits on the store.
 RETRY_DELAYS_S = (2.0, 5.0, 10.0)
@@ -291,24 +291,12 @@ class Tracker:
             run.log_summary(report.stage, dict(report.summary))
         return found
 
-    def publish_checks(
-        self, ref: TrackingRef, run: RunLogger, stage: str, checks: list[Check], headline: dict[str, float]
-    ) -> dict[str, str]:
-        """Log a stage's checks (table + verdict tags) and copy its verdicts and `headline`
-        metrics to the parent run. (Stages not yet returning a `StageReport` use this.)"""
-        found = run.log_checks(stage, checks)
-        parent = self.parent(ref)
-        parent.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})
-        if headline:
-            parent.log_metrics(headline)
-        return found
-
     def attach_datasets(self, ref: TrackingRef, run: RunLogger, contexts: tuple[str, ...]) -> None:
         """Record on `run` the dataset inputs (of the given contexts: train, validation, test)
         that the ingest stage of pipeline run `ref` logged, so each run names the data it used."""
         from mlflow.entities import DatasetInput
 
-        ingest = self.children(self.get_run(ref.run_id)).get("ingest")
+        ingest = self.children(self.get_run(ref.run_id)).get(Stage.INGEST)
         if ingest is None:
             return
         chosen = [
@@ -347,12 +335,13 @@ class Tracker:
         if Path(ref).is_file():
             return Path(ref)
         run = self.get_run(ref)
-        train = self.children(run).get("train")
+        train = self.children(run).get(Stage.TRAIN)
         if train is None or train.info.status != "FINISHED":
             raise TrackingError(f"run {ref} has no finished train stage to take a checkpoint from")
         target = Path(dest) / ref
         target.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(train.info.run_id, "checkpoint/model.pt", str(target)))
+        path = f"{Train.CHECKPOINT_FOLDER}/model.pt"
+        return Path(self.client.download_artifacts(train.info.run_id, path, str(target)))
 
     def load_run(self, run_id: str) -> RunRecord:
         """Everything the report needs from one pipeline run, read from the store alone."""
@@ -375,48 +364,53 @@ class Tracker:
         )
         with tempfile.TemporaryDirectory() as tmp:
             for stage, child in self.children(run).items():
-                record.stage_status[stage] = child.info.status
-                record.stage_run_ids[stage] = child.info.run_id
-                record.stage_metrics[stage] = dict(child.data.metrics)
-                record.stage_tags[stage] = dict(child.data.tags)
-                try:
-                    local = self.client.download_artifacts(child.info.run_id, f"{stage}/{SUMMARY}", tmp)
-                    record.summaries[stage] = json.loads(Path(local).read_text())
-                except Exception:  # a failed stage may have logged no summary
-                    log.debug("no summary for stage %s", stage)
-                try:
-                    local = self.client.download_artifacts(child.info.run_id, f"{stage}/{CHECKS}", tmp)
-                    table = json.loads(Path(local).read_text())  # MLflow's table form: columns + rows
-                    record.checks[stage] = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
-                except Exception:  # a stage without checks, or one that failed before judging
-                    log.debug("no checks for stage %s", stage)
-                for image in (i for i in REPORT_IMAGES if i.startswith(f"{stage}/")):
-                    try:
-                        record.images[image] = Path(
-                            self.client.download_artifacts(child.info.run_id, image, tmp)
-                        ).read_bytes()
-                    except Exception:
-                        log.debug("no %s in stage %s", image, stage)
-            try:  # the release gate's record, logged on the parent (a run may have none)
-                local = self.client.download_artifacts(run_id, "release/gate.json", tmp)
-                record.summaries["release"] = json.loads(Path(local).read_text())
-            except Exception:
-                log.debug("no release gate record for run %s", run_id)
+                self._read_stage(record, stage, child, tmp)
+            gate = self._artifact_json(run_id, Release.GATE_JSON, tmp)  # on the parent; a run may have none
+            if gate is not None:
+                record.summaries[Stage.RELEASE] = gate
             try:
                 local = self.client.download_artifacts(run_id, "config.json", tmp)
                 record.config = json.loads(Path(local).read_text())
             except Exception as err:
                 raise TrackingError(f"run {run_id} has no config.json artifact; is it an auditflow run?") from err
-        train_id = record.stage_run_ids.get("train")
+        train_id = record.stage_run_ids.get(Stage.TRAIN)
         if train_id:
             for key in HISTORY:
                 # sorted by epoch: epochs restored from a checkpoint are logged after the live ones
-                history = self.client.get_metric_history(train_id, f"train/{key}")
+                history = self.client.get_metric_history(train_id, Train.EPOCH.format(name=key))
                 record.history[key] = sorted((m.step, m.value) for m in history)
         from auditflow.core.tracking.studies import study_summary  # studies builds on this module
 
         record.study = study_summary(self, str(record.config.get("profile", "")))
         return record
+
+    def _read_stage(self, record: RunRecord, stage: str, child: Any, tmp: str) -> None:
+        """Stage run `child` into `record`: status, id, metrics, tags, its summary and checks
+        table (a stage that failed early may have neither) and the images the report embeds."""
+        run_id = child.info.run_id
+        record.stage_status[stage] = child.info.status
+        record.stage_run_ids[stage] = run_id
+        record.stage_metrics[stage] = dict(child.data.metrics)
+        record.stage_tags[stage] = dict(child.data.tags)
+        summary = self._artifact_json(run_id, f"{stage}/{SUMMARY}", tmp)
+        if summary is not None:
+            record.summaries[stage] = summary
+        table = self._artifact_json(run_id, f"{stage}/{CHECKS}", tmp)  # MLflow's table form: columns + rows
+        if table is not None:
+            record.checks[stage] = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+        for image in (i for i in REPORT_IMAGES if i.startswith(f"{stage}/")):
+            try:
+                record.images[image] = Path(self.client.download_artifacts(run_id, image, tmp)).read_bytes()
+            except Exception:  # MLflow raises its own and the transport's types
+                log.debug("no %s in stage %s", image, stage)
+
+    def _artifact_json(self, run_id: str, path: str, tmp: str) -> Any:
+        """JSON artifact `path` of run `run_id`, downloaded into `tmp`; None when the run has none."""
+        try:
+            return json.loads(Path(self.client.download_artifacts(run_id, path, tmp)).read_text())
+        except Exception:  # MLflow raises its own and the transport's types
+            log.debug("no %s in run %s", path, run_id)
+            return None
 
     def parent(self, ref: TrackingRef) -> RunLogger:
         """Logging calls on the pipeline (parent) run."""
@@ -462,7 +456,7 @@ class RunRecord:
     stage_run_ids: dict[str, str] = field(default_factory=dict)
     stage_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_tags: dict[str, dict[str, str]] = field(default_factory=dict)
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # train/<name> by epoch
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # HISTORY name -> (epoch, value)
     images: dict[str, bytes] = field(default_factory=dict)  # REPORT_IMAGES that were logged
     study: dict[str, Any] | None = None  # the `auditflow tune` study a tuned profile came from
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from auditflow.core.errors import TrackingError
-from auditflow.core.tracking import VERDICT_PREFIX, Tracker, _fluent_tracking_uri, _quote
+from auditflow.core.names import VERDICT_PREFIX
+from auditflow.core.tracking import Tracker, _fluent_tracking_uri, _quote
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ class ModelRegistry:
     def _wrap(self, what: str, err: Exception) -> TrackingError:
         return TrackingError(f"model registry at {self.tracker.uri}: cannot {what}: {err}")
 
-    def register(self, name: str, run_id: str, model_uri: str, tags: dict[str, str] | None = None) -> ModelVersionInfo:
+    def register(
+        self, name: str, run_id: str, model_uri: str, *, tags: dict[str, str] | None = None
+    ) -> ModelVersionInfo:
         """A new version of registered model `name` (created on first use) from `model_uri`
         (`models:/<model id>`, as the export stage logged it), linked to pipeline run `run_id`."""
         from mlflow.exceptions import MlflowException

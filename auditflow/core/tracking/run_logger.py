@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from auditflow.core.checks import Check, verdicts
-from auditflow.core.names import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX
+from auditflow.core.names import CHECKS, NOTE_TAG, SUMMARY, verdict_tag
 
 
 @contextlib.contextmanager
@@ -77,7 +77,7 @@ class RunLogger:
         """`<stage>/checks.json` and a `verdict/<group>` tag per verdict group; the verdicts."""
         self.log_rows([c.as_dict() for c in checks], f"{stage}/{CHECKS}")
         found = verdicts(checks)
-        self.set_tags({f"{VERDICT_PREFIX}{group}": status for group, status in found.items()})
+        self.set_tags({verdict_tag(group): status for group, status in found.items()})
         return found
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -137,7 +137,7 @@ class RunLogger:
         self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
 
     def log_onnx_model(
-        self, path: str | Path, example_in: Any, example_out: dict[str, Any], uri: str, providers: list[str]
+        self, path: str | Path, *, example_in: Any, example_out: dict[str, Any], uri: str, providers: list[str]
     ) -> str:
         """Log an ONNX file as an MLflow model whose signature is inferred from one example
         batch (input array -> named outputs); returns its model URI."""

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auditflow.core.tracking import PARENT_TAG, STAGE_TAG, SUMMARY, Tracker, TrackingRef
+from auditflow.core.names import Tune
+from auditflow.core.tracking import PARENT_TAG, STAGE_TAG, Tracker, TrackingRef
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def study_summary(tracker: Tracker, profile: str) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             run = tracker.client.get_run(run_id)
-            summary = json.loads(Path(tracker.client.download_artifacts(run_id, f"tune/{SUMMARY}", tmp)).read_text())
+            summary = json.loads(Path(tracker.client.download_artifacts(run_id, Tune.SUMMARY_JSON, tmp)).read_text())
         except Exception:  # another store, or a study that never finished
             log.debug("study run %s of profile %s not found", run_id, profile)
             return None

@@ -1,0 +1,246 @@
+"""What the CLI prints on stdout: its rich tables and result lines, one function per command.
+
+Tables go to a console as wide as the terminal, or a fixed width when stdout is not one (a
+scheduled run's log, a pipe), so lines are not cut at 80 columns. Paths and links stay outside
+the tables: a table cuts them with an ellipsis, and a user copies them.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from auditflow.audits.gate import METRICS
+from auditflow.audits.release import RELEASE_VERDICT, STATUS_TAG
+
+if TYPE_CHECKING:
+    from auditflow.audits.release import GateOutcome, ReleaseResult
+    from auditflow.audits.report import ReportFiles
+    from auditflow.core.tracking import RunRecord
+    from auditflow.core.tracking.registry import VersionRow
+    from auditflow.flows.pipeline import PipelineResult
+    from auditflow.models.training.benchseeds import SeedBench
+    from auditflow.tasks.tune import StudySummary
+
+
+def wide(width: int) -> Console:
+    """A stdout console: the terminal's width, or `width` columns when stdout is not a terminal."""
+    return Console(width=None if sys.stdout.isatty() else width)
+
+
+def _table(title: str, columns: tuple[str, ...], right: tuple[str, ...] | None = None) -> Table:
+    """A table with `columns`; those in `right` (default: all) right-justified."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if right is None or col in right else "left")
+    return table
+
+
+def run_summary(result: PipelineResult, seconds: float, workdir: Path) -> None:
+    """`auditflow run`: the verdicts and headline numbers, then the paths and the MLflow link."""
+    colour = {"pass": "green", "fail": "red"}.get(result.overall, "yellow")
+    table = Table(title=f"auditflow run {result.run_id} ({seconds:.0f} s)", show_header=False)
+    table.add_row("overall verdict", f"[bold {colour}]{result.overall}[/] (MLflow tag verdict/overall)")
+    shipped = f"{result.test_accuracy_no_tta:.2%} (ONNX, no test-time augmentation)"
+    table.add_row("test accuracy, shipped model", shipped)
+    if result.test_accuracy != result.test_accuracy_no_tta:
+        table.add_row("test accuracy with TTA", f"{result.test_accuracy:.2%} (not shipped; the audits do not use it)")
+    if result.learning != "pass":
+        table.add_row("[bold red]MODEL DID NOT LEARN[/]", f"[red]{result.learning_message}[/]")
+    table.add_row("fairness", f"{result.fairness} (worst-class recall {result.worst_class_recall:.3f})")
+    tpr = "not stated" if result.privacy_tpr != result.privacy_tpr else f"{result.privacy_tpr:.4f}"
+    tier = "" if result.privacy_tier == "reference" else "; loss tier only, see the report"
+    table.add_row("privacy", f"{result.privacy} ({result.privacy_attack} attack TPR at low FPR {tpr}{tier})")
+    table.add_row("release gate", f"{result.release} ({result.model_version}; `auditflow models` lists the versions)")
+    out = Console()
+    out.print(table)
+    # paths and the link outside the table, never wrapped: a table cuts them with an ellipsis when
+    # stdout is not a terminal (a scheduled run's log), and a user copies them
+    paths = {"ONNX model": result.onnx_path, "report": result.report_html, "report PDF": result.report_pdf}
+    for name, path in paths.items():
+        if path:
+            out.print(f"{name}: {path}", soft_wrap=True, markup=False, highlight=False)
+    out.print(f"MLflow run: [link={result.run_url}]{result.run_url}[/link]", soft_wrap=True, highlight=False)
+    if result.tracking_uri.startswith("sqlite:"):
+        out.print(f"Local store: serve it with [bold]auditflow ui --workdir {workdir}[/] and open the link")
+
+
+def report(record: RunRecord, files: ReportFiles, run_url: str) -> None:
+    """`auditflow report`: the overall verdict and where the documents are."""
+    from auditflow.audits.report import overall_verdict
+
+    Console().print(
+        f"overall verdict: {overall_verdict(record)}\nreport: {files.html}\nmarkdown: {files.markdown}\n"
+        + (f"pdf: {files.pdf}\n" if files.pdf else f"{files.pdf_note}\n")
+        + f"model card: {files.html.parent / 'model_card.html'}\ndatasheet: {files.html.parent / 'datasheet.html'}\n"
+        + f"MLflow run: {run_url}"
+    )
+
+
+def study(result: StudySummary, data: str, workdir: Path) -> None:
+    """`auditflow tune`: the Pareto front, the chosen trial and how to run the tuned profile."""
+    out = wide(150)
+    front = _table(
+        f"Pareto front (validation accuracy vs worst-class recall) of study {result.study}",
+        ("trial", "accuracy", "worst recall", "parameters"),
+        right=("trial", "accuracy", "worst recall"),
+    )
+    for row in result.front:
+        values = (f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in result.params)
+        front.add_row(
+            f"{row['trial']}{' *' if row['trial'] == result.chosen_trial else ''}",
+            f"{row['val_accuracy']:.2%}",
+            f"{row['worst_class_recall']:.3f}",
+            " ".join(values),
+        )
+    out.print(front)
+    table = Table(title=f"study {result.study} (MLflow run {result.run_id})", show_header=False)
+    table.add_row("trials", ", ".join(f"{n} {state}" for state, n in sorted(result.states.items())))
+    chosen = f"{result.chosen_trial}: {result.reason}"
+    table.add_row("chosen trial", chosen if result.rule_met else f"[red]{chosen}[/]")
+    table.add_row("validation accuracy", f"{result.val_accuracy:.2%}")
+    table.add_row("worst-class recall", f"{result.worst_class_recall:.3f}")
+    table.add_row("tuned profile", result.profile_path)
+    table.add_row("MLflow", result.tracking_uri)
+    out.print(table)
+    out.print(f"Run it: [bold]auditflow run --profile {result.profile_path} --data {data} --workdir {workdir}[/]")
+
+
+def bench(summary: dict[str, Any], run_id: str, workdir: Path) -> None:
+    """`auditflow bench`: latency and throughput per backend and batch, and the recommendations."""
+    columns = ("backend", "batch", "p50 ms", "p99 ms", "images/s", "vs eager", "of peak", "accuracy")
+    table = _table(f"bench {run_id}: {summary.get('device', '')}", columns)
+    for r in summary.get("rows", []):
+        table.add_row(
+            r["backend"],
+            str(r["batch_size"]),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['images_per_second']:.0f}",
+            f"{r['speedup_vs_eager']:.2f}x",
+            f"{r['fraction_of_peak']:.1%}",
+            r["verdict"],
+        )
+    out = wide(150)
+    out.print(table)
+    for device, rec in summary.get("recommendation", {}).items():
+        for target, choice in rec.items():
+            out.print(f"{device}, {target} target: [bold]{choice['backend']}[/] ({choice['reason']})")
+    out.print(f"Rebuild the report with: auditflow report {run_id} --workdir {workdir}")
+
+
+BENCH_TRAIN_COLUMNS = (
+    "profile",
+    "seed",
+    "test acc",
+    "epochs",
+    "train s",
+    "val s",
+    "img/s",
+    "MFLOP/img",
+    "GFLOP/s",
+    "of peak",
+    "to target s",
+    "kept",
+)
+
+
+def bench_train(result: SeedBench, data: str, out: Console) -> None:
+    """`auditflow bench-train`: one row per seed (and the baseline), the plans, the summary."""
+    table = _table(f"bench-train: {result.profile} on {data}", BENCH_TRAIN_COLUMNS)
+    for r in result.all_rows:
+        table.add_row(
+            r.profile,
+            str(r.seed),
+            f"{r.test_accuracy:.2%}",
+            str(r.epochs),
+            f"{r.train_seconds:.1f}",
+            f"{r.val_seconds:.1f}",
+            f"{r.images_per_second:.0f}",
+            f"{r.flops_per_image / 1e6:.1f}",
+            f"{r.achieved_flops_per_second / 1e9:.1f}",
+            f"{r.fraction_of_peak:.1%}",
+            "-" if r.time_to_target_seconds is None else f"{r.time_to_target_seconds:.1f}",
+            r.kept_weights,
+        )
+    out.print(table)
+    for r in result.all_rows:
+        out.print(
+            f"{r.profile} seed {r.seed}: {r.plan}; per-epoch validation {r.val_seconds:.1f} s "
+            f"in all ({r.val_seconds / max(r.epochs, 1):.1f} s per epoch)"
+        )
+    summary = result.summary
+    out.print(
+        f"{result.profile}: mean test accuracy {summary['accuracy_mean']:.2%} "
+        f"(sd {summary['accuracy_std']:.2%}, n={len(result.rows)}); mean training "
+        f"{summary['train_seconds_mean']:.1f} s; peak: {result.rows[0].peak_source}"
+    )
+    ratio = result.vs_baseline
+    if result.base and ratio:
+        errors = "" if ratio["error_ratio"] is None else f"{ratio['error_ratio']:.2f}x the error rate, "
+        out.print(
+            f"vs {result.base.profile}: {ratio['accuracy_points']:+.1f} accuracy points, {errors}"
+            f"{ratio['train_time_ratio']:.1f}x the training time"
+        )
+
+
+def overhead(over: dict[str, float], out: Console) -> None:
+    """`auditflow bench-train --overhead`: the train task in a flow against the direct call."""
+    direct, outside = over["direct_wall_seconds"], over["outside_loop_extra_seconds"]
+    out.print(
+        f"train task in a flow: {over['task_wall_seconds']:.1f} s vs direct fit {direct:.1f} s "
+        f"(seed 0): overhead {over['overhead_fraction']:+.1%}; training loops "
+        f"{over['train_seconds']:.1f} s vs {over['direct_train_seconds']:.1f} s; outside the loop "
+        f"{outside:+.1f} s ({over['outside_loop_extra_fraction']:+.1%})"
+    )
+
+
+def models(found: dict[str, list[VersionRow]], uri: str, model_name: str | None) -> None:
+    """`auditflow models`: one table per registered model, newest version first."""
+    out = wide(170)
+    if not any(found.values()):
+        out.print(f"no registered model versions in {uri}" + (f" named {model_name!r}" if model_name else ""))
+        return
+    columns = ("version", "aliases", "status", "gate", "overall", "accuracy", "worst recall", "run", "registered")
+    for name, rows in found.items():
+        table = _table(f"registered model {name}", columns, right=("version", "accuracy", "worst recall"))
+        for row in rows:
+            v = row.version
+            accuracy = row.metrics.get(METRICS["accuracy"])
+            recall = row.metrics.get(METRICS["worst_class_recall"])
+            table.add_row(
+                v.version,
+                ", ".join(v.aliases) or "-",
+                v.tags.get(STATUS_TAG, "-"),
+                v.tags.get(RELEASE_VERDICT, "-"),
+                row.verdicts.get("overall", "-"),
+                "-" if accuracy is None else f"{accuracy:.2%}",
+                "-" if recall is None else f"{recall:.3f}",
+                f"{v.run_id} ({row.run_name})" if row.run_name else (v.run_id or "-"),
+                datetime.fromtimestamp(v.created_ms / 1000).strftime("%Y-%m-%d %H:%M"),
+            )
+        out.print(table)
+
+
+def gate(outcome: GateOutcome, console: Console) -> None:
+    """`auditflow gate`: the record on stdout, the one-line verdict on `console` (stderr)."""
+    from rich.markup import escape
+
+    Console(soft_wrap=True).print(outcome.markdown, markup=False, highlight=False)
+    colour = "green" if outcome.verdict == "pass" else "red"
+    console.print(f"[bold {colour}]release gate[/] {escape(outcome.summary)}", highlight=False)
+
+
+def promotion(result: ReleaseResult) -> None:
+    """`auditflow promote`: which version is champion now, and which it replaced."""
+    out = Console(soft_wrap=True, highlight=False)
+    if result.previous_champion == result.version:
+        out.print(f"{result.model_name} v{result.version} is already champion ({result.summary})", markup=False)
+    else:
+        replaced = f", replacing v{result.previous_champion}" if result.previous_champion else ""
+        out.print(f"{result.model_name} v{result.version} is now champion{replaced} ({result.summary})", markup=False)

@@ -1,0 +1,465 @@
+"""Release services: register a run's model, gate it, promote it; plain functions, no Prefect.
+
+`register` adds a version of the ONNX model the export stage logged to the MLflow registry
+(alias `candidate` when asked), `gate` judges the run against the policy and against the
+version aliased `champion` (`auditflow.audits.gate`) and logs the gate record to the pipeline
+run, and `promote` moves `champion` to the version. A gate that fails is an answer, not an
+error: the version stays `candidate`.
+
+Rollback is explicit. A step that changes the registry hands an undo record (`Registration`,
+`Promotion`) to its `on_undo` callback before it changes anything; `Rollback` collects them and,
+when its block raises, calls their `undo()` in reverse order: `champion` and `candidate` point
+where they pointed before, and a version registered in the block keeps no alias and is tagged
+`release/status=rolled_back` (kept, not deleted, as evidence). The flow's tasks
+(`auditflow.tasks.release`) keep the same records in their Prefect transaction and their
+on_rollback hooks call the same `undo()`. The CLI (`auditflow gate | promote | models`) calls
+`gate_run`, `promote_run` and `list_models` here, with no Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from auditflow.audits.gate import METRICS, GateConfig, GateRecord, RunFacts, evaluate_gate, facts_from_record
+from auditflow.audits.gate import gate_markdown as gate_markdown
+from auditflow.core import names
+from auditflow.core.config import apply_override, available_profiles
+from auditflow.core.errors import ConfigError, TrackingError
+from auditflow.core.tracking import RunLogger, RunRecord, Tracker, TrackingRef
+from auditflow.core.tracking.registry import EXPORT_RUN_TAG, ModelRegistry, VersionRow
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"  # alias, and a version's status
+CHAMPION = "champion"
+REJECTED, RETIRED, ROLLED_BACK = "rejected", "retired", "rolled_back"  # further statuses of a version
+STATUS_TAG = names.Release.STATUS
+OUTCOME_TAG = names.Release.OUTCOME
+RELEASE_VERDICT = names.verdict_tag(names.Verdict.RELEASE)  # on the run and its version: pass | fail
+GATE_JSON = names.Release.GATE_JSON
+GATE_MARKDOWN = names.Release.GATE_MD
+# candidate minus champion, in the metric's unit, logged when the runs are comparable
+_DELTAS = (
+    ("accuracy", names.Release.ACCURACY_VS_CHAMPION),
+    ("worst_class_recall", names.Release.WORST_CLASS_RECALL_VS_CHAMPION),
+    ("privacy", names.Release.PRIVACY_TPR_VS_CHAMPION),
+)
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version of a run's model, passed between the release steps."""
+
+    uri: str
+    model_name: str
+    version: str
+    run_id: str  # the pipeline (parent) run
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    verdict: str  # pass | fail
+    summary: str  # one line: the verdict and why
+    reasons: tuple[str, ...]  # one line per criterion that stopped the release
+    champion_version: str | None  # the champion it was judged against; None = none
+    markdown: str  # the gate record, rendered
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    model_name: str
+    version: str  # the run's model version
+    verdict: str  # the gate's: pass | fail
+    promoted: bool  # `champion` now points at `version`
+    champion_version: str | None  # where `champion` points after the release
+    previous_champion: str | None
+    summary: str
+    reasons: tuple[str, ...]
+    markdown: str
+
+
+# ---------------------------------------------------------------------------- undo records
+class Undo(Protocol):
+    def undo(self) -> None: ...
+
+
+def _alias_version(registry: ModelRegistry, name: str, alias: str) -> str | None:
+    found = registry.by_alias(name, alias)
+    return found.version if found else None
+
+
+def _put_back(registry: ModelRegistry, name: str, alias: str, *, version: str, previous: str | None) -> None:
+    """If `alias` points at `version`, point it back at `previous` (or remove it)."""
+    if _alias_version(registry, name, alias) != version or previous == version:
+        return
+    if previous:
+        registry.set_alias(name, alias, previous)
+    else:
+        registry.delete_alias(name, alias)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How to undo `register`: the store, the version and where the aliases pointed before."""
+
+    uri: str
+    run_id: str  # the pipeline run whose model `version` is
+    model_name: str
+    version: str
+    created: bool  # registered by this step
+    previous_candidate: str | None
+    previous_champion: str | None
+
+    def undo(self) -> None:
+        """`candidate` (and `champion`, should it point here) back on the versions they pointed
+        at; a version this step registered is tagged rolled_back."""
+        registry = ModelRegistry(Tracker(self.uri))
+        _put_back(registry, self.model_name, CANDIDATE, version=self.version, previous=self.previous_candidate)
+        _put_back(registry, self.model_name, CHAMPION, version=self.version, previous=self.previous_champion)
+        try:  # the aliases matter; tags that fail to land are only logged
+            if self.created:
+                registry.set_version_tags(self.model_name, self.version, {STATUS_TAG: ROLLED_BACK})
+            RunLogger(registry.client, self.run_id).set_tags(
+                {OUTCOME_TAG: f"release rolled back: {self.model_name} v{self.version} holds no alias"}
+            )
+        except Exception as err:  # a failing undo would stop the undos after it
+            log.warning("could not tag %s v%s as rolled back: %s", self.model_name, self.version, err)
+        log.warning("release rolled back: %s v%s withdrawn", self.model_name, self.version)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """How to undo `promote`: where `champion` pointed, whether the version had `candidate`,
+    and its status before."""
+
+    uri: str
+    model_name: str
+    version: str
+    previous_candidate: str | None  # the version, when it had `candidate`
+    previous_champion: str | None
+    previous_status: str | None
+
+    def undo(self) -> None:
+        """`champion` back on the previous version (or unset), `candidate` back on the version
+        if it had it, and the status tags as they were."""
+        registry = ModelRegistry(Tracker(self.uri))
+        _put_back(registry, self.model_name, CHAMPION, version=self.version, previous=self.previous_champion)
+        if self.previous_candidate and _alias_version(registry, self.model_name, CANDIDATE) is None:
+            registry.set_alias(self.model_name, CANDIDATE, self.previous_candidate)
+        try:
+            if self.previous_status:
+                registry.set_version_tags(self.model_name, self.version, {STATUS_TAG: self.previous_status})
+            if self.previous_champion and self.previous_champion != self.version:
+                registry.set_version_tags(self.model_name, self.previous_champion, {STATUS_TAG: CHAMPION})
+        except Exception as err:  # a failing undo would stop the undos after it
+            log.warning("could not restore the status tags of %s: %s", self.model_name, err)
+        log.warning("release rolled back: champion of %s back on v%s", self.model_name, self.previous_champion)
+
+
+class Rollback:
+    """Collects undo records (`add`, the steps' `on_undo`); when the `with` block raises, undoes
+    them in reverse order, then lets the error go on."""
+
+    def __init__(self) -> None:
+        self.steps: list[Undo] = []
+
+    def add(self, step: Undo) -> None:
+        self.steps.append(step)
+
+    def __enter__(self) -> Rollback:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            return
+        for step in reversed(self.steps):
+            try:
+                step.undo()
+            except Exception:  # the others still run; the original error is the one raised
+                log.exception("could not undo %s", step)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _model_name(record: RunRecord, configured: str | None) -> str:
+    """The registered model's name: configured, else the run's experiment name."""
+    return configured or record.experiment_name or "auditflow"
+
+
+def _exported_model(record: RunRecord) -> tuple[str, str]:
+    """(model URI, export stage run id) of the ONNX model the run's export stage logged."""
+    uri = (record.summaries.get(names.Stage.EXPORT) or {}).get("model_uri")
+    if not uri or record.stage_status.get(names.Stage.EXPORT) != "FINISHED":
+        raise TrackingError(
+            f"run {record.run_id} has no finished export stage with a logged ONNX model to register; "
+            + _way_to_a_model(record)
+        )
+    return uri, record.stage_run_ids[names.Stage.EXPORT]
+
+
+def _way_to_a_model(record: RunRecord) -> str:
+    """Advice that leads somewhere: `auditflow bench` exports a run that finished training on a
+    snapshot; a run that did not has nothing to export, and only a rerun of the pipeline helps."""
+    trained = record.stage_status.get(names.Stage.TRAIN) == "FINISHED" and (
+        record.summaries.get(names.Stage.INGEST) or {}
+    ).get("snapshot")
+    if trained:
+        return f"export its trained model with `auditflow bench {record.run_id}`, then promote it"
+    profile = record.tags.get("auditflow.profile") or record.config.get("profile") or ""
+    if profile not in available_profiles() and not Path(profile).is_file():
+        profile = "PROFILE"  # a config built in code ("custom"), or a profile file not on this machine
+    source = record.tags.get("auditflow.source") or "DATA"
+    return (
+        f"it ended {record.status} before training finished, so there is no model to export: rerun the pipeline "
+        f"(`auditflow run --profile {profile} --data {source}`, with the --set overrides it had; its resolved "
+        f"configuration is config.json of run {record.run_id}) and promote the new run"
+    )
+
+
+def _champion_facts(tracker: Tracker, run_id: str, version: str) -> RunFacts:
+    try:
+        record = tracker.load_run(run_id)
+    except TrackingError:  # a champion whose run left this store: nothing to compare with
+        return RunFacts(run_id=run_id, metrics={}, tags={}, overall=None, test_split="", version=version)
+    return facts_from_record(record, version=version)
+
+
+def judge_run(
+    tracker: Tracker, record: RunRecord, *, model_name: str, cfg: GateConfig, version: str | None
+) -> GateRecord:
+    """The gate record of pipeline run `record` (model version `version`) against the version
+    `champion` of `model_name` points at now."""
+    champion = ModelRegistry(tracker).by_alias(model_name, CHAMPION)
+    champion_facts = _champion_facts(tracker, champion.run_id, champion.version) if champion is not None else None
+    return evaluate_gate(facts_from_record(record, version=version), champion_facts, cfg, model_name=model_name)
+
+
+def _gate_metrics(record: GateRecord) -> dict[str, float]:
+    """Criteria counts by status and, when comparable, the candidate-minus-champion deltas
+    (latency: a ratio)."""
+    metrics = {
+        names.Release.CRITERIA.format(status=status): float(sum(c.status == status for c in record.criteria))
+        for status in ("pass", "fail", "inconclusive", "skipped")
+    }
+    if not record.comparable:
+        return metrics
+    deltas = {c.group: (c.value, c.champion) for c in record.criteria if c.kind == "regression"}
+    for group, name in _DELTAS:
+        value, reference = deltas.get(group, (None, None))
+        if isinstance(value, float) and isinstance(reference, float):
+            metrics[name] = value - reference
+    value, reference = deltas.get("latency", (None, None))
+    if isinstance(value, float) and isinstance(reference, float) and reference > 0:
+        metrics[names.Release.LATENCY_RATIO_VS_CHAMPION] = value / reference
+    return metrics
+
+
+def log_gate(tracker: Tracker, run_id: str, record: GateRecord) -> None:
+    """The record as `release/gate.json` and `.md`, counts and champion deltas as `release/...`
+    metrics, and `verdict/release` on the pipeline run."""
+    parent = RunLogger(tracker.client, run_id)
+    parent.log_dict(record.as_dict(), GATE_JSON)
+    parent.log_text(gate_markdown(record), GATE_MARKDOWN)
+    parent.log_metrics(_gate_metrics(record))
+    champion, version = record.champion, record.candidate["version"]
+    parent.set_tags(
+        {
+            RELEASE_VERDICT: record.verdict,
+            names.Release.SUMMARY: record.summary()[:5000],
+            names.Release.MODEL: f"{record.model_name} v{version}"
+            if version
+            else f"{record.model_name}, not registered",
+            names.Release.CHAMPION: f"{record.model_name} v{champion['version']}" if champion else "none",
+            names.Release.COMPARABILITY: record.comparability,
+        }
+    )
+
+
+def _outcome(record: GateRecord) -> GateOutcome:
+    champion = record.champion
+    return GateOutcome(
+        verdict=record.verdict,
+        summary=record.summary(),
+        reasons=record.reasons,
+        champion_version=champion["version"] if champion else None,
+        markdown=gate_markdown(record),
+    )
+
+
+def read_gate_record(uri: str, run_id: str) -> dict[str, Any] | None:
+    """The gate record logged to pipeline run `run_id` (`release/gate.json`), or None when the
+    run has none (render it with `auditflow.audits.gate.gate_markdown`)."""
+    tracker = Tracker(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = tracker.client.download_artifacts(run_id, GATE_JSON, tmp)
+        except Exception:  # no gate ran for this run
+            return None
+        return json.loads(Path(local).read_text())
+
+
+# ---------------------------------------------------------------------------- the steps
+def register(
+    ref: TrackingRef, *, model_name: str | None, set_candidate: bool, on_undo: Callable[[Undo], None]
+) -> Candidate:
+    """A registry version of the ONNX model run `ref` exported (the run's existing version when
+    it has one), aliased `candidate` when `set_candidate`. `on_undo` gets the `Registration`
+    before the registry changes."""
+    tracker = Tracker(ref.uri)
+    registry = ModelRegistry(tracker)
+    record = tracker.load_run(ref.run_id)
+    name = _model_name(record, model_name)
+    model_uri, export_run = _exported_model(record)
+    previous_candidate = _alias_version(registry, name, CANDIDATE)
+    previous_champion = _alias_version(registry, name, CHAMPION)
+    existing = registry.versions(name, ref.run_id)
+    if existing:
+        version, created = existing[0].version, False
+    else:
+        version = registry.register(name, ref.run_id, model_uri, tags={EXPORT_RUN_TAG: export_run}).version
+        created = True
+    on_undo(Registration(ref.uri, ref.run_id, name, version, created, previous_candidate, previous_champion))
+    if created:
+        registry.set_version_tags(name, version, {STATUS_TAG: CANDIDATE})
+    if set_candidate:
+        registry.set_alias(name, CANDIDATE, version)
+    tracker.parent(ref).set_tags({OUTCOME_TAG: f"registered as {name} v{version}"})
+    return Candidate(ref.uri, name, version, ref.run_id)
+
+
+def gate(ref: TrackingRef, candidate: Candidate, cfg: GateConfig) -> GateOutcome:
+    """Judge run `ref` (its model is `candidate`) against the policy and the champion; log the
+    gate record to the run and the verdict to the version. Moves no alias."""
+    tracker = Tracker(ref.uri)
+    record = judge_run(
+        tracker, tracker.load_run(ref.run_id), model_name=candidate.model_name, cfg=cfg, version=candidate.version
+    )
+    log_gate(tracker, ref.run_id, record)
+    registry = ModelRegistry(tracker)
+    tags: dict[str, str] = {RELEASE_VERDICT: record.verdict}
+    if record.verdict != "pass" and _alias_version(registry, candidate.model_name, CHAMPION) != candidate.version:
+        tags[STATUS_TAG] = REJECTED
+    registry.set_version_tags(candidate.model_name, candidate.version, tags)
+    if record.verdict != "pass":
+        tracker.parent(ref).set_tags(
+            {OUTCOME_TAG: f"{candidate.model_name} v{candidate.version} not promoted: {record.summary()}"[:5000]}
+        )
+    return _outcome(record)
+
+
+def _said(version: str | None) -> str:
+    return f"v{version}" if version else "no champion"
+
+
+def promote(candidate: Candidate, expected_champion: str | None, *, on_undo: Callable[[Undo], None]) -> str:
+    """Point `champion` at `candidate` (which leaves `candidate`); refuses when `champion` moved
+    since the gate judged against `expected_champion`. `on_undo` gets the `Promotion` before the
+    registry changes. Returns the new champion's version."""
+    tracker = Tracker(candidate.uri)
+    registry = ModelRegistry(tracker)
+    name, version = candidate.model_name, candidate.version
+    current = _alias_version(registry, name, CHAMPION)
+    if current != expected_champion:
+        raise TrackingError(
+            f"champion of {name!r} changed ({_said(expected_champion)} -> {_said(current)}) while v{version} was "
+            f"being gated; run `auditflow promote {candidate.run_id}` to gate it again"
+        )
+    had_candidate = _alias_version(registry, name, CANDIDATE) == version
+    status = registry.version(name, version).tags.get(STATUS_TAG)
+    on_undo(Promotion(candidate.uri, name, version, version if had_candidate else None, current, status))
+    registry.set_alias(name, CHAMPION, version)
+    if had_candidate:
+        registry.delete_alias(name, CANDIDATE)
+    registry.set_version_tags(name, version, {STATUS_TAG: CHAMPION})
+    if current and current != version:
+        registry.set_version_tags(name, current, {STATUS_TAG: RETIRED})
+    RunLogger(tracker.client, candidate.run_id).set_tags(
+        {OUTCOME_TAG: f"champion: {name} v{version}" + (f" (replaced v{current})" if current else "")}
+    )
+    return version
+
+
+def release_result(candidate: Candidate, outcome: GateOutcome, *, promoted: bool) -> ReleaseResult:
+    return ReleaseResult(
+        model_name=candidate.model_name,
+        version=candidate.version,
+        verdict=outcome.verdict,
+        promoted=promoted,
+        champion_version=candidate.version if promoted else outcome.champion_version,
+        previous_champion=outcome.champion_version,
+        summary=outcome.summary,
+        reasons=outcome.reasons,
+        markdown=outcome.markdown,
+    )
+
+
+# ---------------------------------------------------------------------------- the CLI's services
+def gate_config(record: RunRecord | None, overrides: list[str] | tuple[str, ...] = ()) -> GateConfig:
+    """The release policy run `record` was configured with (defaults where it recorded none or
+    without a run), with `release.field=value` overrides applied; `ConfigError` naming a bad field."""
+    recorded = record.config.get("release") if record is not None else None
+    raw: dict[str, Any] = {"release": dict(recorded or {})}
+    for override in overrides:
+        if not override.strip().startswith("release."):
+            raise ConfigError(f"--set {override!r}: gate and promote take only release.* overrides")
+        apply_override(raw, override)
+    try:
+        return GateConfig.model_validate(raw["release"])
+    except ValidationError as err:
+        fields = "; ".join(f"release.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid release configuration: {fields}") from err
+
+
+def _load(uri: str, run_id: str, overrides: list[str] | tuple[str, ...]) -> tuple[Tracker, RunRecord, GateConfig]:
+    gate_config(None, overrides)  # a bad override fails before any store access
+    tracker = Tracker(uri)
+    record = tracker.load_run(run_id)
+    return tracker, record, gate_config(record, overrides)
+
+
+def gate_run(
+    uri: str, run_id: str, overrides: list[str] | tuple[str, ...] = (), *, log_record: bool = False
+) -> GateOutcome:
+    """`auditflow gate RUN_ID`: judge a past pipeline run against the current champion; moves
+    no alias. With `log_record`, the record replaces the run's `release/gate.json`."""
+    tracker, record, cfg = _load(uri, run_id, overrides)
+    name = _model_name(record, cfg.model_name)
+    versions = ModelRegistry(tracker).versions(name, run_id)
+    judged = judge_run(tracker, record, model_name=name, cfg=cfg, version=versions[0].version if versions else None)
+    if log_record:
+        log_gate(tracker, run_id, judged)
+    return _outcome(judged)
+
+
+def promote_run(uri: str, run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> ReleaseResult:
+    """`auditflow promote RUN_ID`: register the run's model if it has no version yet, gate it
+    (logging the record) and move `champion` to it when it passes; an error after registration
+    undoes every step. A run that fails the gate is not promoted (`promoted` False, `reasons`
+    say why)."""
+    _, record, cfg = _load(uri, run_id, overrides)
+    ref = TrackingRef(uri=uri, experiment_id=record.experiment_id, run_id=run_id)
+    with Rollback() as rollback:
+        candidate = register(ref, model_name=cfg.model_name, set_candidate=False, on_undo=rollback.add)
+        outcome = gate(ref, candidate, cfg)
+        promoted = outcome.verdict == "pass"
+        if promoted and outcome.champion_version != candidate.version:
+            promote(candidate, outcome.champion_version, on_undo=rollback.add)
+    return release_result(candidate, outcome, promoted=promoted)
+
+
+def list_models(uri: str, model_name: str | None = None) -> dict[str, list[VersionRow]]:
+    """`auditflow models`: registered model -> its versions, newest first, with aliases, status
+    and verdict tags, and the run's verdicts and headline metrics."""
+    registry = ModelRegistry(Tracker(uri))
+    found = [model_name] if model_name else registry.model_names()
+    metrics = (METRICS["accuracy"], METRICS["worst_class_recall"])
+    return {name: registry.list_versions(name, metrics) for name in found}

@@ -1,0 +1,121 @@
+"""The report's parts that need no store: the verdict and its tags, the checks table, the files
+and where they are logged, and the names the templates read (`audits/report.py`,
+`audits/documents.py`). Records are made by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from auditflow.audits.documents import environment
+from auditflow.audits.report import STAGES, CheckRow, ReportFiles, check_rows, overall_tags, overall_verdict
+from auditflow.core.names import NOTE_TAG, Evaluate, Fairness, Report, Stage, Verdict, verdict_tag
+from auditflow.core.tracking import RunRecord
+
+
+def _record(**changes: object) -> RunRecord:
+    record = RunRecord(
+        run_id="r1",
+        name="run",
+        status="FINISHED",
+        tags={},
+        params={},
+        metrics={},
+        uri="sqlite:///x.db",
+        experiment_id="7",
+        summaries={stage: {} for stage in STAGES},
+        stage_status=dict.fromkeys(STAGES, "FINISHED"),
+        stage_run_ids={stage: f"id-{stage}" for stage in STAGES},
+    )
+    for key, value in changes.items():
+        setattr(record, key, value)
+    return record
+
+
+def _check(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "key": "fairness/worst_class_recall",
+        "verdict": Verdict.FAIRNESS,
+        "title": "Worst-class recall",
+        "condition": "worst-class recall ≥ 0.5",
+        "stage": Stage.FAIRNESS,
+        "metric": Fairness.WORST_CLASS_RECALL,
+        "value": 0.1,
+        "threshold": 0.5,
+        "status": "pass",
+        "evidence": "#fairness",
+        "warn_threshold": None,
+        "note": "",
+        "interval": None,
+    }
+    return row | changes
+
+
+def test_overall_tags_lead_the_description_once() -> None:
+    first = overall_tags("pass", "auditflow pipeline run.")
+    assert first == {
+        verdict_tag(Verdict.OVERALL): "pass",
+        NOTE_TAG: "**Overall verdict: pass.** auditflow pipeline run.",
+    }
+    again = overall_tags("fail", first[NOTE_TAG])  # a retried report stage replaces the lead
+    assert again[NOTE_TAG] == "**Overall verdict: fail.** auditflow pipeline run."
+    assert overall_tags("inconclusive", "")[NOTE_TAG] == "**Overall verdict: inconclusive.** "
+
+
+def test_overall_verdict_leaves_the_release_gate_out_and_fails_a_missing_stage() -> None:
+    tags = {verdict_tag(Verdict.FAIRNESS): "pass", verdict_tag(Verdict.RELEASE): "fail"}
+    assert overall_verdict(_record(tags=tags)) == "pass"
+    assert overall_verdict(_record(tags=tags | {verdict_tag(Verdict.PRIVACY): "inconclusive"})) == "inconclusive"
+    assert overall_verdict(_record(tags=tags | {verdict_tag(Verdict.OVERALL): "fail"})) == "fail"  # the tag wins
+    summaries = {stage: {} for stage in STAGES if stage != Stage.PRIVACY}
+    assert overall_verdict(_record(tags=tags, summaries=summaries)) == "fail"
+    failed = dict.fromkeys(STAGES, "FINISHED") | {Stage.EXPORT: "FAILED"}
+    assert overall_verdict(_record(tags=tags, stage_status=failed)) == "fail"
+
+
+def test_check_rows_read_values_from_the_stage_metrics_in_stage_order() -> None:
+    checks = {
+        Stage.FAIRNESS: [_check(warn_threshold=0.6, interval=(0.45, 0.7))],
+        Stage.EVALUATE: [
+            _check(key="evaluate/ece", stage=Stage.EVALUATE, metric=Evaluate.TEST_ECE_CALIBRATED, value=None,
+                   evidence=Evaluate.RELIABILITY_PNG, note="after scaling"),
+        ],
+    }  # fmt: skip
+    record = _record(checks=checks, stage_metrics={Stage.FAIRNESS: {Fairness.WORST_CLASS_RECALL: 0.55}})
+    evaluate, fairness = check_rows(record)
+    assert all(isinstance(row, CheckRow) for row in (evaluate, fairness))
+    assert fairness.value == "0.55"  # what MLflow holds, not the value in the checks table
+    assert fairness.threshold == "0.5 (warn 0.6)"
+    assert fairness.interval == (0.45, 0.7)
+    assert fairness.evidence == "[fairness](#fairness)"
+    assert evaluate.value == "not measured" and evaluate.note == "after scaling"
+    assert evaluate.evidence == (
+        f"[{Evaluate.RELIABILITY_PNG}](http://127.0.0.1:5000/#/experiments/7/runs/id-evaluate/artifacts/"
+        f"{Evaluate.RELIABILITY_PNG})"
+    )
+
+
+def test_report_files_say_where_each_file_is_logged(tmp_path: Path) -> None:
+    card = tuple(tmp_path / f"model_card.{ext}" for ext in ("html", "md", "json"))
+    sheet = tuple(tmp_path / f"datasheet.{ext}" for ext in ("html", "md", "json"))
+    figures = (tmp_path / "figures" / "confusion.png",)
+    files = ReportFiles(
+        html=tmp_path / "report.html",
+        markdown=tmp_path / "report.md",
+        summary_markdown="",
+        documents=card + sheet,
+        figures=figures,
+    )
+    assert files.model_card == card
+    assert files.artifacts() == [
+        (tmp_path / "report.html", Report.FOLDER),
+        (tmp_path / "report.md", Report.FOLDER),
+        (figures[0], Report.FIGURES_FOLDER),
+        *((path, Report.FOLDER) for path in card + sheet),
+    ]
+    with_pdf = ReportFiles(html=files.html, markdown=files.markdown, summary_markdown="", pdf=tmp_path / "report.pdf")
+    assert (tmp_path / "report.pdf", Report.FOLDER) in with_pdf.artifacts()
+
+
+def test_templates_read_names_from_the_names_module() -> None:
+    template = environment().from_string('{{ m[names.Evaluate.TEST_ACCURACY] }} {{ names.verdict_tag("x") }}')
+    assert template.render(m={"evaluate/test_accuracy": 0.5}) == "0.5 verdict/x"
