@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-# One OpenMP thread per process, set before numpy and torch start their pools; CLI subprocesses
-# inherit it. The test models are tiny, and the suite runs beside its own subprocesses (the
-# Prefect server, CLI runs, gloo ranks) and parallel reference-model tasks: with 2 threads on 2
-# shared cores a training step burnt 0.57 s of CPU spinning where 1 thread took 0.018 s.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import io
+import os
 import tarfile
 import tempfile
 import zipfile
