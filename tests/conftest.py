@@ -13,6 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# scripts/check.sh runs the suite on pytest-xdist workers (more workers than cores: many slow
+# tests wait on a server or a subprocess). Each worker gets its own Prefect home (workers inherit
+# the controller's environment) and one OpenMP thread, so that three workers on two cores do
+# not oversubscribe them; a run on one process keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="auditflow-prefect-")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="auditflow-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "auditflow")
@@ -27,6 +34,39 @@ os.environ.setdefault(
 )
 
 CLASSES = ("circle", "square", "stripes")
+
+# The longest tests and groups first (slowest first in the full suite's --durations), so that no
+# worker starts one of them last; everything else keeps the collection order.
+LONGEST_FIRST = (
+    "tests/test_stack.py",
+    "tests/test_serve.py",
+    "tests/test_cli.py::test_tune",
+    "tests/test_training_small.py::test_quick_profile_on_small_digits",
+    "tests/test_models.py::test_warm_up_compiles",
+    "tests/test_install.py",
+    "tests/test_cli.py",
+    "tests/test_faults.py",
+    "tests/test_flow.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For `--dist loadgroup`: a test that uses a module-scoped fixture runs on the worker that
+    holds its module's other such tests (the fixture is set up once), the `shared_run` tests on
+    one worker, every other test wherever a worker is free."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable
+    for item in items:
+        scopes = {defs[-1].scope for defs in item._fixtureinfo.name2fixturedefs.values() if defs}
+        if "shared_run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("shared_run"))
+        elif "module" in scopes:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def user_env(**extra: str) -> dict[str, str]:
