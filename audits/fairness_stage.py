@@ -9,7 +9,7 @@ publishes the report.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from auditflow.core.config import FairnessConfig
 from auditflow.core.errors import ConfigError
 from auditflow.core.names import Fairness, Stage, Verdict, per_class
 from auditflow.core.predictions import Predictions
-from auditflow.core.stage import StageReport
+from auditflow.core.stage import AuditOutcome, StageReport
 
 DESCRIPTION = (
     "Fairness: per-class quality of service of the shipped model (one-vs-rest recall, precision and "
@@ -36,17 +36,6 @@ PER_CLASS_METRICS = {
     "precision": Fairness.PRECISION,
     "false_positive_rate": Fairness.FALSE_POSITIVE_RATE,
 }
-
-
-@dataclass(frozen=True)
-class AuditOutcome:
-    """What an audit stage gives the flow, beside the report it publishes."""
-
-    report: StageReport
-    status: str  # pass | fail | inconclusive, decided on intervals
-    reasons: tuple[str, ...]  # why it is not a pass, one sentence each
-    headline: float  # worst-class recall (fairness) or the strongest attack's TPR at the verdict FPR (privacy)
-    attack: str = ""  # privacy: the strongest attack
 
 
 def subgroup_attributes(

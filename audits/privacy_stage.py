@@ -19,7 +19,6 @@ import numpy as np
 
 from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
 from auditflow.audits.canaries import one_run_audit
-from auditflow.audits.fairness_stage import AuditOutcome
 from auditflow.audits.joint import exposure_correlation, joint_rows, joint_table
 from auditflow.audits.plots import exposure_figure, loss_histogram_figure, roc_figure
 from auditflow.audits.privacy import (
@@ -35,7 +34,7 @@ from auditflow.core.checks import Check, condition_text
 from auditflow.core.config import FairnessConfig, PrivacyConfig
 from auditflow.core.names import Privacy, Stage, Verdict, per_class
 from auditflow.core.predictions import CanaryScores, Predictions
-from auditflow.core.stage import StageReport
+from auditflow.core.stage import AuditOutcome, StageReport
 
 DESCRIPTION = (
     "Privacy: membership inference against the shipped model (no TTA), training members vs test non-members "

@@ -370,3 +370,44 @@ def test_the_space_is_fitted_to_the_training_split() -> None:
     assert fit_space_to_data(base, no_batch, 42) == no_batch  # the tutorial's batch of 4 fits
     with pytest.raises(ConfigError, match=r"^train.batch_size=256 is larger than the training split \(42 images\)"):
         fit_space_to_data(load_config("quick").model_dump(mode="json"), no_batch, 42)
+
+
+# ------------------------------------------------------------------ the study's summary, pure
+def test_summarise_chooses_by_the_rule_and_reports_the_study_without_mlflow(tmp_path: Path) -> None:
+    """`summarise` on an in-memory study of four trials (one pruned): the choice follows the
+    worst-recall floor, the profile carries the chosen values, the front and the state counts
+    are the study's, and the report holds the figures. No MLflow, no Prefect."""
+    from auditflow.models.tuning.report import summarise
+
+    space = parse_space(SPACE, "s.yaml")
+    plan = plan_study(
+        load_config("quick", TINY), space, source="data", trials=4, min_worst_recall=0.5, workdir=tmp_path
+    )
+    study = optuna.create_study(directions=list(plan.directions), study_name=plan.name)
+    scores = [(0.90, 0.40), (0.80, 0.60), (0.70, 0.70), None]  # trial 3 is pruned
+    for number, score in enumerate(scores):
+        trial = study.ask(space.distributions())
+        if score is None:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        trial.set_user_attr("val_accuracy", score[0])
+        trial.set_user_attr("worst_class_recall", score[1])
+        trial.set_user_attr("mlflow_run_id", f"run{number}")
+        study.tell(trial, score[0] if len(plan.directions) == 1 else list(score))
+
+    found = summarise(
+        study, plan, run_id="study-run", tracking_uri="sqlite:///x.db", profile_name="tuned", profile_path="p.yaml"
+    )
+    s = found.summary
+    # 0.90 misses the 0.5 floor; 0.80 is the best accuracy that meets it
+    assert (s.chosen_trial, s.val_accuracy, s.worst_class_recall, s.rule_met) == (1, 0.80, 0.60, True)
+    assert s.states == {"complete": 3, "pruned": 1}
+    assert [row["trial"] for row in s.front] == [0, 1, 2]  # none dominates another
+    chosen = study.trials[1].params
+    profile = yaml.safe_load(found.profile_text)
+    for key, value in chosen.items():
+        section, field = key.split(".")
+        assert profile[section][field] == value, key
+    assert "study-run" in found.profile_text and "run1" in found.profile_text
+    assert found.report.figures, "the Pareto and history figures"
+    assert (s.run_id, s.profile_path, s.study) == ("study-run", "p.yaml", plan.name)

@@ -59,3 +59,14 @@ class StageReport:
 
 def _finite(values: Mapping[str, float | None]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if v is not None and v == v}
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """What an audit stage gives the flow, beside the report it publishes."""
+
+    report: StageReport
+    status: str  # pass | fail | inconclusive, decided on intervals
+    reasons: tuple[str, ...]  # why it is not a pass, one sentence each
+    headline: float  # worst-class recall (fairness) or the strongest attack's TPR at the verdict FPR (privacy)
+    attack: str = ""  # privacy: the strongest attack
