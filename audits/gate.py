@@ -197,7 +197,8 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
     device = (record.summaries.get("benchmark") or {}).get("device") or tags.get(TAGS["benchmark_cpu"], "")
     ui = ui_url or record.config.get("tracking", {}).get("ui_url")
     links = {
-        stage: run_url(record.uri, record.experiment_id, run_id, ui) for stage, run_id in record.stage_run_ids.items()
+        stage: run_url(record.uri, record.experiment_id, run_id, ui_url=ui)
+        for stage, run_id in record.stage_run_ids.items()
     }
     return RunFacts(
         run_id=record.run_id,
@@ -206,7 +207,7 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
         overall=overall,
         test_split=split_identity(record.tags.get(TAGS["data_digest"]), record.params),
         hardware=str(device),
-        url=run_url(record.uri, record.experiment_id, record.run_id, ui),
+        url=run_url(record.uri, record.experiment_id, record.run_id, ui_url=ui),
         links=links,
         version=version,
     )

@@ -73,7 +73,7 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     name = card.get("model_name") or f"{cfg.get('profile', 'custom')}-{train_cfg.get('model', 'model')}"
     date = datetime.fromtimestamp(record.start_time_ms / 1000, UTC).strftime("%Y-%m-%d") if record.start_time_ms else ""
     version = card.get("version") or record.name
-    url = run_url(record.uri, record.experiment_id, record.run_id, cfg.get("tracking", {}).get("ui_url"))
+    url = run_url(record.uri, record.experiment_id, record.run_id, ui_url=cfg.get("tracking", {}).get("ui_url"))
     temperature = number(record, Stage.EVALUATE, Evaluate.TEMPERATURE)
     t_value = temperature["value"] if temperature else 1.0
     tta = bool(evaluate.get("tta"))

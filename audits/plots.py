@@ -145,6 +145,7 @@ def per_class_figure(
     classes: Sequence[str],
     values: Sequence[float],
     lows: Sequence[float] | None,
+    *,
     highs: Sequence[float] | None,
     label: str,
     reference: float | None = None,
@@ -178,9 +179,9 @@ def recall_figure(per_class: Sequence[dict], min_class_recall: float) -> Figure:
         [r["class"] for r in rows],
         [r["recall"] for r in rows],
         [r["recall_ci_low"] for r in rows] if has_ci else None,
-        [r["recall_ci_high"] for r in rows] if has_ci else None,
-        label,
-        min_class_recall,
+        highs=[r["recall_ci_high"] for r in rows] if has_ci else None,
+        label=label,
+        reference=min_class_recall,
     )
 
 

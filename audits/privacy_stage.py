@@ -98,7 +98,7 @@ def tpr_name(fpr: float) -> str:
     return f"tpr_at_{fpr_name(fpr)}_fpr"
 
 
-def attack_label(name: str, refs: ReferenceInputs, mode: str, queries: int = 1) -> str:
+def attack_label(name: str, refs: ReferenceInputs, mode: str, *, queries: int = 1) -> str:
     """How an attack is named in the report: "RMIA offline, 2 reference models, 18 queries"."""
     views = f", {queries} queries per image" if queries > 1 else ""
     if name == "loss":
@@ -156,7 +156,7 @@ def run_attacks(
 
 
 def canary_audit(
-    canaries: CanaryScores | None, delta: float | None, confidence: float, accountant_epsilon: float | None
+    canaries: CanaryScores | None, delta: float | None, confidence: float, *, accountant_epsilon: float | None
 ) -> dict | None:
     """The one-run audit of the canaries (None when the run had none): each canary's score is
     the shipped model's negative loss; the bound is taken at the accountant's delta (0 without
@@ -454,13 +454,13 @@ def privacy_stage(
     attacks = _attack(points, refs, classes, cfg)
     best = attacks.best
     status, why = privacy_verdict(best, cfg.verdict_fpr, cfg.max_tpr_at_fpr)
-    labels = {r.attack: attack_label(r.attack, refs, cfg.reference_mode, cfg.queries) for r in attacks.results}
+    labels = {r.attack: attack_label(r.attack, refs, cfg.reference_mode, queries=cfg.queries) for r in attacks.results}
     losses = (
         per_example_loss(audit.member_logits, audit.member_labels),
         per_example_loss(predictions.nonmember_logits(), nonmember_labels),
     )
     joint, exposure = _joint(predictions, points, attacks, losses, classes, fairness_cfg)
-    one_run = canary_audit(predictions.canaries, dp_delta, cfg.confidence, dp_epsilon)
+    one_run = canary_audit(predictions.canaries, dp_delta, cfg.confidence, accountant_epsilon=dp_epsilon)
     headline = _headline(best, attacks.results, one_run, cfg)
     elapsed = time.perf_counter() - start + refs.seconds
     histogram = loss_histogram(*losses)

@@ -41,4 +41,4 @@ def check_prefect_home(server_here: bool = False) -> None:
         f"move it aside (mv {db} {db}.bad) and Prefect starts a new one (its flow-run history only; "
         "MLflow keeps every run), or set PREFECT_HOME to another folder"
     )
-    check_sqlite_file(db, f"Prefect's database {db}", fix, OrchestrationError)
+    check_sqlite_file(db, f"Prefect's database {db}", fix, error=OrchestrationError)

@@ -49,7 +49,7 @@ def open_run(cfg: PipelineConfig, source: str, workdir: str, run_name: str | Non
     """Create the MLflow parent run, tagged with the Prefect flow run id and data source."""
     name = run_name or f"{cfg.profile}-{flow_run.get_name() or 'local'}"
     return open_pipeline_run(
-        cfg, workdir, name, {"prefect.flow_run_id": str(flow_run.get_id() or "none"), "auditflow.source": source}
+        cfg, workdir, name, tags={"prefect.flow_run_id": str(flow_run.get_id() or "none"), "auditflow.source": source}
     )
 
 
@@ -69,7 +69,7 @@ def end_tracking_runs(flow: Any, run: Any, state: Any) -> None:
         cfg = load_config(params.get("profile", "quick"), params.get("overrides") or [])
         uri = resolve_tracking_uri(cfg.tracking, params.get("workdir", "."))
         reason = f"Prefect flow run {run.name!r} {state.name}: {state.message or 'no message'}"
-        ended = end_flow_run_runs(uri, cfg.tracking.experiment, str(run.id), reason)
+        ended = end_flow_run_runs(uri, cfg.tracking.experiment, str(run.id), reason=reason)
         if ended:
             log.info("ended %d MLflow run(s) left RUNNING by flow run %s: KILLED", len(ended), run.name)
     except Exception as err:

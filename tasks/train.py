@@ -82,7 +82,7 @@ def train_model(
             on_epoch=lambda stats: epochs_log.log(train_metrics(epoch_metrics(stats)), stats.epoch),
             init_model=init_model,
             teacher=teacher,
-            spec=ddp_spec(snapshot_path, data_cfg, cfg, sources),
+            spec=ddp_spec(snapshot_path, data_cfg, cfg, sources=sources),
         )
         epochs_log.close()
         for stats in training.unlogged(cfg.world_size):

@@ -57,7 +57,7 @@ def open_study_run(plan: StudyPlan, cfg: PipelineConfig, run_id: str | None, wor
         "auditflow.source": plan.source,
         "prefect.flow_run_id": str(flow_run.get_id() or "none"),
     }
-    ref = open_pipeline_run(cfg, workdir, f"study-{plan.name}", tags)
+    ref = open_pipeline_run(cfg, workdir, f"study-{plan.name}", tags=tags)
     run = tracker.parent(ref)
     run.log_params({"tune.objective": plan.objective, "tune.min_worst_recall": plan.min_worst_recall})
     run.set_tags(

@@ -224,7 +224,7 @@ def test_bench_past_run_logs_both_stages_to_that_run_and_the_report_shows_them(
     from auditflow.models.training.checkpoints import checkpoint_payload, save_checkpoint
     from auditflow.tasks.export import bench_past_run
 
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "past", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "past", tags={})
     tracker = Tracker(ref.uri)
     snapshot = ingest(str(image_folder), DataConfig(), cache_dir(tmp_path))
     splits = make_splits(snapshot, DataConfig())

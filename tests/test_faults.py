@@ -402,7 +402,7 @@ def test_class_names_that_share_a_metric_key_fail_before_training(
     for split in ("train", "test"):
         (root / split / "circle").rename(root / split / "a+b")
         (root / split / "square").rename(root / split / "a_b")
-    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": fault_store}), tmp_path, "names", {})
+    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": fault_store}), tmp_path, "names", tags={})
     _no_training(monkeypatch)
     with pytest.raises(
         DataError,
@@ -428,7 +428,7 @@ def train_stage(fault_store: str, image_folder: Path, tmp_path: Path, monkeypatc
     monkeypatch.setattr(tracking, "RETRY_DELAYS_S", (0.0, 0.0, 0.0))
     data_cfg = DataConfig(val_fraction=0.125)
     cfg = PipelineConfig(tracking={"tracking_uri": fault_store})
-    ref = tracking.open_pipeline_run(cfg, tmp_path, "faults", {})
+    ref = tracking.open_pipeline_run(cfg, tmp_path, "faults", tags={})
     snap = ingest_data.fn(ref, str(image_folder), data_cfg, str(tmp_path))
     return ref, snap.snapshot, data_cfg, str(tmp_path)
 

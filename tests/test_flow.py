@@ -168,7 +168,7 @@ def test_cli_report_unknown_run(tmp_path: Path) -> None:
     from auditflow.core.config import PipelineConfig
     from auditflow.core.tracking import open_pipeline_run
 
-    open_pipeline_run(PipelineConfig(), tmp_path, "t", {})  # a store that exists
+    open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})  # a store that exists
     out = runner.invoke(app, ["report", "0123abcd", "--workdir", str(tmp_path)])
     assert out.exit_code == 2
     assert "run id '0123abcd' not found" in out.output
@@ -202,7 +202,7 @@ def _train_from(pipeline_run, data: Path, workdir: Path, **train):
 
     result, store = pipeline_run
     cfg = PipelineConfig(tracking={"tracking_uri": result.tracking_uri})
-    ref = open_pipeline_run(cfg, store, "derived", {})
+    ref = open_pipeline_run(cfg, store, "derived", tags={})
     snap = ingest_data.fn(ref, str(data), DataConfig(val_fraction=0.125), str(workdir))
     tcfg = TrainConfig(**({"width": 8, "epochs": 2, "batch_size": 16, "lr": 0.05, "precision": "fp32"} | train))
     return train_model.fn(
@@ -328,7 +328,7 @@ def test_rerun_after_a_kill_resumes_from_the_last_checkpoint(pipeline_run, image
     result, store = pipeline_run
     data_cfg = DataConfig(val_fraction=0.125)
     cfg = TrainConfig(width=8, epochs=4, batch_size=16, lr=0.05, precision="fp32")
-    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": result.tracking_uri}), store, "resumed", {})
+    ref = open_pipeline_run(PipelineConfig(tracking={"tracking_uri": result.tracking_uri}), store, "resumed", tags={})
     snap = ingest_data.fn(ref, str(image_folder), data_cfg, str(tmp_path))
     work = cache_dir(tmp_path) / "checkpoints" / resume_key(snap.digest, data_cfg, cfg)
 

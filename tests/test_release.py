@@ -202,7 +202,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, workdir / "model.onnx")
-    ref = open_pipeline_run(PipelineConfig(), workdir, "model-holder", {})
+    ref = open_pipeline_run(PipelineConfig(), workdir, "model-holder", tags={})
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "export") as run:
         x = np.zeros((2, 3), np.float32)
@@ -222,7 +222,7 @@ def fake_run(store: dict, name: str, accuracy: float = 0.86, digest: str = DIGES
     from auditflow.core.config import PipelineConfig
     from auditflow.core.tracking import Tracker, open_pipeline_run
 
-    ref = open_pipeline_run(PipelineConfig(), store["workdir"], name, {})
+    ref = open_pipeline_run(PipelineConfig(), store["workdir"], name, tags={})
     tracker = Tracker(ref.uri)
     if release is not None:  # the `release` section the integrated config will record
         tracker.parent(ref).log_dict({**PipelineConfig().model_dump(mode="json"), "release": release}, "config.json")
@@ -421,7 +421,9 @@ def test_promote_of_a_run_without_a_model_gives_advice_that_leads_somewhere(stor
     from auditflow.core.config import load_config
     from auditflow.core.tracking import Tracker, open_pipeline_run
 
-    ref = open_pipeline_run(load_config("quick"), store["workdir"], "no-model", {"auditflow.source": "/data/toy.tar"})
+    ref = open_pipeline_run(
+        load_config("quick"), store["workdir"], "no-model", tags={"auditflow.source": "/data/toy.tar"}
+    )
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "ingest") as run:
         run.log_summary("ingest", {"snapshot": str(store["workdir"] / "snapshot")})

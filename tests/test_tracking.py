@@ -18,7 +18,7 @@ def test_uri_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_failed_stage_ends_failed_with_error(tmp_path: Path) -> None:
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     tracker = Tracker(ref.uri)
     with pytest.raises(RuntimeError, match="boom"), tracker.stage(ref, "train"):
         raise RuntimeError("boom")
@@ -32,13 +32,13 @@ def test_failed_stage_ends_failed_with_error(tmp_path: Path) -> None:
 
 
 def test_unknown_run_id(tmp_path: Path) -> None:
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     with pytest.raises(TrackingError, match=r"^run id 'deadbeef' not found in the MLflow store at sqlite:///"):
         Tracker(ref.uri).load_run("deadbeef")
 
 
 def test_stage_run_is_not_a_report_target(tmp_path: Path) -> None:
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, "ingest") as run:
         child_id = run.run_id
@@ -47,7 +47,7 @@ def test_stage_run_is_not_a_report_target(tmp_path: Path) -> None:
 
 
 def test_run_ends_failed_even_when_recording_the_error_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     tracker = Tracker(ref.uri)
 
     def store_down(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_report_escapes_values_from_the_data(tmp_path: Path) -> None:
 def test_experiment_opens_in_the_model_training_view_and_links_say_so(tmp_path: Path) -> None:
     from auditflow.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_url
 
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     tracker = Tracker(ref.uri)
     assert tracker.client.get_experiment(ref.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert tracker.get_run(ref.run_id).data.tags["mlflow.note.content"].startswith("auditflow pipeline run")
@@ -104,14 +104,14 @@ def test_experiment_opens_in_the_model_training_view_and_links_say_so(tmp_path: 
         run_url("https://mlflow.example/", "1")
         == "https://mlflow.example/#/experiments/1?workflowType=machine_learning"
     )
-    assert run_url(ref.uri, "1", None, "http://ui:8080/").startswith("http://ui:8080/#/experiments/1?")
+    assert run_url(ref.uri, "1", None, ui_url="http://ui:8080/").startswith("http://ui:8080/#/experiments/1?")
 
 
 def test_publish_copies_verdicts_and_headline_to_the_parent(tmp_path: Path) -> None:
     from auditflow.core.checks import Check
     from auditflow.core.stage import StageReport
 
-    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", {})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})
     tracker = Tracker(ref.uri)
     checks = [
         Check(

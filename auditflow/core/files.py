@@ -28,7 +28,7 @@ def check_writable(folder: Path, what: str, error: type[AuditflowError] = Auditf
         raise error(f"{what} is not writable: {err.strerror}; make it writable or use another folder") from err
 
 
-def check_sqlite_file(db: Path, what: str, fix: str, error: type[AuditflowError] = AuditflowError) -> None:
+def check_sqlite_file(db: Path, what: str, fix: str, *, error: type[AuditflowError] = AuditflowError) -> None:
     """`error` unless `db` (when it exists) opens for writing and reads as an SQLite database.
     `what` names it ("the MLflow store /w/mlflow.db"), `fix` says what to do."""
     if not db.exists():

@@ -213,6 +213,7 @@ class _Trainer:
         epoch: int,
         history: list[EpochStats],
         plan: EpochPlan,
+        *,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         **extra: Any,
     ) -> None:
@@ -449,7 +450,7 @@ def fit(
             if on_epoch is not None:
                 on_epoch(stats)
         if epoch % cfg.checkpoint_every == 0 and epoch < plan.epochs:
-            trainer.save(epoch, history, plan, scheduler)
+            trainer.save(epoch, history, plan, scheduler=scheduler)
 
     choice = trainer.choose_weights(splits)
     log.info(
@@ -465,7 +466,7 @@ def fit(
         if len(splits.val_y)
         else (float("nan"),) * 2
     )
-    trainer.save(plan.epochs, history, plan, scheduler, kept=choice.kept, choice=choice.__dict__)
+    trainer.save(plan.epochs, history, plan, scheduler=scheduler, kept=choice.kept, choice=choice.__dict__)
     return _summary(trainer, history, plan, choice, start_epoch, flops, compile_seconds, final_acc, final_loss)
 
 

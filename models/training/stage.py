@@ -189,7 +189,7 @@ class Training:
         return history if world_size > 1 else history[: self.fit.resumed_from_epoch]
 
 
-def ddp_spec(snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, sources: Mapping[str, Path]) -> dict:
+def ddp_spec(snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, *, sources: Mapping[str, Path]) -> dict:
     """What the torchrun workers need to build the splits and train (`distributed.launch`);
     `checkpoint_dir` is added by `train_and_keep`."""
     return {

@@ -211,7 +211,9 @@ class Tracker:
             kind = TrackingOutageError if _is_store_error(err) else TrackingError
             raise kind(f"cannot reach the MLflow store at {self.uri}: {_first_line(err)}") from err
 
-    def start_run(self, experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None = None) -> RunLogger:
+    def start_run(
+        self, experiment_id: str, name: str, tags: dict[str, str], *, parent_id: str | None = None
+    ) -> RunLogger:
         all_tags = owner_tags() | dict(tags)
         if parent_id:
             all_tags[PARENT_TAG] = parent_id
@@ -418,7 +420,7 @@ class Tracker:
 
     def run_url(self, ref_or_record: Any, ui_url: str | None = None) -> str:
         """A link to the run in the MLflow UI (model-training view), see `run_url`."""
-        return run_url(self.uri, ref_or_record.experiment_id, ref_or_record.run_id, ui_url)
+        return run_url(self.uri, ref_or_record.experiment_id, ref_or_record.run_id, ui_url=ui_url)
 
 
 def ui_base(uri: str, ui_url: str | None = None) -> str:
@@ -429,7 +431,7 @@ def ui_base(uri: str, ui_url: str | None = None) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else DEFAULT_UI
 
 
-def run_url(uri: str, experiment_id: str, run_id: str | None = None, ui_url: str | None = None) -> str:
+def run_url(uri: str, experiment_id: str, run_id: str | None = None, *, ui_url: str | None = None) -> str:
     """A link to a run (or, without `run_id`, to its experiment's runs table) that opens in
     the MLflow UI's model-training view."""
     path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
@@ -461,7 +463,7 @@ class RunRecord:
     study: dict[str, Any] | None = None  # the `auditflow tune` study a tuned profile came from
 
 
-def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, tags: dict[str, str]) -> TrackingRef:
+def open_pipeline_run(cfg: PipelineConfig, workdir: str | Path, run_name: str, *, tags: dict[str, str]) -> TrackingRef:
     """Start the parent run: config as params and as `config.json`, environment tags. First
     check the store (`preflight`) and end the runs that killed processes left RUNNING."""
     uri = resolve_tracking_uri(cfg.tracking, workdir)

@@ -61,4 +61,4 @@ def preflight(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     db = Path(uri.removeprefix("sqlite:///"))
     check_writable(db.parent, f"the folder of the MLflow store {db.parent}", TrackingError)
     fix = f"move it aside (mv {db} {db}.bad) to start an empty store there, or restore it from a backup"
-    check_sqlite_file(db, f"the MLflow store {db}", fix, TrackingError)
+    check_sqlite_file(db, f"the MLflow store {db}", fix, error=TrackingError)

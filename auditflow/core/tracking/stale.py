@@ -87,7 +87,7 @@ def end_stale_runs(tracker: Tracker, experiment_id: str) -> list[str]:
     return ended
 
 
-def end_flow_run_runs(uri: str, experiment: str, flow_run_id: str, reason: str) -> list[str]:
+def end_flow_run_runs(uri: str, experiment: str, flow_run_id: str, *, reason: str) -> list[str]:
     """Mark KILLED the pipeline run of Prefect flow run `flow_run_id` (in experiment
     `experiment`) and its stage runs that are still RUNNING, with `reason` (the crash or
     cancellation Prefect reported); the ids."""
