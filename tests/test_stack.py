@@ -361,8 +361,10 @@ def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_both_are_tracked(s
     first, second = trigger(stack, deployment, "gpu-queue-a"), trigger(stack, deployment, "gpu-queue-b")
     runs, most_running = wait_for(stack, [first, second], timeout_s=2 * RUN_TIMEOUT_S)
     assert most_running == 1
-    # one of them checked end to end (a separate triggered run cost the suite 2 minutes)
-    assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deployment, runs[first])
+    # the one that ended last checked end to end (its version holds the `candidate` alias; a
+    # separate triggered run cost the suite 2 minutes)
+    last = max(runs.values(), key=lambda r: dt.datetime.fromisoformat(r["end_time"]))
+    assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deployment, last)
 
     def window(start: str, end: str) -> tuple[dt.datetime, dt.datetime]:
         return dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
