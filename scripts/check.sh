@@ -19,7 +19,7 @@ rm -rf build
 (cd "$site" && PYTHONPATH="$site" lint-imports "$OLDPWD/pyproject.toml")
 
 echo "== pytest"
-# Three workers on the 2-core CI machine (tests/conftest.py: groups, order, one thread each);
+# Three workers on the 2-core CI machine (a file per worker; tests/conftest.py: the order, one thread each);
 # AUDITFLOW_TEST_WORKERS=0 runs in one process.
 workers="${AUDITFLOW_TEST_WORKERS:-3}"
-if [ "$workers" = 0 ]; then pytest "$@"; else pytest -n "$workers" --dist loadgroup --no-loadscope-reorder "$@"; fi
+if [ "$workers" = 0 ]; then pytest "$@"; else pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"; fi

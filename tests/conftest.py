@@ -35,25 +35,23 @@ os.environ.setdefault(
 
 CLASSES = ("circle", "square", "stripes")
 
-# The longest tests and groups first (slowest first in the full suite's --durations), so that no
+# The longest files first (slowest first in the full suite's --durations), so that no
 # worker starts one of them last; everything else keeps the collection order.
 LONGEST_FIRST = (
     "tests/test_stack.py",
     "tests/test_serve.py",
-    "tests/test_cli.py::test_tune",
-    "tests/test_training_small.py::test_quick_profile_on_small_digits",
-    "tests/test_models.py::test_warm_up_compiles",
-    "tests/test_install.py",
-    "tests/test_cli.py",
     "tests/test_faults.py",
+    "tests/test_cli.py",
+    "tests/test_training_small.py",
+    "tests/test_models.py",
+    "tests/test_install.py",
     "tests/test_flow.py",
 )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """For `--dist loadgroup`: a test that uses a module-scoped fixture runs on the worker that
-    holds its module's other such tests (the fixture is set up once), the `shared_run` tests on
-    one worker, every other test wherever a worker is free."""
+    """On pytest-xdist workers (`--dist loadfile`: a file's tests share a worker, so its module
+    fixtures are set up once), the longest files and tests first."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 
@@ -61,12 +59,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable
-    for item in items:
-        scopes = {defs[-1].scope for defs in item._fixtureinfo.name2fixturedefs.values() if defs}
-        if "shared_run" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("shared_run"))
-        elif "module" in scopes:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def user_env(**extra: str) -> dict[str, str]:
