@@ -51,7 +51,7 @@ LONGEST_FIRST = (
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On pytest-xdist workers (`--dist loadfile`: a file's tests share a worker, so its module
-    fixtures are set up once), the longest files and tests first."""
+    fixtures are set up once), the longest files first."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
 

@@ -353,7 +353,7 @@ def test_cron_schedule_starts_a_run(stack, deployment, params):
         stack.deploy("--name", DEPLOYMENT["name"], "--params", json.dumps(params))  # prefect.yaml's schedule only
 
 
-def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_both_are_tracked(stack, deployment):
+def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_the_last_is_tracked_end_to_end(stack, deployment):
     """Two runs triggered at once on a worker that would take both: the work pool's concurrency
     limit (AUDITFLOW_GPU_SLOTS = 1) keeps the second waiting until the first is done, so
     their train stages (read back from MLflow) never overlap."""
