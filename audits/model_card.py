@@ -2,11 +2,11 @@
 from what MLflow holds for one pipeline run (`RunRecord`) and nothing else.
 
 Sections: model details (name, version, date, owner, licence, citation, architecture),
-intended and out-of-scope uses, input and output specification (with the calibration
-temperature as a post-processing step), metrics with intervals, trade-offs, limitations with
-mitigations, the checks, and a "how to use" snippet for the ONNX model. Rendered to Markdown,
-standalone HTML and JSON (the machine-readable copy); every number is a `documents.number`
-carrying the stage run and metric it was read from.
+intended and out-of-scope uses, input and output specification (the raw `logits` and the
+calibrated `probabilities` output, with the temperature folded into the graph), metrics with
+intervals, trade-offs, limitations with mitigations, the checks, and a "how to use" snippet
+for the ONNX model. Rendered to Markdown, standalone HTML and JSON (the machine-readable
+copy); every number is a `documents.number` carrying the stage run and metric it was read from.
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ from auditflow.core.tracking import RunRecord, run_url
 
 SNIPPET = """import numpy as np
 import onnxruntime as ort
-from scipy.special import softmax
 
 session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
 images = np.zeros((1, {h}, {w}, 3), np.uint8)  # your images: uint8, N x {h} x {w} x 3 (RGB)
 pixels = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # N x 3 x {h} x {w} in [0, 1]
-logits = session.run(["{output}"], {{"{input}": pixels}})[0]  # N x {k}
-probabilities = softmax(logits / {t:.4f}, axis=1)  # temperature from the card (calibration)
+# N x {k} each: raw logits, and calibrated probabilities = softmax(logits / T), T = {t:.4f} inside the graph
+logits, probabilities = session.run(["{output}", "{probabilities}"], {{"{input}": pixels}})
 classes = {classes!r}
-print([classes[i] for i in probabilities.argmax(1)])"""
+print([(classes[i], float(p[i])) for i, p in zip(probabilities.argmax(1), probabilities)])"""
 
 
 def _verdicts(record: RunRecord) -> dict[str, str]:
@@ -51,6 +50,11 @@ def _verdicts(record: RunRecord) -> dict[str, str]:
         for k, v in record.tags.items()
         if k.startswith(VERDICT_PREFIX) and k != verdict_tag(Verdict.OVERALL)
     }
+
+
+def _gating(verdicts: dict[str, str]) -> list[str]:
+    """The statuses of the groups that count towards `verdict/overall` (`Verdict.gates`)."""
+    return [v for group, v in verdicts.items() if Verdict.gates(group)]
 
 
 def _metric(record: RunRecord, name: str, metric: str, *, interval: bool, what: str) -> dict[str, Any]:
@@ -78,6 +82,7 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     t_value = temperature["value"] if temperature else 1.0
     tta = bool(evaluate.get("tta"))
     shipped_file = (export.get("files") or {}).get("fp32", "onnx/model.onnx")
+    probabilities = (export.get("output_names") or ["logits", "probabilities"])[-1]
     n_test = number(record, Stage.EVALUATE, Evaluate.TEST_IMAGES)
     on_test = f"test split ({n_test['value']:.0f} images)" if n_test else "test split"
     verdicts = _verdicts(record)
@@ -90,10 +95,10 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
                 interval=True, what=on_test),
         _metric(record, "top-1 accuracy with test-time augmentation (not shipped)" if tta else "top-1 accuracy",
                 Evaluate.TEST_ACCURACY, interval=True, what=on_test),
-        _metric(record, "expected calibration error, shipped model before temperature scaling",
+        _metric(record, "expected calibration error of the raw logits (T = 1), shipped model",
                 Evaluate.TEST_ECE_NO_TTA, interval=False, what=on_test),
-        _metric(record, "expected calibration error after temperature scaling", Evaluate.TEST_ECE_CALIBRATED,
-                interval=False, what=on_test),
+        _metric(record, "expected calibration error of the shipped ONNX file's `probabilities` output (calibrated)",
+                Export.SHIPPED_PROBABILITIES_ECE, interval=False, what=on_test),
         _metric(record, "worst-class recall", Fairness.WORST_CLASS_RECALL, interval=True, what=on_test),
         _metric(record, "recall gap (best minus worst class)", Fairness.RECALL_GAP, interval=True, what=on_test),
         _metric(record, f"membership attack TPR at {fpr_text} FPR, strongest attack ({attack}; chance = {fpr_text})",
@@ -101,7 +106,8 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
         _metric(record, f"membership attack AUC, strongest attack ({attack}; 0.5 = chance)", Privacy.STRONGEST_AUC,
                 interval=True, what=attacked),
     ]  # fmt: skip
-    int8_drop = number(record, Stage.EXPORT, Export.INT8_ACCURACY_DROP_POINTS)
+    int8_drop = _metric(record, "", Export.INT8_ACCURACY_DROP_POINTS, interval=True, what="")
+    int8_verdict = record.tags.get(verdict_tag(Verdict.onnx("int8")), "not judged")
     speedups = Benchmark.by_batch_size(  # for the INT8 throughput at the largest batch timed
         record.stage_metrics.get(Stage.BENCHMARK, {}), "onnx-int8", "speedup_vs_eager"
     )
@@ -118,11 +124,19 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
                 },
             }
         )
-    if int8_drop is not None:
+    if int8_drop["value"] is not None:
+        low, high = int8_drop["interval"]
         tradeoffs.append(
             {
-                "text": "The INT8 variant is smaller and faster on CPUs, at a cost in accuracy points against torch.",
-                "numbers": {"accuracy_points_lost": int8_drop, "throughput_vs_torch_eager": int8_speed},
+                "text": "The INT8 variant is smaller and faster on CPUs, at a cost in accuracy points against FP32 "
+                f"(paired exact interval on the test split). Its checks: {int8_verdict}; only a variant that "
+                "passes is recommended, and it does not change the overall verdict.",
+                "numbers": {
+                    "accuracy_points_lost": int8_drop["value"],
+                    "interval_low": low,
+                    "interval_high": high,
+                    "throughput_vs_torch_eager": int8_speed,
+                },
             }
         )
     return {
@@ -173,10 +187,20 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             "dtype": "float32",
             "shape": ["batch", len(classes)],
             "classes": classes,
+            "meaning": "raw logits (uncalibrated); argmax is the predicted class",
+            "probabilities": {
+                "name": probabilities,
+                "dtype": "float32",
+                "shape": ["batch", len(classes)],
+                "meaning": "calibrated class probabilities: softmax(logits / T), computed inside the graph; "
+                "rows sum to 1, same argmax as the logits",
+            },
             "postprocessing": {
                 "temperature": temperature,
-                "how": "probabilities = softmax(logits / temperature). Recorded here, not in the ONNX graph, "
-                "which outputs raw logits; the temperature changes confidences, not the predicted class.",
+                "how": f"none needed: the ONNX graph's second output `{probabilities}` is softmax(logits / "
+                "temperature), with the temperature folded into the graph (and written into the file's metadata "
+                "`auditflow.temperature`). The first output stays the raw logits; the temperature changes "
+                "confidences, not the predicted class.",
                 "fitted_on": (evaluate.get("calibration") or {}).get("fitted_on", "not fitted"),
             },
         },
@@ -201,12 +225,14 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             },
             {
                 "limitation": "Confidences of the raw logits are miscalibrated by the amount shown under metrics.",
-                "mitigation": "Apply the temperature given under output post-processing.",
+                "mitigation": f"Use the `{probabilities}` output for confidences: the temperature is folded in, "
+                "and its calibration is what the calibration check judged.",
             },
         ],
         "checks": {
-            "overall": record.tags.get(verdict_tag(Verdict.OVERALL)) or overall(verdicts.values()),
+            "overall": record.tags.get(verdict_tag(Verdict.OVERALL)) or overall(_gating(verdicts)),
             "verdicts": verdicts,
+            "not_gating": sorted(g for g in verdicts if not Verdict.gates(g)),  # e.g. optional ONNX variants
         },
         "how_to_use": SNIPPET.format(
             file=Path(shipped_file).name,
@@ -215,6 +241,7 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             k=len(classes),
             input=export.get("input_name", "pixels"),
             output=export.get("output_name", "logits"),
+            probabilities=probabilities,
             t=t_value,
             classes=list(classes),
         ),

@@ -29,9 +29,6 @@ from auditflow.core.checks import overall
 from auditflow.core.names import NOTE_TAG, VERDICT_PREFIX, Ingest, Report, Stage, Verdict, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url, ui_base
 
-# the release gate compares with the champion: a sound model that is worse than the champion
-# is not a failed audit, so `verdict/release` stays out of the run's own verdict
-NOT_AUDIT_VERDICTS = (verdict_tag(Verdict.OVERALL), verdict_tag(Verdict.RELEASE))
 STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVACY, Stage.EXPORT, Stage.BENCHMARK)
 OVERALL_NOTE = "**Overall verdict: {verdict}.** "  # leads the parent run's description
 MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
@@ -85,13 +82,24 @@ def _png_b64(fig: Any) -> str:
     return base64.b64encode(plots.to_png(fig)).decode()
 
 
+def gating_verdicts(tags: dict[str, str]) -> dict[str, str]:
+    """Verdict group -> status of the `verdict/<group>` tags that gate the run (`Verdict.gates`):
+    not the release gate (a sound model worse than the champion is not a failed audit) and not
+    an optional ONNX variant (its verdict decides only whether it is recommended)."""
+    return {
+        k.removeprefix(VERDICT_PREFIX): v
+        for k, v in tags.items()
+        if k.startswith(VERDICT_PREFIX) and Verdict.gates(k.removeprefix(VERDICT_PREFIX))
+    }
+
+
 def overall_verdict(record: RunRecord) -> str:
-    """`verdict/overall` of a run: its tag when set, else from the stage verdicts (a stage that
-    failed or is missing fails the run)."""
+    """`verdict/overall` of a run: its tag when set, else the worst of the gating stage verdicts
+    (`gating_verdicts`; a stage that failed or is missing fails the run)."""
     tagged = record.tags.get(verdict_tag(Verdict.OVERALL))
     if tagged:
         return tagged
-    values = [v for k, v in record.tags.items() if k.startswith(VERDICT_PREFIX) and k not in NOT_AUDIT_VERDICTS]
+    values = list(gating_verdicts(record.tags).values())
     failed = any(st != "FINISHED" for st in record.stage_status.values())
     return overall(values, missing=failed or any(st not in record.summaries for st in STAGES))
 

@@ -180,7 +180,17 @@ def audit_pipeline(
             trained.dp_epsilon,
             trained.dp_delta,
         )
-        exported = export_model(ref, trained.checkpoint, snap.snapshot, cfg.data, cfg.export, workdir)
+        exported = export_model(
+            ref,
+            trained.checkpoint,
+            snap.snapshot,
+            cfg.data,
+            cfg.export,
+            workdir,
+            eval_cfg=cfg.evaluate,
+            temperature=evaluated.temperature,
+            fitted_on=evaluated.temperature_fitted_on,
+        )
         benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
         released = release(ref, cfg.release)
         report = report_run(ref, workdir)

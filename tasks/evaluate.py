@@ -29,8 +29,9 @@ from auditflow.models.training.stage import TrainResult
 
 DESCRIPTION = (
     "Evaluate: test accuracy with and without test-time augmentation (the shipped ONNX model has none), "
-    "per-class precision/recall/F1, confusion matrix, calibration (ECE, reliability diagram, temperature "
-    "fitted on the validation split), the learning check. Logits are saved for the audits."
+    "per-class precision/recall/F1, confusion matrix, calibration (ECE raw and after temperature scaling, "
+    "reliability diagram, temperature fitted on the validation split; the export stage folds it into the ONNX "
+    "graph and judges the calibration there), the learning check. Logits are saved for the audits."
 )
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class EvaluateResult:
     accuracy_no_tta: float  # test top-1 of the shipped model (no TTA), 0..1
     learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
     learning_message: str
+    temperature: float = 1.0  # T fitted on the validation split; export folds it into the ONNX graph
+    temperature_fitted_on: str = "nothing (no validation split), so T = 1"  # in words
 
 
 def _figures(stage: EvaluationStage) -> dict[str, Any]:
@@ -112,4 +115,12 @@ def evaluate_model(
             predictions, classes=splits.classes, cfg=cfg, tta=train_cfg.tta, tta_translate=train_cfg.tta_translate
         )
         tracker.publish(ref, run, replace(stage.report, figures=_figures(stage), files=((path, Stage.EVALUATE),)))
-    return EvaluateResult(str(path), stage.accuracy, stage.accuracy_no_tta, stage.learning, stage.learning_message)
+    return EvaluateResult(
+        str(path),
+        stage.accuracy,
+        stage.accuracy_no_tta,
+        stage.learning,
+        stage.learning_message,
+        stage.calibration.temperature,
+        stage.fitted_on,
+    )

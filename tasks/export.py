@@ -16,20 +16,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.plots import throughput_figure
-from auditflow.core.config import BenchmarkConfig, DataConfig, ExportConfig
+from auditflow.core.config import BenchmarkConfig, DataConfig, EvalConfig, ExportConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import DataError, ModelError, TrackingError
-from auditflow.core.names import Benchmark, Stage
+from auditflow.core.names import Benchmark, Evaluate, Stage
 from auditflow.core.paths import cache_dir, run_dir
 from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.models.evaluation.calibration import fit_description
 from auditflow.models.export.onnx import inference_providers
-from auditflow.models.export.stage import ARTIFACT_FOLDER, benchmark_stage, export_stage
+from auditflow.models.export.stage import ARTIFACT_FOLDER, ShippedCalibration, benchmark_stage, export_stage
 from auditflow.models.export.variants import read_manifest
 from auditflow.models.training.checkpoints import load_model
 
 EXPORT_DESCRIPTION = (
     "Export: the model as ONNX variants (graph-optimised FP32, which ships, and INT8/FP16 as configured), each "
-    "loaded in every ONNX Runtime provider present and judged on the whole test split; FP32 parity with torch."
+    "with outputs `logits` and `probabilities` (the calibration temperature folded in), loaded in every ONNX "
+    "Runtime provider present and judged on the whole test split (variants on paired exact intervals against "
+    "FP32; they decide the recommendation, not the run's verdict); FP32 parity with torch; the calibration "
+    "check on the shipped file's own probabilities."
 )
 BENCHMARK_DESCRIPTION = (
     "Benchmark: latency percentiles and throughput per backend and batch size (time-boxed), FLOPs and share "
@@ -41,16 +45,27 @@ BENCHMARK_DESCRIPTION = (
 class ExportResult:
     onnx_path: str  # the shipped FP32 file; variants.json beside it lists the others
     max_abs_diff: float
-    passed: bool  # FP32 parity with torch
-    failing: tuple[str, ...] = ()  # variants that failed their checks
+    passed: bool  # FP32 parity with torch (logits and probabilities)
+    failing: tuple[str, ...] = ()  # variants that did not pass their checks (not recommended)
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_model(
-    ref: TrackingRef, checkpoint: str, snapshot_path: str, data_cfg: DataConfig, cfg: ExportConfig, workdir: str
+    ref: TrackingRef,
+    checkpoint: str,
+    snapshot_path: str,
+    data_cfg: DataConfig,
+    cfg: ExportConfig,
+    workdir: str,
+    *,
+    eval_cfg: EvalConfig,
+    temperature: float,
+    fitted_on: str,
 ) -> ExportResult:
-    """Export the checkpoint as ONNX variants, judge them, log the shipped FP32 file as an MLflow
-    ONNX model; `ModelError` (after logging) when FP32 parity with torch fails."""
+    """Export the checkpoint as ONNX variants with `temperature` (fitted on `fitted_on`) folded
+    into their `probabilities` output, judge them (the calibration check with `eval_cfg`'s
+    thresholds), log the shipped FP32 file as an MLflow ONNX model; `ModelError` (after logging)
+    when FP32 parity with torch fails."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.EXPORT, EXPORT_DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "test"))
@@ -61,6 +76,7 @@ def export_model(
             make_splits(snapshot, data_cfg),
             image_shape=snapshot.image_shape,
             cfg=cfg,
+            calibration=ShippedCalibration.of(temperature, fitted_on, eval_cfg),
             seed=data_cfg.seed,
             out_dir=run_dir(workdir, ref.run_id) / ARTIFACT_FOLDER,
         )
@@ -74,8 +90,10 @@ def export_model(
         tracker.publish(ref, run, found.with_model_uri(model_uri))
         if not found.passed:
             raise ModelError(
-                f"ONNX parity failed: max |logit diff| {found.parity.max_abs_diff:.3g} > "
-                f"export.max_abs_diff={cfg.max_abs_diff}"
+                f"ONNX parity failed: max |logit diff| {found.parity.max_abs_diff:.3g} "
+                f"(export.max_abs_diff={cfg.max_abs_diff}), max |probabilities diff| "
+                f"{found.parity.probabilities_max_abs_diff:.3g} "
+                f"(export.max_probability_diff={cfg.max_probability_diff})"
             )
     return ExportResult(found.onnx_path, found.parity.max_abs_diff, found.passed, found.failing)
 
@@ -118,10 +136,29 @@ def bench_past_run(
         )
     try:
         data_cfg = DataConfig.model_validate(record.config.get("data", {}))
+        eval_cfg = EvalConfig.model_validate(record.config.get("evaluate", {}))
     except ValueError as err:  # pydantic's ValidationError
-        raise TrackingError(f"run {run_id}'s recorded data config does not validate: {err}") from err
+        raise TrackingError(f"run {run_id}'s recorded data or evaluate config does not validate: {err}") from err
+    # the temperature the run's evaluate stage fitted; a run without one ships T = 1
+    temperature = record.stage_metrics.get(Stage.EVALUATE, {}).get(Evaluate.TEMPERATURE)
+    fit = (record.summaries.get(Stage.EVALUATE) or {}).get("calibration") or {}
+    fitted_on = (
+        fit_description(fit.get("fitted_on", ""), fit.get("n_fit", 0))
+        if temperature is not None
+        else "nothing (the run has no evaluate stage), so T = 1"
+    )
     checkpoint = str(tracker.fetch_checkpoint(run_id, cache_dir(workdir) / "sources-of-weights"))
     ref = TrackingRef(uri=uri, experiment_id=record.experiment_id, run_id=run_id)
-    exported = export_model.fn(ref, checkpoint, snapshot, data_cfg, export_cfg, workdir)
+    exported = export_model.fn(
+        ref,
+        checkpoint,
+        snapshot,
+        data_cfg,
+        export_cfg,
+        workdir,
+        eval_cfg=eval_cfg,
+        temperature=1.0 if temperature is None else temperature,
+        fitted_on=fitted_on,
+    )
     table = benchmark_model.fn(ref, checkpoint, exported.onnx_path, snapshot, bench_cfg)
     return BenchRunResult(exported, table, tracker.load_run(run_id).summaries.get(Stage.BENCHMARK, {}))

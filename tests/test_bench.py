@@ -151,10 +151,12 @@ def test_recommendation_takes_tail_latency_and_throughput_among_passing_variants
         _row("onnx-int8", 256, 30, 33, 8500, "fail"),
     ]
     rows.append(replace(_row("onnx-q", 1, 0.6, 0.9, 1600), verdict="pass"))
+    rows.append(replace(_row("onnx-fp16-cuda", 1, 0.1, 0.2, 9000), device="cpu", verdict="inconclusive"))
     rec = recommend(rows)["cpu"]
     assert rec["latency"]["backend"] == "onnx-q"  # lowest p99 among passing, not the lowest p50
     assert rec["throughput"]["backend"] == "onnx-fp32"  # int8 is faster but failed its accuracy check
     assert "onnx-int8 (fail)" in rec["throughput"]["reason"]
+    assert "onnx-fp16-cuda (inconclusive)" in rec["latency"]["reason"]  # an unsettled variant is not recommended
     assert recommend([]) == {}
 
 
@@ -276,7 +278,7 @@ def test_bench_past_run_logs_both_stages_to_that_run_and_the_report_shows_them(
     assert "benchmark/onnx-int8/bs1/p99_ms" in metrics
     assert "export/int8/accuracy_drop_points" in record.stage_metrics["export"]
     assert "benchmark/onnx-int8/bs4/speedup_vs_eager" in record.metrics  # headline copied to the parent
-    assert record.tags["verdict/onnx_int8"] in ("pass", "fail")  # copied to the parent
+    assert record.tags["verdict/onnx_int8"] in ("pass", "fail", "inconclusive")  # copied to the parent
     assert set(record.summaries["benchmark"]["recommendation"]["cpu"]) == {"latency", "throughput"}
     assert result.summary["rows"] == record.summaries["benchmark"]["rows"]
     bench_run = record.stage_run_ids["benchmark"]

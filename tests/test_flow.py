@@ -94,7 +94,9 @@ def test_onnx_model_is_logged_and_loads(pipeline_run) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     out = pyfunc.predict(np.random.rand(3, 3, 32, 32).astype(np.float32))
     assert np.asarray(out["logits"]).shape == (3, 3)
-    assert pyfunc.metadata.signature is not None
+    probabilities = np.asarray(out["probabilities"])  # calibrated: softmax(logits / T) inside the graph
+    assert probabilities.shape == (3, 3) and np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    assert [o["name"] for o in pyfunc.metadata.signature.outputs.to_dict()] == ["logits", "probabilities"]
 
 
 @pytest.mark.slow

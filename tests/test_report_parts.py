@@ -7,7 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from auditflow.audits.documents import environment
-from auditflow.audits.report import STAGES, CheckRow, ReportFiles, check_rows, overall_tags, overall_verdict
+from auditflow.audits.report import (
+    STAGES,
+    CheckRow,
+    ReportFiles,
+    check_rows,
+    gating_verdicts,
+    overall_tags,
+    overall_verdict,
+)
 from auditflow.core.names import NOTE_TAG, Evaluate, Fairness, Report, Stage, Verdict, verdict_tag
 from auditflow.core.tracking import RunRecord
 
@@ -70,6 +78,18 @@ def test_overall_verdict_leaves_the_release_gate_out_and_fails_a_missing_stage()
     assert overall_verdict(_record(tags=tags, summaries=summaries)) == "fail"
     failed = dict.fromkeys(STAGES, "FINISHED") | {Stage.EXPORT: "FAILED"}
     assert overall_verdict(_record(tags=tags, stage_status=failed)) == "fail"
+
+
+def test_an_optional_onnx_variant_does_not_change_the_overall_verdict() -> None:
+    """A variant that fails or is inconclusive is not recommended; the run's verdict stays."""
+    tags = {verdict_tag(g): "pass" for g in (Verdict.FAIRNESS, Verdict.ONNX_PARITY, Verdict.onnx("fp32"))}
+    for status in ("fail", "inconclusive"):
+        with_variants = tags | {verdict_tag(Verdict.onnx("int8")): status, verdict_tag(Verdict.onnx("fp16")): status}
+        assert overall_verdict(_record(tags=with_variants)) == "pass"
+        assert gating_verdicts(with_variants) == {Verdict.FAIRNESS: "pass", Verdict.ONNX_PARITY: "pass",
+                                                  Verdict.onnx("fp32"): "pass"}  # fmt: skip
+    shipped_fails = tags | {verdict_tag(Verdict.onnx("fp32")): "fail"}  # the file that ships still gates
+    assert overall_verdict(_record(tags=shipped_fails)) == "fail"
 
 
 def test_check_rows_read_values_from_the_stage_metrics_in_stage_order() -> None:

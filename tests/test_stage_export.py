@@ -1,80 +1,217 @@
 """The export and benchmark stages' report builders on hand-made findings (no ONNX, no timing,
-no Prefect, no MLflow): metric names from the names module, checks at their edges."""
+no Prefect, no MLflow): metric names from the names module, checks at their edges, variants
+judged on arrays (`assess_variant`), and what a variant's verdict does (and does not do) to the
+run's verdict."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from test_paired import CLASSES, _answers
 
+from auditflow.audits.report import overall_verdict
+from auditflow.core.checks import verdicts
 from auditflow.core.config import BenchmarkConfig, ExportConfig
-from auditflow.core.names import Benchmark, Export, Stage, Verdict
+from auditflow.core.names import Benchmark, Export, Stage, Verdict, verdict_tag
+from auditflow.core.tracking import RunRecord
+from auditflow.models.evaluation.metrics import expected_calibration_error
 from auditflow.models.export.benchmark import BenchResult, BenchRow
-from auditflow.models.export.onnx import ParityResult
-from auditflow.models.export.stage import benchmark_report, export_checks, export_report
-from auditflow.models.export.variants import VariantCheck
+from auditflow.models.export.onnx import ParityResult, calibrated_probabilities
+from auditflow.models.export.stage import ShippedCalibration, benchmark_report, export_checks, export_report
+from auditflow.models.export.variants import Outputs, VariantCheck, assess_variant
+
+T = 0.586
+CALIBRATION = ShippedCalibration(temperature=T, fitted_on="the validation split (500 images)", max_ece=0.15,
+                                 warn_ece=0.05, ece_bins=15)  # fmt: skip
+CPU_OK = {"CPUExecutionProvider": "ok"}
 
 
-def _variant(name: str, drop: float, limit: float = 0.5, reasons: tuple[str, ...] = ()) -> VariantCheck:
-    """A variant judged the way `check_variant` judges: it fails beyond the limit or with reasons."""
-    failed = drop > limit or bool(reasons)
-    return VariantCheck(
-        variant=name,
-        path=f"/tmp/onnx/model.{name}.onnx",
+def _logits(predicted: np.ndarray, scale: float = 6.0) -> np.ndarray:
+    """N x 10 logits whose argmax is `predicted`, with some spread so the probabilities vary."""
+    spread = np.random.default_rng(0).normal(0, 0.5, (len(predicted), 10))
+    return (spread + scale * np.eye(10)[predicted]).astype(np.float32)
+
+
+def _variant(
+    name: str,
+    lost: int = 0,
+    gained: int = 0,
+    *,
+    cfg: ExportConfig | None = None,
+    providers: dict[str, str] | None = None,
+    probability_error: float = 0.0,
+) -> VariantCheck:
+    """A variant judged by `assess_variant` on 10,000 images: the FP32 model right on 90%, the
+    variant losing `lost` of those and gaining `gained` of the others."""
+    reference, predicted, labels = _answers(lost, gained)
+    ref_logits = _logits(reference)
+    logits = ref_logits.copy()
+    changed = predicted != reference
+    logits[changed] = _logits(predicted[changed])
+    probabilities = calibrated_probabilities(logits, T) + probability_error
+    return assess_variant(
+        name,
+        f"/tmp/onnx/model.{name}.onnx",
+        Outputs(providers or CPU_OK, "CPUExecutionProvider", logits, probabilities),
+        test_y=labels,
+        classes=CLASSES,
+        reference_logits=ref_logits,
+        cfg=cfg or ExportConfig(),
+        temperature=T,
         size_mb=1.5,
-        providers={"CPUExecutionProvider": "ok"},
-        measured_on="CPUExecutionProvider",
-        accuracy=0.9 - drop / 100,
-        reference_accuracy=0.9,
-        accuracy_drop=drop,
-        top1_agreement=0.99,
-        max_abs_diff=0.01,
-        max_accuracy_drop=limit,
-        verdict="fail" if failed else "pass",
-        reasons=reasons,
     )
 
 
-def _report(parity_diff: float = 1e-4, variants: list[VariantCheck] | None = None):
-    parity = ParityResult(max_abs_diff=parity_diff, top1_agreement=1.0, n_samples=64)
-    variants = variants if variants is not None else [_variant("fp32", 0.0), _variant("int8", 0.5)]
-    cfg = ExportConfig(max_abs_diff=1e-3)
+def _report(parity_diff: float = 1e-4, variants: list[VariantCheck] | None = None, probabilities_diff: float = 1e-5):
+    parity = ParityResult(parity_diff, 1.0, 64, probabilities_diff)
+    variants = variants if variants is not None else [_variant("fp32"), _variant("int8", 60, 50)]
     return export_report(
-        parity=parity, variants=variants, calibration=None, cfg=cfg, manifest="/tmp/onnx/variants.json"
+        parity=parity,
+        variants=variants,
+        calibration=None,
+        shipped_calibration=CALIBRATION,
+        cfg=ExportConfig(max_abs_diff=1e-3),
+        manifest="/tmp/onnx/variants.json",
     )
+
+
+def _checks(report) -> dict[str, object]:
+    return {c.key: c for c in report.checks}
 
 
 def test_export_report_names_come_from_the_names_module() -> None:
     report = _report()
     assert report.stage == Stage.EXPORT
-    int8 = {name: Export.VARIANT.format(variant="int8", name=name) for name in ("accuracy", "accuracy_drop_points")}
-    assert report.metrics[int8["accuracy_drop_points"]] == 0.5
-    assert report.metrics[int8["accuracy"]] == pytest.approx(0.895)
+    int8 = {n: Export.VARIANT.format(variant="int8", name=n) for n in ("accuracy", "accuracy_drop_points", "size_mb")}
+    assert report.metrics[int8["accuracy_drop_points"]] == pytest.approx(0.1)
+    assert report.metrics[int8["accuracy"]] == pytest.approx(0.899)
     assert report.metrics[Export.PARITY_MAX_ABS_DIFF] == 1e-4
-    assert Export.INT8_ACCURACY_DROP_POINTS in report.headline  # read by the model card
-    assert Export.VARIANT.format(variant="int8", name="size_mb") not in report.headline
+    assert report.metrics[Export.PARITY_PROBABILITIES_MAX_ABS_DIFF] == 1e-5
+    assert report.metrics[Export.TEMPERATURE] == T
+    for name in (Export.INT8_ACCURACY_DROP_POINTS, Export.SHIPPED_PROBABILITIES_ECE, Export.TEMPERATURE):
+        assert name in report.headline  # read by the model card and the report
+    assert f"{Export.INT8_ACCURACY_DROP_POINTS}_ci_high" in report.headline
+    assert int8["size_mb"] not in report.headline
     assert set(report.tables) == {Export.VARIANTS_JSON}
     assert [row["variant"] for row in report.tables[Export.VARIANTS_JSON]] == ["fp32", "int8"]
-    assert report.tags[Export.VARIANT.format(variant="int8", name="judged")].startswith("accuracy drop 0.50 points")
+    assert report.tags[Export.VARIANT.format(variant="int8", name="judged")].startswith("pass: accuracy drop 0.10")
     assert [folder for _, folder in report.files] == ["onnx"] * 3
     assert report.summary["files"] == {"fp32": "onnx/model.fp32.onnx", "int8": "onnx/model.int8.onnx"}
     assert report.summary["model_uri"] is None and report.summary["passed"] is True
+    assert report.summary["output_names"] == ["logits", "probabilities"]
+    assert report.summary["recommendable"] == ["fp32", "int8"]
+    assert f"T = {T:.6g}" in report.summary["outputs"]["probabilities"]
 
 
-def test_a_variant_at_its_limit_passes_and_beyond_it_fails() -> None:
-    at, beyond = _variant("int8", 0.5), _variant("fp16", 0.51)
-    checks = export_checks(ParityResult(1e-3, 1.0, 64), [at, beyond], max_abs_diff=1e-3)
-    assert [c.verdict for c in checks] == [Verdict.ONNX_PARITY, Verdict.onnx("int8"), Verdict.onnx("fp16")]
-    assert [c.status for c in checks] == ["pass", "pass", "fail"]  # parity exactly at its limit passes
-    assert checks[2].metric == Export.VARIANT.format(variant="fp16", name="accuracy_drop_points")
-    assert all(c.stage == Stage.EXPORT for c in checks)
+def test_a_variant_losing_0_44_points_on_a_straddling_interval_is_inconclusive_not_pass() -> None:
+    """Issue 19's INT8: 0.44 points lost against a 0.5 limit passed on the point estimate."""
+    int8 = _variant("int8", 187, 143)
+    assert int8.accuracy_drop == pytest.approx(0.44) and int8.accuracy_drop < int8.max_accuracy_drop
+    low, high = int8.accuracy_drop_ci
+    assert low < 0.5 < high
+    assert int8.accuracy_status == "inconclusive" and int8.verdict == "inconclusive"
+    report = _report(variants=[_variant("fp32"), int8])
+    check = _checks(report)["onnx/int8/accuracy_drop"]
+    assert check.status == "inconclusive" and check.interval == pytest.approx((low, high))
+    assert check.verdict == Verdict.onnx("int8") and "straddles export.max_accuracy_drop=0.5" in check.note
+    assert verdicts(report.checks)[Verdict.onnx("int8")] == "inconclusive"
+    assert report.summary["recommendable"] == ["fp32"]
+    assert report.tags[Export.VARIANT.format(variant="int8", name="judged")].startswith("inconclusive")
 
 
-def test_parity_beyond_its_limit_fails_and_an_unmeasured_variant_has_no_value() -> None:
-    unmeasured = _variant("int8", math.nan, reasons=("no provider could run it, so its accuracy is unknown",))
-    report = _report(parity_diff=2e-3, variants=[_variant("fp32", 0.0), unmeasured])
-    parity, _, int8 = report.checks
+def _run_with(export_checks_: tuple) -> RunRecord:
+    """A finished run whose other stages all passed, with these export checks' verdict tags."""
+    from test_report_parts import _record
+
+    others = {verdict_tag(g): "pass" for g in (Verdict.LEARNING, Verdict.FAIRNESS, Verdict.PRIVACY)}
+    return _record(tags=others | {verdict_tag(g): v for g, v in verdicts(export_checks_).items()})
+
+
+def test_a_failing_variant_leaves_the_overall_verdict_unchanged() -> None:
+    failing = _variant("int8", 200, 50)  # 1.5 points lost, the whole interval beyond 0.5
+    assert failing.verdict == "fail" and failing.accuracy_drop_ci[0] > 0.5
+    report = _report(variants=[_variant("fp32"), failing])
+    assert verdicts(report.checks)[Verdict.onnx("int8")] == "fail"
+    assert overall_verdict(_run_with(report.checks)) == "pass"  # the variant is simply not recommended
+    inconclusive = _report(variants=[_variant("fp32"), _variant("int8", 187, 143)])
+    assert overall_verdict(_run_with(inconclusive.checks)) == "pass"
+    broken_parity = _report(parity_diff=2e-3, variants=[_variant("fp32"), failing])
+    assert overall_verdict(_run_with(broken_parity.checks)) == "fail"  # the shipped file still gates
+    assert not Verdict.gates(Verdict.onnx("int8")) and not Verdict.gates(Verdict.onnx("fp16"))
+    assert Verdict.gates(Verdict.onnx("fp32")) and Verdict.gates(Verdict.ONNX_PARITY)
+    assert Verdict.gates(Verdict.CALIBRATION) and not Verdict.gates(Verdict.RELEASE)
+
+
+def test_per_class_recall_intervals_that_straddle_their_limit_keep_a_variant_unrecommended() -> None:
+    cfg = ExportConfig(max_accuracy_drop=2.0, max_class_recall_drop=1.0)
+    int8 = _variant("int8", 60, 50, cfg=cfg)  # every class loses about 0.6 recall points, on wide intervals
+    assert int8.accuracy_status == "pass" and int8.class_status == "inconclusive" and int8.verdict == "inconclusive"
+    row = _checks(_report(variants=[_variant("fp32"), int8]))["onnx/int8/class_recall_drop"]
+    assert row.status == "inconclusive" and row.threshold == 1.0 and row.interval[1] > 1.0
+    assert "straddling export.max_class_recall_drop=1.0" in row.note
+    assert row.metric == Export.VARIANT.format(variant="int8", name="worst_class_recall_drop_points")
+
+
+def test_the_calibration_check_judges_the_shipped_files_probabilities_output() -> None:
+    fp32 = _variant("fp32")
+    reference, _, labels = _answers(0, 0)
+    probabilities = calibrated_probabilities(_logits(reference), T)
+    ece = expected_calibration_error(probabilities, labels, 15)  # brute force: what the file computes
+    assert fp32.probabilities_ece == pytest.approx(ece) and 0.01 < ece < 0.5
+    parity = ParityResult(1e-5, 1.0, 64, 1e-6)
+
+    def check(**policy: float):
+        calibration = ShippedCalibration(T, "the validation split (500 images)", **{"ece_bins": 15} | policy)
+        found = export_checks(parity, [fp32], cfg=ExportConfig(), calibration=calibration)
+        return next(c for c in found if c.verdict == Verdict.CALIBRATION)
+
+    assert check(max_ece=ece, warn_ece=ece).status == "pass"  # reaching the threshold passes
+    assert check(max_ece=min(1.0, ece + 1e-6), warn_ece=ece - 1e-6).status == "warn"
+    assert check(max_ece=ece - 1e-6, warn_ece=0.0).status == "fail"
+    row = check(max_ece=0.5, warn_ece=0.2)
+    assert row.metric == Export.SHIPPED_PROBABILITIES_ECE and row.stage == Stage.EXPORT
+    assert row.value == pytest.approx(ece) and row.threshold == 0.5 and row.warn_threshold == 0.2
+    assert "T = 0.586" in row.note and "10000 test images" in row.note
+
+
+def test_parity_covers_the_probabilities_output() -> None:
+    report = _report(probabilities_diff=2e-3)  # logits within 1e-3, probabilities not
+    checks = _checks(report)
+    assert checks["onnx/parity"].status == "pass"
+    probabilities = checks["onnx/parity_probabilities"]
+    assert probabilities.status == "fail" and probabilities.verdict == Verdict.ONNX_PARITY
+    assert probabilities.metric == Export.PARITY_PROBABILITIES_MAX_ABS_DIFF and probabilities.threshold == 1e-3
+    assert report.summary["passed"] is False
+    assert _checks(_report(probabilities_diff=1e-3))["onnx/parity_probabilities"].status == "pass"  # at the limit
+
+
+def test_the_shipped_file_is_judged_by_parity_on_every_test_image() -> None:
+    assert _variant("fp32").verdict == "pass"
+    drifted = _variant("fp32", probability_error=2e-3)  # its probabilities differ from softmax(logits / T)
+    assert drifted.verdict == "fail" and drifted.probabilities_max_abs_diff == pytest.approx(2e-3, rel=1e-3)
+    assert "export.max_probability_diff=0.001" in drifted.reasons[0]
+    row = _checks(_report(variants=[drifted]))["onnx/fp32/parity"]
+    assert row.status == "fail" and row.verdict == Verdict.onnx("fp32")
+
+
+def test_a_variant_no_provider_can_run_fails_with_no_value() -> None:
+    unmeasured = assess_variant(
+        "int8",
+        "/tmp/onnx/model.int8.onnx",
+        Outputs({"CPUExecutionProvider": "cannot load"}, "", None, None),
+        test_y=np.arange(30) % 10,
+        classes=CLASSES,
+        reference_logits=_logits(np.arange(30) % 10),
+        cfg=ExportConfig(),
+        size_mb=1.0,
+    )
+    assert unmeasured.verdict == "fail" and math.isnan(unmeasured.accuracy_drop)
+    assert "no provider could run it" in unmeasured.reasons[-1]
+    report = _report(parity_diff=2e-3, variants=[_variant("fp32"), unmeasured])
+    parity, _, _, _, int8, _ = report.checks
     assert parity.status == "fail" and report.summary["passed"] is False
     assert int8.status == "fail" and int8.value is None and "no provider" in int8.note
     assert Export.VARIANT.format(variant="int8", name="accuracy") not in report.finite_metrics()

@@ -56,6 +56,17 @@ def judge(value: float | None, threshold: float, *, higher_is_better: bool, warn
     return "pass"
 
 
+def judge_interval(low: float, high: float, threshold: float, *, higher_is_better: bool) -> str:
+    """`pass`, `fail` or `inconclusive` of an interval [low, high] against a threshold: `pass`
+    when the whole interval is on the good side (reaching the threshold counts as good), `fail`
+    when the whole interval is beyond it, `inconclusive` when it straddles the threshold."""
+    if not low <= high:
+        raise ValueError(f"need low <= high, got low {low} and high {high}")
+    if higher_is_better:
+        return "pass" if low >= threshold else "fail" if high < threshold else "inconclusive"
+    return "pass" if high <= threshold else "fail" if low > threshold else "inconclusive"
+
+
 def condition_text(
     name: str, threshold: float, *, higher_is_better: bool, warn: float | None = None, fmt: str = "g"
 ) -> str:

@@ -321,6 +321,13 @@ class ExportConfig(_Section):
     )
     parity_samples: int = Field(512, gt=0, description="Test images compared torch vs the FP32 ONNX model.")
     max_abs_diff: float = Field(1e-3, gt=0.0, description="Largest allowed FP32 logit difference.")
+    max_probability_diff: float = Field(
+        1e-3,
+        gt=0.0,
+        le=1.0,
+        description="Largest allowed FP32 difference in the calibrated `probabilities` output (0..1) against "
+        "softmax(torch logits / T).",
+    )
     variants: tuple[Literal["fp32", "int8", "fp16"], ...] = Field(
         ("fp32", "int8", "fp16"),
         min_length=1,
@@ -346,8 +353,22 @@ class ExportConfig(_Section):
         0.5,
         ge=0.0,
         le=100.0,
-        description="A variant whose test accuracy is more than this many percentage points "
-        "below the torch model's is marked failing.",
+        description="Percentage points of test accuracy a variant (INT8, FP16) may lose against the FP32 model, "
+        "judged on the paired exact interval: recommended only when the whole interval is within it, failing "
+        "when the whole interval is beyond it, inconclusive otherwise. Never changes verdict/overall.",
+    )
+    max_class_recall_drop: float = Field(
+        5.0,
+        ge=0.0,
+        le=100.0,
+        description="Percentage points of any one class's recall a variant may lose, judged the same way on "
+        "intervals simultaneous over the classes.",
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Level of a variant's accuracy interval, and of its per-class intervals together (Bonferroni).",
     )
     check_samples: int = Field(8, gt=0, description="Sample queries each variant answers in every provider.")
 

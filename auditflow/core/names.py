@@ -52,11 +52,23 @@ class Verdict:
     ONNX_PARITY = "onnx_parity"
     OVERALL = "overall"  # the worst gating verdict, set by the report stage
     RELEASE = "release"  # the release gate's pass | fail; not an input of `overall`
+    SHIPPED_VARIANT = "fp32"  # the ONNX file that ships; its group gates, the other variants' do not
 
     @staticmethod
     def onnx(variant: str) -> str:
-        """The group of an ONNX variant's accuracy check (`onnx_fp32`, `onnx_int8`)."""
+        """The group of an ONNX variant's checks (`onnx_fp32`, `onnx_int8`)."""
         return f"onnx_{variant}"
+
+    @staticmethod
+    def gates(group: str) -> bool:
+        """Whether verdict group `group` counts towards `verdict/overall`. Three do not: the
+        overall verdict itself; the release gate (a comparison with the champion, not an audit of
+        this model); and each optional ONNX variant other than the shipped FP32 file (`onnx_int8`,
+        `onnx_fp16`): its verdict only decides whether that variant is recommended."""
+        if group in (Verdict.OVERALL, Verdict.RELEASE):
+            return False
+        prefix = Verdict.onnx("")
+        return not group.startswith(prefix) or group in (Verdict.ONNX_PARITY, Verdict.onnx(Verdict.SHIPPED_VARIANT))
 
 
 def verdict_tag(group: str) -> str:
@@ -235,9 +247,12 @@ class Privacy:
 class Export:
     """Names under `export/...`."""
 
-    INT8_ACCURACY_DROP_POINTS = "export/int8/accuracy_drop_points"
+    INT8_ACCURACY_DROP_POINTS = "export/int8/accuracy_drop_points"  # + `_ci_low`, `_ci_high`: paired exact interval
     PARITY_MAX_ABS_DIFF = "export/parity/max_abs_diff"
+    PARITY_PROBABILITIES_MAX_ABS_DIFF = "export/parity/probabilities_max_abs_diff"
     PARITY_TOP1_AGREEMENT = "export/parity/top1_agreement"
+    SHIPPED_PROBABILITIES_ECE = "export/fp32/probabilities_ece"  # the calibration check's value
+    TEMPERATURE = "export/temperature"  # T folded into the ONNX graph's `probabilities` output
     VARIANTS_JSON = "export/variants.json"
     VARIANT = "export/{variant}/{name}"  # .format(variant=..., name=...)
 

@@ -3,6 +3,9 @@
 Temperature scaling divides the logits by one scalar T > 0 fitted to minimise the negative
 log-likelihood on held-out data (the validation split, never the test split). T > 1 softens
 overconfident predictions. Argmax, and so accuracy, is unchanged; only the confidences move.
+The export stage folds T into the ONNX graph (its `probabilities` output) and judges the
+calibration check on what that file computes; the figures here are the same computation in
+torch, shown beside the raw (T = 1) ones.
 """
 
 from __future__ import annotations
@@ -61,6 +64,13 @@ def reliability(logits: np.ndarray, labels: np.ndarray, *, n_bins: int = 15, tem
         acc.append(float(correct[mask].mean()) if mask.any() else float("nan"))
         conf.append(float(confidence[mask].mean()) if mask.any() else float("nan"))
     return Reliability(edges.tolist(), acc, conf, count, expected_calibration_error(probs, labels, n_bins))
+
+
+def fit_description(fitted_on: str, n_fit: int) -> str:
+    """Where T was fitted, in words, from `CalibrationResult.fitted_on` and `.n_fit`."""
+    if fitted_on == "validation":
+        return f"the validation split ({n_fit} images)"
+    return "nothing (no validation split), so T = 1"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@
 audit's canaries) and returns the `Predictions` container the audits read. `evaluate_stage`
 turns a `Predictions` into the stage's report: test accuracy with and without test-time
 augmentation (the shipped ONNX model has none) with intervals, per-class precision/recall/F1,
-the confusion matrix, calibration (temperature fitted on the validation split's no-TTA logits,
-judged on test) and the learning and calibration checks.
+the confusion matrix, calibration (temperature fitted on the validation split's no-TTA logits;
+test ECE and NLL raw and after scaling) and the learning check. The calibration check is the
+export stage's: it judges the `probabilities` output of the shipped ONNX file, into which the
+temperature fitted here is folded.
 
 The two figures (confusion matrix, reliability diagram) are drawn by the task from
 `EvaluationStage.metrics` and `.calibration`: the plots live in `auditflow.audits`, which
@@ -21,14 +23,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from torch import nn
 
-from auditflow.core.checks import Check, condition_text, judge
+from auditflow.core.checks import Check
 from auditflow.core.config import EvalConfig
 from auditflow.core.data import Splits
 from auditflow.core.names import Evaluate, Stage, Verdict, per_class
 from auditflow.core.predictions import AuditPoints, CanaryScores, Predictions
 from auditflow.core.stage import StageReport
 from auditflow.core.stats import wilson_interval
-from auditflow.models.evaluation.calibration import CalibrationResult, calibrate
+from auditflow.models.evaluation.calibration import CalibrationResult, calibrate, fit_description
 from auditflow.models.evaluation.inference import audit_logits, predict, query_logits
 from auditflow.models.evaluation.metrics import EvalResult, LearningCheck, check_learning, evaluate
 from auditflow.models.training.canaries import Canaries
@@ -119,7 +121,12 @@ class EvaluationStage:
     learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
     learning_message: str
     metrics: EvalResult  # with the profile's TTA: the confusion matrix figure draws it
-    calibration: CalibrationResult  # the reliability figure draws it
+    calibration: CalibrationResult  # the reliability figure draws it; export folds its T into the graph
+
+    @property
+    def fitted_on(self) -> str:
+        """Where the temperature was fitted, in words."""
+        return fit_description(self.calibration.fitted_on, self.calibration.n_fit)
 
 
 def _interval_metrics(name: str, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -133,9 +140,9 @@ def _confusion_csv(result: EvalResult) -> str:
     return out.getvalue()
 
 
-def evaluation_checks(learned: LearningCheck, calibration: CalibrationResult, cfg: EvalConfig) -> tuple[Check, ...]:
-    """The learning check (99% Wilson lower bound of the shipped model's test accuracy above
-    chance) and the calibration check (test ECE after temperature scaling, warn/fail bands)."""
+def evaluation_checks(learned: LearningCheck) -> tuple[Check, ...]:
+    """The learning check: the 99% Wilson lower bound of the shipped model's test accuracy above
+    chance. (Calibration is judged at export, on the shipped file's `probabilities` output.)"""
     learning = Check(
         key="learning/above_chance",
         verdict=Verdict.LEARNING,
@@ -149,24 +156,7 @@ def evaluation_checks(learned: LearningCheck, calibration: CalibrationResult, cf
         evidence="#evaluation",
         note=learned.message,
     )
-    ece = Check(
-        key="calibration/ece",
-        verdict=Verdict.CALIBRATION,
-        title="Calibration of the shipped model",
-        condition=condition_text(
-            "test ECE after temperature scaling", cfg.max_ece, higher_is_better=False, warn=cfg.warn_ece, fmt=".3f"
-        ),
-        stage=Stage.EVALUATE,
-        metric=Evaluate.TEST_ECE_CALIBRATED,
-        value=calibration.ece_after,
-        threshold=cfg.max_ece,
-        warn_threshold=cfg.warn_ece,
-        status=judge(calibration.ece_after, cfg.max_ece, higher_is_better=False, warn=cfg.warn_ece),
-        evidence="#calibration",
-        note=f"ECE {calibration.ece_before:.3f} before, {calibration.ece_after:.3f} after T = "
-        f"{calibration.temperature:.3f} ({calibration.fitted_on})",
-    )
-    return learning, ece
+    return (learning,)
 
 
 def evaluate_stage(
@@ -235,13 +225,15 @@ def evaluate_stage(
         Stage.EVALUATE,
         metrics=metrics,
         headline=headline,
-        checks=evaluation_checks(learned, calibration, cfg),
+        checks=evaluation_checks(learned),
         tables={Evaluate.PER_CLASS_JSON: rows},
         texts={Evaluate.CONFUSION_MATRIX_CSV: _confusion_csv(result)},
         documents={
             Evaluate.TEMPERATURE_JSON: {
                 "temperature": calibration.temperature,
                 "apply": "softmax(logits / temperature)",
+                "fitted_on": fit_description(calibration.fitted_on, calibration.n_fit),
+                "shipped": "folded into the exported ONNX graph as its `probabilities` output",
             }
         },
         summary=summary,

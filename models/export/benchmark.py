@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditflow.core.errors import ModelError
-from auditflow.models.export.onnx import INPUT_NAME, OUTPUT_NAME, onnx_session
+from auditflow.models.export.onnx import INPUT_NAME, OUTPUT_NAMES, onnx_session
 from auditflow.models.training.presets import to_input
 from auditflow.models.training.runtime import Runtime
 from auditflow.models.training.speed import device_peak
@@ -73,7 +73,7 @@ class BenchRow:
     latency_speedup_vs_eager: float  # torch-eager's p50 / this p50 at the same batch; >1 = faster
     achieved_flops_per_second: float  # FLOPs per image x images/s
     fraction_of_peak: float  # of the device peak named in the result, 0..1
-    verdict: str  # the variant's accuracy verdict at export ("pass" for torch: it is the reference)
+    verdict: str  # the variant's verdict at export: pass | fail | inconclusive ("pass" for torch fp32)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,8 @@ def _onnx_cpu(path: Path, threads: int) -> Make:
 
     def make(batch: np.ndarray) -> tuple[Run, Callable[[], None]]:
         feed = {INPUT_NAME: to_input(batch).numpy()}
-        return (lambda: session.run([OUTPUT_NAME], feed)), _nothing
+        outputs = list(OUTPUT_NAMES)  # both, as a caller of the shipped file would fetch them
+        return (lambda: session.run(outputs, feed)), _nothing
 
     return make
 
@@ -170,7 +171,8 @@ def _onnx_gpu(path: Path, providers: list[Any], needed: str) -> Make:
         x = ort.OrtValue.ortvalue_from_numpy(to_input(batch).numpy(), "cuda", 0)
         binding = session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, x)
-        binding.bind_output(OUTPUT_NAME, "cuda")
+        for name in OUTPUT_NAMES:
+            binding.bind_output(name, "cuda")
         return (lambda: session.run_with_iobinding(binding)), _nothing  # returns once outputs are ready
 
     return make
@@ -418,7 +420,8 @@ def _finish(rows: list[dict[str, Any]], flops: float, peaks: dict[str, dict[str,
 def recommend(rows: list[BenchRow]) -> dict[str, dict[str, Any]]:
     """Per device: what to ship for a latency target (lowest p99 at the smallest batch timed) and
     for a throughput target (most images/s at the largest batch timed), among backends whose
-    variant passed its accuracy check; with the reason in words."""
+    variant passed its checks at export (a variant that failed, or whose paired intervals were
+    inconclusive, is not recommended); with the reason in words."""
     out: dict[str, dict[str, Any]] = {}
     for device in sorted({r.device for r in rows}):
         ok = [r for r in rows if r.device == device and r.verdict == "pass"]
@@ -428,7 +431,12 @@ def recommend(rows: list[BenchRow]) -> dict[str, dict[str, Any]]:
         fast = min((r for r in ok if r.batch_size == small), key=lambda r: r.p99_ms)
         wide = max((r for r in ok if r.batch_size == large), key=lambda r: r.images_per_second)
         excluded = sorted({f"{r.backend} ({r.verdict})" for r in rows if r.device == device and r.verdict != "pass"})
-        note = f"; not considered, accuracy check failed or not run: {', '.join(excluded)}" if excluded else ""
+        note = (
+            f"; not recommended, its export checks did not pass (see the export section for why) or were not run: "
+            f"{', '.join(excluded)}"
+            if excluded
+            else ""
+        )
         out[device] = {
             "latency": {
                 "backend": fast.backend,

@@ -1,8 +1,12 @@
 """ONNX export with a dynamic batch axis, offline graph optimisation, sessions and parity checks.
 
 The exported graph takes float32 N x 3 x H x W pixels in [0, 1] (`models.training.presets.to_input`)
-and returns logits; normalisation is inside the graph. Test-time augmentation is not part
-of the graph.
+and returns two outputs: `logits` (N x K, raw, first so that callers fetching one output keep
+working) and `probabilities` (N x K, softmax(logits / T) with the calibration temperature T that
+the evaluate stage fitted on the validation split folded into the graph). Normalisation is inside
+the graph; test-time augmentation is not. The outputs, T and where it was fitted are written into
+the file (`doc_string` of the model and of each output, and metadata `auditflow.temperature`,
+`auditflow.outputs`), so the file says what it ships.
 
 The shipped FP32 file is the exporter's graph after ONNX Runtime's offline optimiser at the
 "extended" level (constant folding, Conv+BatchNorm and GELU fusions). The "all" level would
@@ -30,7 +34,11 @@ from auditflow.models.training.presets import to_input
 
 log = logging.getLogger(__name__)
 INPUT_NAME = "pixels"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = "logits"  # raw logits, N x K
+PROBABILITIES_NAME = "probabilities"  # calibrated: softmax(logits / T), N x K, rows sum to 1
+OUTPUT_NAMES = (OUTPUT_NAME, PROBABILITIES_NAME)
+TEMPERATURE_KEY = "auditflow.temperature"  # ONNX metadata: T as text
+OUTPUTS_KEY = "auditflow.outputs"  # ONNX metadata: what each output holds
 # What a missing, truncated or foreign file raises while ONNX Runtime loads it.
 _LOAD_ERRORS = (
     ort_state.Fail,
@@ -52,10 +60,45 @@ class ParityResult:
     max_abs_diff: float  # largest |torch - onnxruntime| logit difference; 0 ideal
     top1_agreement: float  # share of images whose argmax agrees, 0..1; 1 ideal
     n_samples: int
+    probabilities_max_abs_diff: float = float("nan")  # largest |difference| of the probabilities output, 0..1
 
 
-def export_onnx(model: nn.Module, image_shape: tuple[int, int, int], path: str | Path, *, opset: int = 20) -> Path:
-    """Export `model` (CPU, fp32, eval) to `path`; batch dimension dynamic. Returns the path."""
+class Calibrated(nn.Module):
+    """`net` with the calibration folded in: returns (logits, softmax(logits / T)); T is a buffer,
+    so it travels with the exported graph as a constant."""
+
+    def __init__(self, net: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.net = net
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def output_docs(temperature: float, fitted_on: str) -> dict[str, str]:
+    """What each graph output holds, in words (also the model card's)."""
+    return {
+        OUTPUT_NAME: "raw logits, N x K (float32); argmax is the predicted class",
+        PROBABILITIES_NAME: f"calibrated class probabilities, N x K (float32, rows sum to 1): "
+        f"softmax(logits / T) with T = {temperature:.6g} (temperature scaling fitted on {fitted_on}); "
+        "the same argmax as the logits",
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    path: str | Path,
+    *,
+    temperature: float = 1.0,
+    opset: int = 20,
+) -> Path:
+    """Export `model` (CPU, fp32, eval) with its calibration (`Calibrated`) to `path`: outputs
+    `logits` and `probabilities`, batch dimension dynamic. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w, c = image_shape
@@ -63,11 +106,11 @@ def export_onnx(model: nn.Module, image_shape: tuple[int, int, int], path: str |
     example = torch.rand(2, c, h, w)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
-        model,
+        Calibrated(model, temperature).eval(),
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         verbose=False,
@@ -76,6 +119,26 @@ def export_onnx(model: nn.Module, image_shape: tuple[int, int, int], path: str |
     onnx.checker.check_model(str(path), full_check=True)
     log.info("exported %s (opset %d)", path, opset)
     return path
+
+
+def document_outputs(path: str | Path, *, temperature: float, fitted_on: str) -> Path:
+    """Write what the outputs hold into the ONNX file at `path` (in place): the model's and each
+    output's `doc_string`, and metadata `auditflow.temperature` and `auditflow.outputs`."""
+    proto = onnx.load(str(path))
+    docs = output_docs(temperature, fitted_on)
+    names = [o.name for o in proto.graph.output]
+    if names != list(OUTPUT_NAMES):
+        raise ModelError(f"{path} has outputs {names}; expected {list(OUTPUT_NAMES)}")
+    for output in proto.graph.output:
+        output.doc_string = docs[output.name]
+    proto.doc_string = "; ".join(f"{name}: {text}" for name, text in docs.items())
+    props = {p.key: p.value for p in proto.metadata_props} | {
+        TEMPERATURE_KEY: repr(float(temperature)),
+        OUTPUTS_KEY: ", ".join(OUTPUT_NAMES),
+    }
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+    return Path(path)
 
 
 def optimize_onnx(src: str | Path, dst: str | Path) -> Path:
@@ -131,22 +194,56 @@ def torch_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) ->
         return np.concatenate([model(to_input(b)).numpy() for b in _batches(images, batch_size)])
 
 
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """float32 softmax(logits / T) computed as the graph's `Calibrated` head computes it (torch,
+    float32), for comparing with the `probabilities` output."""
+    with torch.inference_mode():
+        return torch.softmax(torch.from_numpy(np.asarray(logits, np.float32)) / float(temperature), dim=1).numpy()
+
+
+def onnx_outputs(
+    session: ort.InferenceSession, images: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 N x K (logits, probabilities) of an ONNX session on uint8 NHWC `images`."""
+    outs = [session.run(list(OUTPUT_NAMES), {INPUT_NAME: to_input(b).numpy()}) for b in _batches(images, batch_size)]
+    logits = np.concatenate([o[0] for o in outs]).astype(np.float32)
+    return logits, np.concatenate([o[1] for o in outs]).astype(np.float32)
+
+
 def onnx_logits(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """float32 N x K logits of an ONNX session on uint8 NHWC `images`."""
+    """float32 N x K logits (the first output) of an ONNX session on uint8 NHWC `images`."""
     outs = [session.run([OUTPUT_NAME], {INPUT_NAME: to_input(b).numpy()})[0] for b in _batches(images, batch_size)]
     return np.concatenate(outs).astype(np.float32)
 
 
-def compare_logits(ref: np.ndarray, got: np.ndarray) -> ParityResult:
-    """Largest absolute logit difference and top-1 agreement of two N x K arrays."""
+def compare_logits(
+    ref: np.ndarray,
+    got: np.ndarray,
+    *,
+    ref_probabilities: np.ndarray | None = None,
+    got_probabilities: np.ndarray | None = None,
+) -> ParityResult:
+    """Largest absolute logit difference and top-1 agreement of two N x K arrays, and the
+    largest absolute difference of their probabilities when both are given."""
+    probabilities = float("nan")
+    if ref_probabilities is not None and got_probabilities is not None:
+        probabilities = float(np.abs(ref_probabilities - got_probabilities).max())
     return ParityResult(
         max_abs_diff=float(np.abs(ref - got).max()),
         top1_agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
         n_samples=len(ref),
+        probabilities_max_abs_diff=probabilities,
     )
 
 
-def check_parity(model: nn.Module, onnx_path: str | Path, images: np.ndarray, *, batch_size: int = 256) -> ParityResult:
-    """Compare torch (CPU, fp32) and ONNX Runtime (CPU) logits on uint8 NHWC `images`."""
+def check_parity(
+    model: nn.Module, onnx_path: str | Path, images: np.ndarray, *, temperature: float = 1.0, batch_size: int = 256
+) -> ParityResult:
+    """Compare torch (CPU, fp32) and ONNX Runtime (CPU) on uint8 NHWC `images`: the logits, and
+    the file's `probabilities` output with softmax(torch logits / `temperature`)."""
     session = onnx_session(onnx_path)
-    return compare_logits(torch_logits(model, images, batch_size), onnx_logits(session, images, batch_size))
+    ref = torch_logits(model, images, batch_size)
+    logits, probabilities = onnx_outputs(session, images, batch_size)
+    return compare_logits(
+        ref, logits, ref_probabilities=calibrated_probabilities(ref, temperature), got_probabilities=probabilities
+    )

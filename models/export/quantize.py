@@ -4,7 +4,9 @@ Both are built with ONNX Runtime's own tools from the FP32 export:
 - INT8: `quant_pre_process` (shape inference + basic graph optimisation), then
   `quantize_static` in QDQ format, uint8 activations and int8 per-channel weights, with
   activation ranges calibrated on a seeded sample of training images. ONNX Runtime turns the
-  QDQ pairs into integer kernels (QLinearConv, ...) when a CPU session loads the file.
+  QDQ pairs into integer kernels (QLinearConv, ...) when a CPU session loads the file. The
+  calibration head (logits / T, softmax) stays float: quantized, the `probabilities` output
+  would move in steps of 1/256.
 - FP16: `onnxruntime.transformers.float16.convert_float_to_float16`, float32 inputs and
   outputs kept, so callers feed the same pixels to every variant. ONNX Runtime's CPU provider
   runs it through inserted casts; it is meant for CUDA and TensorRT.
@@ -22,7 +24,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from auditflow.models.export.onnx import INPUT_NAME
+from auditflow.models.export.onnx import INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME
 from auditflow.models.training.presets import to_input
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,22 @@ def calibration_sample(n_available: int, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_available)[:n])
 
 
+def _calibration_head(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes between the `logits` and the `probabilities` outputs (the division by
+    T and the softmax), naming any unnamed node on the way (in place)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    head, todo = [], [PROBABILITIES_NAME]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or OUTPUT_NAME in node.output or node in head:
+            continue
+        head.append(node)
+        todo += list(node.input)
+    for i, node in enumerate(head):
+        node.name = node.name or f"calibration_head_{node.op_type}_{i}"
+    return [node.name for node in head]
+
+
 def quantize_int8(
     fp32_path: str | Path,
     dst: str | Path,
@@ -83,6 +101,9 @@ def quantize_int8(
         prepared = Path(tmp) / "prepared.onnx"
         # symbolic shape inference cannot follow the exporter's dynamic Reshape; ONNX's own can
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        proto = onnx.load(str(prepared))
+        head = _calibration_head(proto)
+        onnx.save(proto, str(prepared))
         quantize_static(
             str(prepared),
             str(dst),
@@ -93,6 +114,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
+            nodes_to_exclude=head,
         )
     onnx.checker.check_model(str(dst))
     log.info("quantized %s -> %s (%s calibration on %d images)", fp32_path, dst, method, len(calibration_images))
