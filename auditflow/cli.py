@@ -4,9 +4,10 @@
 in-process (Prefect's ephemeral API unless $PREFECT_API_URL points at a server); `report`
 rebuilds a past run's report from MLflow alone; `serve` runs the flow on a cron schedule
 against a Prefect server it finds ($PREFECT_API_URL) or starts; `ui` opens the MLflow UI;
-`gate`, `promote` and `models` call the release services (`auditflow.audits.release`) with no
-Prefect server. Process supervision (servers, interrupts, logging) lives in `auditflow.supervise`,
-the tables in `auditflow.render`. User errors print one red line and exit with code 2.
+`gate`, `promote` and `models` call the release services (`auditflow.audits.release`) and
+`compare` the paired comparison of two runs (`auditflow.audits.comparison`), with no Prefect
+server. Process supervision (servers, interrupts, logging, the store check) lives in
+`auditflow.supervise`, the tables in `auditflow.render`. User errors print one red line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -61,19 +62,6 @@ def _prefect_ready(server_here: bool = False) -> None:
         raise _fail(err) from err
 
 
-def _existing_store(tracking_uri: str | None, workdir: Path) -> str:
-    """The MLflow URI to read; `AuditflowError` when a local store is not there. MLflow's
-    download progress bars are turned off: they would stand in front of the one-line answer."""
-    from auditflow.core.config import TrackingConfig
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
-    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
-    preflight(uri)
-    return uri
-
-
 @app.command()
 def run(
     profile: ProfileOpt = "quick",
@@ -126,7 +114,7 @@ def report(
     from auditflow.core.tracking import Tracker
 
     try:
-        tracker = Tracker(_existing_store(tracking_uri, workdir))
+        tracker = Tracker(supervise.existing_store(tracking_uri, workdir))
         record = tracker.load_run(run_id)
         files = build_report(record, out or reports_dir(workdir, run_id))
     except AuditflowError as err:
@@ -277,24 +265,20 @@ def tune(
     space: Annotated[str | None, typer.Option(help="Search-space YAML file, or a shipped space name.")] = None,
     study: Annotated[
         str | None,
-        typer.Option(help="Study name; the same name resumes. Default: from profile, overrides, space and data."),
+        typer.Option(help="Study name; the same name resumes. Default: from profile, overrides, space, data."),
     ] = None,
     objective: Annotated[
         str, typer.Option(help="'accuracy' or 'accuracy+worst-recall' (two objectives).")
     ] = "accuracy",
     min_worst_recall: Annotated[
-        float,
-        typer.Option(
-            help="Choose the best accuracy among trials whose worst-class validation recall is at least this."
-        ),
+        float, typer.Option(help="Choose the best accuracy among trials whose worst-class val. recall is >= this.")
     ] = 0.0,
     storage: Annotated[
         str | None, typer.Option(help="Optuna storage URL; default $AUDITFLOW_STUDY_STORAGE or SQLite in the workdir.")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Trials run at once.")] = 1,
     dask: Annotated[
-        str | None,
-        typer.Option(envvar="AUDITFLOW_DASK_ADDRESS", help="Dask scheduler address: run trials on that cluster."),
+        str | None, typer.Option(envvar="AUDITFLOW_DASK_ADDRESS", help="Dask scheduler address: trials run there.")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Where to write the tuned profile; default WORKDIR/tuned-STUDY.yaml.")
@@ -366,7 +350,7 @@ def bench(
                 raise AuditflowError(f"--set {override!r}: bench takes only export.* and benchmark.* overrides")
             apply_override(raw, override)
         cfg = build_config(raw)
-        uri = _existing_store(tracking_uri, workdir)
+        uri = supervise.existing_store(tracking_uri, workdir)
         from auditflow.tasks.export import bench_past_run
 
         supervise.log_to_console(console)
@@ -389,7 +373,7 @@ def gate(
     from auditflow.audits.release import gate_run
 
     try:
-        uri = _existing_store(tracking_uri, workdir)
+        uri = supervise.existing_store(tracking_uri, workdir)
         outcome = gate_run(uri, run_id, overrides or [], log_record=log)
     except AuditflowError as err:
         raise _fail(err) from err
@@ -410,7 +394,7 @@ def promote(
     from auditflow.audits.release import GATE_JSON, promote_run
 
     try:
-        uri = _existing_store(tracking_uri, workdir)
+        uri = supervise.existing_store(tracking_uri, workdir)
         result = promote_run(uri, run_id, overrides or [])
         if not result.promoted:
             raise AuditflowError(
@@ -424,6 +408,25 @@ def promote(
 
 
 @app.command()
+def compare(
+    run_a: Annotated[str, typer.Argument(help="MLflow id of the pipeline run to compare with (A: the champion).")],
+    run_b: Annotated[str, typer.Argument(help="MLflow id of the run compared (B), where the comparison is logged.")],
+    workdir: WorkdirOpt = Path("."),
+    tracking_uri: TrackingUriOpt = None,
+    confidence: Annotated[float, typer.Option(min=0.5, max=0.9999, help="Two-sided level of the intervals.")] = 0.95,
+) -> None:
+    """Paired tests of run B against run A on the same test split: McNemar for accuracy, per-class
+    recall, DeLong per attack, every verdict. Logged on B as compare/vs_RUN_A.md, .html, .json."""
+    from auditflow.audits.comparison import compare_runs
+
+    try:
+        found = compare_runs(supervise.existing_store(tracking_uri, workdir), run_a, run_b, confidence=confidence)
+    except AuditflowError as err:
+        raise _fail(err) from err
+    render.comparison(found)
+
+
+@app.command()
 def models(
     workdir: WorkdirOpt = Path("."),
     tracking_uri: TrackingUriOpt = None,
@@ -433,7 +436,7 @@ def models(
     from auditflow.audits.release import list_models
 
     try:
-        uri = _existing_store(tracking_uri, workdir)
+        uri = supervise.existing_store(tracking_uri, workdir)
         found = list_models(uri, model_name)
     except AuditflowError as err:
         raise _fail(err) from err

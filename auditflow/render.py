@@ -19,6 +19,7 @@ from auditflow.audits.gate import METRICS
 from auditflow.audits.release import RELEASE_VERDICT, STATUS_TAG
 
 if TYPE_CHECKING:
+    from auditflow.audits.comparison import ComparisonFiles
     from auditflow.audits.release import GateOutcome, ReleaseResult
     from auditflow.audits.report import ReportFiles
     from auditflow.core.tracking import RunRecord
@@ -244,3 +245,43 @@ def promotion(result: ReleaseResult) -> None:
     else:
         replaced = f", replacing v{result.previous_champion}" if result.previous_champion else ""
         out.print(f"{result.model_name} v{result.version} is now champion{replaced} ({result.summary})", markup=False)
+
+
+def _paired_cells(d: Any) -> tuple[str, str, str, str, str]:
+    """A, B, B - A, interval, p of a `PairedDifference` (or of nothing), 3 decimals: 80 columns."""
+    if d is None:
+        return "-", "-", "-", "-", "-"
+    return f"{d.a:.3f}", f"{d.b:.3f}", f"{d.difference:+.3f}", f"{d.low:+.3f}..{d.high:+.3f}", f"{d.p_value:.2g}"
+
+
+def comparison(found: ComparisonFiles) -> None:
+    """`auditflow compare`: B - A of every measure with its interval and p-value, the verdicts,
+    the notes, then where the documents were logged (outside the table: paths are copied)."""
+    c = found.comparison
+    out = wide(80)
+    columns = ("measure", "A", "B", "B - A", "interval", "p")
+    table = _table(f"B {c.run_b} vs A {c.run_a}: {c.n_test} test images", columns, right=(*columns[1:4], "p"))
+    table.add_row("accuracy", *_paired_cells(c.accuracy))
+    for row in c.classes:
+        table.add_row(f"recall {row.name}", *_paired_cells(row.recall))
+    for r in c.attacks:
+        auc: tuple[str, ...] = ("-",) * 5
+        if r.auc_a is not None and r.auc_b is not None and r.low is not None and r.high is not None:
+            auc = (f"{r.auc_a:.3f}", f"{r.auc_b:.3f}", f"{r.auc_b - r.auc_a:+.3f}", f"{r.low:+.3f}..{r.high:+.3f}")
+            auc += (f"{r.p_value:.2g}",)
+        table.add_row(f"AUC {r.attack}" + ("" if r.paired else " (unpaired)"), *auc)
+        table.add_row(f"TPR@{r.verdict_fpr:g}FPR {r.attack}", *_paired_cells(r.tpr))
+    out.print(table)
+    verdicts = _table("verdicts", ("verdict", "A", "B", "change"), right=())
+    for v in c.verdicts:
+        verdicts.add_row(v.group, v.a or "-", v.b or "-", v.change)
+    out.print(verdicts)
+    notes = [
+        f"intervals: two-sided {c.confidence:g}; per class simultaneous (each at {c.class_level:.4g}, Bonferroni)",
+        f"accuracy: {c.accuracy.fixed} images fixed by B, {c.accuracy.broken} broken (McNemar exact test)",
+    ]
+    notes += [f"not compared: {c.attacks_note}"] if c.attacks_note else []
+    notes += [f"{r.attack}: {r.note}" for r in c.attacks if r.note]
+    notes += [f"logged on run {c.run_b}: {path}" for path in found.artifacts]
+    for line in notes:
+        out.print(line, soft_wrap=True, markup=False, highlight=False)

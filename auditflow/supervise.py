@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from auditflow.core.errors import AuditflowError
 from auditflow.core.paths import cache_dir
-from auditflow.core.tracking import end_own_runs
+from auditflow.core.tracking import end_own_runs, preflight, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -84,6 +84,20 @@ def check_inputs(data: str, workdir: Path) -> None:
             continue  # the cache folder is made on first use, inside a folder found writable
         except OSError as err:
             raise AuditflowError(f"--workdir folder {str(folder)!r} is not writable: {err.strerror}") from err
+
+
+def existing_store(tracking_uri: str | None, workdir: Path) -> str:
+    """The MLflow URI a command that reads past runs reads; `AuditflowError` when a local store is
+    not there. MLflow's download progress bars are turned off: they would stand in front of the
+    one-line answer."""
+    from auditflow.core.config import TrackingConfig
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), workdir)
+    if uri.startswith("sqlite:") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise AuditflowError(f"no MLflow store at {uri}; pass --workdir or --tracking-uri")
+    preflight(uri)
+    return uri
 
 
 # ---------------------------------------------------------------------------- logging

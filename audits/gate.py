@@ -9,10 +9,22 @@ evidence, and a run-vs-champion comparison table; JSON-serialisable (`as_dict`) 
 to Markdown (`gate_markdown`, template `gate.md.j2`). The record and its rendering live in
 `auditflow.audits.gate_record` and are re-exported here.
 
+Against the champion, accuracy, worst-class recall and the attack's TPR are decided by paired
+tests on the same images (`auditflow.audits.compare`, which `auditflow compare` shows): the
+criterion passes when the interval of candidate - champion lies entirely within the allowance
+(above -allowance for accuracy and recall, below +allowance for the TPR), fails when it lies
+entirely beyond it, and is `inconclusive` when it straddles it. Worst-class recall is judged on
+the candidate's worst class: its recall against the champion's recall of the same class, on the
+same images, with the per-class intervals simultaneous over the classes. Where the paired
+evidence is missing (runs logged before the comparison, a run that logged no attack scores, or
+audits of different points) the criterion falls back to the raw difference of the two logged
+numbers and says so ("not paired: ..."). ONNX parity and latency stay raw (a maximum and a
+ratio, not shares of images).
+
 Pure: runs are passed in as `RunFacts` (numbers and tags read back from MLflow by the caller,
-see `facts_from_record`). A missing number is never a pass: its criterion is `inconclusive`,
-and the gate passes only when every criterion passes or is skipped (no champion, another test
-split, other benchmark hardware).
+see `facts_from_record`), the paired evidence as a `Comparison`. A missing number is never a
+pass: its criterion is `inconclusive`, and the gate passes only when every criterion passes or
+is skipped (no champion, another test split, other benchmark hardware).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from auditflow.audits.compare import Comparison, PairedDifference
 from auditflow.audits.gate_record import PASSING, Criterion, GateRecord
 from auditflow.audits.gate_record import SCHEMA as SCHEMA
 from auditflow.audits.gate_record import gate_markdown as gate_markdown
@@ -51,6 +64,7 @@ TAGS: dict[str, str] = {
     "overall": verdict_tag(Verdict.OVERALL),
     "release": verdict_tag(Verdict.RELEASE),  # what this gate sets; not an input of the overall verdict here
     "data_digest": "auditflow.data_digest",
+    "strongest_attack": Privacy.STRONGEST_ATTACK,  # the attack whose TPR `privacy_tpr` is
     "benchmark_cpu": Benchmark.CPU,
 }
 # Where the evidence of each group lives: stage run (linked in the MLflow UI), report section.
@@ -133,6 +147,8 @@ REGRESSIONS = (
     ),
     ("latency/regression", "latency_ms", "median latency", "max_latency_ratio", False, True),
 )
+# The regressions decided on a paired test when there is paired evidence (`_paired`)
+PAIRED = ("accuracy/regression", "worst_class_recall/regression", _key(Verdict.PRIVACY, "regression"))
 # (key, title, `TAGS` key, weakest verdict accepted: a policy field or the verdict itself)
 VERDICTS = (
     (_key(Verdict.FAIRNESS, "verdict"), "Fairness verdict", "fairness", "min_fairness_verdict"),
@@ -274,6 +290,42 @@ def _unjudged(
     return None
 
 
+def _paired(key: str, cand: RunFacts, paired: Comparison | None, unpaired: str) -> tuple[PairedDifference | None, str]:
+    """The paired difference regression `key` is decided on and what it is measured on, or
+    (None, why there is none)."""
+    if paired is None:
+        return None, unpaired
+    if key == "accuracy/regression":
+        return paired.accuracy, f"the same {paired.n_test} test images"
+    if key == "worst_class_recall/regression":
+        row = paired.worst_class_of_b()
+        if row is None or row.recall is None:
+            return None, "no class has test images"
+        return row.recall, (
+            f"class {row.name!r} (this run's worst), its {row.recall.n} test images; "
+            f"simultaneous over {len(paired.classes)} classes"
+        )
+    attack = cand.tags.get(TAGS["strongest_attack"])
+    row = paired.attack(attack) if attack else None
+    if row is None:
+        return None, paired.attacks_note or f"this run's strongest attack ({attack or 'not recorded'}) was not compared"
+    if row.tpr is None:
+        return None, row.note
+    return row.tpr, f"the {attack} attack at {row.verdict_fpr:g} FPR, the same {row.tpr.n} members"
+
+
+def _decide(diff: PairedDifference, allowance: float, higher: bool) -> str:
+    """pass: the interval of candidate - champion lies within the allowance; fail: beyond it;
+    inconclusive: it straddles it."""
+    if higher:
+        if diff.low >= -allowance - _EPS:
+            return "pass"
+        return "fail" if diff.high < -allowance else "inconclusive"
+    if diff.high <= allowance + _EPS:
+        return "pass"
+    return "fail" if diff.low > allowance else "inconclusive"
+
+
 def _regression(
     cand: RunFacts,
     champ: RunFacts | None,
@@ -284,9 +336,14 @@ def _regression(
     allowance: float,
     higher: bool,
     ratio: bool = False,
+    *,
+    paired: Comparison | None = None,
+    unpaired: str = "",
 ) -> Criterion:
     """Candidate vs champion on `metric`: at most `allowance` worse, as a difference in the
-    metric's unit, or with `ratio` as a factor on the champion's value (lower is better)."""
+    metric's unit, or with `ratio` as a factor on the champion's value (lower is better).
+    Accuracy, worst-class recall and the attack's TPR are decided on the paired interval of
+    `paired` when it holds one (module docstring), else on the raw difference."""
     if ratio:
         condition = f"{what} at most {allowance:g} x the champion's"
     else:
@@ -313,14 +370,23 @@ def _regression(
         ok = value <= bound + _EPS
         change = f"{value / reference:.3g}x" if reference > 0 else "n/a"
         reason = f"{value:.4g} vs champion v{champ.version}'s {reference:.4g} ({change}; allowed {allowance:g}x)"
-    else:
-        bound = reference - allowance if higher else reference + allowance
+        return replace(base, threshold=bound, status="pass" if ok else "fail", reason=reason)
+    bound = reference - allowance if higher else reference + allowance
+    allowed = f"allowed {'-' if higher else '+'}{allowance:g}"
+    said = f"{value:.4g} vs champion v{champ.version}'s {reference:.4g}"
+    diff, on = _paired(key, cand, paired, unpaired) if key in PAIRED else (None, "")
+    if diff is None:
         ok = value >= bound - _EPS if higher else value <= bound + _EPS
-        reason = (
-            f"{value:.4g} vs champion v{champ.version}'s {reference:.4g} ({value - reference:+.4g}; "
-            f"allowed {'-' if higher else '+'}{allowance:g})"
-        )
-    return replace(base, threshold=bound, status="pass" if ok else "fail", reason=reason)
+        not_paired = f"; not paired: {on}" if key in PAIRED else ""
+        reason = f"{said} ({value - reference:+.4g}; {allowed}{not_paired})"
+        return replace(base, threshold=bound, status="pass" if ok else "fail", reason=reason)
+    status = _decide(diff, allowance, higher)
+    reason = (
+        f"{said}; paired on {on}: {diff.difference:+.4g}, {diff.level:.4g} interval {diff.low:+.4g} to "
+        f"{diff.high:+.4g} (+{diff.fixed}/-{diff.broken} discordant, McNemar p={diff.p_value:.2g}); {allowed}"
+        + ("; the interval straddles it" if status == "inconclusive" else "")
+    )
+    return replace(base, threshold=bound, status=status, reason=reason, interval=(diff.low, diff.high))
 
 
 def _verdict(
@@ -444,9 +510,16 @@ def evaluate_gate(
     *,
     model_name: str,
     now: datetime | None = None,
+    paired: Comparison | None = None,
+    unpaired: str = "no paired evidence was given",
 ) -> GateRecord:
     """Judge `candidate` against the policy `cfg` and against `champion` (None when there is
-    none). The verdict is `pass` only when every criterion passes or is skipped."""
+    none). `paired`: candidate (B) vs champion (A) on the same images (`compare`), which decides
+    the accuracy, worst-class recall and privacy regressions; without it they are judged on the
+    raw differences and say why (`unpaired`). The verdict is `pass` only when every criterion
+    passes or is skipped."""
+    if paired is not None and (paired.run_a, paired.run_b) != (champion and champion.run_id, candidate.run_id):
+        raise ValueError(f"paired evidence of runs {paired.run_a} -> {paired.run_b} given for another candidate")
     comparable, why = comparability(candidate, champion)
     skip = "" if comparable else why
     c, v = candidate, champion if comparable else None
@@ -473,6 +546,8 @@ def evaluate_gate(
             getattr(cfg, limit),
             higher,
             ratio,
+            paired=paired if v is not None else None,
+            unpaired=unpaired,
         )
         for key, name, what, limit, higher, ratio in REGRESSIONS
     ]

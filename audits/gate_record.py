@@ -34,6 +34,7 @@ class Criterion:
     reason: str  # one line
     evidence: str  # the stage run that holds the value, in the MLflow UI
     anchor: str  # the section of the audit report
+    interval: tuple[float, float] | None = None  # candidate - champion, when decided on a paired interval
 
 
 @dataclass(frozen=True)

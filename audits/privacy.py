@@ -73,18 +73,27 @@ def auc_interval(is_member: np.ndarray, scores: np.ndarray, confidence: float) -
 
     Ties count 1/2. The interval is auc +- z * sqrt(DeLong variance), clipped to [0, 1]; it has
     zero width when the two sides are perfectly separated."""
+    _check_confidence(confidence)
+    auc, variance = auc_variance(is_member, scores)
+    half = norm.ppf(0.5 + confidence / 2) * np.sqrt(variance)
+    return float(auc), float(max(auc - half, 0.0)), float(min(auc + half, 1.0))
+
+
+def auc_variance(is_member: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """ROC AUC and DeLong's estimate of its variance, as (auc, variance); ties count 1/2.
+
+    Two AUCs measured on independent samples (two runs' audits of different images) differ by
+    their difference with variance the sum of the two (`auditflow.audits.compare`); on the same
+    images use the paired `auc_difference`."""
     # Hand-written: no maintained library among our dependencies (scipy, scikit-learn, fairlearn)
     # ships DeLong's variance. Midrank form of Sun & Xu 2014, O(n log n).
     is_member, scores = _check_sides(is_member, scores)
-    _check_confidence(confidence)
     x, y = scores[is_member], scores[~is_member]
     m, n = len(x), len(y)
     if m < 2 or n < 2:
         raise ValueError(f"the AUC interval needs at least 2 members and 2 non-members, got {m} and {n}")
     auc, v10, v01 = _structural_components(x, y)  # midranks: ties share the average rank
-    se = np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
-    half = norm.ppf(0.5 + confidence / 2) * se
-    return float(auc), float(max(auc - half, 0.0)), float(min(auc + half, 1.0))
+    return float(auc), float(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
 
 
 def _structural_components(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
 from auditflow.audits.canaries import one_run_audit
+from auditflow.audits.compare import AttackScores
 from auditflow.audits.joint import exposure_correlation, joint_rows, joint_table
 from auditflow.audits.plots import exposure_figure, loss_histogram_figure, roc_figure
 from auditflow.audits.privacy import (
@@ -344,6 +345,18 @@ def _attack(points: AuditedPoints, refs: ReferenceInputs, classes: tuple[str, ..
     return _Attacks(scores, results, strongest(results, cfg.verdict_fpr), gains)
 
 
+def _scores(predictions: Predictions, attacks: _Attacks, cfg: PrivacyConfig) -> AttackScores:
+    """Every attack's score of each audited point, for paired comparisons of two runs
+    (`auditflow compare`, the release gate)."""
+    return AttackScores(
+        member_index=predictions.audit.member_index,
+        nonmember_index=predictions.audit.nonmember_index,
+        scores=attacks.scores,
+        verdict_fpr=cfg.verdict_fpr,
+        min_expected_false_positives=cfg.min_expected_false_positives,
+    )
+
+
 def _joint(
     predictions: Predictions,
     points: AuditedPoints,
@@ -478,6 +491,7 @@ def privacy_stage(
         },
         parent_tags={Privacy.TIER: refs.tier, Privacy.STRONGEST_ATTACK: best.attack},
         checks=_checks(best, (status, why), refs, balanced, cfg),
+        texts={Privacy.ATTACK_SCORES_JSON: _scores(predictions, attacks, cfg).as_json()},
         tables={Privacy.PER_CLASS_JOINT_JSON: joint}
         | {Privacy.ATTACK_PER_CLASS_JSON.format(attack=r.attack): r.per_class for r in attacks.results},
         figures={

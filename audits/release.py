@@ -29,7 +29,17 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from auditflow.audits.gate import METRICS, GateConfig, GateRecord, RunFacts, evaluate_gate, facts_from_record
+from auditflow.audits.compare import Comparison
+from auditflow.audits.comparison import paired_with
+from auditflow.audits.gate import (
+    METRICS,
+    GateConfig,
+    GateRecord,
+    RunFacts,
+    comparability,
+    evaluate_gate,
+    facts_from_record,
+)
 from auditflow.audits.gate import gate_markdown as gate_markdown
 from auditflow.core import names
 from auditflow.core.config import apply_override, available_profiles
@@ -225,22 +235,31 @@ def _way_to_a_model(record: RunRecord) -> str:
     )
 
 
-def _champion_facts(tracker: Tracker, run_id: str, version: str) -> RunFacts:
+def _champion(tracker: Tracker, run_id: str, version: str) -> tuple[RunFacts, RunRecord | None]:
     try:
         record = tracker.load_run(run_id)
     except TrackingError:  # a champion whose run left this store: nothing to compare with
-        return RunFacts(run_id=run_id, metrics={}, tags={}, overall=None, test_split="", version=version)
-    return facts_from_record(record, version=version)
+        return RunFacts(run_id=run_id, metrics={}, tags={}, overall=None, test_split="", version=version), None
+    return facts_from_record(record, version=version), record
 
 
 def judge_run(
     tracker: Tracker, record: RunRecord, *, model_name: str, cfg: GateConfig, version: str | None
 ) -> GateRecord:
     """The gate record of pipeline run `record` (model version `version`) against the version
-    `champion` of `model_name` points at now."""
+    `champion` of `model_name` points at now; the regressions decided on the paired comparison
+    of the two runs (`auditflow.audits.comparison.paired_with`) where both runs hold its evidence."""
     champion = ModelRegistry(tracker).by_alias(model_name, CHAMPION)
-    champion_facts = _champion_facts(tracker, champion.run_id, champion.version) if champion is not None else None
-    return evaluate_gate(facts_from_record(record, version=version), champion_facts, cfg, model_name=model_name)
+    facts = facts_from_record(record, version=version)
+    if champion is None:
+        return evaluate_gate(facts, None, cfg, model_name=model_name)
+    champion_facts, champion_record = _champion(tracker, champion.run_id, champion.version)
+    paired: Comparison | str = "the champion's run is not in this store"
+    if champion_record is not None and comparability(facts, champion_facts)[0]:
+        paired = paired_with(tracker, champion_record, record, confidence=cfg.confidence)
+    if isinstance(paired, str):
+        return evaluate_gate(facts, champion_facts, cfg, model_name=model_name, unpaired=paired)
+    return evaluate_gate(facts, champion_facts, cfg, model_name=model_name, paired=paired)
 
 
 def _gate_metrics(record: GateRecord) -> dict[str, float]:

@@ -225,3 +225,23 @@ def at_least(name: str, value: float, floor: float) -> None:
         with open(MARGIN_LOG, "a", encoding="utf-8") as out:
             out.write(json.dumps(record) + "\n")
     assert value >= floor, f"{name}: {value} < {floor}"
+
+
+def planted_predictions(right: np.ndarray, labels: np.ndarray, n_classes: int, members: int = 8):
+    """A `Predictions` container whose shipped model (no TTA) is right exactly where `right` is
+    True: each test image's logits peak at its label, or at the next class where it is wrong.
+    The audit holds `members` members (training indices 0..) and as many non-members (the
+    first test images); the validation split repeats the test split."""
+    from auditflow.core.predictions import AuditPoints, Predictions
+
+    labels = np.asarray(labels, dtype=np.int64)
+    predicted = np.where(right, labels, (labels + 1) % n_classes)
+    logits = (3.0 * np.eye(n_classes)[predicted]).astype(np.float32)
+    audit = AuditPoints(
+        member_index=np.arange(members, dtype=np.int64),
+        member_labels=labels[:members],
+        member_logits=logits[:members],
+        nonmember_index=np.arange(members, dtype=np.int64),
+        nonmember_wanted=np.bincount(labels[:members], minlength=n_classes).astype(np.int64),
+    )
+    return Predictions(logits, logits, labels, logits, labels, audit)

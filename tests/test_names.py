@@ -20,7 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("auditflow", "models", "audits", "tasks", "flows")
 NAMES_MODULE = ROOT / "auditflow" / "core" / "names.py"
-STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark", "release", "tune", "verdict")
+STAGES = (
+    *("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark", "release", "tune"),
+    *("verdict", "compare"),
+)
 # A string literal (any prefix: f, r, b...) whose text starts with a stage's name and a slash.
 NAME_LITERAL = re.compile(rf"""^[A-Za-z]*(['"]{{1,3}})({"|".join(STAGES)})/""")
 TEMPLATE_LITERAL = re.compile(rf"""['"]({"|".join(STAGES)})/[A-Za-z_{{]""")

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import planted_predictions
 from typer.testing import CliRunner
 
 from auditflow.audits.gate import (
@@ -77,7 +78,11 @@ def test_regression_beyond_the_allowance_fails_and_says_why() -> None:
     assert found["accuracy/regression"].status == "fail"  # ... but 2 points below the champion, 1 allowed
     assert record.verdict == "fail"
     assert [c.key for c in record.failing] == ["accuracy/regression"]
-    assert record.reasons == ("Test accuracy vs champion: 0.84 vs champion v1's 0.86 (-0.02; allowed -0.01)",)
+    # no paired evidence given (tests/test_compare.py has the paired criteria): the raw difference, said so
+    assert record.reasons == (
+        "Test accuracy vs champion: 0.84 vs champion v1's 0.86 (-0.02; allowed -0.01; "
+        "not paired: no paired evidence was given)",
+    )
     assert record.summary() == "fail: " + record.reasons[0]
     assert found["accuracy/regression"].threshold == pytest.approx(0.85)
 
@@ -217,8 +222,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"workdir": workdir, "uri": ref.uri, "model_uri": model_uri}
 
 
-def fake_run(store: dict, name: str, accuracy: float = 0.86, digest: str = DIGEST, release: dict | None = None):
-    """A finished pipeline run with every stage's summary and the numbers the gate reads."""
+def fake_run(
+    store: dict,
+    name: str,
+    accuracy: float = 0.86,
+    digest: str = DIGEST,
+    release: dict | None = None,
+    right: np.ndarray | None = None,
+):
+    """A finished pipeline run with every stage's summary and the numbers the gate reads; with
+    `right`, the evaluate stage's predictions too (right on exactly those test images), from
+    which the gate decides its paired "vs champion" criteria."""
     from auditflow.core.config import PipelineConfig
     from auditflow.core.tracking import Tracker, open_pipeline_run
 
@@ -232,6 +246,11 @@ def fake_run(store: dict, name: str, accuracy: float = 0.86, digest: str = DIGES
             run.log_metrics({k: v for k, v in metrics.items() if k.startswith(f"{stage}/")})
             summary = {"model_uri": store["model_uri"]} if stage == "export" else {}
             run.log_summary(stage, summary | ({"device": "test cpu, 2 threads"} if stage == "benchmark" else {}))
+            if stage == "evaluate" and right is not None:
+                folder = store["workdir"] / ref.run_id
+                folder.mkdir()
+                labels = np.arange(len(right)) % 3
+                run.log_artifact(planted_predictions(right, labels, 3).save(folder / "predictions.npz"), stage)
     parent = tracker.parent(ref)
     parent.log_metrics({METRICS["accuracy"]: accuracy, METRICS["worst_class_recall"]: 0.7})
     parent.set_tags(GOOD_TAGS | {TAGS["data_digest"]: digest})
@@ -283,7 +302,10 @@ def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_h
     record = read_gate_record(store["uri"], second_ref.run_id)
     assert record is not None and record["verdict"] == "fail" and record["failing"] == ["accuracy/regression"]
     assert record["champion"]["version"] == "1" and record["comparable"]
-    assert record["reasons"] == ["Test accuracy vs champion: 0.62 vs champion v1's 0.86 (-0.24; allowed -0.01)"]
+    assert record["reasons"] == [
+        "Test accuracy vs champion: 0.62 vs champion v1's 0.86 (-0.24; allowed -0.01; not paired: "
+        f"run {first_ref.run_id} has no evaluate/predictions.npz (no finished evaluate stage))"
+    ]
     run = Tracker(store["uri"]).get_run(second_ref.run_id)
     assert run.data.tags["verdict/release"] == "fail"
     assert run.data.metrics["release/criteria_fail"] == 1.0
@@ -411,6 +433,41 @@ def test_cli_promote_of_a_failing_run_is_refused_with_the_reason(store: dict) ->
     assert "cli-refused v2 is now champion, replacing v1" in out.output
     assert aliases(store, "cli-refused") == {"2": ("champion",), "1": ()}
     assert version_tags(store, "cli-refused", "1")["release/status"] == "retired"
+
+
+def test_the_gate_decides_accuracy_on_the_paired_test_of_the_two_runs(store: dict) -> None:
+    """Both runs logged their predictions: the candidate breaks 30 of the champion's right images
+    and fixes 10 of its wrong ones (of 300). Its accuracy is 6.7 points lower; the exact
+    interval of the difference is -0.1417 to -0.0121: below -0.01 entirely (fail), straddling
+    -0.05 (inconclusive: the gate does not pass), above -0.15 (pass)."""
+    from auditflow.audits.release import gate_run, read_gate_record
+
+    name = "paired-gate"
+    champion_right = np.arange(300) >= 60  # wrong on 60, right on 240
+    candidate_right = champion_right.copy()
+    candidate_right[:10] = True  # fixed
+    candidate_right[60:90] = False  # broken
+    release = {"model_name": name}
+    champion = fake_run(store, "champion", accuracy=0.8, release=release, right=champion_right)
+    assert release_promote(store, champion.run_id).promoted
+    candidate = fake_run(store, "candidate", accuracy=220 / 300, release=release, right=candidate_right)
+    for drop, verdict, status in ((0.01, "fail", "fail"), (0.05, "fail", "inconclusive"), (0.15, "pass", "pass")):
+        # worst-class recall is decided on its class's 100 images: allow it all, to see accuracy alone
+        policy = [f"release.max_accuracy_drop={drop}", "release.max_worst_class_recall_drop=1"]
+        outcome = gate_run(store["uri"], candidate.run_id, policy, log_record=True)
+        assert outcome.verdict == verdict, outcome.reasons
+        record = read_gate_record(store["uri"], candidate.run_id)
+        found = next(c for c in record["criteria"] if c["key"] == "accuracy/regression")
+        assert found["status"] == status and found["interval"] == pytest.approx([-0.14171, -0.01213], abs=1e-5)
+        assert "paired on the same 300 test images: -0.06667, 0.95 interval -0.1417 to -0.01213" in found["reason"]
+        assert "(+10/-30 discordant, McNemar p=0.0022)" in found["reason"]
+    assert aliases(store, name) == {"1": ("champion",)}  # gate moves nothing
+
+
+def release_promote(store: dict, run_id: str):
+    from auditflow.audits.release import promote_run
+
+    return promote_run(store["uri"], run_id)
 
 
 @pytest.mark.parametrize("trained", [False, True])

@@ -441,6 +441,13 @@ class ReleaseConfig(_Section):
     max_worst_class_recall_drop: float = Field(
         0.02, ge=0.0, le=1.0, description="Worst-class recall may be at most this below the champion's (0..1)."
     )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Two-sided level of the paired intervals (candidate vs champion on the same images) that "
+        "decide the accuracy, worst-class recall and attack TPR regressions.",
+    )
     min_overall_verdict: Literal["pass", "inconclusive"] = Field(
         "pass",
         description="Weakest overall audit verdict accepted (inconclusive: no audit failed, some could not "

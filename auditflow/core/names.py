@@ -143,6 +143,7 @@ class Evaluate:
     F1 = "evaluate/f1"  # per class: per_class(Evaluate.F1, cls)
     MEMBER_ACCURACY = "evaluate/member_accuracy"
     PER_CLASS_JSON = "evaluate/per_class.json"
+    PREDICTIONS_NPZ = "evaluate/predictions.npz"  # the `Predictions` container (auditflow.core.predictions)
     PRECISION = "evaluate/precision"  # per class: per_class(Evaluate.PRECISION, cls)
     RECALL = "evaluate/recall"  # per class: per_class(Evaluate.RECALL, cls)
     RELIABILITY_PNG = "evaluate/reliability.png"
@@ -201,6 +202,7 @@ class Privacy:
     """Names under `privacy/...`."""
 
     ATTACKED_MODEL = "privacy/attacked_model"
+    ATTACK_SCORES_JSON = "privacy/attack_scores.json"  # every attack's score of each audited point
     ATTACK_STRENGTH = "privacy/attack_strength"
     AUDIT_BALANCE = "privacy/audit_balance"
     AUDIT_COST_VS_TRAINING = "privacy/audit_cost_vs_training"
@@ -300,6 +302,15 @@ class Release:
     SUMMARY = "release/summary"
     WORST_CLASS_RECALL_VS_CHAMPION = "release/worst_class_recall_vs_champion"
     CRITERIA = "release/criteria_{status}"  # .format(status=...): how many criteria had that status
+
+
+class Compare:
+    """What `auditflow compare RUN_A RUN_B` logs on RUN_B (the pipeline run): the paired comparison
+    with RUN_A as Markdown, HTML and JSON."""
+
+    MARKDOWN = "compare/vs_{run}.md"  # .format(run=RUN_A's id)
+    HTML = "compare/vs_{run}.html"
+    JSON = "compare/vs_{run}.json"
 
 
 class Report:
