@@ -59,7 +59,7 @@ def run_evidence(tracker: Tracker, record: RunRecord) -> RunEvidence:
     with tempfile.TemporaryDirectory() as tmp:
         local = _download(tracker, evaluate_run, Evaluate.PREDICTIONS_NPZ, tmp) if evaluate_run else None
         if local is None:
-            raise DataError(f"run {run_id} has no {Evaluate.PREDICTIONS_NPZ} (no finished evaluate stage)")
+            raise DataError(f"run {run_id} logged no {Evaluate.PREDICTIONS_NPZ}")
         predictions = Predictions.load(local)
         privacy_run = record.stage_run_ids.get(Stage.PRIVACY)
         found = _download(tracker, privacy_run, Privacy.ATTACK_SCORES_JSON, tmp) if privacy_run else None
@@ -85,7 +85,7 @@ def paired_with(tracker: Tracker, champion: RunRecord, candidate: RunRecord, *, 
     (the gate then judges the raw differences and says so)."""
     try:
         return compare(run_evidence(tracker, champion), run_evidence(tracker, candidate), confidence=confidence)
-    except AuditflowError as err:
+    except (AuditflowError, ValueError) as err:  # ValueError: evidence too small for a test (DeLong's 2 per side)
         return str(err)
 
 

@@ -304,7 +304,7 @@ def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_h
     assert record["champion"]["version"] == "1" and record["comparable"]
     assert record["reasons"] == [
         "Test accuracy vs champion: 0.62 vs champion v1's 0.86 (-0.24; allowed -0.01; not paired: "
-        f"run {first_ref.run_id} has no evaluate/predictions.npz (no finished evaluate stage))"
+        f"run {first_ref.run_id} logged no evaluate/predictions.npz)"
     ]
     run = Tracker(store["uri"]).get_run(second_ref.run_id)
     assert run.data.tags["verdict/release"] == "fail"
