@@ -296,7 +296,7 @@ def planted_run(workdir, name: str, right: np.ndarray, digest: str = DIGEST, ver
     from auditflow.core.names import Privacy, Stage, verdict_tag
     from auditflow.core.tracking import Tracker, open_pipeline_run
 
-    ref = open_pipeline_run(PipelineConfig(), workdir, name, {})
+    ref = open_pipeline_run(PipelineConfig(), workdir, name, tags={})
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.EVALUATE) as run:
         folder = workdir / name
