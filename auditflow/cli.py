@@ -24,7 +24,7 @@ from rich.console import Console
 from auditflow import render, supervise
 from auditflow.core.config import available_profiles, load_config
 from auditflow.core.errors import AuditflowError
-from auditflow.core.paths import ARTIFACT_DIR, CACHE_DIR, DB_NAME, cache_dir, log_file, reports_dir
+from auditflow.core.paths import CACHE_DIR, cache_dir, log_file, reports_dir
 from auditflow.core.tracking import preflight, resolve_tracking_uri
 
 app = typer.Typer(
@@ -54,14 +54,6 @@ def _fail(err: BaseException, logs: Path | None = None) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _prefect_ready(server_here: bool = False) -> None:
-    """Prefect's settings and local state checked before any work; one line and exit 2 if unusable."""
-    try:
-        supervise.prefect_ready(server_here)
-    except AuditflowError as err:
-        raise _fail(err) from err
-
-
 @app.command()
 def run(
     profile: ProfileOpt = "quick",
@@ -76,9 +68,9 @@ def run(
         supervise.check_inputs(data, workdir)
         uri = resolve_tracking_uri(cfg.tracking, workdir)
         preflight(uri)  # an unreachable, unwritable or damaged store: now, not after minutes of retries
+        supervise.prefect_ready()  # Prefect's settings and local state, before any work
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_ready()
     from auditflow.flows.pipeline import audit_pipeline  # its hooks end the MLflow runs it leaves RUNNING
 
     console.print(f"[bold]auditflow[/] profile [cyan]{cfg.profile}[/], data [cyan]{data}[/], tracking [cyan]{uri}[/]")
@@ -156,7 +148,7 @@ def serve(
             # URL the served runs would start a temporary server of their own on the same database
             os.environ["PREFECT_API_URL"] = api_url
             if not supervise.server_healthy(api_url):
-                _prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
+                supervise.prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
                 console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
                 server = supervise.start_prefect_server(api_url, port)
         console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
@@ -178,10 +170,10 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the local tracking store (same as `mlflow ui --backend-store-uri ...`)."""
-    db = (workdir / DB_NAME).resolve()
-    if not db.is_file():
-        raise _fail(AuditflowError(f"no MLflow store at {db}; run `auditflow run` first or pass --workdir"))
-    cmd = supervise.mlflow_ui_command(db, (workdir / ARTIFACT_DIR).resolve(), host=host, port=port)
+    try:
+        cmd = supervise.mlflow_ui_command(workdir, host=host, port=port)
+    except AuditflowError as err:
+        raise _fail(err) from err
     console.print(" ".join(cmd))
     os.execv(cmd[0], cmd)
 
@@ -303,9 +295,9 @@ def tune(
         cfg = load_config(profile, overrides or [])
         plan = plan_tuning(cfg, data, study=study, workdir=workdir, **study_args)
         supervise.check_inputs(data, workdir)
+        supervise.prefect_ready()
     except AuditflowError as err:
         raise _fail(err) from err
-    _prefect_ready()
     from auditflow.flows.runners import task_runner
     from auditflow.flows.tune import tune_study
 
@@ -341,15 +333,10 @@ def bench(
 ) -> None:
     """Export and benchmark a past run's model again (no retraining), logged to that run.
     --set takes export.* and benchmark.* fields, e.g. --set benchmark.batch_sizes='[1,32,256]'."""
-    from auditflow.core.config import apply_override, build_config
+    from auditflow.core.config import sections_config
 
-    try:
-        raw: dict = {}  # the defaults of today's code, not the past run's (older) export/benchmark settings
-        for override in overrides or []:
-            if not override.strip().startswith(("export.", "benchmark.")):
-                raise AuditflowError(f"--set {override!r}: bench takes only export.* and benchmark.* overrides")
-            apply_override(raw, override)
-        cfg = build_config(raw)
+    try:  # the defaults of today's code, not the past run's (older) export/benchmark settings
+        cfg = sections_config(overrides or [], ("export", "benchmark"), command="bench")
         uri = supervise.existing_store(tracking_uri, workdir)
         from auditflow.tasks.export import bench_past_run
 
@@ -388,14 +375,24 @@ def promote(
     workdir: WorkdirOpt = Path("."),
     tracking_uri: TrackingUriOpt = None,
     overrides: ReleaseSetOpt = None,
+    waive: Annotated[
+        list[str] | None,
+        typer.Option(help="Accept this inconclusive check (a verdict group, e.g. fairness) first (repeatable)."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why the waived checks are acceptable (with --waive).")] = "",
+    by: Annotated[str, typer.Option(help="Who accepts them (with --waive); default: the login name.")] = "",
 ) -> None:
     """Make a run's model `champion`, after the same release gate the pipeline applies
-    (registering it first if it has no version); refused, with the reason, when the gate fails."""
-    from auditflow.audits.release import GATE_JSON, promote_run
+    (registering it first if it has no version); refused, with the reason, when the gate fails.
+    --waive records who accepted an inconclusive check and why (MLflow tags release/waiver/CHECK and
+    release/waivers.json); the gate honours it, the audit verdicts stay as they are."""
+    from auditflow.audits.release import GATE_JSON, promote_run, rebuild_report
 
     try:
         uri = supervise.existing_store(tracking_uri, workdir)
-        result = promote_run(uri, run_id, overrides or [])
+        result = promote_run(uri, run_id, overrides or [], waive=waive or [], reason=reason, by=by)
+        if result.waivers:  # the report's sign-off block shows them
+            render.waived(result.waivers, rebuild_report(uri, run_id, reports_dir(workdir, run_id)))
         if not result.promoted:
             raise AuditflowError(
                 f"promote refused: {result.model_name} v{result.version} (run {run_id}) fails the release gate: "

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from auditflow.audits.comparison import ComparisonFiles
     from auditflow.audits.release import GateOutcome, ReleaseResult
     from auditflow.audits.report import ReportFiles
+    from auditflow.audits.waivers import Waiver
     from auditflow.core.tracking import RunRecord
     from auditflow.core.tracking.registry import VersionRow
     from auditflow.flows.pipeline import PipelineResult
@@ -46,6 +47,10 @@ def run_summary(result: PipelineResult, seconds: float, workdir: Path) -> None:
     """`auditflow run`: the verdicts and headline numbers, then the paths and the MLflow link."""
     colour = {"pass": "green", "fail": "red"}.get(result.overall, "yellow")
     table = Table(title=f"auditflow run {result.run_id} ({seconds:.0f} s)", show_header=False)
+    decision = result.decision
+    if decision is not None:
+        shade = {"pass": "green", "fail": "red"}.get(decision.status, "yellow")
+        table.add_row("decision", f"[bold {shade}]{decision.outcome}[/] (release gate {result.release})")
     table.add_row("overall verdict", f"[bold {colour}]{result.overall}[/] (MLflow tag verdict/overall)")
     shipped = f"{result.test_accuracy_no_tta:.2%} (ONNX, no test-time augmentation)"
     table.add_row("test accuracy, shipped model", shipped)
@@ -60,6 +65,11 @@ def run_summary(result: PipelineResult, seconds: float, workdir: Path) -> None:
     table.add_row("release gate", f"{result.release} ({result.model_version}; `auditflow models` lists the versions)")
     out = Console()
     out.print(table)
+    if decision is not None:  # outside the table: the commands in them are copied whole
+        for reason in decision.reasons:
+            out.print(f"why: {reason}", soft_wrap=True, markup=False, highlight=False)
+        for step in decision.next_steps:
+            out.print(f"next: {step}", soft_wrap=True, markup=False, highlight=False)
     # paths and the link outside the table, never wrapped: a table cuts them with an ellipsis when
     # stdout is not a terminal (a scheduled run's log), and a user copies them
     paths = {"ONNX model": result.onnx_path, "report": result.report_html, "report PDF": result.report_pdf}
@@ -75,11 +85,12 @@ def report(record: RunRecord, files: ReportFiles, run_url: str) -> None:
     """`auditflow report`: the overall verdict and where the documents are."""
     from auditflow.audits.report import overall_verdict
 
-    Console().print(
+    Console(soft_wrap=True, highlight=False).print(  # paths whole, never wrapped: a user copies them
         f"overall verdict: {overall_verdict(record)}\nreport: {files.html}\nmarkdown: {files.markdown}\n"
         + (f"pdf: {files.pdf}\n" if files.pdf else f"{files.pdf_note}\n")
         + f"model card: {files.html.parent / 'model_card.html'}\ndatasheet: {files.html.parent / 'datasheet.html'}\n"
-        + f"MLflow run: {run_url}"
+        + f"MLflow run: {run_url}",
+        markup=False,
     )
 
 
@@ -235,6 +246,14 @@ def gate(outcome: GateOutcome, console: Console) -> None:
     Console(soft_wrap=True).print(outcome.markdown, markup=False, highlight=False)
     colour = "green" if outcome.verdict == "pass" else "red"
     console.print(f"[bold {colour}]release gate[/] {escape(outcome.summary)}", highlight=False)
+
+
+def waived(waivers: tuple[Waiver, ...], report: str) -> None:
+    """`auditflow promote --waive`: what was recorded, and the rebuilt report (or why not)."""
+    out = Console(soft_wrap=True, highlight=False)
+    for w in waivers:
+        out.print(f"waived {w.check} ({w.verdict}) as {w.by}: {w.reason} (MLflow: release/waivers.json)", markup=False)
+    out.print(report, markup=False)
 
 
 def promotion(result: ReleaseResult) -> None:

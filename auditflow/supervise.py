@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from auditflow.core.errors import AuditflowError
-from auditflow.core.paths import cache_dir
+from auditflow.core.paths import ARTIFACT_DIR, DB_NAME, cache_dir
 from auditflow.core.tracking import end_own_runs, preflight, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -374,8 +374,12 @@ def stop_server(server: subprocess.Popen[Any] | None) -> None:
 
 
 # ---------------------------------------------------------------------------- the MLflow UI for `ui`
-def mlflow_ui_command(db: Path, artifacts: Path, *, host: str, port: int) -> list[str]:
-    """`mlflow ui` on the SQLite store `db` and the artifact folder `artifacts`."""
+def mlflow_ui_command(workdir: Path, *, host: str, port: int) -> list[str]:
+    """`mlflow ui` on the work folder's SQLite store and artifact folder; `AuditflowError` when
+    there is no store."""
+    db, artifacts = (workdir / DB_NAME).resolve(), (workdir / ARTIFACT_DIR).resolve()
+    if not db.is_file():
+        raise AuditflowError(f"no MLflow store at {db}; run `auditflow run` first or pass --workdir")
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     return [
         mlflow_bin,

@@ -28,6 +28,7 @@ from fairlearn.metrics import MetricFrame, false_positive_rate
 from sklearn.metrics import precision_score, recall_score
 
 from auditflow.core.config import FairnessConfig
+from auditflow.core.names import Fairness
 from auditflow.core.stats import bonferroni_level, wilson_interval
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -320,3 +321,76 @@ def _settle_text(n: int | None) -> str:
     if n is None:
         return "no realistic test-set size would settle it, as the recall sits at the threshold"
     return f"about {n} test images per class would settle it if recall stayed where it is"
+
+
+# --- can this test split settle the checks at all? ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settleability:
+    """Whether a class-level check can pass on a test split of these sizes, whatever the model:
+    the best case is a class whose every test image is right, whose simultaneous Wilson interval
+    is then [n / (n + z²), 1]."""
+
+    check: str  # Fairness.WORST_CLASS_RECALL or Fairness.RECALL_GAP
+    policy: str  # the config field holding the threshold
+    threshold: float
+    best_bound: float  # the best interval bound any model can reach here (a recall's low, a gap's high)
+    can_pass: bool
+    text: str  # one line, naming the policy value that would make the check decidable
+
+
+def settleability(
+    test_support: list[int] | np.ndarray, classes: tuple[str, ...], cfg: FairnessConfig
+) -> tuple[Settleability, ...]:
+    """Before any audit: the worst-class recall (≥ `min_class_recall`) and recall gap (≤
+    `max_recall_gap`) checks, judged on the best case the test split allows (every image of its
+    smallest class right). A check that cannot pass even then will come out `inconclusive` or
+    `fail` whatever the model does; its `text` says which policy value would make it decidable."""
+    support = np.asarray(test_support, dtype=int)
+    level = bonferroni_level(cfg.confidence, len(classes))
+    k = int(np.argmin(support))
+    n = int(support[k])
+    best_low = float(wilson_interval(n, n, level)[0][()]) if n > 0 else 0.0
+    worst_ok = best_low >= cfg.min_class_recall
+    gap_high = 1.0 - best_low  # all classes perfect: [max(0, 1 - 1), 1 - lowest low]
+    gap_ok = gap_high <= cfg.max_recall_gap
+    where = f"{n} test images of class {classes[k]!r} at the {cfg.confidence:.0%} simultaneous level"
+    floor = np.floor(best_low * 1000) / 1000
+    ceil = np.ceil(gap_high * 1000) / 1000
+    return (
+        Settleability(
+            Fairness.WORST_CLASS_RECALL,
+            "fairness.min_class_recall",
+            cfg.min_class_recall,
+            best_low,
+            worst_ok,
+            f"worst-class recall ≥ {cfg.min_class_recall:g} can pass: a class with every one of its {where} right "
+            f"reaches an interval low of {best_low:.3f}"
+            if worst_ok
+            else f"worst-class recall ≥ {cfg.min_class_recall:g} cannot pass on this test split: even with all {where} "
+            f"right, the interval starts at {best_low:.3f}; it is decidable at fairness.min_class_recall={floor:.3f} "
+            f"or lower, or with more test images of that class",
+        ),
+        Settleability(
+            Fairness.RECALL_GAP,
+            "fairness.max_recall_gap",
+            cfg.max_recall_gap,
+            gap_high,
+            gap_ok,
+            f"recall gap ≤ {cfg.max_recall_gap:g} can pass: with every class perfect, the gap's interval ends at "
+            f"{gap_high:.3f} ({where})"
+            if gap_ok
+            else f"recall gap ≤ {cfg.max_recall_gap:g} cannot pass on this test split: even with every class "
+            f"perfect the gap's interval reaches {gap_high:.3f} ({where}); it is decidable at "
+            f"fairness.max_recall_gap={ceil:.3f} or more, or with more test images per class",
+        ),
+    )
+
+
+def decidable_policy(interval: tuple[float, float], *, higher_is_better: bool) -> float:
+    """The threshold nearest to the current one at which an inconclusive interval would pass:
+    its low end for a check that must stay above its threshold, its high end for one that must
+    stay below (rounded outwards to 3 decimals)."""
+    low, high = interval
+    return float(np.floor(low * 1000) / 1000) if higher_is_better else float(np.ceil(high * 1000) / 1000)

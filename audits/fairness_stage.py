@@ -13,7 +13,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from auditflow.audits.fairness import FairnessResult, audit_fairness
+from auditflow.audits.fairness import FairnessResult, audit_fairness, decidable_policy
 from auditflow.audits.mitigation import MitigationResult, fit_logit_offsets, mitigation_effect
 from auditflow.audits.plots import recall_figure
 from auditflow.audits.subgroups import SubgroupResult, audit_subgroups, derived_attributes, read_metadata
@@ -60,8 +60,15 @@ def _ci(low_name: str, high_name: str, ci: tuple[float, float] | None) -> dict[s
     return {low_name: ci[0], high_name: ci[1]} if ci else {}
 
 
-def _settle_note(n: int | None) -> str:
-    return f"; about {n:,} test images per class would settle it" if n else ""
+def _settle_note(n: int | None, support: int, interval: tuple[float, float], policy: str, higher: bool) -> str:
+    """How an inconclusive check could be decided: the policy value at which it passes on this
+    test split, then the test size that would settle it at the current value (when feasible)."""
+    at = decidable_policy(interval, higher_is_better=higher)
+    text = f"; passes on this test split at {policy}={at:g} or {'lower' if higher else 'more'}"
+    if n:
+        text += f"; at the current threshold about {n:,} test images per class would settle it"
+        text += f" (this split has {support:,})"
+    return text
 
 
 def _metrics(
@@ -99,6 +106,7 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
     within-class recall gap between attribute groups."""
     level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
     w = groups.worst
+    support = min(int(row["support"]) for row in result.per_class)  # type: ignore[call-overload]
     return (
         Check(
             key=Fairness.WORST_CLASS_RECALL,
@@ -112,7 +120,18 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
             threshold=cfg.min_class_recall,
             status=result.worst_status,
             evidence="#fairness",
-            note=f"worst class: {result.worst_class}" + _settle_note(result.settle_n.get("worst_class_recall")),
+            note=f"worst class: {result.worst_class}"
+            + (
+                _settle_note(
+                    result.settle_n.get("worst_class_recall"),
+                    support,
+                    result.worst_recall_ci,
+                    "fairness.min_class_recall",
+                    True,
+                )
+                if result.worst_status == "inconclusive"
+                else ""
+            ),
             interval=result.worst_recall_ci,
         ),
         Check(
@@ -127,7 +146,11 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
             threshold=cfg.max_recall_gap,
             status=result.gap_status,
             evidence="#fairness",
-            note=_settle_note(result.settle_n.get("recall_gap")).removeprefix("; "),
+            note=_settle_note(
+                result.settle_n.get("recall_gap"), support, result.recall_gap_ci, "fairness.max_recall_gap", False
+            ).removeprefix("; ")
+            if result.gap_status == "inconclusive"
+            else "",
             interval=result.recall_gap_ci,
         ),
         Check(

@@ -30,7 +30,7 @@ is skipped (no champion, another test split, other benchmark hardware).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,9 +38,10 @@ from auditflow.audits.compare import Comparison, PairedDifference
 from auditflow.audits.gate_record import PASSING, Criterion, GateRecord
 from auditflow.audits.gate_record import SCHEMA as SCHEMA
 from auditflow.audits.gate_record import gate_markdown as gate_markdown
+from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
 from auditflow.core.checks import SEVERITY, condition_text, judge
 from auditflow.core.config import ReleaseConfig as GateConfig
-from auditflow.core.names import Benchmark, Evaluate, Export, Fairness, Privacy, Verdict, verdict_tag
+from auditflow.core.names import VERDICT_PREFIX, Benchmark, Evaluate, Export, Fairness, Privacy, Verdict, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url
 
 # Every MLflow name the gate reads, in one place (stage runs' metrics are merged under the
@@ -176,6 +177,10 @@ class RunFacts:
     url: str = ""  # the run in the MLflow UI
     links: dict[str, str] = field(default_factory=dict)  # stage -> its run in the MLflow UI
     version: str | None = None  # registered model version, when it has one
+    waivers: tuple[Waiver, ...] = ()  # the accepted inconclusive checks that still apply (`audits.waivers`)
+
+    def waiver(self, group: str) -> Waiver | None:
+        return next((w for w in self.waivers if w.check == group), None)
 
 
 def split_identity(digest: str | None, params: dict[str, str]) -> str:
@@ -197,7 +202,7 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
     """`RunFacts` of a run read back by `Tracker.load_run`. The overall verdict is recomputed
     from the stage verdicts without `verdict/release` (and without a stored `verdict/overall`
     that may already include it), so re-gating a run never judges the gate's own earlier answer."""
-    from auditflow.audits.report import overall_verdict
+    from auditflow.audits.report import gating_verdicts, overall_verdict
 
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
@@ -207,6 +212,9 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
     metrics.update(record.metrics)
     tags.update(record.tags)
     own = {k: v for k, v in record.tags.items() if k not in (TAGS["overall"], TAGS["release"])}
+    waivers = honoured(waivers_from_tags(record.tags), gating_verdicts(own))
+    # a waived check counts for the gate as settled: the overall criterion leaves it out
+    own = {k: v for k, v in own.items() if k.removeprefix(VERDICT_PREFIX) not in waivers}
     overall = overall_verdict(replace(record, tags=own))
     if record.status in ("FAILED", "KILLED"):
         overall = "fail"
@@ -226,6 +234,7 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
         url=run_url(record.uri, record.experiment_id, record.run_id, ui_url=ui),
         links=links,
         version=version,
+        waivers=tuple(waivers.values()),
     )
 
 
@@ -396,10 +405,13 @@ def _verdict(
     `value` and `source` when it is not read from tag `tag` itself."""
     found = value if source else facts.tags.get(tag)
     accepted = ACCEPTED[weakest]
+    waiver = None if source else facts.waiver(tag.removeprefix(VERDICT_PREFIX))
     if found is None:
         status, reason = "inconclusive", _missing(tag, facts)
     elif SEVERITY.get(found, SEVERITY["fail"]) <= SEVERITY[weakest]:
         status, reason = "pass", found
+    elif waiver is not None and found == "inconclusive":
+        status, reason = "waived", f"{found}, {waiver.line()}"
     else:
         status, reason = "fail", f"{found} (required: {accepted})"
     return _criterion(
@@ -414,6 +426,15 @@ def _verdict(
         status=status,
         reason=reason,
     )
+
+
+def _waived(criterion: Criterion, facts: RunFacts) -> Criterion:
+    """An inconclusive criterion of a waived check's group (`privacy/tpr_bound` when `privacy`
+    is waived: the same open question) passes as `waived`; anything else is left as it is."""
+    waiver = facts.waiver(criterion.group)
+    if waiver is None or criterion.status != "inconclusive":
+        return criterion
+    return replace(criterion, status="waived", reason=f"{criterion.reason}; {waiver.line()}")
 
 
 def _verdict_regression(cand: RunFacts, champ: RunFacts | None, skip: str, key: str, tag: str, title: str) -> Criterion:
@@ -564,11 +585,13 @@ def evaluate_gate(
             TAGS["overall"],
             cfg.min_overall_verdict,
             value=c.overall,
-            source=" (from the stage verdicts, without this gate)",
+            source=" (from the stage verdicts, without this gate"
+            + (f"; waived: {', '.join(w.check for w in c.waivers)})" if c.waivers else ")"),
         ),
     ]
     order = {group: i for i, group in enumerate(EVIDENCE)}
-    criteria = tuple(sorted(bounds + verdicts + regressions, key=lambda x: (order[x.group], KINDS.index(x.kind))))
+    judged = [_waived(x, c) for x in bounds + verdicts + regressions]
+    criteria = tuple(sorted(judged, key=lambda x: (order[x.group], KINDS.index(x.kind))))
     verdict = "pass" if all(x.status in PASSING for x in criteria) else "fail"
     return GateRecord(
         verdict=verdict,
@@ -581,4 +604,5 @@ def evaluate_gate(
         comparison=_comparison(candidate, champion, cfg),
         config=cfg.model_dump(mode="json"),
         decided_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        waivers=tuple(asdict(w) for w in candidate.waivers),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PASSING = ("pass", "skipped")  # statuses that let the gate pass
+PASSING = ("pass", "skipped", "waived")  # statuses that let the gate pass (waived: `audits.waivers`)
 SCHEMA = 1
 
 
@@ -30,7 +30,7 @@ class Criterion:
     value: float | str | None  # the candidate's; None when not logged
     threshold: float | str | None  # the bound it was judged against (for regressions: derived from the champion's)
     champion: float | str | None  # the champion's value, for regressions
-    status: str  # pass | fail | inconclusive | skipped
+    status: str  # pass | fail | inconclusive | skipped | waived (an inconclusive verdict someone accepted)
     reason: str  # one line
     evidence: str  # the stage run that holds the value, in the MLflow UI
     anchor: str  # the section of the audit report
@@ -51,6 +51,7 @@ class GateRecord:
     comparison: tuple[dict[str, Any], ...]  # metric, title, candidate, champion, difference, better
     config: dict[str, Any]
     decided_at: str  # ISO 8601, UTC
+    waivers: tuple[dict[str, Any], ...] = ()  # the waivers the gate honoured (`Waiver` fields)
     schema: int = SCHEMA
 
     @property
@@ -66,7 +67,8 @@ class GateRecord:
         """One line: the verdict and why."""
         counts = {s: sum(c.status == s for c in self.criteria) for s in ("pass", "fail", "inconclusive", "skipped")}
         if self.verdict == "pass":
-            return f"pass: {counts['pass']} criteria passed, {counts['skipped']} skipped ({self.comparability})"
+            waived = f", {len(self.waivers)} waived" if self.waivers else ""
+            return f"pass: {counts['pass']} criteria passed{waived}, {counts['skipped']} skipped ({self.comparability})"
         return "fail: " + "; ".join(self.reasons)
 
     def as_dict(self) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from dataclasses import asdict
 import numpy as np
 
 from auditflow.audits.datasheet import duplicate_check
+from auditflow.audits.fairness import settleability
 from auditflow.audits.plots import examples_figure
-from auditflow.core.config import CardConfig, DataConfig
+from auditflow.core.config import CardConfig, DataConfig, FairnessConfig
 from auditflow.core.data import CONVERSIONS, Snapshot, Splits
 from auditflow.core.names import Ingest, Stage, per_class
 from auditflow.core.stage import StageReport
@@ -51,12 +52,21 @@ def preprocessing(snapshot: Snapshot, cfg: DataConfig) -> list[str]:
     ]
 
 
-def ingest_stage(snapshot: Snapshot, splits: Splits, *, source: str, cfg: DataConfig, card: CardConfig) -> StageReport:
+def ingest_stage(
+    snapshot: Snapshot,
+    splits: Splits,
+    *,
+    source: str,
+    cfg: DataConfig,
+    card: CardConfig,
+    fairness: FairnessConfig | None = None,
+) -> StageReport:
     """The report of a snapshot and its splits: `ingest/images_<split>` (images, also per class),
     `ingest/n_classes`, image height/width in pixels and channels, exact and near train/test
     duplicates (near: dHash within `card.duplicate_max_distance` bits; share of the test split,
     0 ideal), the class counts table, example images and the summary. `DataError` when two class
-    folders would share a metric key."""
+    folders would share a metric key. With `fairness`, the summary says whether the test split
+    can settle the class-level fairness checks at all (`settleable`: `fairness.settleability`)."""
     counts = class_counts(splits)
     keys = class_keys(snapshot.classes)  # two folders that would share a metric key fail here
     height, width, channels = snapshot.image_shape
@@ -90,6 +100,8 @@ def ingest_stage(snapshot: Snapshot, splits: Splits, *, source: str, cfg: DataCo
         "preprocessing": preprocessing(snapshot, cfg),
         "conversions": snapshot.conversions,
     }
+    if fairness is not None:
+        summary["settleable"] = [asdict(x) for x in settleability(counts["test"], snapshot.classes, fairness)]
     figure = examples_figure(splits.train_x, splits.train_y, snapshot.classes, per_class=card.examples_per_class)
     return StageReport(
         stage=Stage.INGEST,

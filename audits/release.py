@@ -18,11 +18,12 @@ on_rollback hooks call the same `undo()`. The CLI (`auditflow gate | promote | m
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -41,6 +42,8 @@ from auditflow.audits.gate import (
     facts_from_record,
 )
 from auditflow.audits.gate import gate_markdown as gate_markdown
+from auditflow.audits.report import gating_verdicts
+from auditflow.audits.waivers import Waiver, honoured, make_waiver, waivers_document, waivers_from_tags
 from auditflow.core import names
 from auditflow.core.config import apply_override, available_profiles
 from auditflow.core.errors import ConfigError, TrackingError
@@ -96,6 +99,7 @@ class ReleaseResult:
     summary: str
     reasons: tuple[str, ...]
     markdown: str
+    waivers: tuple[Waiver, ...] = ()  # recorded by this promotion (`promote --waive`)
 
 
 # ---------------------------------------------------------------------------- undo records
@@ -267,7 +271,7 @@ def _gate_metrics(record: GateRecord) -> dict[str, float]:
     (latency: a ratio)."""
     metrics = {
         names.Release.CRITERIA.format(status=status): float(sum(c.status == status for c in record.criteria))
-        for status in ("pass", "fail", "inconclusive", "skipped")
+        for status in ("pass", "fail", "inconclusive", "skipped", "waived")
     }
     if not record.comparable:
         return metrics
@@ -326,6 +330,66 @@ def read_gate_record(uri: str, run_id: str) -> dict[str, Any] | None:
         return json.loads(Path(local).read_text())
 
 
+# ---------------------------------------------------------------------------- waivers
+def _evidence(record: RunRecord) -> dict[str, str]:
+    """Verdict group -> what its open checks said (title, status, value, interval, note)."""
+    said: dict[str, list[str]] = {}
+    for checks in record.checks.values():
+        for c in checks:
+            if c.get("status") in ("pass", "warn"):
+                continue
+            interval = f" {[round(x, 4) for x in c['interval']]}" if c.get("interval") else ""
+            note = f"; {c['note']}" if c.get("note") else ""
+            said.setdefault(c.get("verdict", ""), []).append(
+                f"{c['title']}: {c['status']}, {c['value']}{interval} vs {c['threshold']}{note}"
+            )
+    return {group: " | ".join(lines) for group, lines in said.items()}
+
+
+def record_waivers(tracker: Tracker, record: RunRecord, waivers: list[Waiver]) -> None:
+    """Store `waivers` on pipeline run `record` (a tag per check, and `release/waivers.json`
+    with every waiver the run holds); a second waiver of a check replaces the first."""
+    if not waivers:
+        return
+    held = {w.check: w for w in waivers_from_tags(record.tags)} | {w.check: w for w in waivers}
+    parent = RunLogger(tracker.client, record.run_id)
+    parent.set_tags(dict(w.as_tag() for w in waivers))
+    parent.log_dict(waivers_document(held.values()), names.Release.WAIVERS_JSON)
+
+
+def record_waivers_of(uri: str, run_id: str, checks: list[str], *, reason: str, by: str) -> list[Waiver]:
+    """`auditflow promote RUN_ID --waive CHECK --reason TEXT`: accept each inconclusive check of
+    `checks` on the run, as `by`; `ConfigError` naming a check that is unknown or not
+    inconclusive (nothing is recorded then)."""
+    tracker = Tracker(uri)
+    record = tracker.load_run(run_id)
+    verdicts, evidence = gating_verdicts(record.tags), _evidence(record)
+    try:
+        made = [make_waiver(c, reason=reason, by=by, verdicts=verdicts, evidence=evidence) for c in checks]
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    record_waivers(tracker, record, made)
+    return made
+
+
+def _configured_waivers(tracker: Tracker, run_id: str, cfg: GateConfig) -> None:
+    """Record the waivers of `release.waivers` whose check is inconclusive on the run; one that
+    does not apply (the check passed or failed) is logged and skipped."""
+    if not cfg.waivers:
+        return
+    record = tracker.load_run(run_id)
+    verdicts, evidence = gating_verdicts(record.tags), _evidence(record)
+    made = []
+    for spec in cfg.waivers:
+        if spec.check in honoured(waivers_from_tags(record.tags), verdicts):
+            continue  # already recorded on this run
+        try:
+            made.append(make_waiver(spec.check, reason=spec.reason, by=spec.by, verdicts=verdicts, evidence=evidence))
+        except ValueError as err:
+            log.warning("release.waivers: %s; not waived", err)
+    record_waivers(tracker, record, made)
+
+
 # ---------------------------------------------------------------------------- the steps
 def register(
     ref: TrackingRef, *, model_name: str | None, set_candidate: bool, on_undo: Callable[[Undo], None]
@@ -359,6 +423,7 @@ def gate(ref: TrackingRef, candidate: Candidate, cfg: GateConfig) -> GateOutcome
     """Judge run `ref` (its model is `candidate`) against the policy and the champion; log the
     gate record to the run and the verdict to the version. Moves no alias."""
     tracker = Tracker(ref.uri)
+    _configured_waivers(tracker, ref.run_id, cfg)
     record = judge_run(
         tracker, tracker.load_run(ref.run_id), model_name=candidate.model_name, cfg=cfg, version=candidate.version
     )
@@ -459,12 +524,21 @@ def gate_run(
     return _outcome(judged)
 
 
-def promote_run(uri: str, run_id: str, overrides: list[str] | tuple[str, ...] = ()) -> ReleaseResult:
+def promote_run(
+    uri: str,
+    run_id: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    waive: list[str] | tuple[str, ...] = (),
+    reason: str = "",
+    by: str = "",
+) -> ReleaseResult:
     """`auditflow promote RUN_ID`: register the run's model if it has no version yet, gate it
     (logging the record) and move `champion` to it when it passes; an error after registration
     undoes every step. A run that fails the gate is not promoted (`promoted` False, `reasons`
-    say why)."""
+    say why). `waive`: checks to accept first, with `reason`, as `by` (default: the login name)."""
     _, record, cfg = _load(uri, run_id, overrides)
+    waivers = record_waivers_of(uri, run_id, list(waive), reason=reason, by=by or getpass.getuser()) if waive else []
     ref = TrackingRef(uri=uri, experiment_id=record.experiment_id, run_id=run_id)
     with Rollback() as rollback:
         candidate = register(ref, model_name=cfg.model_name, set_candidate=False, on_undo=rollback.add)
@@ -472,7 +546,19 @@ def promote_run(uri: str, run_id: str, overrides: list[str] | tuple[str, ...] = 
         promoted = outcome.verdict == "pass"
         if promoted and outcome.champion_version != candidate.version:
             promote(candidate, outcome.champion_version, on_undo=rollback.add)
-    return release_result(candidate, outcome, promoted=promoted)
+    return replace(release_result(candidate, outcome, promoted=promoted), waivers=tuple(waivers))
+
+
+def rebuild_report(uri: str, run_id: str, out: Path) -> str:
+    """Rebuild run `run_id`'s report into `out` after its waivers changed; one line: where it is,
+    or why it could not be rebuilt (the release decision stands either way)."""
+    from auditflow.audits.report import build_report
+
+    try:
+        files = build_report(Tracker(uri).load_run(run_id), out)
+    except Exception as err:  # a run too old or too partial to render: say so, do not undo the release
+        return f"report not rebuilt ({type(err).__name__}: {err}); `auditflow report {run_id}` tries again"
+    return f"report with the sign-off block: {files.html}"
 
 
 def list_models(uri: str, model_name: str | None = None) -> dict[str, list[VersionRow]]:

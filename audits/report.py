@@ -23,8 +23,10 @@ from markupsafe import Markup
 
 from auditflow.audits import plots
 from auditflow.audits.datasheet import write_datasheet
+from auditflow.audits.decision import Decision, decide
 from auditflow.audits.documents import environment
 from auditflow.audits.model_card import write_model_card
+from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
 from auditflow.core.checks import overall
 from auditflow.core.names import NOTE_TAG, VERDICT_PREFIX, Ingest, Report, Stage, Verdict, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url, ui_base
@@ -33,6 +35,8 @@ STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVA
 OVERALL_NOTE = "**Overall verdict: {verdict}.** "  # leads the parent run's description
 MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
 log = logging.getLogger(__name__)
+# a status cell of the checks and gate tables (`**fail**`): coloured, with a symbol that reads in grayscale
+STATUS_CELL = re.compile(r"<td><strong>(pass|fail|inconclusive|warn|waived|skipped)</strong></td>")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class ReportFiles:
     pdf_note: str = ""
     documents: tuple[Path, ...] = ()  # model card and datasheet: .html, .md, .json
     figures: tuple[Path, ...] = ()  # figures/<name>.png
+    decision: Decision | None = None  # what the report opens with
 
     @property
     def model_card(self) -> tuple[Path, ...]:
@@ -151,6 +156,22 @@ def check_rows(record: RunRecord) -> list[CheckRow]:
     return rows
 
 
+def run_waivers(record: RunRecord) -> tuple[Waiver, ...]:
+    """The waivers on the run that still apply (their check is still inconclusive)."""
+    return tuple(honoured(waivers_from_tags(record.tags), gating_verdicts(record.tags)).values())
+
+
+def run_decision(record: RunRecord) -> Decision:
+    """The decision the report opens with (`auditflow.audits.decision`)."""
+    return decide(
+        run_id=record.run_id,
+        overall=overall_verdict(record),
+        gate=record.summaries.get(Stage.RELEASE),
+        checks=[c for stage in STAGES for c in record.checks.get(stage, [])],
+        waivers=run_waivers(record),
+    )
+
+
 def report_context(record: RunRecord) -> dict[str, Any]:
     """Everything the templates show, with figures as base64 PNGs."""
     s = record.summaries
@@ -183,6 +204,8 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         figures["examples"] = base64.b64encode(record.images[Ingest.EXAMPLES_PNG]).decode()
     failed = [stage for stage, st in record.stage_status.items() if st != "FINISHED"]
     ui_url = record.config.get("tracking", {}).get("ui_url")
+    verdict = overall_verdict(record)
+    waivers = run_waivers(record)
     return {
         "run": record,
         "study": record.study,
@@ -193,12 +216,14 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         "checks": check_rows(record),
         "failed_stages": failed,
         "missing_stages": [st for st in STAGES if st not in s],
-        "overall": overall_verdict(record),
+        "overall": verdict,
         "run_link": run_url(record.uri, record.experiment_id, record.run_id, ui_url=ui_url),
         "experiment_link": run_url(record.uri, record.experiment_id, None, ui_url=ui_url),
         "local_store": not record.uri.startswith(("http://", "https://")) and not ui_url,
         "versions": {k: v for k, v in sorted(record.tags.items()) if k.startswith("versions.")},
         "gate": s.get(Stage.RELEASE),
+        "decision": run_decision(record),
+        "waivers": waivers,
     }
 
 
@@ -223,9 +248,10 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     body = markdown.markdown(
         _env(autoescape=True).get_template("report.md.j2").render(embed=True, **ctx), extensions=MARKDOWN_EXTENSIONS
     )
+    body = STATUS_CELL.sub(r'<td class="status status-\1"><strong>\1</strong></td>', body)
     html_env = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)
     html = html_env.get_template("document.html.j2").render(
-        title=f"auditflow report: {record.name}", badge=ctx["overall"], body=Markup(body)
+        title=f"auditflow report: {record.name}", badge=ctx["overall"], decision=ctx["decision"], body=Markup(body)
     )
     pngs = {name: base64.b64decode(data) for name, data in ctx["figures"].items()}
     return html, md, _env().get_template("summary.md.j2").render(**ctx), pngs
@@ -265,4 +291,5 @@ def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> Re
         pdf_note=note,
         documents=tuple(documents),
         figures=figures,
+        decision=run_decision(record),
     )

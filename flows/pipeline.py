@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
+from auditflow.audits.decision import Decision
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
 from auditflow.core.predictions import Predictions
 from auditflow.core.tracking import TrackingRef
@@ -50,6 +51,7 @@ class PipelineResult:
     report_pdf: str | None  # None where no PDF could be made
     overall: str  # verdict/overall: pass | fail | inconclusive
     run_url: str  # the parent run in the MLflow UI
+    decision: Decision | None = None  # the report's first lines: outcome, reasons, next steps
 
     @classmethod
     def of(
@@ -86,6 +88,7 @@ class PipelineResult:
             report_pdf=report.pdf,
             overall=report.overall,
             run_url=report.run_url,
+            decision=report.decision,
         )
 
 
@@ -140,7 +143,7 @@ def audit_pipeline(
     cfg = load_config(profile, overrides or [])
     ref = open_run(cfg, data, workdir, run_name)
     try:
-        snap = ingest_data(ref, data, cfg.data, workdir, cfg.card)
+        snap = ingest_data(ref, data, cfg.data, workdir, cfg.card, cfg.fairness)
         trained = train_model(
             ref, snap.snapshot, data_cfg=cfg.data, cfg=cfg.train, workdir=workdir, privacy_cfg=cfg.privacy
         )

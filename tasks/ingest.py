@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.ingest import class_counts, ingest_params, ingest_stage
-from auditflow.core.config import CardConfig, DataConfig
+from auditflow.core.config import CardConfig, DataConfig, FairnessConfig
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.names import Stage
 from auditflow.core.paths import cache_dir
@@ -34,9 +34,15 @@ class IngestResult:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_data(
-    ref: TrackingRef, source: str, cfg: DataConfig, workdir: str, card: CardConfig | None = None
+    ref: TrackingRef,
+    source: str,
+    cfg: DataConfig,
+    workdir: str,
+    card: CardConfig | None = None,
+    fairness: FairnessConfig | None = None,
 ) -> IngestResult:
-    """Ingest `source` into a snapshot in the work folder's cache and split it."""
+    """Ingest `source` into a snapshot in the work folder's cache and split it; warn, before any
+    training, of a fairness check the test split cannot settle."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.INGEST, DESCRIPTION) as run:
         run.log_params(ingest_params(source, cfg))  # before ingesting: a rejected source still shows them
@@ -52,6 +58,9 @@ def ingest_data(
             }
             run.log_dataset(**dataset)
             tracker.parent(ref).log_dataset(**dataset)  # the pipeline run used every split
-        report = ingest_stage(snapshot, splits, source=source, cfg=cfg, card=card or CardConfig())
+        report = ingest_stage(snapshot, splits, source=source, cfg=cfg, card=card or CardConfig(), fairness=fairness)
         tracker.publish(ref, run, report)
+    for check in report.summary.get("settleable", []):
+        if not check["can_pass"]:
+            get_run_logger().warning(check["text"])
     return IngestResult(str(snapshot.path), snapshot.digest, snapshot.classes)

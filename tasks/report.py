@@ -14,6 +14,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from auditflow.audits.decision import Decision
 from auditflow.audits.report import build_report, overall_tags, overall_verdict
 from auditflow.core.names import NOTE_TAG, Report, Stage
 from auditflow.core.paths import run_dir
@@ -28,6 +29,7 @@ class ReportResult:
     pdf: str | None  # None when no PDF could be made here
     overall: str  # pass | fail | inconclusive
     run_url: str  # the run in the MLflow UI (model-training view)
+    decision: Decision | None = None  # the decision the report opens with
 
 
 @task(name="report", retries=1, cache_policy=NO_CACHE)
@@ -52,4 +54,6 @@ def report_run(ref: TrackingRef, workdir: str) -> ReportResult:
         description=f"auditflow audit summary, overall {verdict}",
     )
     link = tracker.run_url(ref, record.config.get("tracking", {}).get("ui_url"))
-    return ReportResult(str(files.html), str(files.markdown), files.pdf and str(files.pdf), verdict, link)
+    return ReportResult(
+        str(files.html), str(files.markdown), files.pdf and str(files.pdf), verdict, link, files.decision
+    )

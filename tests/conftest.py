@@ -8,6 +8,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,14 +40,36 @@ CLASSES = ("circle", "square", "stripes")
 # worker starts one of them last; everything else keeps the collection order.
 LONGEST_FIRST = (
     "tests/test_stack.py",
-    "tests/test_serve.py",
     "tests/test_faults.py",
     "tests/test_cli.py",
+    "tests/test_flow.py",  # with test_review.py and test_names.py (`SHARED_RUN_FILES`)
+    "tests/test_review.py",
+    "tests/test_names.py",
+    "tests/test_serve.py",
+    "tests/test_tune_cli.py",
     "tests/test_training_small.py",
     "tests/test_models.py",
     "tests/test_install.py",
-    "tests/test_flow.py",
 )
+
+
+# The files whose tests read the session's one pipeline run (`shared_run`): one worker takes
+# them all, so that the run is made once, not once per worker that needs it.
+SHARED_RUN_FILES = ("tests/test_flow.py", "tests/test_review.py", "tests/test_names.py")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, except that the files of `SHARED_RUN_FILES` are one unit of work."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedRunTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_RUN_FILES[0] if scope in SHARED_RUN_FILES else scope
+
+    return SharedRunTogether(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

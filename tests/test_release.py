@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -502,3 +503,47 @@ def test_promote_of_a_run_without_a_model_gives_advice_that_leads_somewhere(stor
         assert "it ended FAILED before training finished, so there is no model to export" in line
         assert "rerun the pipeline (`auditflow run --profile quick --data /data/toy.tar`" in line
         assert "auditflow bench" not in line
+
+
+def test_cli_promote_waive_records_who_and_why_and_the_gate_honours_it(store: dict, tmp_path) -> None:
+    """Issue 19: a run whose fairness check the data could not settle. The gate refuses it;
+    `promote --waive fairness` records the waiver (MLflow tags and `release/waivers.json`), the
+    gate then passes it as `waived` and a re-run of `gate` honours it. The audit verdict itself is
+    not changed. (test_cli runs the same on a real run, whose rebuilt report shows the waiver.)"""
+    from auditflow.core.tracking import Tracker
+
+    workdir = str(store["workdir"])
+    run = fake_run(store, "open-fairness", release={"model_name": "cli-waived"})
+    tracker = Tracker(store["uri"])
+    tracker.parent(run).set_tags({TAGS["fairness"]: "inconclusive"})
+    out = runner.invoke(app(), ["promote", run.run_id, "--workdir", workdir])
+    assert out.exit_code == 2 and "Fairness verdict: inconclusive (required: pass)" in out.output
+
+    out = runner.invoke(app(), ["promote", run.run_id, "--workdir", workdir, "--waive", "privacy", "--reason", "x"])
+    assert out.exit_code == 2
+    assert out.output.strip() == (
+        "error: --waive 'privacy': the check is pass, and only an inconclusive check can be waived (a fail is a "
+        "measured fault); the inconclusive ones are: fairness"
+    )
+    why = "all 1,000 test images per class are in the split; the 0.19 gap is accepted by the fairness board"
+    args = ["promote", run.run_id, "--workdir", workdir, "--waive", "fairness", "--reason", why, "--by", "A. Reviewer"]
+    out = runner.invoke(app(), args)
+    assert out.exit_code == 0, out.output
+    assert f"waived fairness (inconclusive) as A. Reviewer: {why}" in out.output
+    assert "cli-waived v1 is now champion" in out.output and "1 waived" in out.output
+
+    tags = tracker.get_run(run.run_id).data.tags
+    stored = json.loads(tags["release/waiver/fairness"])
+    assert (stored["by"], stored["reason"], stored["verdict"]) == ("A. Reviewer", why, "inconclusive")
+    assert tags[TAGS["fairness"]] == "inconclusive"  # the audit's answer stands
+    files = Path(tracker.client.download_artifacts(run.run_id, "release", str(tmp_path)))
+    assert [w["check"] for w in json.loads((files / "waivers.json").read_text())] == ["fairness"]
+    gate = json.loads((files / "gate.json").read_text())
+    assert gate["verdict"] == "pass" and gate["waivers"][0]["by"] == "A. Reviewer"
+    assert {c["key"]: c["status"] for c in gate["criteria"]}["fairness/verdict"] == "waived"
+
+    # a fabricated run has no data to draw: the report is not rebuilt, and the command says so
+    assert f"report not rebuilt (KeyError: 'confusion'); `auditflow report {run.run_id}` tries again" in out.output
+
+    out = runner.invoke(app(), ["gate", run.run_id, "--workdir", workdir])  # a re-check honours it
+    assert out.exit_code == 0 and "**waived**" in out.output, out.output

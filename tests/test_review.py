@@ -227,6 +227,35 @@ def test_report_renders_in_chromium(reviewed_run, tmp_path: Path) -> None:
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
+@needs_chromium
+def test_the_first_screen_states_the_decision_and_420_px_never_scrolls_sideways(reviewed_run, tmp_path: Path) -> None:
+    """Issue 19: at 1400x900 the first screen holds the decision, its reasons and the next step,
+    in one badge that agrees with them; at 420 px wide the page has no horizontal scroll (a wide
+    table scrolls inside itself)."""
+    result = reviewed_run[0]
+    decision = result.decision
+    with chromium(width=1400, height=900) as page:
+        page.goto(Path(result.report_html).as_uri())
+        seen = page.js(
+            """(() => { const h = document.getElementById('decision'); const out = [];
+                 for (let e = h; e && (e === h || e.tagName !== 'H2'); e = e.nextElementSibling)
+                   if (e.getBoundingClientRect().top < innerHeight) out.push(e.innerText);
+                 return out.join('\\n'); })()"""
+        )
+        badge = page.js("document.getElementById('decision-badge').dataset.decision")
+        shot = page.screenshot(tmp_path / "report-1400x900.png", full_page=False)
+    assert badge == decision.outcome
+    assert decision.headline in seen
+    assert "Next:" in seen and decision.next_steps[0].split("`")[0].strip() in seen
+    with chromium(width=420, height=900) as page:
+        page.goto(Path(result.report_html).as_uri())
+        widths = page.js("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        narrow = page.screenshot(tmp_path / "report-420.png", full_page=False)
+    assert widths[0] <= widths[1] == 420, widths
+    keep(shot), keep(narrow)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -420,6 +420,15 @@ class BenchmarkConfig(_Section):
         return self
 
 
+class WaiverConfig(_Section):
+    """An inconclusive check accepted in the config (`release.waivers`): the same record as
+    `auditflow promote RUN_ID --waive CHECK --reason TEXT --by NAME`."""
+
+    check: str = Field(min_length=1, description="Verdict group, e.g. fairness or fairness_subgroups.")
+    reason: str = Field(min_length=1, description="Why the open check is acceptable.")
+    by: str = Field(min_length=1, description="Who accepts it.")
+
+
 class ReleaseConfig(_Section):
     """Release gate: absolute bounds on the run, and regressions allowed against the current `champion`."""
 
@@ -455,6 +464,11 @@ class ReleaseConfig(_Section):
     )
     min_fairness_verdict: Literal["pass", "inconclusive"] = Field(
         "pass", description="Weakest fairness verdict accepted; it may also be no worse than the champion's."
+    )
+    waivers: tuple[WaiverConfig, ...] = Field(
+        (),
+        description="Inconclusive checks accepted before the gate judges the run (check, reason, by); one whose "
+        "check passed or failed is not applied. The audit verdicts are unchanged.",
     )
     max_privacy_tpr: float = Field(
         0.05,
@@ -648,6 +662,18 @@ def _format_validation(err: ValidationError) -> str:
         shown = f" (got {got!r})" if not isinstance(got, dict) else ""
         lines.append(f"{field}: {item['msg']}{shown}")
     return "invalid configuration: " + "; ".join(lines)
+
+
+def sections_config(overrides: list[str], sections: tuple[str, ...], *, command: str) -> PipelineConfig:
+    """Today's defaults with `overrides` applied, which may only touch `sections` (a command
+    such as `bench` that redoes part of a past run); `ConfigError` naming an override outside them."""
+    raw: dict[str, Any] = {}
+    for override in overrides:
+        if not override.strip().startswith(tuple(f"{section}." for section in sections)):
+            allowed = " and ".join(f"{section}.*" for section in sections)
+            raise ConfigError(f"--set {override!r}: {command} takes only {allowed} overrides")
+        apply_override(raw, override)
+    return build_config(raw)
 
 
 def build_config(raw: dict[str, Any]) -> PipelineConfig:

@@ -301,6 +301,8 @@ class Release:
     STATUS = "release/status"  # on a model version: candidate | rejected | champion | retired | rolled_back
     SUMMARY = "release/summary"
     WORST_CLASS_RECALL_VS_CHAMPION = "release/worst_class_recall_vs_champion"
+    WAIVER = "release/waiver/{check}"  # .format(check=verdict group): one accepted inconclusive check, JSON
+    WAIVERS_JSON = "release/waivers.json"
     CRITERIA = "release/criteria_{status}"  # .format(status=...): how many criteria had that status
 
 
