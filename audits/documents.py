@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,12 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def registered_name(configured: str | None, experiment_name: str | None) -> str:
+    """The name a run's model is registered under (and shown as on its card): `release.model_name`,
+    else the run's experiment name."""
+    return configured or experiment_name or "auditflow"
+
+
 def environment(autoescape: bool = False) -> Environment:
     """The Jinja environment of every Markdown template (report, card, datasheet, gate); escape
     HTML (`autoescape`) when the Markdown is rendered for an HTML page. Templates read metric
@@ -85,14 +92,25 @@ def environment(autoescape: bool = False) -> Environment:
     return env
 
 
+# Markdown escapes `&` again inside code: the `&#34;` that autoescaping made of a quote would show
+# as `&#34;` in a code block (a pasted snippet is then a syntax error). One pass undoes exactly that
+# second escape; `<` stays `&lt;`, so no value of the user's can become a tag.
+_DOUBLE_ESCAPED = re.compile(r"&amp;(#34|#39|amp|lt|gt|quot);")
+
+
+def markdown_html(escaped_markdown: str, extensions: list[str]) -> str:
+    """HTML of Markdown whose values were HTML-escaped by the template (`environment(True)`)."""
+    return _DOUBLE_ESCAPED.sub(r"&\1;", markdown.markdown(escaped_markdown, extensions=extensions))
+
+
 def render_document(template: str, doc: dict[str, Any], *, title: str, figures: dict[str, str]) -> tuple[str, str]:
     """(Markdown, standalone HTML) of document `doc` through Markdown template `template`;
     `figures` are base64 PNGs, linked from the Markdown and embedded in the HTML."""
     md = environment().get_template(template).render(doc=doc, figures=figures, embed=False)
     # escaped for HTML: values come from user data (class folders, config text)
-    body = markdown.markdown(
+    body = markdown_html(
         environment(autoescape=True).get_template(template).render(doc=doc, figures=figures, embed=True),
-        extensions=["tables", "sane_lists", "fenced_code"],
+        ["tables", "sane_lists", "fenced_code"],
     )
     page = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)
     html = page.get_template("document.html.j2").render(title=title, body=Markup(body), badge=None)

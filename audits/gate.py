@@ -41,7 +41,17 @@ from auditflow.audits.gate_record import gate_markdown as gate_markdown
 from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
 from auditflow.core.checks import SEVERITY, condition_text, judge
 from auditflow.core.config import ReleaseConfig as GateConfig
-from auditflow.core.names import VERDICT_PREFIX, Benchmark, Evaluate, Export, Fairness, Privacy, Verdict, verdict_tag
+from auditflow.core.names import (
+    VERDICT_PREFIX,
+    Benchmark,
+    Evaluate,
+    Export,
+    Fairness,
+    Privacy,
+    Verdict,
+    gating_verdicts,
+    verdict_tag,
+)
 from auditflow.core.tracking import RunRecord, run_url
 
 # Every MLflow name the gate reads, in one place (stage runs' metrics are merged under the
@@ -202,7 +212,7 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
     """`RunFacts` of a run read back by `Tracker.load_run`. The overall verdict is recomputed
     from the stage verdicts without `verdict/release` (and without a stored `verdict/overall`
     that may already include it), so re-gating a run never judges the gate's own earlier answer."""
-    from auditflow.audits.report import gating_verdicts, overall_verdict
+    from auditflow.audits.report import overall_verdict
 
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}

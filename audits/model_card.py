@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from auditflow.audits.documents import md_cell, number, render_document, write_document
+from auditflow.audits.documents import md_cell, number, registered_name, render_document, write_document
 from auditflow.core.checks import overall
 from auditflow.core.names import (
     VERDICT_PREFIX,
@@ -74,9 +74,10 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     ingest, evaluate, export = s.get(Stage.INGEST, {}), s.get(Stage.EVALUATE, {}), s.get(Stage.EXPORT, {})
     classes = ingest.get("classes", [])
     height, width = (ingest.get("image_shape") or [0, 0])[:2]
-    name = card.get("model_name") or f"{cfg.get('profile', 'custom')}-{train_cfg.get('model', 'model')}"
+    name = card.get("model_name") or registered_name(cfg.get("release", {}).get("model_name"), record.experiment_name)
     date = datetime.fromtimestamp(record.start_time_ms / 1000, UTC).strftime("%Y-%m-%d") if record.start_time_ms else ""
-    version = card.get("version") or record.name
+    registered = (s.get(Stage.RELEASE) or {}).get("candidate", {}).get("version")
+    version = card.get("version") or (f"{registered} (run {record.name})" if registered else record.name)
     url = run_url(record.uri, record.experiment_id, record.run_id, ui_url=cfg.get("tracking", {}).get("ui_url"))
     temperature = number(record, Stage.EVALUATE, Evaluate.TEMPERATURE)
     t_value = temperature["value"] if temperature else 1.0

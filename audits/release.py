@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from auditflow.audits.compare import Comparison
 from auditflow.audits.comparison import paired_with
+from auditflow.audits.documents import registered_name
 from auditflow.audits.gate import (
     METRICS,
     GateConfig,
@@ -42,11 +43,11 @@ from auditflow.audits.gate import (
     facts_from_record,
 )
 from auditflow.audits.gate import gate_markdown as gate_markdown
-from auditflow.audits.report import gating_verdicts
 from auditflow.audits.waivers import Waiver, honoured, make_waiver, waivers_document, waivers_from_tags
 from auditflow.core import names
 from auditflow.core.config import apply_override, available_profiles
 from auditflow.core.errors import ConfigError, TrackingError
+from auditflow.core.names import gating_verdicts
 from auditflow.core.tracking import RunLogger, RunRecord, Tracker, TrackingRef
 from auditflow.core.tracking.registry import EXPORT_RUN_TAG, ModelRegistry, VersionRow
 
@@ -206,7 +207,7 @@ class Rollback:
 # ---------------------------------------------------------------------------- helpers
 def _model_name(record: RunRecord, configured: str | None) -> str:
     """The registered model's name: configured, else the run's experiment name."""
-    return configured or record.experiment_name or "auditflow"
+    return registered_name(configured, record.experiment_name)
 
 
 def _exported_model(record: RunRecord) -> tuple[str, str]:

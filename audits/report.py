@@ -17,18 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import markdown
 from jinja2 import Environment, PackageLoader
 from markupsafe import Markup
 
 from auditflow.audits import plots
 from auditflow.audits.datasheet import write_datasheet
 from auditflow.audits.decision import Decision, decide
-from auditflow.audits.documents import environment
+from auditflow.audits.documents import environment, markdown_html
 from auditflow.audits.model_card import write_model_card
 from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
 from auditflow.core.checks import overall
-from auditflow.core.names import NOTE_TAG, VERDICT_PREFIX, Ingest, Report, Stage, Verdict, verdict_tag
+from auditflow.core.names import NOTE_TAG, Ingest, Report, Stage, Verdict, gating_verdicts, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url, ui_base
 
 STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVACY, Stage.EXPORT, Stage.BENCHMARK)
@@ -85,17 +84,6 @@ class CheckRow:
 
 def _png_b64(fig: Any) -> str:
     return base64.b64encode(plots.to_png(fig)).decode()
-
-
-def gating_verdicts(tags: dict[str, str]) -> dict[str, str]:
-    """Verdict group -> status of the `verdict/<group>` tags that gate the run (`Verdict.gates`):
-    not the release gate (a sound model worse than the champion is not a failed audit) and not
-    an optional ONNX variant (its verdict decides only whether it is recommended)."""
-    return {
-        k.removeprefix(VERDICT_PREFIX): v
-        for k, v in tags.items()
-        if k.startswith(VERDICT_PREFIX) and Verdict.gates(k.removeprefix(VERDICT_PREFIX))
-    }
 
 
 def overall_verdict(record: RunRecord) -> str:
@@ -245,8 +233,8 @@ def render(record: RunRecord) -> tuple[str, str, str, dict[str, bytes]]:
     md = _env().get_template("report.md.j2").render(embed=False, **ctx)
     # Values (class folder names, paths, run names) may come from untrusted archives: escape
     # them before Markdown passes raw HTML through.
-    body = markdown.markdown(
-        _env(autoescape=True).get_template("report.md.j2").render(embed=True, **ctx), extensions=MARKDOWN_EXTENSIONS
+    body = markdown_html(
+        _env(autoescape=True).get_template("report.md.j2").render(embed=True, **ctx), MARKDOWN_EXTENSIONS
     )
     body = STATUS_CELL.sub(r'<td class="status status-\1"><strong>\1</strong></td>', body)
     html_env = Environment(loader=PackageLoader("auditflow.audits", "templates"), autoescape=True)

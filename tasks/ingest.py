@@ -6,9 +6,10 @@ dataset inputs (on the stage run and the parent) and publishes the report.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.ingest import class_counts, ingest_params, ingest_stage
@@ -18,6 +19,7 @@ from auditflow.core.names import Stage
 from auditflow.core.paths import cache_dir
 from auditflow.core.tracking import Tracker, TrackingRef
 
+log = logging.getLogger(__name__)
 DESCRIPTION = (
     "Ingest: the data source validated into a content-addressed snapshot, split into train (members), "
     "validation and test (non-members); class counts, image size, a train/test duplicate check and example "
@@ -62,5 +64,10 @@ def ingest_data(
         tracker.publish(ref, run, report)
     for check in report.summary.get("settleable", []):
         if not check["can_pass"]:
-            get_run_logger().warning(check["text"])
+            log.warning(check["text"])
+    unset = [f"card.{k}" for k in ("owner", "licence") if card and getattr(card, k).startswith("unspecified")]
+    if unset:
+        log.warning(
+            "%s not set: the model card will say 'unspecified'; set them in the profile or --set", " and ".join(unset)
+        )
     return IngestResult(str(snapshot.path), snapshot.digest, snapshot.classes)

@@ -9,7 +9,9 @@ Screenshots are kept under pytest's tmp dir and copied to `test-artifacts/` (git
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -164,6 +166,13 @@ def test_card_and_datasheet_numbers_equal_the_mlflow_values(reviewed_run) -> Non
     assert card["metrics"][0]["value"]["value"] == shipped and "no TTA" in card["metrics"][0]["name"]
     assert card["output"]["postprocessing"]["temperature"]["metric"] == "evaluate/temperature"
     assert "onnxruntime" in card["how_to_use"] and "InferenceSession" in card["how_to_use"]
+    # the snippet pastes: the HTML page's code block, as a browser shows it, is valid Python (issue 19
+    # found `&#34;model.onnx&#34;` in it); the model has the registry's name and version
+    page = (folder / "model_card.html").read_text()
+    [snippet] = re.findall(r'<pre><code class="language-python">(.*?)</code></pre>', page, re.S)
+    compile(html.unescape(snippet), "model_card.html", "exec")
+    registered = record.tags["release/model"]  # "<name> v<version>"
+    assert f"{card['model_details']['name']} v{card['model_details']['version'].split()[0]}" == registered
     sheet = json.loads((folder / "datasheet.json").read_text())
     assert [r["class"] for r in sheet["composition"]["per_class"]] == [PIPED_CLASS, "square", "stripes"]
     assert sheet["duplicates"]["near"]["metric"] == "ingest/near_duplicates"

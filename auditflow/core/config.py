@@ -511,8 +511,11 @@ class CardConfig(_Section):
     """What the model card and the datasheet state that the data cannot tell: who, which licence,
     what for. Shown as given; the defaults say that they were not set."""
 
-    model_name: str | None = Field(None, description="Model name on the card; None = `<profile>-<architecture>`.")
-    version: str | None = Field(None, description="Model version; None = the MLflow run name.")
+    model_name: str | None = Field(
+        None,
+        description="Model name on the card; None = the registered model's (release.model_name, else the experiment).",
+    )
+    version: str | None = Field(None, description="Model version; None = the registered version and the run name.")
     owner: str = Field("unspecified (set card.owner)", description="Team or person answerable for the model.")
     licence: str = Field("unspecified (set card.licence)", description="Licence of the model weights.")
     citation: str | None = Field(

@@ -76,6 +76,17 @@ def verdict_tag(group: str) -> str:
     return f"{VERDICT_PREFIX}{group}"
 
 
+def gating_verdicts(tags: dict[str, str]) -> dict[str, str]:
+    """Verdict group -> status of the `verdict/<group>` tags that gate the run (`Verdict.gates`):
+    not the release gate (a sound model worse than the champion is not a failed audit) and not
+    an optional ONNX variant (its verdict decides only whether it is recommended)."""
+    return {
+        k.removeprefix(VERDICT_PREFIX): v
+        for k, v in tags.items()
+        if k.startswith(VERDICT_PREFIX) and Verdict.gates(k.removeprefix(VERDICT_PREFIX))
+    }
+
+
 def metric_key(*parts: str) -> str:
     """`stage/metric/class/<name>` with every part made a legal MLflow key (letters, digits,
     `_-. `); other characters become `_`, so class folders like `cat's` still log. A part
