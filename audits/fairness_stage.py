@@ -165,7 +165,15 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
             threshold=cfg.max_subgroup_gap,
             status=groups.status,
             evidence="#subgroups-within-classes",
-            note=f"largest: {w['attribute']} in class {w['class']}"
+            note=(
+                f"largest: {w['attribute']} in class {w['class']}"
+                + (
+                    f"; passes on this test split at fairness.max_subgroup_gap="
+                    f"{decidable_policy((float(w['ci_low']), float(w['ci_high'])), higher_is_better=False):g} or more"
+                    if groups.status == "inconclusive"
+                    else ""
+                )
+            )
             if w is not None
             else "no class has two groups large enough to compare",
             interval=(float(w["ci_low"]), float(w["ci_high"])) if w is not None else None,  # type: ignore[arg-type]

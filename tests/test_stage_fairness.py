@@ -3,6 +3,7 @@ its verdicts, a check at its threshold's edge, and the names its report carries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -103,3 +104,21 @@ def test_metadata_needs_image_paths() -> None:
     assert set(attributes) == {"brightness", "colourfulness"} and source.startswith("derived from pixels")
     with pytest.raises(ConfigError, match=r"^fairness.metadata='m.csv' joins on image paths"):
         subgroup_attributes(images, None, FairnessConfig(metadata="m.csv"))
+
+
+def test_an_inconclusive_check_names_the_policy_value_at_which_it_passes_on_this_split() -> None:
+    """Issue 19: "about 4,082 test images per class would settle it" could not be met (the split
+    held all 1,000). Each open check now names the policy value at which it passes on this test
+    split; set to that value, it does."""
+    predictions = _predictions((200, 200, 200))
+    tight = {"max_recall_gap": 0.01, "max_subgroup_gap": 0.001}
+    checks = {c.key: c for c in _run(predictions, **tight).report.checks}
+    named = {}
+    for key, field in ((Fairness.RECALL_GAP, "max_recall_gap"), (Fairness.SUBGROUP_TPR_GAP, "max_subgroup_gap")):
+        assert checks[key].status == "inconclusive", checks[key]
+        found = re.search(rf"passes on this test split at fairness\.{field}=([0-9.]+) or more", checks[key].note)
+        assert found, checks[key].note
+        named[field] = float(found.group(1))
+    assert "(this split has 200)" in checks[Fairness.RECALL_GAP].note
+    settled = {c.key: c.status for c in _run(predictions, **named).report.checks}
+    assert settled[Fairness.RECALL_GAP] == settled[Fairness.SUBGROUP_TPR_GAP] == "pass"
