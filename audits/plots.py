@@ -257,6 +257,59 @@ def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[st
     return fig
 
 
+def confident_mistakes(logits: np.ndarray, labels: np.ndarray, *, per_class: int) -> dict[int, list[int]]:
+    """True class -> indices of its images the model got wrong, most confident first (by the
+    softmax probability of the wrong prediction), at most `per_class` each."""
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    preds = p.argmax(1)
+    out: dict[int, list[int]] = {}
+    for k in np.unique(labels):
+        wrong = np.flatnonzero((labels == k) & (preds != k))
+        out[int(k)] = wrong[np.argsort(-p[wrong, preds[wrong]], kind="stable")][:per_class].tolist()
+    return out
+
+
+def mistakes_figure(
+    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], *, per_class: int = 4
+) -> Figure:
+    """Per true class (rows; the `MAX_CLASSES_SHOWN` with the lowest recall when there are more),
+    the model's most confident mistakes as thumbnails titled with the prediction and its
+    probability; a class with none says so."""
+    picks = confident_mistakes(logits, labels, per_class=per_class)
+    preds = logits.argmax(1)
+    z = logits - logits.max(1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    shown = sorted(picks)
+    if len(shown) > MAX_CLASSES_SHOWN:
+        recall = {k: float((preds[labels == k] == k).mean()) for k in shown}
+        shown = sorted(sorted(shown, key=lambda k: recall[k])[:MAX_CLASSES_SHOWN])
+    fig, axes = plt.subplots(
+        len(shown), per_class, figsize=(per_class * 1.1 + 1.6, len(shown) * 1.15 + 0.3), squeeze=False
+    )
+    for row, k in enumerate(shown):
+        for j in range(per_class):
+            ax = axes[row, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(picks[k]):
+                i = picks[k][j]
+                img = images[i]
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+                ax.set_title(f"{classes[preds[i]]} {prob[i, preds[i]]:.2f}", fontsize=6, pad=2)
+            elif j == 0:
+                ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        axes[row, 0].set_ylabel(classes[k], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(
+        "true class (rows): the shipped model's most confident mistakes, titled predicted class, probability",
+        fontsize=7,
+    )
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
 def _unverified(rows: Sequence[dict]) -> bool:
     return any(r.get("verdict", "pass") != "pass" for r in rows)
 

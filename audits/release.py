@@ -4,7 +4,8 @@
 (alias `candidate` when asked), `gate` judges the run against the policy and against the
 version aliased `champion` (`auditflow.audits.gate`) and logs the gate record to the pipeline
 run, and `promote` moves `champion` to the version. A gate that fails is an answer, not an
-error: the version stays `candidate`.
+error: the version loses `candidate` and is tagged (`release/status=rejected`) and described as
+rejected, with the gate's summary, in the registry.
 
 Rollback is explicit. A step that changes the registry hands an undo record (`Registration`,
 `Promotion`) to its `on_undo` callback before it changes anything; `Rollback` collects them and,
@@ -430,10 +431,21 @@ def gate(ref: TrackingRef, candidate: Candidate, cfg: GateConfig) -> GateOutcome
     )
     log_gate(tracker, ref.run_id, record)
     registry = ModelRegistry(tracker)
+    name, version = candidate.model_name, candidate.version
     tags: dict[str, str] = {RELEASE_VERDICT: record.verdict}
-    if record.verdict != "pass" and _alias_version(registry, candidate.model_name, CHAMPION) != candidate.version:
+    if record.verdict != "pass" and _alias_version(registry, name, CHAMPION) != version:
+        # rejected: tagged and described so in the registry, and no longer `candidate`
         tags[STATUS_TAG] = REJECTED
-    registry.set_version_tags(candidate.model_name, candidate.version, tags)
+        if _alias_version(registry, name, CANDIDATE) == version:
+            registry.delete_alias(name, CANDIDATE)
+        registry.describe_version(
+            name, version, f"Rejected by the release gate on {record.decided_at[:10]}: {record.summary()}"[:5000]
+        )
+    else:
+        registry.describe_version(
+            name, version, f"Passed the release gate on {record.decided_at[:10]}: {record.summary()}"[:5000]
+        )
+    registry.set_version_tags(name, version, tags)
     if record.verdict != "pass":
         tracker.parent(ref).set_tags(
             {OUTCOME_TAG: f"{candidate.model_name} v{candidate.version} not promoted: {record.summary()}"[:5000]}

@@ -27,7 +27,7 @@ from auditflow.audits.documents import environment, markdown_html
 from auditflow.audits.model_card import write_model_card
 from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
 from auditflow.core.checks import overall
-from auditflow.core.names import NOTE_TAG, Ingest, Report, Stage, Verdict, gating_verdicts, verdict_tag
+from auditflow.core.names import NOTE_TAG, Evaluate, Ingest, Report, Stage, Verdict, gating_verdicts, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url, ui_base
 
 STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVACY, Stage.EXPORT, Stage.BENCHMARK)
@@ -190,6 +190,8 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         figures["throughput"] = _png_b64(plots.throughput_figure(benchmark["rows"]))
     if Ingest.EXAMPLES_PNG in record.images:
         figures["examples"] = base64.b64encode(record.images[Ingest.EXAMPLES_PNG]).decode()
+    if Evaluate.MISTAKES_PNG in record.images:
+        figures["mistakes"] = base64.b64encode(record.images[Evaluate.MISTAKES_PNG]).decode()
     failed = [stage for stage, st in record.stage_status.items() if st != "FINISHED"]
     ui_url = record.config.get("tracking", {}).get("ui_url")
     verdict = overall_verdict(record)

@@ -43,7 +43,7 @@ class PipelineResult:
     privacy_attack: str  # the strongest attack run: loss, rmia or lira
     privacy_tpr: float  # its TPR at privacy.verdict_fpr (nan when not stated)
     privacy_tier: str  # "reference" (RMIA/LiRA ran) or "loss" (the loss attack alone)
-    release: str  # the release gate: pass (now `champion`) or fail (stays `candidate`)
+    release: str  # the release gate: pass (now `champion`) or fail (the version is tagged and described rejected)
     model_version: str  # the run's version in the MLflow Model Registry
     onnx_path: str
     report_html: str

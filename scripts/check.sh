@@ -19,6 +19,10 @@ rm -rf build
 (cd "$site" && PYTHONPATH="$site" lint-imports "$OLDPWD/pyproject.toml")
 
 echo "== pytest"
+# The install skips byte-compiling (pip --no-compile, README command 2): let Python cache what it
+# imports, once, even where the environment says not to (PYTHONDONTWRITEBYTECODE=1 on the CI
+# machines), or every worker and CLI subprocess would compile torch, Prefect and MLflow again.
+unset PYTHONDONTWRITEBYTECODE
 # Three workers on the 2-core CI machine (a file per worker; tests/conftest.py: the order, one thread each);
 # AUDITFLOW_TEST_WORKERS=0 runs in one process.
 workers="${AUDITFLOW_TEST_WORKERS:-3}"

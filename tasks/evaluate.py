@@ -15,12 +15,13 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from auditflow.audits.plots import confusion_figure, reliability_figure
+from auditflow.audits.plots import confusion_figure, mistakes_figure, reliability_figure
 from auditflow.audits.privacy import AuditSet, choose_audit_set
 from auditflow.core.config import DataConfig, EvalConfig, PrivacyConfig, TrainConfig
-from auditflow.core.data import Snapshot, make_splits
+from auditflow.core.data import Snapshot, Splits, make_splits
 from auditflow.core.names import Evaluate, Stage
 from auditflow.core.paths import run_dir
+from auditflow.core.predictions import Predictions
 from auditflow.core.tracking import Tracker, TrackingRef
 from auditflow.models.evaluation.stage import AuditDraw, EvaluationStage, evaluate_stage, score_splits
 from auditflow.models.training.checkpoints import load_model
@@ -47,13 +48,16 @@ class EvaluateResult:
     temperature_fitted_on: str = "nothing (no validation split), so T = 1"  # in words
 
 
-def _figures(stage: EvaluationStage) -> dict[str, Any]:
-    """The confusion matrix and reliability diagram (the plots are `audits`, which the pure
-    stage in `models` does not import)."""
+def _figures(stage: EvaluationStage, splits: Splits, predictions: Predictions) -> dict[str, Any]:
+    """The confusion matrix, the reliability diagram and the most confident mistakes, all of the
+    shipped model (the plots are `audits`, which the pure stage in `models` does not import)."""
     cal = stage.calibration
     return {
         Evaluate.CONFUSION_MATRIX_PNG: confusion_figure(stage.metrics.confusion, stage.metrics.classes),
         Evaluate.RELIABILITY_PNG: reliability_figure(asdict(cal.before), asdict(cal.after), cal.temperature),
+        Evaluate.MISTAKES_PNG: mistakes_figure(
+            splits.test_x, splits.test_y, predictions.test_logits_no_tta, splits.classes
+        ),
     }
 
 
@@ -114,7 +118,11 @@ def evaluate_model(
         stage = evaluate_stage(
             predictions, classes=splits.classes, cfg=cfg, tta=train_cfg.tta, tta_translate=train_cfg.tta_translate
         )
-        tracker.publish(ref, run, replace(stage.report, figures=_figures(stage), files=((path, Stage.EVALUATE),)))
+        tracker.publish(
+            ref,
+            run,
+            replace(stage.report, figures=_figures(stage, splits, predictions), files=((path, Stage.EVALUATE),)),
+        )
     return EvaluateResult(
         str(path),
         stage.accuracy,

@@ -58,6 +58,19 @@ LONGEST_FIRST = (
 SHARED_RUN_FILES = ("tests/test_flow.py", "tests/test_review.py", "tests/test_names.py")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Import what `auditflow run` imports once, in the controller, before any worker or CLI
+    subprocess starts. README command 2 installs with `pip --no-compile`, so the first import of
+    each module compiles it to bytecode (about 12 s of CPU for torch, Prefect and MLflow), and a
+    CLI subprocess run as another user (test_faults' read-only cases) cannot write that cache at
+    all: the timing bounds would measure the compiler, not the CLI."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import auditflow.cli
+    import auditflow.flows.pipeline
+    import auditflow.supervise  # noqa: F401
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile`, except that the files of `SHARED_RUN_FILES` are one unit of work."""
     if config.getoption("dist") != "loadfile":

@@ -10,10 +10,12 @@ import pytest
 
 from auditflow.audits.plots import (
     MAX_CLASSES_SHOWN,
+    confident_mistakes,
     confused_classes,
     confusion_figure,
     examples_figure,
     exposure_figure,
+    mistakes_figure,
     recall_figure,
     to_png,
 )
@@ -78,3 +80,19 @@ def test_few_classes_show_every_class(k: int) -> None:
     fig = confusion_figure(np.eye(k, dtype=int).tolist(), names)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
     assert fig.axes[0].get_title() == "Confusion matrix (test)"
+
+
+def test_the_most_confident_mistakes_are_picked_per_true_class() -> None:
+    """Class 0: images 1 and 2 are wrong, 2 more confidently; class 1: none wrong; class 2:
+    image 5 wrong. At most `per_class` each, most confident first."""
+    logits = np.array(
+        [[5, 0, 0], [0, 1, 0], [0, 4, 0], [0, 3, 0], [0, 2, 0], [0, 0.5, 0.1], [0, 0, 9]], dtype=np.float32
+    )
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    assert confident_mistakes(logits, labels, per_class=4) == {0: [2, 1], 1: [], 2: [5]}
+    assert confident_mistakes(logits, labels, per_class=1) == {0: [2], 1: [], 2: [5]}
+    images = np.zeros((7, 8, 8, 1), np.uint8)
+    fig = mistakes_figure(images, labels, logits, ("a", "b", "c"), per_class=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["b 0.96", "b 0.58", "b 0.44"]  # predicted class and its probability
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["a", "b", "c"]

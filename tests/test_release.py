@@ -265,6 +265,12 @@ def aliases(store: dict, name: str) -> dict[str, tuple[str, ...]]:
     return {v.version: v.aliases for v in ModelRegistry(Tracker(store["uri"])).versions(name)}
 
 
+def described(store: dict, name: str, version: str) -> str:
+    from auditflow.core.tracking import Tracker
+
+    return Tracker(store["uri"]).client.get_model_version(name, version).description or ""
+
+
 def version_tags(store: dict, name: str, version: str) -> dict[str, str]:
     from auditflow.core.tracking import Tracker
     from auditflow.core.tracking.registry import ModelRegistry
@@ -295,8 +301,10 @@ def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_h
     second = step(second_ref)
     assert not second.promoted and second.verdict == "fail"
     assert second.champion_version == "1" and second.version == "2"
-    assert aliases(store, cfg.model_name) == {"2": ("candidate",), "1": ("champion",)}
+    assert aliases(store, cfg.model_name) == {"2": (), "1": ("champion",)}  # rejected: `candidate` is taken off
     assert version_tags(store, cfg.model_name, "2")["release/status"] == "rejected"
+    assert described(store, cfg.model_name, "2").startswith("Rejected by the release gate on ")
+    assert described(store, cfg.model_name, "1").startswith("Passed the release gate on ")
     assert version_tags(store, cfg.model_name, "1")["release/status"] == "champion"
 
     # the stored record says why, criterion by criterion
@@ -317,14 +325,14 @@ def test_first_run_becomes_champion_and_a_worse_second_stays_candidate(prefect_h
 
     listed = list_models(store["uri"], cfg.model_name)[cfg.model_name]
     assert [(r.version.version, r.version.aliases, r.version.tags["verdict/release"]) for r in listed] == [
-        ("2", ("candidate",), "fail"),
+        ("2", (), "fail"),
         ("1", ("champion",), "pass"),
     ]
     assert listed[0].metrics[METRICS["accuracy"]] == pytest.approx(0.62)
 
     out = runner.invoke(app(), ["models", "--workdir", str(store["workdir"]), "--model-name", cfg.model_name])
     assert out.exit_code == 0, out.output
-    assert "candidate" in out.output and "champion" in out.output and "rejected" in out.output
+    assert "champion" in out.output and "rejected" in out.output
 
 
 @pytest.mark.slow  # runs the release flow under the Prefect test server

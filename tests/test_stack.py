@@ -286,20 +286,19 @@ def assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deploy
     )
 
     # registered in the server's Model Registry and gated: toy data cannot state a TPR at 1% FPR,
-    # so the gate fails the run and its version stays `candidate`, with the record saying why
+    # so the gate fails the run: its version is rejected (no alias, tagged and described so),
+    # with the record saying why
     name, _, number = tags["release/model"].rpartition(" v")  # "<registered model> v<version>"
     model = mlflow(stack, "GET", "/api/2.0/mlflow/registered-models/get", user="admin", params={"name": name})
     assert model.status_code == 200, model.text
     aliases = {a["alias"]: a["version"] for a in model.json()["registered_model"].get("aliases", [])}
-    assert tags["verdict/release"] == "fail" and aliases.get("candidate") == number and "champion" not in aliases
+    assert tags["verdict/release"] == "fail" and number not in aliases.values(), aliases
     version = mlflow(
-        stack,
-        "GET",
-        "/api/2.0/mlflow/model-versions/get",
-        user="admin",
-        params={"name": name, "version": aliases["candidate"]},
+        stack, "GET", "/api/2.0/mlflow/model-versions/get", user="admin", params={"name": name, "version": number}
     ).json()["model_version"]
-    assert {t["key"]: t["value"] for t in version.get("tags", [])}["auditflow.run_id"] == info["run_id"]
+    version_tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+    assert version_tags["auditflow.run_id"] == info["run_id"] and version_tags["release/status"] == "rejected"
+    assert version["description"].startswith("Rejected by the release gate on ")
     gate = mlflow(stack, "GET", "/get-artifact", params={"path": "release/gate.json", "run_uuid": info["run_id"]})
     assert gate.status_code == 200 and gate.json()["verdict"] == "fail" and gate.json()["reasons"], gate.text
 
@@ -361,7 +360,7 @@ def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_the_last_is_tracke
     first, second = trigger(stack, deployment, "gpu-queue-a"), trigger(stack, deployment, "gpu-queue-b")
     runs, most_running = wait_for(stack, [first, second], timeout_s=2 * RUN_TIMEOUT_S)
     assert most_running == 1
-    # the one that ended last checked end to end (its version holds the `candidate` alias; a
+    # the one that ended last checked end to end (its version was the last registered; a
     # separate triggered run cost the suite 2 minutes)
     last = max(runs.values(), key=lambda r: dt.datetime.fromisoformat(r["end_time"]))
     assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deployment, last)

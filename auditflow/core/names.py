@@ -151,6 +151,7 @@ class Evaluate:
     CHANCE_ACCURACY = "evaluate/chance_accuracy"
     CONFUSION_MATRIX_CSV = "evaluate/confusion_matrix.csv"
     CONFUSION_MATRIX_PNG = "evaluate/confusion_matrix.png"
+    MISTAKES_PNG = "evaluate/mistakes.png"  # per class, the shipped model's most confident mistakes
     F1 = "evaluate/f1"  # per class: per_class(Evaluate.F1, cls)
     MEMBER_ACCURACY = "evaluate/member_accuracy"
     PER_CLASS_JSON = "evaluate/per_class.json"

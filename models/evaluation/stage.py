@@ -120,7 +120,7 @@ class EvaluationStage:
     accuracy_no_tta: float  # test top-1 of the shipped model (no TTA), 0..1
     learning: str  # "pass", or "fail" when test accuracy cannot be told apart from chance
     learning_message: str
-    metrics: EvalResult  # with the profile's TTA: the confusion matrix figure draws it
+    metrics: EvalResult  # the shipped model's (no TTA): the confusion matrix figure draws it
     calibration: CalibrationResult  # the reliability figure draws it; export folds its T into the graph
 
     @property
@@ -201,20 +201,23 @@ def evaluate_stage(
         | {
             per_class(name, c): v
             for name, values in (
-                (Evaluate.RECALL, result.recall),
-                (Evaluate.PRECISION, result.precision),
-                (Evaluate.F1, result.f1),
+                (Evaluate.RECALL, shipped.recall),
+                (Evaluate.PRECISION, shipped.precision),
+                (Evaluate.F1, shipped.f1),
             )
-            for c, v in zip(result.classes, values, strict=True)
+            for c, v in zip(shipped.classes, values, strict=True)
         }
     )
-    rows = result.per_class_rows()
+    # per class, the shipped model's (what users get); with TTA only the top-line figures above
+    rows = shipped.per_class_rows()
     summary = {
-        **asdict(result),
-        "macro_f1": result.macro_f1,
+        **asdict(shipped),
+        "macro_f1": shipped.macro_f1,
         "per_class": rows,
+        "per_class_model": "the shipped model (ONNX, no test-time augmentation)",
         "tta": tta,
         "tta_translate": tta_translate,
+        "accuracy_tta": result.accuracy,
         "accuracy_no_tta": shipped.accuracy,
         "learning": asdict(learned),
         "calibration": asdict(calibration),
@@ -227,7 +230,7 @@ def evaluate_stage(
         headline=headline,
         checks=evaluation_checks(learned),
         tables={Evaluate.PER_CLASS_JSON: rows},
-        texts={Evaluate.CONFUSION_MATRIX_CSV: _confusion_csv(result)},
+        texts={Evaluate.CONFUSION_MATRIX_CSV: _confusion_csv(shipped)},
         documents={
             Evaluate.TEMPERATURE_JSON: {
                 "temperature": calibration.temperature,
@@ -239,5 +242,5 @@ def evaluate_stage(
         summary=summary,
     )
     return EvaluationStage(
-        report, result.accuracy, shipped.accuracy, learned.verdict, learned.message, result, calibration
+        report, result.accuracy, shipped.accuracy, learned.verdict, learned.message, shipped, calibration
     )

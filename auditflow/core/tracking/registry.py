@@ -147,6 +147,15 @@ class ModelRegistry:
         except MlflowException as err:
             raise self._wrap(f"delete alias {alias!r} of {name!r}", err) from err
 
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        """Set the description the MLflow UI shows on version `version` of model `name`."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.update_model_version(name, str(version), description=description)
+        except MlflowException as err:
+            raise self._wrap(f"describe version {version} of {name!r}", err) from err
+
     def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
         from mlflow.exceptions import MlflowException
 
