@@ -271,7 +271,7 @@ def confident_mistakes(logits: np.ndarray, labels: np.ndarray, *, per_class: int
 
 
 def mistakes_figure(
-    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, classes: Sequence[str], *, per_class: int = 4
+    images: np.ndarray, labels: np.ndarray, logits: np.ndarray, *, classes: Sequence[str], per_class: int = 4
 ) -> Figure:
     """Per true class (rows; the `MAX_CLASSES_SHOWN` with the lowest recall when there are more),
     the model's most confident mistakes as thumbnails titled with the prediction and its

@@ -56,7 +56,7 @@ def _figures(stage: EvaluationStage, splits: Splits, predictions: Predictions) -
         Evaluate.CONFUSION_MATRIX_PNG: confusion_figure(stage.metrics.confusion, stage.metrics.classes),
         Evaluate.RELIABILITY_PNG: reliability_figure(asdict(cal.before), asdict(cal.after), cal.temperature),
         Evaluate.MISTAKES_PNG: mistakes_figure(
-            splits.test_x, splits.test_y, predictions.test_logits_no_tta, splits.classes
+            splits.test_x, splits.test_y, predictions.test_logits_no_tta, classes=splits.classes
         ),
     }
 

@@ -105,6 +105,7 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
     html = Path(result.report_html).read_text()
     md = Path(result.report_markdown).read_text()
     for heading in (
+        "## Decision",
         "## Data",
         "## Training",
         "## Evaluation",
@@ -113,10 +114,12 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
         "## ONNX export",
         "## Inference benchmark",
         "## Model card",
+        "## Glossary",
+        "## Sign-off",
     ):
         assert heading in md
-    # curves, confusion, reliability, recall, loss, ROC, exposure, speed
-    assert html.count("data:image/png;base64,") == 8
+    # curves, confusion, the most confident mistakes, reliability, recall, loss, ROC, exposure, speed
+    assert html.count("data:image/png;base64,") == 9
     assert "<table>" in html and "Intended use." in html
     assert re.search(r"^- rmia: [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], p = ", md, re.M)
     out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])

@@ -92,7 +92,7 @@ def test_the_most_confident_mistakes_are_picked_per_true_class() -> None:
     assert confident_mistakes(logits, labels, per_class=4) == {0: [2, 1], 1: [], 2: [5]}
     assert confident_mistakes(logits, labels, per_class=1) == {0: [2], 1: [], 2: [5]}
     images = np.zeros((7, 8, 8, 1), np.uint8)
-    fig = mistakes_figure(images, labels, logits, ("a", "b", "c"), per_class=2)
+    fig = mistakes_figure(images, labels, logits, classes=("a", "b", "c"), per_class=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["b 0.96", "b 0.58", "b 0.44"]  # predicted class and its probability
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["a", "b", "c"]
