@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.special import softmax
 
 # With more classes than this a figure shows what a reader can use (the worst classes, the largest
 # confusions) and says so in its title; the full tables are logged as data beside it. With 120
@@ -244,24 +246,26 @@ def examples_figure(images: np.ndarray, labels: np.ndarray, classes: Sequence[st
     for row, (k, name) in enumerate(shown):
         picks = np.flatnonzero(labels == k)[:per_class]
         for j in range(per_class):
-            ax = axes[row, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(picks):
-                img = images[picks[j]]
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+            _thumbnail(axes[row, j], images[picks[j]] if j < len(picks) else None)
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
 
 
+def _thumbnail(ax: Any, img: np.ndarray | None) -> None:
+    """One grid cell: no ticks or frame, and the image (H x W x C uint8; gray when C is 1), if any."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if img is not None:
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+
+
 def confident_mistakes(logits: np.ndarray, labels: np.ndarray, *, per_class: int) -> dict[int, list[int]]:
     """True class -> indices of its images the model got wrong, most confident first (by the
     softmax probability of the wrong prediction), at most `per_class` each."""
-    z = logits - logits.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    p = softmax(logits, axis=1)
     preds = p.argmax(1)
     out: dict[int, list[int]] = {}
     for k in np.unique(labels):
@@ -277,9 +281,8 @@ def mistakes_figure(
     the model's most confident mistakes as thumbnails titled with the prediction and its
     probability; a class with none says so."""
     picks = confident_mistakes(logits, labels, per_class=per_class)
-    preds = logits.argmax(1)
-    z = logits - logits.max(1, keepdims=True)
-    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    prob = softmax(logits, axis=1)
+    preds = prob.argmax(1)
     shown = sorted(picks)
     if len(shown) > MAX_CLASSES_SHOWN:
         recall = {k: float((preds[labels == k] == k).mean()) for k in shown}
@@ -290,14 +293,9 @@ def mistakes_figure(
     for row, k in enumerate(shown):
         for j in range(per_class):
             ax = axes[row, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(picks[k]):
-                i = picks[k][j]
-                img = images[i]
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+            i = picks[k][j] if j < len(picks[k]) else None
+            _thumbnail(ax, None if i is None else images[i])
+            if i is not None:
                 ax.set_title(f"{classes[preds[i]]} {prob[i, preds[i]]:.2f}", fontsize=6, pad=2)
             elif j == 0:
                 ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=7, transform=ax.transAxes)
