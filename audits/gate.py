@@ -38,7 +38,7 @@ from auditflow.audits.compare import Comparison, PairedDifference
 from auditflow.audits.gate_record import PASSING, Criterion, GateRecord
 from auditflow.audits.gate_record import SCHEMA as SCHEMA
 from auditflow.audits.gate_record import gate_markdown as gate_markdown
-from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
+from auditflow.audits.waivers import Waiver, held
 from auditflow.core.checks import SEVERITY, condition_text, judge
 from auditflow.core.config import ReleaseConfig as GateConfig
 from auditflow.core.names import (
@@ -49,7 +49,6 @@ from auditflow.core.names import (
     Fairness,
     Privacy,
     Verdict,
-    gating_verdicts,
     verdict_tag,
 )
 from auditflow.core.tracking import RunRecord, run_url
@@ -222,7 +221,7 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
     metrics.update(record.metrics)
     tags.update(record.tags)
     own = {k: v for k, v in record.tags.items() if k not in (TAGS["overall"], TAGS["release"])}
-    waivers = honoured(waivers_from_tags(record.tags), gating_verdicts(own))
+    waivers = held(own)
     # a waived check counts for the gate as settled: the overall criterion leaves it out
     own = {k: v for k, v in own.items() if k.removeprefix(VERDICT_PREFIX) not in waivers}
     overall = overall_verdict(replace(record, tags=own))
@@ -415,13 +414,10 @@ def _verdict(
     `value` and `source` when it is not read from tag `tag` itself."""
     found = value if source else facts.tags.get(tag)
     accepted = ACCEPTED[weakest]
-    waiver = None if source else facts.waiver(tag.removeprefix(VERDICT_PREFIX))
     if found is None:
         status, reason = "inconclusive", _missing(tag, facts)
     elif SEVERITY.get(found, SEVERITY["fail"]) <= SEVERITY[weakest]:
         status, reason = "pass", found
-    elif waiver is not None and found == "inconclusive":
-        status, reason = "waived", f"{found}, {waiver.line()}"
     else:
         status, reason = "fail", f"{found} (required: {accepted})"
     return _criterion(
@@ -439,12 +435,18 @@ def _verdict(
 
 
 def _waived(criterion: Criterion, facts: RunFacts) -> Criterion:
-    """An inconclusive criterion of a waived check's group (`privacy/tpr_bound` when `privacy`
-    is waived: the same open question) passes as `waived`; anything else is left as it is."""
+    """A criterion of a waived check's group that is open passes as `waived`: an inconclusive
+    one (`privacy/tpr_bound` when `privacy` is waived: the same open question), or a verdict
+    criterion that failed only because the verdict is `inconclusive`. Anything else, a measured
+    fail above all, is left as it is."""
     waiver = facts.waiver(criterion.group)
-    if waiver is None or criterion.status != "inconclusive":
+    if waiver is None:
         return criterion
-    return replace(criterion, status="waived", reason=f"{criterion.reason}; {waiver.line()}")
+    if criterion.kind == "verdict" and criterion.value == "inconclusive" and criterion.status == "fail":
+        return replace(criterion, status="waived", reason=f"inconclusive, {waiver.line()}")
+    if criterion.status == "inconclusive":
+        return replace(criterion, status="waived", reason=f"{criterion.reason}; {waiver.line()}")
+    return criterion
 
 
 def _verdict_regression(cand: RunFacts, champ: RunFacts | None, skip: str, key: str, tag: str, title: str) -> Criterion:

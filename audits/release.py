@@ -44,7 +44,7 @@ from auditflow.audits.gate import (
     facts_from_record,
 )
 from auditflow.audits.gate import gate_markdown as gate_markdown
-from auditflow.audits.waivers import Waiver, honoured, make_waiver, waivers_document, waivers_from_tags
+from auditflow.audits.waivers import Waiver, held, make_waiver, waivers_document, waivers_from_tags
 from auditflow.core import names
 from auditflow.core.config import apply_override, available_profiles
 from auditflow.core.errors import ConfigError, TrackingError
@@ -383,7 +383,7 @@ def _configured_waivers(tracker: Tracker, run_id: str, cfg: GateConfig) -> None:
     verdicts, evidence = gating_verdicts(record.tags), _evidence(record)
     made = []
     for spec in cfg.waivers:
-        if spec.check in honoured(waivers_from_tags(record.tags), verdicts):
+        if spec.check in held(record.tags):
             continue  # already recorded on this run
         try:
             made.append(make_waiver(spec.check, reason=spec.reason, by=spec.by, verdicts=verdicts, evidence=evidence))

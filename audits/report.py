@@ -25,7 +25,7 @@ from auditflow.audits.datasheet import write_datasheet
 from auditflow.audits.decision import Decision, decide
 from auditflow.audits.documents import environment, markdown_html
 from auditflow.audits.model_card import write_model_card
-from auditflow.audits.waivers import Waiver, honoured, waivers_from_tags
+from auditflow.audits.waivers import Waiver, held
 from auditflow.core.checks import overall
 from auditflow.core.names import NOTE_TAG, Evaluate, Ingest, Report, Stage, Verdict, gating_verdicts, verdict_tag
 from auditflow.core.tracking import RunRecord, run_url, ui_base
@@ -146,7 +146,7 @@ def check_rows(record: RunRecord) -> list[CheckRow]:
 
 def run_waivers(record: RunRecord) -> tuple[Waiver, ...]:
     """The waivers on the run that still apply (their check is still inconclusive)."""
-    return tuple(honoured(waivers_from_tags(record.tags), gating_verdicts(record.tags)).values())
+    return tuple(held(record.tags).values())
 
 
 def run_decision(record: RunRecord) -> Decision:

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from auditflow.core.names import Release, Verdict
+from auditflow.core.names import Release, Verdict, gating_verdicts
 
 MAX_TEXT = 1000  # characters kept of a reason or of the evidence (an MLflow tag holds 8,000)
 
@@ -106,6 +106,12 @@ def honoured(waivers: Iterable[Waiver], verdicts: Mapping[str, str]) -> dict[str
     """Check -> waiver, for the waivers that still apply: the check is still `inconclusive`
     (a rerun that settled it, either way, drops its waiver)."""
     return {w.check: w for w in waivers if verdicts.get(w.check) == "inconclusive"}
+
+
+def held(tags: Mapping[str, str]) -> dict[str, Waiver]:
+    """Check -> waiver, for the waivers stored in a run's `tags` whose check is still
+    inconclusive there (`honoured` of `waivers_from_tags`)."""
+    return honoured(waivers_from_tags(tags), gating_verdicts(tags))
 
 
 def waivers_document(waivers: Iterable[Waiver]) -> list[dict[str, str]]:

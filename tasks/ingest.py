@@ -65,7 +65,8 @@ def ingest_data(
     for check in report.summary.get("settleable", []):
         if not check["can_pass"]:
             log.warning(check["text"])
-    unset = [f"card.{k}" for k in ("owner", "licence") if card and getattr(card, k).startswith("unspecified")]
+    defaults = CardConfig()
+    unset = [f"card.{k}" for k in ("owner", "licence") if card and getattr(card, k) == getattr(defaults, k)]
     if unset:
         log.warning(
             "%s not set: the model card will say 'unspecified'; set them in the profile or --set", " and ".join(unset)
