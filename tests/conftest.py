@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
 
     items.sort(key=rank)  # stable
+
+
+# Where the suite's CPU goes: AUDITFLOW_TEST_CPU_LOG=FILE appends, per test, the CPU seconds of
+# its worker and of the subprocesses it waited for (setup, call and teardown), then the wall
+# seconds, then the test's id. `sort -rn FILE | head` lists the costliest; wall time alone hides
+# which tests are slow and which waited for a core.
+CPU_LOG = os.environ.get("AUDITFLOW_TEST_CPU_LOG")
+
+
+def _cpu_s() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if not CPU_LOG:
+        yield
+        return
+    cpu, wall = _cpu_s(), time.monotonic()
+    yield
+    with open(CPU_LOG, "a") as log:
+        log.write(f"{_cpu_s() - cpu:.1f}\t{time.monotonic() - wall:.1f}\t{item.nodeid}\n")
 
 
 def user_env(**extra: str) -> dict[str, str]:
