@@ -78,6 +78,7 @@ def run(
     start = time.perf_counter()
     with supervise.run_logging(logs), supervise.interrupts() as received:
         try:
+            supervise.read_data(data, cfg.data, workdir)  # a bad source named in seconds, before any server
             with supervise.temporary_api(uri=uri, experiment=cfg.tracking.experiment, logs=logs, console=console):
                 result = audit_pipeline(
                     profile=profile, data=data, overrides=list(overrides or []), workdir=str(workdir), run_name=run_name

@@ -301,23 +301,6 @@ def test_translate_tta_weights_shifted_views() -> None:
     assert np.allclose(predict(model, images, CPU, tta=True, translate=1), expected.numpy(), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_warm_up_compiles_times_steps_and_restores_everything(splits) -> None:
-    from auditflow.models.training.fit import OPTIMIZERS, _param_groups, warm_up
-
-    base = build_model("fastnet", 3, width=8)
-    cfg = tiny(compile=True)
-    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    compiled, seconds, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, timed_steps=2)
-    assert hasattr(compiled, "_orig_mod") and seconds > 0 and step > 0
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
-    assert all(p.grad is None for p in base.parameters())
-    assert not optimizer.state  # no momentum left from the throwaway steps
-    assert torch.allclose(compiled(to_input(splits.test_x[:4])), base(to_input(splits.test_x[:4])), atol=1e-4)
-
-
 def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     from auditflow.models.training.fit import OPTIMIZERS, _param_groups, warm_up
 

@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +27,7 @@ from run_keys import OWNER, PIPED_CLASS
 from auditflow.audits.documents import md_cell, numbers_in
 from auditflow.core.checks import judge, overall, verdicts
 from auditflow.core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, metric_key
+from auditflow.supervise import mlflow_ui_command
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HEADLINE = (
@@ -273,16 +273,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(reviewed_run, tmp_path: Path):
-    """`mlflow server` on a free loopback port over the tiny run's store (what `auditflow ui` runs)."""
+    """`auditflow ui`'s MLflow server on a free loopback port over the tiny run's store."""
     workdir = reviewed_run[3]
     port = _free_port()
-    mlflow = str(Path(sys.executable).with_name("mlflow"))
     log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [mlflow, "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--default-artifact-root",
-         str(workdir / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    command = mlflow_ui_command(workdir, host="127.0.0.1", port=port)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import at_least, compiled_ema_run
+from conftest import at_least, compiled_ema_config, compiled_ema_run
 
 from auditflow.core.config import DataConfig, TrainConfig, load_config
 from auditflow.core.data import ingest, make_splits
@@ -67,6 +67,30 @@ def test_compiled_ema_run_learns_on_cpu(toy_splits, tmp_path: Path) -> None:
     at_least("compiled EMA toy: final val accuracy", result.final_val_accuracy, 0.9)
     at_least("compiled EMA toy: last epoch val accuracy", result.history[-1].val_accuracy, 0.9)
     assert result.choice["kept"] in ("raw", "ema") and result.choice["ema_accuracy"] is not None
+
+
+@pytest.mark.slow
+def test_warm_up_compiles_times_steps_and_restores_everything(toy_splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `warm_up` promises, on AOTAutograd without Inductor's code generation: a cold
+    Inductor compile of a training step costs about 45 s of CPU here, and the compiled EMA run
+    above already trains through `warm_up` with Inductor."""
+    from auditflow.models.training.fit import OPTIMIZERS, _build, _param_groups, warm_up
+    from auditflow.models.training.presets import to_input
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="aot_eager"))
+    cfg = compiled_ema_config(CPU)
+    base, _ = _build(toy_splits, cfg, CPU, None)  # as `fit` builds it
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    x, y = torch.as_tensor(np.asarray(toy_splits.train_x)), torch.as_tensor(toy_splits.train_y)
+    compiled, seconds, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, timed_steps=2)
+    assert hasattr(compiled, "_orig_mod") and seconds > 0 and step > 0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
+    assert all(p.grad is None for p in base.parameters())
+    assert not optimizer.state  # no momentum left from the throwaway steps
+    images = to_input(toy_splits.test_x[:4])
+    assert torch.allclose(compiled(images), base(images), atol=1e-4)
 
 
 def test_the_better_weights_are_kept_and_shipped(toy_splits, tmp_path: Path) -> None:
