@@ -103,6 +103,14 @@ def decide(
             next_steps=("Sign the sign-off block at the end of this report.",),
         )
     reasons = tuple(gate.get("reasons") or ())
+    alternative = gate.get("alternative") or {}
+    if alternative.get("verdict") == "pass":
+        steps.insert(
+            0,
+            f"The logit-adjusted variant `{alternative['file']}` passes this gate in the plain file's place "
+            "(release gate section): it trades some accuracy for the worst class's recall; shipping it is a "
+            "decision for the reviewer.",
+        )
     if any(str(r).startswith(("Test accuracy vs", "Worst-class recall vs", "Privacy")) for r in reasons):
         champion = (gate.get("champion") or {}).get("run_id")
         if champion:

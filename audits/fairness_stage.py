@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 
 from auditflow.audits.fairness import FairnessResult, audit_fairness, decidable_policy
-from auditflow.audits.mitigation import MitigationResult, fit_logit_offsets, mitigation_effect
+from auditflow.audits.mitigation import MitigationResult, fit_logit_offsets, mitigation_effect, worth_exporting
 from auditflow.audits.plots import recall_figure
 from auditflow.audits.subgroups import SubgroupResult, audit_subgroups, derived_attributes, read_metadata
 from auditflow.core.checks import Check, condition_text, worst
@@ -181,6 +181,45 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
     )
 
 
+def _adjusted_checks(m: MitigationResult, cfg: FairnessConfig) -> tuple[Check, ...]:
+    """The logit-adjusted model's worst-class recall and recall gap, judged as the plain model's
+    are (advisory: group `fairness_adjusted`, which ships only as the optional ONNX variant)."""
+    level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
+    what = "logit-adjusted variant (model.adjusted.onnx; advisory)"
+    return (
+        Check(
+            key=Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER,
+            verdict=Verdict.FAIRNESS_ADJUSTED,
+            title=f"Worst-class recall of the {what}",
+            condition=condition_text("every class's recall", cfg.min_class_recall, higher_is_better=True)
+            + f", on its {level}",
+            stage=Stage.FAIRNESS,
+            metric=Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER,
+            value=m.worst_recall_after,
+            threshold=cfg.min_class_recall,
+            status=m.worst_status_after,
+            evidence="#mitigation-per-class-logit-adjustment",
+            note=f"worst class: {m.worst_class_after} (plain model: {m.worst_status_before})",
+            interval=m.worst_recall_ci_after,
+        ),
+        Check(
+            key=Fairness.MITIGATION_RECALL_GAP_AFTER,
+            verdict=Verdict.FAIRNESS_ADJUSTED,
+            title=f"Recall gap between classes of the {what}",
+            condition=condition_text("best minus worst class recall", cfg.max_recall_gap, higher_is_better=False)
+            + f", on the {level}s",
+            stage=Stage.FAIRNESS,
+            metric=Fairness.MITIGATION_RECALL_GAP_AFTER,
+            value=m.recall_gap_after,
+            threshold=cfg.max_recall_gap,
+            status=m.gap_status_after,
+            evidence="#mitigation-per-class-logit-adjustment",
+            note=f"plain model: {m.gap_status_before}, gap {m.recall_gap_before:.3f}",
+            interval=m.recall_gap_ci_after,
+        ),
+    )
+
+
 def fairness_stage(
     predictions: Predictions,
     *,
@@ -203,13 +242,14 @@ def fairness_stage(
     if cfg.mitigation == "logit_adjustment" and len(predictions.val_labels):
         offsets = fit_logit_offsets(predictions.val_logits, predictions.val_labels, len(classes))
         mitigation = mitigation_effect(offsets, shipped, labels, classes=classes, cfg=cfg)
+    exported = mitigation is not None and worth_exporting(mitigation)
     headline, metrics = _metrics(result, groups, mitigation)
     report = StageReport(
         stage=Stage.FAIRNESS,
         metrics=metrics,
         headline=headline,
         params={f"fairness.{k}": v for k, v in cfg.model_dump().items()},
-        checks=_checks(result, groups, cfg),
+        checks=_checks(result, groups, cfg) + (_adjusted_checks(mitigation, cfg) if exported else ()),
         tables={
             Fairness.PER_CLASS_JSON: result.per_class,
             Fairness.SUBGROUP_CELLS_JSON: groups.cells,
@@ -220,8 +260,15 @@ def fairness_stage(
         | {
             "audited_model": AUDITED_MODEL,
             "subgroups": asdict(groups) | {"source": attribute_source},
-            "mitigation": asdict(mitigation) if mitigation is not None else None,
+            "mitigation": asdict(mitigation) | {"exported": exported} if mitigation is not None else None,
         },
     )
     status = worst([result.worst_status, result.gap_status])
     return AuditOutcome(report, status, result.reasons, result.worst_recall)
+
+
+def offsets_to_export(report: StageReport) -> tuple[float, ...] | None:
+    """The logit offsets the export stage folds into `model.adjusted.onnx`, from the fairness
+    stage's report; None when the adjusted model is not worth exporting (`worth_exporting`)."""
+    mitigation = (report.summary or {}).get("mitigation")
+    return tuple(mitigation["offsets"]) if mitigation and mitigation.get("exported") else None

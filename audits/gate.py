@@ -39,7 +39,7 @@ from auditflow.audits.gate_record import PASSING, Criterion, GateRecord
 from auditflow.audits.gate_record import SCHEMA as SCHEMA
 from auditflow.audits.gate_record import gate_markdown as gate_markdown
 from auditflow.audits.waivers import Waiver, held
-from auditflow.core.checks import SEVERITY, condition_text, judge
+from auditflow.core.checks import SEVERITY, condition_text, judge, worst
 from auditflow.core.config import ReleaseConfig as GateConfig
 from auditflow.core.names import (
     VERDICT_PREFIX,
@@ -49,6 +49,7 @@ from auditflow.core.names import (
     Fairness,
     Privacy,
     Verdict,
+    gating_verdicts,
     verdict_tag,
 )
 from auditflow.core.tracking import RunRecord, run_url
@@ -245,6 +246,43 @@ def facts_from_record(record: RunRecord, ui_url: str | None = None, version: str
         version=version,
         waivers=tuple(waivers.values()),
     )
+
+
+def adjusted_facts(facts: RunFacts) -> RunFacts | None:
+    """The run as its logit-adjusted ONNX variant (`model.adjusted.onnx`) would stand before the
+    gate in the plain file's place, or None when the run exported none: that file's accuracy (no
+    interval: the accuracy criterion reads the point value), the worst-class recall after the
+    adjustment, its fairness verdict (`fairness_adjusted`), its file's parity and accuracy cost
+    (`onnx_adjusted`, and its largest logit difference) for the parity criteria, and the overall
+    verdict with those two groups in place of the plain model's. Privacy carries over: the
+    offsets are tuned on validation images, never on the training members, so the adjusted
+    outputs are a fixed post-processing of the audited ones."""
+    variant = Verdict.ADJUSTED_VARIANT
+    fair = facts.tags.get(verdict_tag(Verdict.FAIRNESS_ADJUSTED))
+    exported = facts.tags.get(verdict_tag(Verdict.onnx(variant)))
+    if fair is None or exported is None:
+        return None
+
+    def value(metric: str) -> float:
+        return facts.metrics.get(metric, math.nan)
+
+    interval = (METRICS["accuracy_ci_low"], METRICS["accuracy_ci_high"])
+    metrics = {k: v for k, v in facts.metrics.items() if k not in interval} | {
+        METRICS["accuracy"]: value(Export.VARIANT.format(variant=variant, name="accuracy")),
+        METRICS["worst_class_recall"]: value(Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER),
+        METRICS["onnx_max_abs_diff"]: value(Export.VARIANT.format(variant=variant, name="max_abs_diff")),
+    }
+    replaced = {Verdict.FAIRNESS: fair, Verdict.onnx(Verdict.SHIPPED_VARIANT): exported}
+    plain = {g: s for g, s in gating_verdicts(facts.tags).items() if not facts.waiver(g)}
+    # a fail the gating verdicts do not explain (the run failed, a stage is missing) stays a fail
+    base = "fail" if facts.overall == "fail" and worst(plain.values()) != "fail" else "pass"
+    overall = worst([base, *(plain | replaced).values()]) if facts.overall is not None else None
+    tags = facts.tags | {
+        TAGS["fairness"]: fair,
+        TAGS["onnx_parity"]: worst([facts.tags.get(TAGS["onnx_parity"], "fail"), exported]),
+    }
+    waivers = tuple(w for w in facts.waivers if w.check not in replaced and w.check != Verdict.FAIRNESS)
+    return replace(facts, metrics=metrics, tags=tags, overall=overall, version=None, waivers=waivers)
 
 
 # ---------------------------------------------------------------------------- criteria

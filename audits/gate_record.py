@@ -52,6 +52,9 @@ class GateRecord:
     config: dict[str, Any]
     decided_at: str  # ISO 8601, UTC
     waivers: tuple[dict[str, Any], ...] = ()  # the waivers the gate honoured (`Waiver` fields)
+    # the logit-adjusted ONNX variant judged by the same criteria in the plain file's place
+    # (`gate.adjusted_facts`): variant, file, verdict, summary, reasons; None when none was exported
+    alternative: dict[str, Any] | None = None
     schema: int = SCHEMA
 
     @property

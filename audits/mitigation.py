@@ -6,7 +6,11 @@ tuned on the *validation* split to maximise worst-class recall (ties: accuracy) 
 ascent over a grid, and the before/after comparison is made on the *test* split, which played no
 part in the tuning. Whatever the test split says is reported, including "it did not help".
 
-The shipped model is unchanged; this shows what a cheap post-hoc fix would buy.
+The shipped model is unchanged. When the adjusted model passes a fairness check that the plain
+one does not, and fails none (`worth_exporting`), the export stage ships it as an optional ONNX
+variant (`model.adjusted.onnx`, the offsets folded into the graph), audited by the checks of
+verdict group `fairness_adjusted` here and by parity and its accuracy cost at export; the
+release gate says whether that file could ship in the plain model's place.
 """
 
 from __future__ import annotations
@@ -220,3 +224,13 @@ def mitigation_effect(
 
 def _plain(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
+
+
+def worth_exporting(m: MitigationResult) -> bool:
+    """Whether the adjusted model passes a fairness check (worst-class recall, recall gap) that
+    the plain model does not pass, and fails neither."""
+    pairs = ((m.worst_status_before, m.worst_status_after), (m.gap_status_before, m.gap_status_after))
+    return any(b != "pass" and a == "pass" for b, a in pairs) and "fail" not in (
+        m.worst_status_after,
+        m.gap_status_after,
+    )

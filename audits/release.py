@@ -39,6 +39,7 @@ from auditflow.audits.gate import (
     GateConfig,
     GateRecord,
     RunFacts,
+    adjusted_facts,
     comparability,
     evaluate_gate,
     facts_from_record,
@@ -257,15 +258,38 @@ def judge_run(
     of the two runs (`auditflow.audits.comparison.paired_with`) where both runs hold its evidence."""
     champion = ModelRegistry(tracker).by_alias(model_name, CHAMPION)
     facts = facts_from_record(record, version=version)
-    if champion is None:
-        return evaluate_gate(facts, None, cfg, model_name=model_name)
-    champion_facts, champion_record = _champion(tracker, champion.run_id, champion.version)
-    paired: Comparison | str = "the champion's run is not in this store"
+    champion_facts, champion_record = (
+        (None, None) if champion is None else _champion(tracker, champion.run_id, champion.version)
+    )
+    paired: Comparison | str = "no champion" if champion is None else "the champion's run is not in this store"
     if champion_record is not None and comparability(facts, champion_facts)[0]:
         paired = paired_with(tracker, champion_record, record, confidence=cfg.confidence)
     if isinstance(paired, str):
-        return evaluate_gate(facts, champion_facts, cfg, model_name=model_name, unpaired=paired)
-    return evaluate_gate(facts, champion_facts, cfg, model_name=model_name, paired=paired)
+        judged = evaluate_gate(facts, champion_facts, cfg, model_name=model_name, unpaired=paired)
+    else:
+        judged = evaluate_gate(facts, champion_facts, cfg, model_name=model_name, paired=paired)
+    return replace(judged, alternative=_adjusted_alternative(facts, champion_facts, cfg, model_name))
+
+
+def _adjusted_alternative(
+    facts: RunFacts, champion: RunFacts | None, cfg: GateConfig, model_name: str
+) -> dict[str, Any] | None:
+    """The logit-adjusted variant judged by the same criteria in the plain file's place
+    (`gate.adjusted_facts`); None when the run exported none. Its regressions against the
+    champion are raw differences: the paired evidence holds the plain model's answers."""
+    adjusted = adjusted_facts(facts)
+    if adjusted is None:
+        return None
+    judged = evaluate_gate(
+        adjusted, champion, cfg, model_name=model_name, unpaired="the paired evidence is the plain model's"
+    )
+    return {
+        "variant": names.Verdict.ADJUSTED_VARIANT,
+        "file": names.Export.ADJUSTED_FILE,
+        "verdict": judged.verdict,
+        "summary": judged.summary(),
+        "reasons": list(judged.reasons),
+    }
 
 
 def _gate_metrics(record: GateRecord) -> dict[str, float]:

@@ -193,6 +193,8 @@ def audit_pipeline(
             eval_cfg=cfg.evaluate,
             temperature=evaluated.temperature,
             fitted_on=evaluated.temperature_fitted_on,
+            adjusted_offsets=fairness.offsets,
+            max_adjusted_drop=cfg.fairness.mitigation_max_accuracy_drop,
         )
         benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
         released = release(ref, cfg.release)

@@ -23,7 +23,9 @@ echo "== pytest"
 # imports, once, even where the environment says not to (PYTHONDONTWRITEBYTECODE=1 on the CI
 # machines), or every worker and CLI subprocess would compile torch, Prefect and MLflow again.
 unset PYTHONDONTWRITEBYTECODE
-# Three workers on the 2-core CI machine (a file per worker; tests/conftest.py: the order, one thread each);
+# Four workers on the 2-core CI machine (a file per worker; tests/conftest.py: the order, one thread each):
+# a third of the suite's wall time is spent waiting (servers starting, cron minutes), which a fourth
+# worker fills (12:08 against 14:05 with three, NOTES.md);
 # AUDITFLOW_TEST_WORKERS=0 runs in one process.
-workers="${AUDITFLOW_TEST_WORKERS:-3}"
+workers="${AUDITFLOW_TEST_WORKERS:-4}"
 if [ "$workers" = 0 ]; then pytest "$@"; else pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"; fi

@@ -30,10 +30,12 @@ class VerdictResult:
     reasons: tuple[str, ...]  # why it is not a pass, one sentence each
     headline: float  # worst-class recall (fairness) or the strongest attack's TPR at the verdict FPR (privacy)
     attack: str = ""  # privacy: the strongest attack
+    offsets: tuple[float, ...] | None = None  # fairness: logit offsets for `model.adjusted.onnx`, when worth it
 
 
 def _verdict(outcome: fairness.AuditOutcome) -> VerdictResult:
-    return VerdictResult(outcome.status, outcome.reasons, outcome.headline, outcome.attack)
+    offsets = fairness.offsets_to_export(outcome.report) if outcome.report.stage == Stage.FAIRNESS else None
+    return VerdictResult(outcome.status, outcome.reasons, outcome.headline, outcome.attack, offsets)
 
 
 @task(name="fairness-audit", cache_policy=NO_CACHE)

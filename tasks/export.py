@@ -61,11 +61,13 @@ def export_model(
     eval_cfg: EvalConfig,
     temperature: float,
     fitted_on: str,
+    adjusted_offsets: tuple[float, ...] | None = None,
+    max_adjusted_drop: float = 1.0,
 ) -> ExportResult:
     """Export the checkpoint as ONNX variants with `temperature` (fitted on `fitted_on`) folded
-    into their `probabilities` output, judge them (the calibration check with `eval_cfg`'s
-    thresholds), log the shipped FP32 file as an MLflow ONNX model; `ModelError` (after logging)
-    when FP32 parity with torch fails."""
+    into their `probabilities` output (and, with `adjusted_offsets`, the logit-adjusted variant),
+    judge them (the calibration check with `eval_cfg`'s thresholds), log the shipped FP32 file as
+    an MLflow ONNX model; `ModelError` (after logging) when FP32 parity with torch fails."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.EXPORT, EXPORT_DESCRIPTION) as run:
         tracker.attach_datasets(ref, run, ("train", "test"))
@@ -79,6 +81,8 @@ def export_model(
             calibration=ShippedCalibration.of(temperature, fitted_on, eval_cfg),
             seed=data_cfg.seed,
             out_dir=run_dir(workdir, ref.run_id) / ARTIFACT_FOLDER,
+            offsets=adjusted_offsets,
+            max_adjusted_drop=max_adjusted_drop,
         )
         model_uri = run.log_onnx_model(
             found.onnx_path,

@@ -322,3 +322,38 @@ def test_integer_gelu_replaces_every_float_gelu_and_keeps_the_answers(variants, 
     )
     assert check.verdict == "pass" and check.top1_agreement == 1.0, check
     assert gelu_as_int8_ops(proto) == 0  # nothing left to replace
+
+
+def test_the_adjusted_variant_folds_the_offsets_into_the_graph_and_says_so(variants, tmp_path: Path) -> None:
+    """Issue 19: `model.adjusted.onnx` answers torch logits + offsets (calibrated probabilities of
+    those), carries its offsets in its metadata, and passes parity with that function."""
+    model, images, labels, _, _ = variants
+    offsets = (-0.5, 0.0, 0.5)
+    paths, _ = build_variants(
+        model,
+        image_shape=(32, 32, 3),
+        out_dir=tmp_path,
+        calibration_images=images[:16],
+        cfg=ExportConfig(variants=("fp32",)),
+        temperature=T,
+        offsets=offsets,
+    )
+    assert set(paths) == {"fp32", "adjusted"} and paths["adjusted"].name == "model.adjusted.onnx"
+    reference = torch_logits(model, images)
+    logits, probabilities = onnx_outputs(onnx_session(paths["adjusted"]), images)
+    np.testing.assert_allclose(logits, reference + np.asarray(offsets, np.float32), atol=1e-4)
+    np.testing.assert_allclose(probabilities, calibrated_probabilities(logits, T), atol=1e-5)
+    meta = onnx.load(str(paths["adjusted"])).metadata_props
+    assert {p.key: p.value for p in meta}["auditflow.logit_offsets"] == "-0.5, 0.0, 0.5"
+    check = check_variant(
+        "adjusted",
+        paths["adjusted"],
+        test_x=images,
+        test_y=labels,
+        classes=CLASSES,
+        reference_logits=reference,
+        cfg=ExportConfig(),
+        temperature=T,
+        offsets=offsets,
+    )
+    assert check.verdict in ("pass", "inconclusive") and check.max_abs_diff < 1e-4, check.reasons

@@ -802,16 +802,26 @@ def test_a_batch_larger_than_the_split_stops_the_run_in_one_line(tmp_path: Path)
         [cli, "run", "--data", str(data), "--workdir", str(work), *sets], capture_output=True, text=True, env=env
     )
     assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "╭" not in done.stderr
     [line] = _said(done.stderr)
     assert line.startswith("error: train.batch_size=100000 is larger than the training split (21 images)"), line
-    stages = {tags.get("auditflow.stage", "parent"): status for status, tags in _runs(work).values()}
+    runs = _runs(work)
+    stages = {tags.get("auditflow.stage", "parent"): status for status, tags in runs.values()}
     assert stages == {"parent": "FAILED", "ingest": "FINISHED", "train": "FAILED"}
+    # a user error inside the flow: the full trace in the log and in MLflow, one line in the terminal
+    log = re.fullmatch(r".*\(log: (.*\.log)\)", line)
+    assert log and "Traceback" in Path(log.group(1)).read_text()
+    from auditflow.core.tracking import Tracker
+
+    parent = next(k for k, (_, tags) in runs.items() if "mlflow.parentRunId" not in tags)
+    client = Tracker(f"sqlite:///{work.resolve()}/mlflow.db").client
+    assert "Traceback" in Path(client.download_artifacts(parent, "error.txt", str(tmp_path))).read_text()
 
 
 @pytest.mark.slow
-def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_mlflow(tmp_path: Path) -> None:
-    from auditflow.core.tracking import Tracker
-
+def test_a_broken_image_is_named_in_one_line_before_any_server_starts(tmp_path: Path) -> None:
+    """`auditflow run` reads the data before the temporary Prefect API starts: a broken image is
+    one line (the trace in the log), in seconds, and no MLflow run is opened for it."""
     data = make_image_folder(tmp_path / "data", n_train=2, n_test=2)
     (data / "test" / "circle" / "0001.png").write_bytes(b"\x89PNG broken")
     run = _stop(data, tmp_path / "work", "user-error", None)
@@ -821,9 +831,8 @@ def test_a_user_error_inside_the_flow_is_one_line_with_the_trace_in_the_log_and_
     match = re.fullmatch(r"error: cannot decode image test/circle/0001\.png: .* \(log: (.*\.log)\)", line)
     assert match, line
     assert "Traceback" in Path(match.group(1)).read_text()  # the full trace, kept
-    parent = next(k for k, (_, tags) in run.runs.items() if "mlflow.parentRunId" not in tags)
-    client = Tracker(f"sqlite:///{run.workdir.resolve()}/mlflow.db").client
-    assert "Traceback" in Path(client.download_artifacts(parent, "error.txt", str(tmp_path))).read_text()
+    assert "Starting temporary server" not in run.stderr and run.runs == {}
+    assert run.seconds_to_exit < 120  # 46 s of CPU before, with the server and the store started
 
 
 def test_a_damaged_kept_training_is_named_and_trained_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -179,6 +179,46 @@ def test_split_identity_follows_the_seeded_test_cap() -> None:
     assert split_identity(DIGEST, capped) != split_identity(DIGEST, capped | {"data.seed": "1"})
 
 
+def test_the_adjusted_variant_is_judged_in_the_plain_files_place() -> None:
+    """Issue 19: a plain model whose fairness is inconclusive fails the gate; its logit-adjusted
+    variant, whose own fairness passes at an accuracy it can afford, is judged by the same
+    criteria with its own numbers, and the decision names it as the way forward."""
+    from auditflow.audits.decision import decide
+    from auditflow.audits.gate import adjusted_facts
+    from auditflow.core.names import Export, Fairness, Verdict, verdict_tag
+
+    plain = facts("b")
+    plain = replace(plain, tags=plain.tags | {TAGS["fairness"]: "inconclusive"}, overall="inconclusive")
+    assert adjusted_facts(plain) is None  # nothing exported: no alternative
+    variant = Verdict.ADJUSTED_VARIANT
+    exported = {
+        Export.VARIANT.format(variant=variant, name="accuracy"): 0.855,
+        Export.VARIANT.format(variant=variant, name="max_abs_diff"): 3e-6,
+        Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER: 0.74,
+    }
+    tags = {verdict_tag(Verdict.FAIRNESS_ADJUSTED): "pass", verdict_tag(Verdict.onnx(variant)): "pass"}
+    run = replace(plain, metrics=plain.metrics | exported, tags=plain.tags | tags)
+    adjusted = adjusted_facts(run)
+    assert adjusted is not None and adjusted.version is None
+    assert adjusted.metrics[METRICS["accuracy"]] == 0.855 and adjusted.metrics[METRICS["worst_class_recall"]] == 0.74
+    assert METRICS["accuracy_ci_low"] not in adjusted.metrics  # the plain model's interval is not the variant's
+    assert adjusted.tags[TAGS["fairness"]] == "pass" and adjusted.overall == "pass"
+    cfg = GateConfig(min_accuracy=0.85, min_worst_class_recall=0.7)
+    assert evaluate_gate(run, None, cfg, model_name="m").verdict == "fail"
+    assert evaluate_gate(adjusted, None, cfg, model_name="m").verdict == "pass"
+    assert evaluate_gate(adjusted, None, GateConfig(min_accuracy=0.86), model_name="m").verdict == "fail"
+    # a variant whose parity or accuracy cost is open does not pass in the plain file's place
+    costly = adjusted_facts(replace(run, tags=run.tags | {verdict_tag(Verdict.onnx(variant)): "inconclusive"}))
+    assert costly is not None and evaluate_gate(costly, None, cfg, model_name="m").verdict == "fail"
+
+    record = evaluate_gate(run, None, cfg, model_name="m").as_dict() | {
+        "alternative": {"variant": variant, "file": Export.ADJUSTED_FILE, "verdict": "pass", "reasons": []}
+    }
+    decision = decide(run_id=run.run_id, overall="inconclusive", gate=record, checks=[])
+    assert decision.outcome == "do not ship" and "`model.adjusted.onnx` passes this gate" in decision.next_steps[0]
+    assert "logit-adjusted variant (`model.adjusted.onnx`)" in gate_markdown(record)
+
+
 def test_policy_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError, match="min_acuracy"):
         GateConfig(min_acuracy=0.5)  # type: ignore[call-arg]

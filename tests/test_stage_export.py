@@ -278,3 +278,48 @@ def test_export_report_files_are_the_variants_and_their_manifest() -> None:
     report = _report()
     assert [p.name for p, _ in report.files] == ["model.fp32.onnx", "model.int8.onnx", "variants.json"]
     assert all(isinstance(p, Path) for p, _ in report.files)
+
+
+def test_the_adjusted_variant_is_judged_by_parity_with_its_offsets_and_by_its_accuracy_cost() -> None:
+    """Issue 19: the logit-adjusted file must compute torch logits + offsets (parity, as the
+    shipped file must compute torch's), and the accuracy it costs against the plain model is
+    judged on a paired exact interval against fairness.mitigation_max_accuracy_drop. Its verdict
+    is advisory: `onnx_adjusted` never changes verdict/overall."""
+    reference, _, labels = _answers(0, 0)
+    plain = _logits(reference)
+    offsets = tuple([0.0] * 9 + [5.5])  # class 9 raised: it takes images whose top logit is close
+    adjusted = plain + np.asarray(offsets, np.float32)
+
+    def judged(logits: np.ndarray, limit: float) -> VariantCheck:
+        return assess_variant(
+            Verdict.ADJUSTED_VARIANT,
+            "/tmp/onnx/model.adjusted.onnx",
+            Outputs(CPU_OK, "CPUExecutionProvider", logits, calibrated_probabilities(logits, T)),
+            test_y=labels,
+            classes=CLASSES,
+            reference_logits=plain,
+            cfg=ExportConfig(),
+            temperature=T,
+            size_mb=1.0,
+            offsets=offsets,
+            max_adjusted_drop=limit,
+        )
+
+    right = judged(adjusted, limit=100.0)
+    assert right.max_abs_diff == 0.0 and right.top1_agreement == 1.0
+    was_right, now_right = plain.argmax(1) == labels, adjusted.argmax(1) == labels
+    assert right.images_lost == int((was_right & ~now_right).sum()) > 0
+    assert right.images_gained == int((~was_right & now_right).sum())
+    assert right.verdict == "pass" and right.accuracy_status == "pass" and right.max_accuracy_drop == 100.0
+    strict = judged(adjusted, limit=0.0)
+    assert strict.verdict == strict.accuracy_status != "pass"
+    assert "fairness.mitigation_max_accuracy_drop=0.0" in strict.reasons[0]
+    unadjusted = judged(plain, limit=100.0)  # a file without the offsets is not the audited function
+    assert unadjusted.verdict == "fail" and unadjusted.max_abs_diff == pytest.approx(5.5)
+    checks = {c.key: c for c in export_checks(ParityResult(1e-5, 1.0, 64, 1e-6), [_variant("fp32"), right],
+                                              cfg=ExportConfig(), calibration=CALIBRATION)}  # fmt: skip
+    assert {k for k in checks if k.startswith("onnx/adjusted/")} == {
+        "onnx/adjusted/parity",
+        "onnx/adjusted/accuracy_drop",
+    }
+    assert not Verdict.gates(Verdict.onnx(Verdict.ADJUSTED_VARIANT))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from auditflow.audits.fairness_stage import fairness_stage, subgroup_attributes
+from auditflow.audits.fairness_stage import fairness_stage, offsets_to_export, subgroup_attributes
 from auditflow.core.config import FairnessConfig
 from auditflow.core.errors import ConfigError
 from auditflow.core.names import Fairness, Stage, Verdict, per_class
@@ -122,3 +122,43 @@ def test_an_inconclusive_check_names_the_policy_value_at_which_it_passes_on_this
     assert "(this split has 200)" in checks[Fairness.RECALL_GAP].note
     settled = {c.key: c.status for c in _run(predictions, **named).report.checks}
     assert settled[Fairness.RECALL_GAP] == settled[Fairness.SUBGROUP_TPR_GAP] == "pass"
+
+
+def _fixable(support: int = 300) -> Predictions:
+    """Three classes; half of class 2's images are called class 0 by a 0.5-logit margin, which a
+    per-class offset undoes without moving any other image. Validation has the same pattern."""
+
+    def answers(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(3), n)
+        logits = np.eye(3, dtype=np.float32)[labels] * 4.0
+        logits[np.flatnonzero(labels == 2)[: n // 2]] = (1.0, 0.0, 0.5)
+        return logits, labels
+
+    (test_logits, test_labels), (val_logits, val_labels) = answers(support), answers(60)
+    empty = np.zeros(0, np.int64)
+    audit = AuditPoints(empty, empty, np.zeros((0, 3), np.float32), empty, np.zeros(3, np.int64))
+    return Predictions(test_logits, test_logits, test_labels, val_logits, val_labels, audit)
+
+
+def test_a_mitigation_that_passes_what_the_plain_model_fails_is_exported_and_audited() -> None:
+    """Issue 19, "ship the mitigation": the adjusted model passes the recall-gap and worst-class
+    policies the plain model fails, so its offsets go to the export stage and its own checks
+    (group `fairness_adjusted`, advisory) are in the report; the run's fairness verdict stays the
+    plain model's."""
+    outcome = _run(_fixable(), min_class_recall=0.8, max_recall_gap=0.2)
+    assert outcome.status == "fail" and outcome.headline == 0.5
+    report = outcome.report
+    adjusted = {c.key: c for c in report.checks if c.verdict == Verdict.FAIRNESS_ADJUSTED}
+    assert set(adjusted) == {Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER, Fairness.MITIGATION_RECALL_GAP_AFTER}
+    assert all(c.status == "pass" for c in adjusted.values())
+    assert adjusted[Fairness.MITIGATION_RECALL_GAP_AFTER].note == "plain model: fail, gap 0.500"
+    assert not Verdict.gates(Verdict.FAIRNESS_ADJUSTED)
+    offsets = offsets_to_export(report)
+    assert offsets is not None and offsets[2] - offsets[0] > 0.5  # class 2 raised past the margin
+    assert report.summary["mitigation"]["exported"] is True
+
+
+def test_a_mitigation_that_changes_no_verdict_is_not_exported() -> None:
+    report = _run(_predictions((200, 200, 200)), min_class_recall=0.9, max_recall_gap=0.1).report
+    assert offsets_to_export(report) is None and report.summary["mitigation"]["exported"] is False
+    assert not [c for c in report.checks if c.verdict == Verdict.FAIRNESS_ADJUSTED]

@@ -216,7 +216,15 @@ class FairnessConfig(_Section):
     mitigation: Literal["none", "logit_adjustment"] = Field(
         "logit_adjustment",
         description="Per-class logit offsets tuned on the validation split to raise the worst class; "
-        "shown before/after in the report (the shipped model is unchanged).",
+        "shown before/after in the report (the shipped model is unchanged). When the adjusted model passes a "
+        "fairness check the plain one does not, it is exported as the ONNX variant `model.adjusted.onnx`.",
+    )
+    mitigation_max_accuracy_drop: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="Policy: the adjusted variant may lose at most this many accuracy points against the plain "
+        "model (paired exact interval on the test split).",
     )
     n_bootstrap: int = Field(
         1000, ge=100, description="Image resamples for the rank correlation of the per-class fairness x privacy view."

@@ -45,6 +45,7 @@ class Verdict:
     CALIBRATION = "calibration"
     FAIRNESS = "fairness"
     FAIRNESS_SUBGROUPS = "fairness_subgroups"
+    FAIRNESS_ADJUSTED = "fairness_adjusted"  # the logit-adjusted variant's; advisory, like its file's
     PRIVACY = "privacy"
     PRIVACY_STRENGTH = "privacy_strength"
     PRIVACY_DESIGN = "privacy_design"
@@ -53,6 +54,7 @@ class Verdict:
     OVERALL = "overall"  # the worst gating verdict, set by the report stage
     RELEASE = "release"  # the release gate's pass | fail; not an input of `overall`
     SHIPPED_VARIANT = "fp32"  # the ONNX file that ships; its group gates, the other variants' do not
+    ADJUSTED_VARIANT = "adjusted"  # FP32 with the fairness audit's logit offsets folded in
 
     @staticmethod
     def onnx(variant: str) -> str:
@@ -61,11 +63,12 @@ class Verdict:
 
     @staticmethod
     def gates(group: str) -> bool:
-        """Whether verdict group `group` counts towards `verdict/overall`. Three do not: the
+        """Whether verdict group `group` counts towards `verdict/overall`. These do not: the
         overall verdict itself; the release gate (a comparison with the champion, not an audit of
-        this model); and each optional ONNX variant other than the shipped FP32 file (`onnx_int8`,
-        `onnx_fp16`): its verdict only decides whether that variant is recommended."""
-        if group in (Verdict.OVERALL, Verdict.RELEASE):
+        this model); each optional ONNX variant other than the shipped FP32 file (`onnx_int8`,
+        `onnx_fp16`, `onnx_adjusted`): its verdict only decides whether that variant is
+        recommended; and the fairness of the logit-adjusted variant (`fairness_adjusted`)."""
+        if group in (Verdict.OVERALL, Verdict.RELEASE, Verdict.FAIRNESS_ADJUSTED):
             return False
         prefix = Verdict.onnx("")
         return not group.startswith(prefix) or group in (Verdict.ONNX_PARITY, Verdict.onnx(Verdict.SHIPPED_VARIANT))
@@ -269,6 +272,7 @@ class Export:
     TEMPERATURE = "export/temperature"  # T folded into the ONNX graph's `probabilities` output
     VARIANTS_JSON = "export/variants.json"
     VARIANT = "export/{variant}/{name}"  # .format(variant=..., name=...)
+    ADJUSTED_FILE = "model.adjusted.onnx"  # the logit-adjusted variant's file, in the stage's `onnx/` folder
 
 
 class Benchmark:

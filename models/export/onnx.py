@@ -39,6 +39,7 @@ PROBABILITIES_NAME = "probabilities"  # calibrated: softmax(logits / T), N x K, 
 OUTPUT_NAMES = (OUTPUT_NAME, PROBABILITIES_NAME)
 TEMPERATURE_KEY = "auditflow.temperature"  # ONNX metadata: T as text
 OUTPUTS_KEY = "auditflow.outputs"  # ONNX metadata: what each output holds
+OFFSETS_KEY = "auditflow.logit_offsets"  # ONNX metadata of the adjusted variant: its per-class offsets
 # What a missing, truncated or foreign file raises while ONNX Runtime loads it.
 _LOAD_ERRORS = (
     ort_state.Fail,
@@ -79,10 +80,32 @@ class Calibrated(nn.Module):
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
-def output_docs(temperature: float, fitted_on: str) -> dict[str, str]:
-    """What each graph output holds, in words (also the model card's)."""
+class Adjusted(nn.Module):
+    """`net` with per-class logit offsets added (the fairness audit's logit adjustment, tuned on
+    the validation split): `net(x) + offsets`. The offsets are a buffer, so they travel with the
+    exported graph as a constant."""
+
+    def __init__(self, net: nn.Module, offsets: np.ndarray | list[float] | tuple[float, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("offsets", torch.as_tensor(np.asarray(offsets, dtype=np.float32)).reshape(1, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + self.offsets
+
+
+def output_docs(temperature: float, fitted_on: str, offsets: tuple[float, ...] | None = None) -> dict[str, str]:
+    """What each graph output holds, in words (also the model card's); `offsets` for a file with
+    the logit adjustment folded in."""
+    logits = "raw logits, N x K (float32); argmax is the predicted class"
+    if offsets is not None:
+        shown = ", ".join(f"{o:+.4g}" for o in offsets)
+        logits = (
+            f"the model's logits plus per-class offsets ({shown}; logit adjustment tuned on the validation split "
+            "to raise the worst class's recall), N x K (float32); argmax is the predicted class"
+        )
     return {
-        OUTPUT_NAME: "raw logits, N x K (float32); argmax is the predicted class",
+        OUTPUT_NAME: logits,
         PROBABILITIES_NAME: f"calibrated class probabilities, N x K (float32, rows sum to 1): "
         f"softmax(logits / T) with T = {temperature:.6g} (temperature scaling fitted on {fitted_on}); "
         "the same argmax as the logits",
@@ -121,11 +144,14 @@ def export_onnx(
     return path
 
 
-def document_outputs(path: str | Path, *, temperature: float, fitted_on: str) -> Path:
+def document_outputs(
+    path: str | Path, *, temperature: float, fitted_on: str, offsets: tuple[float, ...] | None = None
+) -> Path:
     """Write what the outputs hold into the ONNX file at `path` (in place): the model's and each
-    output's `doc_string`, and metadata `auditflow.temperature` and `auditflow.outputs`."""
+    output's `doc_string`, and metadata `auditflow.temperature`, `auditflow.outputs` and, for a
+    file with the logit adjustment folded in, `auditflow.logit_offsets`."""
     proto = onnx.load(str(path))
-    docs = output_docs(temperature, fitted_on)
+    docs = output_docs(temperature, fitted_on, offsets)
     names = [o.name for o in proto.graph.output]
     if names != list(OUTPUT_NAMES):
         raise ModelError(f"{path} has outputs {names}; expected {list(OUTPUT_NAMES)}")
@@ -136,6 +162,8 @@ def document_outputs(path: str | Path, *, temperature: float, fitted_on: str) ->
         TEMPERATURE_KEY: repr(float(temperature)),
         OUTPUTS_KEY: ", ".join(OUTPUT_NAMES),
     }
+    if offsets is not None:
+        props[OFFSETS_KEY] = ", ".join(repr(float(o)) for o in offsets)
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
     return Path(path)

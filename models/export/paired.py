@@ -137,11 +137,12 @@ def judge_paired(
     max_accuracy_drop: float,
     max_class_recall_drop: float,
     confidence: float,
+    accuracy_policy: str = "export.max_accuracy_drop",
 ) -> PairedJudgement:
     """Judge a variant's predicted classes against the reference's on the same images (all (n,)
     int arrays, `labels` the truth): accuracy points lost on its paired exact interval against
-    `max_accuracy_drop`, and each class's recall points lost on simultaneous intervals against
-    `max_class_recall_drop`."""
+    `max_accuracy_drop` (the policy setting named `accuracy_policy` in the reasons), and each
+    class's recall points lost on simultaneous intervals against `max_class_recall_drop`."""
     ref_ok, var_ok = np.asarray(reference_pred) == labels, np.asarray(variant_pred) == labels
     overall = paired_loss(ref_ok, var_ok, level=confidence)
     accuracy_status = judge_interval(overall.low, overall.high, max_accuracy_drop, higher_is_better=False)
@@ -159,12 +160,12 @@ def judge_paired(
     if accuracy_status == "fail":
         accuracy_reason = (
             f"loses {_points(overall, 'accuracy')} ({confidence:.0%} paired exact interval; {counts}): the whole "
-            f"interval is beyond export.max_accuracy_drop={max_accuracy_drop}"
+            f"interval is beyond {accuracy_policy}={max_accuracy_drop}"
         )
     elif accuracy_status == "inconclusive":
         accuracy_reason = (
             f"loses {_points(overall, 'accuracy')} ({confidence:.0%} paired exact interval; {counts}): the interval "
-            f"straddles export.max_accuracy_drop={max_accuracy_drop}, so these test images cannot show it keeps "
+            f"straddles {accuracy_policy}={max_accuracy_drop}, so these test images cannot show it keeps "
             "the accuracy"
         )
     failing = [c for c in per_class if c.status == "fail"]

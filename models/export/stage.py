@@ -42,6 +42,7 @@ from auditflow.models.export.onnx import (
 )
 from auditflow.models.export.quantize import CalibrationInfo, calibration_sample
 from auditflow.models.export.variants import (
+    ADJUSTED,
     MANIFEST,
     SHIPPED,
     VariantCheck,
@@ -150,6 +151,44 @@ def _variant_checks(c: VariantCheck, *, max_abs_diff: float) -> list[Check]:
             )
         ]
     advisory = "recommendation only: does not change verdict/overall"
+    if c.variant == ADJUSTED:
+        parity_note = "; ".join(r for r in c.reasons if "fairness.mitigation_max_accuracy_drop" not in r)
+        return [
+            Check(
+                key=f"onnx/{c.variant}/parity",
+                verdict=Verdict.onnx(c.variant),
+                title=f"ONNX {c.variant} variant: answers as torch plus its logit offsets on every test image "
+                "(advisory)",
+                condition=condition_text(
+                    "largest logit difference with torch + offsets", max_abs_diff, higher_is_better=False
+                )
+                + " and largest probabilities difference ≤ export.max_probability_diff, and it loads and answers "
+                "in every provider",
+                stage=Stage.EXPORT,
+                metric=metric["max_abs_diff"],
+                value=_finite(c.max_abs_diff),
+                threshold=max_abs_diff,
+                status="fail" if broken or parity_note else "pass",
+                evidence=evidence,
+                note=parity_note or f"top-1 agreement with torch + offsets {c.top1_agreement:.2%}",
+            ),
+            Check(
+                key=f"onnx/{c.variant}/accuracy_drop",
+                verdict=Verdict.onnx(c.variant),
+                title=f"ONNX {c.variant} variant: accuracy it costs against the plain model (advisory)",
+                condition=f"whole {c.confidence:.0%} paired exact interval of accuracy points lost against the plain "
+                f"model ≤ fairness.mitigation_max_accuracy_drop={c.max_accuracy_drop:g} (fail when wholly above)",
+                stage=Stage.EXPORT,
+                metric=metric["accuracy_drop_points"],
+                value=_finite(c.accuracy_drop),
+                threshold=c.max_accuracy_drop,
+                status="fail" if broken else c.accuracy_status,
+                evidence=evidence,
+                note=f"{c.images_lost} images lost, {c.images_gained} gained of {c.n_images}; "
+                f"McNemar p = {c.mcnemar_p:.3g}",
+                interval=_interval(c.accuracy_drop_ci),
+            ),
+        ]
     return [
         Check(
             key=f"onnx/{c.variant}/accuracy_drop",
@@ -361,12 +400,16 @@ def export_stage(
     calibration: ShippedCalibration,
     seed: int,
     out_dir: Path,
+    offsets: tuple[float, ...] | None = None,
+    max_adjusted_drop: float = 1.0,
 ) -> ExportStage:
     """Build the ONNX variants of `model` in `out_dir`, with `calibration.temperature` folded into
     their `probabilities` output, and judge them: FP32 parity with torch (logits and
     probabilities) on `cfg.parity_samples` test images (a `seed`ed sample across classes), the
     shipped file's calibration and every variant on the whole test split, INT8 calibrated on a
-    seeded sample of the training split."""
+    seeded sample of the training split. With `offsets` (the fairness stage's, when worth
+    exporting), also the adjusted variant, judged by parity with torch + offsets and by its
+    accuracy cost against the plain model (`max_adjusted_drop` points)."""
     calibration_x = splits.train_x[
         calibration_sample(len(splits.train_x), cfg.calibration_samples, cfg.calibration_seed)
     ]
@@ -379,6 +422,7 @@ def export_stage(
         cfg=cfg,
         temperature=t,
         fitted_on=calibration.fitted_on,
+        offsets=offsets,
     )
     fp32 = paths[SHIPPED]
     # a seeded sample across classes (snapshots are stored class by class)
@@ -396,6 +440,8 @@ def export_stage(
             cfg=cfg,
             temperature=t,
             ece_bins=calibration.ece_bins,
+            offsets=offsets if name == ADJUSTED else None,
+            max_adjusted_drop=max_adjusted_drop,
         )
         for name, p in paths.items()
     ]

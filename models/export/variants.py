@@ -10,6 +10,11 @@
    lost (simultaneous intervals). It is `pass` (recommendable) only when every interval clears its
    limit; `fail` when one lies wholly beyond it; `inconclusive` when the test split cannot tell.
    Each variant's ECE is measured on its own `probabilities` output and reported.
+3. The adjusted variant (FP32 with the fairness audit's per-class logit offsets folded in, built
+   only when the fairness stage finds it worth exporting) is the function torch logits + offsets:
+   judged by parity with that on every test image, and by its accuracy cost against the plain
+   model on a paired exact interval (`fairness.mitigation_max_accuracy_drop`). Its per-class
+   recalls are deliberately moved: the fairness stage judges them (group `fairness_adjusted`).
 
 The variants and their verdicts are written to `variants.json` beside the shipped FP32 file,
 so the benchmark (and `auditflow bench` on a past run) reads which files exist and which may
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,11 +36,12 @@ from torch import nn
 
 from auditflow.core.config import ExportConfig
 from auditflow.core.errors import ModelError
-from auditflow.core.names import Verdict
+from auditflow.core.names import Export, Verdict
 from auditflow.models.evaluation.metrics import expected_calibration_error
 from auditflow.models.export.fusion import fold_for_inference
 from auditflow.models.export.onnx import (
     OUTPUT_NAMES,
+    Adjusted,
     calibrated_probabilities,
     document_outputs,
     export_onnx,
@@ -49,18 +56,27 @@ from auditflow.models.export.quantize import CalibrationInfo, convert_fp16, gelu
 log = logging.getLogger(__name__)
 
 SHIPPED = Verdict.SHIPPED_VARIANT  # fp32: the file that ships, judged by parity with torch
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+ADJUSTED = Verdict.ADJUSTED_VARIANT  # fp32 + the fairness audit's logit offsets, judged by parity with that
+VARIANT_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8.onnx",
+    "fp16": "model.fp16.onnx",
+    ADJUSTED: Export.ADJUSTED_FILE,
+}
 MANIFEST = "variants.json"
 # Where each variant's accuracy is measured: where it is meant to run, when that provider loaded.
 MEASURE_ON = {
     "fp32": ("CPUExecutionProvider",),
     "int8": ("CPUExecutionProvider",),
     "fp16": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    ADJUSTED: ("CPUExecutionProvider",),
 }
 JUDGED_BY = {
-    True: "parity with torch on every test image (the shipped file)",
-    False: "paired exact intervals against the FP32 model on the same test images",
+    SHIPPED: "parity with torch on every test image (the shipped file)",
+    ADJUSTED: "parity with torch plus its logit offsets on every test image, and its accuracy cost against the "
+    "plain FP32 model on a paired exact interval (its fairness: checks fairness_adjusted)",
 }
+PAIRED = "paired exact intervals against the FP32 model on the same test images"
 
 
 @dataclass(frozen=True)
@@ -110,6 +126,7 @@ def build_variants(
     cfg: ExportConfig,
     temperature: float = 1.0,
     fitted_on: str = "nothing (T = 1)",
+    offsets: tuple[float, ...] | None = None,
 ) -> tuple[dict[str, Path], CalibrationInfo | None]:
     """Export, optimise and convert: variant name -> file in `out_dir`, and the INT8 calibration.
 
@@ -118,7 +135,9 @@ def build_variants(
     `fitted_on`) folded into its `probabilities` output. INT8 is quantized from the unoptimised
     export (its pre-processing optimises it the way the quantizer expects), then, with
     `int8_gelu: integer`, its GELUs are moved onto uint8 (`gelu_as_int8_ops`); FP16 is converted
-    from the optimised FP32 file. Every file says what its outputs hold (`document_outputs`)."""
+    from the optimised FP32 file. With `offsets`, the adjusted variant is the same FP32 export with
+    the per-class logit offsets added to its logits (`Adjusted`), before the calibration head.
+    Every file says what its outputs hold (`document_outputs`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = export_onnx(
@@ -145,8 +164,20 @@ def build_variants(
     if "fp16" in cfg.variants:
         paths["fp16"] = convert_fp16(paths["fp32"], out / VARIANT_FILES["fp16"])
     raw.unlink()
-    for path in paths.values():
-        document_outputs(path, temperature=temperature, fitted_on=fitted_on)
+    if offsets is not None:
+        adjusted_raw = export_onnx(
+            Adjusted(fold_for_inference(model), offsets),
+            image_shape,
+            out / VARIANT_FILES[ADJUSTED].replace(".onnx", ".raw.onnx"),
+            temperature=temperature,
+            opset=cfg.opset,
+        )
+        paths[ADJUSTED] = optimize_onnx(adjusted_raw, out / VARIANT_FILES[ADJUSTED])
+        adjusted_raw.unlink()
+    for name, path in paths.items():
+        document_outputs(
+            path, temperature=temperature, fitted_on=fitted_on, offsets=offsets if name == ADJUSTED else None
+        )
     return paths, calibration
 
 
@@ -219,21 +250,33 @@ def assess_variant(
     temperature: float = 1.0,
     ece_bins: int = 15,
     size_mb: float | None = None,
+    offsets: tuple[float, ...] | None = None,
+    max_adjusted_drop: float = 1.0,
 ) -> VariantCheck:
     """Judge a variant's `outputs` on the test split (labels `test_y` over `classes`) against the
     torch model's `reference_logits` on the same images (and softmax(reference_logits /
     `temperature`) for the probabilities), as the module says: the shipped FP32 file by parity,
-    every other variant on paired exact intervals. Pure: arrays in, `VariantCheck` out."""
+    every other variant on paired exact intervals. The adjusted variant (`offsets`) by parity
+    with reference_logits + offsets, and its accuracy cost against the plain model's predictions
+    on a paired exact interval against `max_adjusted_drop` points (its per-class recalls are the
+    fairness audit's to judge). Pure: arrays in, `VariantCheck` out."""
     reasons = [f"{p}: {why}" for p, why in outputs.providers.items() if why != "ok"]
     reference_pred = reference_logits.argmax(1)
+    adjusted = variant == ADJUSTED
+    if adjusted:
+        if offsets is None:
+            raise ValueError("the adjusted variant is judged against reference_logits + offsets: pass the offsets")
+        target = reference_logits + np.asarray(offsets, dtype=reference_logits.dtype)
+    else:
+        target = reference_logits  # the function the file should compute
     measured = bool(outputs.measured_on) and outputs.logits is not None and outputs.probabilities is not None
     nan = float("nan")
     if measured:
         logits, probabilities = outputs.logits, outputs.probabilities
         predicted = logits.argmax(1)
-        agreement = float((predicted == reference_pred).mean())
-        max_abs_diff = float(np.abs(logits - reference_logits).max())
-        reference_probabilities = calibrated_probabilities(reference_logits, temperature)
+        agreement = float((predicted == target.argmax(1)).mean())
+        max_abs_diff = float(np.abs(logits - target).max())
+        reference_probabilities = calibrated_probabilities(target, temperature)
         probabilities_diff = float(np.abs(probabilities - reference_probabilities).max())
         ece = expected_calibration_error(probabilities, test_y, ece_bins)
     else:
@@ -245,19 +288,28 @@ def assess_variant(
         predicted,
         test_y,
         classes=classes,
-        max_accuracy_drop=cfg.max_accuracy_drop,
-        max_class_recall_drop=cfg.max_class_recall_drop,
+        max_accuracy_drop=max_adjusted_drop if adjusted else cfg.max_accuracy_drop,
+        max_class_recall_drop=math.inf if adjusted else cfg.max_class_recall_drop,
         confidence=cfg.confidence,
+        accuracy_policy="fairness.mitigation_max_accuracy_drop" if adjusted else "export.max_accuracy_drop",
     )
     shipped = variant == SHIPPED
     broken = bool(reasons)  # a provider failed, or none could run it
     accuracy_note = class_note = ""
-    if measured and shipped:
+    if measured and (shipped or adjusted):
         accuracy_note = "; ".join(_parity_reasons(max_abs_diff, probabilities_diff, cfg, len(test_y)))
     elif measured:
         accuracy_note, class_note = judged.accuracy_reason, judged.class_reason
+    if measured and adjusted:
+        accuracy_note = "; ".join(r for r in (accuracy_note, judged.accuracy_reason) if r)
     reasons += [r for r in (accuracy_note, class_note) if r]
-    verdict = ("fail" if reasons else "pass") if shipped or broken else judged.verdict
+    if shipped or broken:
+        verdict = "fail" if reasons else "pass"
+    elif adjusted:
+        parity_failed = bool(_parity_reasons(max_abs_diff, probabilities_diff, cfg, len(test_y)))
+        verdict = "fail" if parity_failed else judged.accuracy_status
+    else:
+        verdict = judged.verdict
     worst = max(judged.per_class, key=lambda c: c.loss.high, default=None) if measured else None
     acc = judged.accuracy
     return VariantCheck(
@@ -284,10 +336,10 @@ def assess_variant(
         max_abs_diff=max_abs_diff,
         probabilities_max_abs_diff=probabilities_diff,
         probabilities_ece=ece,
-        max_accuracy_drop=cfg.max_accuracy_drop,
-        max_class_recall_drop=cfg.max_class_recall_drop,
+        max_accuracy_drop=max_adjusted_drop if adjusted else cfg.max_accuracy_drop,
+        max_class_recall_drop=math.inf if adjusted else cfg.max_class_recall_drop,
         confidence=cfg.confidence,
-        judged_by=JUDGED_BY[shipped],
+        judged_by=JUDGED_BY.get(variant, PAIRED),
         accuracy_note=accuracy_note,
         class_note=class_note,
         verdict=verdict,
@@ -307,10 +359,13 @@ def check_variant(
     temperature: float = 1.0,
     ece_bins: int = 15,
     providers: list[str] | None = None,
+    offsets: tuple[float, ...] | None = None,
+    max_adjusted_drop: float = 1.0,
 ) -> VariantCheck:
     """Load `path` in every provider (default: those present) and answer `cfg.check_samples`
     queries; then compute its outputs on the whole test split (uint8 NHWC `test_x`) where it is
-    meant to run and judge them (`assess_variant`)."""
+    meant to run and judge them (`assess_variant`; `offsets` and `max_adjusted_drop` for the
+    adjusted variant)."""
     providers = providers or inference_providers()
     sample = np.asarray(test_x[: cfg.check_samples])
     loads, sessions = _load_everywhere(path, sample, reference_logits.shape[1], providers)
@@ -326,6 +381,8 @@ def check_variant(
         cfg=cfg,
         temperature=temperature,
         ece_bins=ece_bins,
+        offsets=offsets,
+        max_adjusted_drop=max_adjusted_drop,
     )
     log.info(
         "variant %s: %s (accuracy %.2f%%, %.2f points lost [%.2f, %.2f], agreement %.2f%%)",
