@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +43,7 @@ WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Folder for th
 TrackingUriOpt = Annotated[
     str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
 ]
+Variant = Enum("Variant", {"adjusted": "adjusted"}, type=str)  # `promote --variant`: the file that may ship instead
 ReleaseSetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Release policy override, e.g. release.max_accuracy_drop=0.02 (repeatable)."),
@@ -382,6 +384,7 @@ def promote(
     ] = None,
     reason: Annotated[str, typer.Option(help="Why the waived checks are acceptable (with --waive).")] = "",
     by: Annotated[str, typer.Option(help="Who accepts them (with --waive); default: the login name.")] = "",
+    variant: Annotated[Variant | None, typer.Option(help="adjusted: the logit-adjusted ONNX file instead.")] = None,
 ) -> None:
     """Make a run's model `champion`, after the same release gate the pipeline applies
     (registering it first if it has no version); refused, with the reason, when the gate fails.
@@ -391,7 +394,8 @@ def promote(
 
     try:
         uri = supervise.existing_store(tracking_uri, workdir)
-        result = promote_run(uri, run_id, overrides or [], waive=waive or [], reason=reason, by=by)
+        shipped = variant.value if variant else None
+        result = promote_run(uri, run_id, overrides or [], waive=waive or [], reason=reason, by=by, variant=shipped)
         if result.waivers:  # the report's sign-off block shows them
             render.waived(result.waivers, rebuild_report(uri, run_id, reports_dir(workdir, run_id)))
         if not result.promoted:

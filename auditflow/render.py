@@ -259,11 +259,12 @@ def waived(waivers: tuple[Waiver, ...], report: str) -> None:
 def promotion(result: ReleaseResult) -> None:
     """`auditflow promote`: which version is champion now, and which it replaced."""
     out = Console(soft_wrap=True, highlight=False)
+    model = f"{result.model_name} v{result.version}" + (f" (the {result.variant} variant)" if result.variant else "")
     if result.previous_champion == result.version:
-        out.print(f"{result.model_name} v{result.version} is already champion ({result.summary})", markup=False)
+        out.print(f"{model} is already champion ({result.summary})", markup=False)
     else:
         replaced = f", replacing v{result.previous_champion}" if result.previous_champion else ""
-        out.print(f"{result.model_name} v{result.version} is now champion{replaced} ({result.summary})", markup=False)
+        out.print(f"{model} is now champion{replaced} ({result.summary})", markup=False)
 
 
 def _paired_cells(d: Any) -> tuple[str, str, str, str, str]:

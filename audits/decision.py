@@ -108,8 +108,8 @@ def decide(
         steps.insert(
             0,
             f"The logit-adjusted variant `{alternative['file']}` passes this gate in the plain file's place "
-            "(release gate section): it trades some accuracy for the worst class's recall; shipping it is a "
-            "decision for the reviewer.",
+            "(release gate section): it trades some accuracy for the worst class's recall. To ship it: "
+            f"`auditflow promote {run_id} --variant adjusted`.",
         )
     if any(str(r).startswith(("Test accuracy vs", "Worst-class recall vs", "Privacy")) for r in reasons):
         champion = (gate.get("champion") or {}).get("run_id")

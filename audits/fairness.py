@@ -332,10 +332,10 @@ class Settleability:
     the best case is a class whose every test image is right, whose simultaneous Wilson interval
     is then [n / (n + z²), 1]."""
 
-    check: str  # Fairness.WORST_CLASS_RECALL or Fairness.RECALL_GAP
+    check: str  # the check's key: Fairness.WORST_CLASS_RECALL, RECALL_GAP, SUBGROUP_TPR_GAP, a privacy one
     policy: str  # the config field holding the threshold
     threshold: float
-    best_bound: float  # the best interval bound any model can reach here (a recall's low, a gap's high)
+    best_bound: float  # the best any model can reach here (a recall's low, a gap's high, a group's size)
     can_pass: bool
     text: str  # one line, naming the policy value that would make the check decidable
 
@@ -385,7 +385,31 @@ def settleability(
             f"perfect the gap's interval reaches {gap_high:.3f} ({where}); it is decidable at "
             f"fairness.max_recall_gap={ceil:.3f} or more, or with more test images per class",
         ),
+        *_subgroup_settleability(support, classes, cfg),
     )
+
+
+def _subgroup_settleability(
+    support: np.ndarray, classes: tuple[str, ...], cfg: FairnessConfig
+) -> tuple[Settleability, ...]:
+    """The within-class subgroup check over derived attributes (quantile groups of equal size):
+    judged only where a class has two groups of `min_group_count` test images, so on a split
+    whose largest class cuts into smaller groups it stays `inconclusive` whatever the model. A
+    metadata CSV's groups are not known before it is read: no pre-check then."""
+    if cfg.metadata is not None or not cfg.derived_attributes:
+        return ()
+    k = int(np.argmax(support))
+    group = int(support[k]) // cfg.attribute_bins
+    ok = group >= cfg.min_group_count
+    where = f"the largest class, {classes[k]!r}, has {int(support[k])} test images: about {group} per group"
+    text = (
+        f"subgroup gaps can be judged: {where}"
+        if ok
+        else f"within-class subgroup gaps cannot be judged on this test split: {where} of {cfg.attribute_bins}, "
+        f"fewer than fairness.min_group_count={cfg.min_group_count}; it is decidable at fairness.min_group_count="
+        f"{max(group, 1)} or fewer (noisier), fairness.attribute_bins=2, or with more test images"
+    )
+    return (Settleability(Fairness.SUBGROUP_TPR_GAP, "fairness.min_group_count", cfg.min_group_count, group, ok, text),)
 
 
 def decidable_policy(interval: tuple[float, float], *, higher_is_better: bool) -> float:

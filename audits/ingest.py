@@ -16,7 +16,8 @@ import numpy as np
 from auditflow.audits.datasheet import duplicate_check
 from auditflow.audits.fairness import settleability
 from auditflow.audits.plots import examples_figure
-from auditflow.core.config import CardConfig, DataConfig, FairnessConfig
+from auditflow.audits.privacy_stage import settleability as privacy_settleability
+from auditflow.core.config import CardConfig, DataConfig, FairnessConfig, PrivacyConfig
 from auditflow.core.data import CONVERSIONS, Snapshot, Splits
 from auditflow.core.names import Ingest, Stage, per_class
 from auditflow.core.stage import StageReport
@@ -60,13 +61,16 @@ def ingest_stage(
     cfg: DataConfig,
     card: CardConfig,
     fairness: FairnessConfig | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> StageReport:
     """The report of a snapshot and its splits: `ingest/images_<split>` (images, also per class),
     `ingest/n_classes`, image height/width in pixels and channels, exact and near train/test
     duplicates (near: dHash within `card.duplicate_max_distance` bits; share of the test split,
     0 ideal), the class counts table, example images and the summary. `DataError` when two class
     folders would share a metric key. With `fairness`, the summary says whether the test split
-    can settle the class-level fairness checks at all (`settleable`: `fairness.settleability`)."""
+    can settle the class-level fairness checks at all (`settleable`: `fairness.settleability`), and
+    with `privacy` whether the audit set it will draw can state and pass the privacy verdict
+    (`privacy_stage.settleability`)."""
     counts = class_counts(splits)
     keys = class_keys(snapshot.classes)  # two folders that would share a metric key fail here
     height, width, channels = snapshot.image_shape
@@ -100,8 +104,11 @@ def ingest_stage(
         "preprocessing": preprocessing(snapshot, cfg),
         "conversions": snapshot.conversions,
     }
-    if fairness is not None:
-        summary["settleable"] = [asdict(x) for x in settleability(counts["test"], snapshot.classes, fairness)]
+    found = settleability(counts["test"], snapshot.classes, fairness) if fairness is not None else ()
+    if privacy is not None:
+        found += privacy_settleability(splits.train_y, splits.test_y, privacy)
+    if fairness is not None or privacy is not None:
+        summary["settleable"] = [asdict(x) for x in found]
     figure = examples_figure(splits.train_x, splits.train_y, snapshot.classes, per_class=card.examples_per_class)
     return StageReport(
         stage=Stage.INGEST,

@@ -148,7 +148,7 @@ class RateAtFpr:
     n_nonmembers: int
 
 
-def _format_share(share: float) -> str:
+def format_share(share: float) -> str:
     return f"{share * 100:g}%"
 
 
@@ -190,7 +190,7 @@ def rate_at_fpr(
     reason = (
         ""
         if stated
-        else f"not stated: {_format_share(fpr)} of {n_non:,} non-members is {expected:g} expected false positives, "
+        else f"not stated: {format_share(fpr)} of {n_non:,} non-members is {expected:g} expected false positives, "
         f"fewer than {min_expected_false_positives:g}"
     )
     return RateAtFpr(
@@ -470,7 +470,7 @@ def privacy_verdict(result: AttackResult, verdict_fpr: float, max_tpr: float) ->
     if not 0.0 <= max_tpr <= 1.0:
         raise ValueError(f"max_tpr must be in [0, 1], got {max_tpr}")
     rate = result.rate(verdict_fpr)
-    at = f"The {result.attack} attack's TPR at {_format_share(verdict_fpr)} FPR"
+    at = f"The {result.attack} attack's TPR at {format_share(verdict_fpr)} FPR"
     if not rate.stated or rate.tpr is None or rate.tpr_ci is None:
         return "inconclusive", f"{at} is {rate.reason}, so it cannot be judged against the limit {max_tpr:g}."
     low, high = rate.tpr_ci

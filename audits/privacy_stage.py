@@ -11,6 +11,7 @@ and the cached reference logits and publishes the report.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,12 +21,16 @@ import numpy as np
 from auditflow.audits.attacks import lira_scores, logit_margin, loss_scores, rmia_scores, true_class_log_prob
 from auditflow.audits.canaries import one_run_audit
 from auditflow.audits.compare import AttackScores
+from auditflow.audits.fairness import Settleability
 from auditflow.audits.joint import exposure_correlation, joint_rows, joint_table
 from auditflow.audits.plots import exposure_figure, loss_histogram_figure, roc_figure
 from auditflow.audits.privacy import (
     AttackResult,
     assess_attack,
     balance,
+    choose_audit_set,
+    clopper_pearson,
+    format_share,
     gains_over_baseline,
     per_example_loss,
     privacy_verdict,
@@ -529,3 +534,36 @@ def privacy_stage(
     tpr = best.rate(cfg.verdict_fpr).tpr
     reasons = (why,) if status != "pass" else ()
     return AuditOutcome(report, status, reasons, tpr if tpr is not None else float("nan"), best.attack)
+
+
+def settleability(train_labels: np.ndarray, test_labels: np.ndarray, cfg: PrivacyConfig) -> tuple[Settleability, ...]:
+    """Before any training: whether the privacy verdict (the strongest attack's TPR at
+    `cfg.verdict_fpr` ≤ `cfg.max_tpr_at_fpr`) can be reached on these splits, whatever the model
+    and the attack. It is stated only when `verdict_fpr` x the audited non-members reaches
+    `min_expected_false_positives`, and it can pass only when the exact upper bound of an attack
+    that finds no member at all is within the limit. Counted on the audit set the evaluate stage
+    will draw (`choose_audit_set`; its canaries, when on, take a few members more)."""
+    audit = choose_audit_set(train_labels, test_labels, n=cfg.n_samples, seed=cfg.seed)
+    n_non, n_mem = len(audit.nonmembers), len(audit.members)
+    fpr, need = cfg.verdict_fpr, cfg.min_expected_false_positives
+    at = f"TPR at {format_share(fpr)} FPR"
+    expected = fpr * n_non
+    best_high = clopper_pearson(0, n_mem, cfg.confidence)[1] if n_mem else 1.0
+    if expected < need:
+        text = (
+            f"membership attack {at} cannot be stated on this test split: {n_non:,} audited non-members give "
+            f"{expected:.3g} expected false positives, fewer than privacy.min_expected_false_positives={need}; "
+            f"it is decidable with {math.ceil(need / fpr):,} test images or more, or at privacy.verdict_fpr="
+            f"{need / max(n_non, 1):.3g} or more (one of privacy.fpr_levels)"
+        )
+    elif best_high > cfg.max_tpr_at_fpr:
+        text = (
+            f"membership attack {at} ≤ {cfg.max_tpr_at_fpr:g} cannot pass on this split: even an attack that finds "
+            f"no member has an exact upper bound of {best_high:.3f} on {n_mem:,} members; it is decidable at "
+            f"privacy.max_tpr_at_fpr={math.ceil(best_high * 1000) / 1000:.3f} or more, or with more test images"
+        )
+    else:
+        text = f"membership attack {at} can be judged: {n_non:,} non-members, {n_mem:,} members"
+    can_pass = expected >= need and best_high <= cfg.max_tpr_at_fpr
+    return (Settleability(Privacy.STRONGEST_TPR_AT_VERDICT_FPR, "privacy.max_tpr_at_fpr", cfg.max_tpr_at_fpr,
+                          best_high, can_pass, text),)  # fmt: skip

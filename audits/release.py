@@ -51,7 +51,7 @@ from auditflow.core.config import apply_override, available_profiles
 from auditflow.core.errors import ConfigError, TrackingError
 from auditflow.core.names import gating_verdicts
 from auditflow.core.tracking import RunLogger, RunRecord, Tracker, TrackingRef
-from auditflow.core.tracking.registry import EXPORT_RUN_TAG, ModelRegistry, VersionRow
+from auditflow.core.tracking.registry import EXPORT_RUN_TAG, VARIANT_TAG, ModelRegistry, VersionRow
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Candidate:
     model_name: str
     version: str
     run_id: str  # the pipeline (parent) run
+    variant: str | None = None  # "adjusted": the run's logit-adjusted file registered in the plain one's place
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class ReleaseResult:
     reasons: tuple[str, ...]
     markdown: str
     waivers: tuple[Waiver, ...] = ()  # recorded by this promotion (`promote --waive`)
+    variant: str | None = None  # "adjusted": the version holds the run's logit-adjusted file
 
 
 # ---------------------------------------------------------------------------- undo records
@@ -212,9 +214,19 @@ def _model_name(record: RunRecord, configured: str | None) -> str:
     return registered_name(configured, record.experiment_name)
 
 
-def _exported_model(record: RunRecord) -> tuple[str, str]:
-    """(model URI, export stage run id) of the ONNX model the run's export stage logged."""
-    uri = (record.summaries.get(names.Stage.EXPORT) or {}).get("model_uri")
+ADJUSTED = names.Verdict.ADJUSTED_VARIANT
+
+
+def _exported_model(record: RunRecord, variant: str | None = None) -> tuple[str, str]:
+    """(model URI, export stage run id) of the ONNX model the run's export stage logged: the
+    shipped FP32 file, or with `variant` "adjusted" its logit-adjusted variant."""
+    summary = record.summaries.get(names.Stage.EXPORT) or {}
+    if variant == ADJUSTED and summary and not summary.get("adjusted_model_uri"):
+        raise TrackingError(
+            f"run {record.run_id} exported no logit-adjusted variant: its fairness stage found that the adjustment "
+            "passes no fairness check the plain model does not (report: Mitigation)"
+        )
+    uri = summary.get("adjusted_model_uri" if variant == ADJUSTED else "model_uri")
     if not uri or record.stage_status.get(names.Stage.EXPORT) != "FINISHED":
         raise TrackingError(
             f"run {record.run_id} has no finished export stage with a logged ONNX model to register; "
@@ -250,24 +262,44 @@ def _champion(tracker: Tracker, run_id: str, version: str) -> tuple[RunFacts, Ru
     return facts_from_record(record, version=version), record
 
 
+def _of_variant(versions: list[Any], variant: str | None) -> list[Any]:
+    """The registry versions of a run that hold `variant` (None: the plain file)."""
+    return [v for v in versions if v.tags.get(VARIANT_TAG) == variant]
+
+
 def judge_run(
-    tracker: Tracker, record: RunRecord, *, model_name: str, cfg: GateConfig, version: str | None
+    tracker: Tracker,
+    record: RunRecord,
+    *,
+    model_name: str,
+    cfg: GateConfig,
+    version: str | None,
+    variant: str | None = None,
 ) -> GateRecord:
     """The gate record of pipeline run `record` (model version `version`) against the version
     `champion` of `model_name` points at now; the regressions decided on the paired comparison
     of the two runs (`auditflow.audits.comparison.paired_with`) where both runs hold its evidence."""
     champion = ModelRegistry(tracker).by_alias(model_name, CHAMPION)
     facts = facts_from_record(record, version=version)
+    if variant == ADJUSTED:  # the adjusted file in the plain one's place (`gate.adjusted_facts`)
+        adjusted = adjusted_facts(facts)
+        if adjusted is None:
+            raise TrackingError(f"run {record.run_id} has no audited logit-adjusted variant to gate")
+        facts = replace(adjusted, version=version)
     champion_facts, champion_record = (
         (None, None) if champion is None else _champion(tracker, champion.run_id, champion.version)
     )
     paired: Comparison | str = "no champion" if champion is None else "the champion's run is not in this store"
     if champion_record is not None and comparability(facts, champion_facts)[0]:
         paired = paired_with(tracker, champion_record, record, confidence=cfg.confidence)
+    if variant == ADJUSTED:
+        paired = "the paired evidence is the plain model's"
     if isinstance(paired, str):
         judged = evaluate_gate(facts, champion_facts, cfg, model_name=model_name, unpaired=paired)
     else:
         judged = evaluate_gate(facts, champion_facts, cfg, model_name=model_name, paired=paired)
+    if variant is not None:
+        return judged
     return replace(judged, alternative=_adjusted_alternative(facts, champion_facts, cfg, model_name))
 
 
@@ -418,23 +450,30 @@ def _configured_waivers(tracker: Tracker, run_id: str, cfg: GateConfig) -> None:
 
 # ---------------------------------------------------------------------------- the steps
 def register(
-    ref: TrackingRef, *, model_name: str | None, set_candidate: bool, on_undo: Callable[[Undo], None]
+    ref: TrackingRef,
+    *,
+    model_name: str | None,
+    set_candidate: bool,
+    on_undo: Callable[[Undo], None],
+    variant: str | None = None,
 ) -> Candidate:
     """A registry version of the ONNX model run `ref` exported (the run's existing version when
     it has one), aliased `candidate` when `set_candidate`. `on_undo` gets the `Registration`
-    before the registry changes."""
+    before the registry changes. `variant` "adjusted": the run's logit-adjusted file instead,
+    its version tagged `auditflow.variant`."""
     tracker = Tracker(ref.uri)
     registry = ModelRegistry(tracker)
     record = tracker.load_run(ref.run_id)
     name = _model_name(record, model_name)
-    model_uri, export_run = _exported_model(record)
+    model_uri, export_run = _exported_model(record, variant)
     previous_candidate = _alias_version(registry, name, CANDIDATE)
     previous_champion = _alias_version(registry, name, CHAMPION)
-    existing = registry.versions(name, ref.run_id)
+    existing = _of_variant(registry.versions(name, ref.run_id), variant)
     if existing:
         version, created = existing[0].version, False
     else:
-        version = registry.register(name, ref.run_id, model_uri, tags={EXPORT_RUN_TAG: export_run}).version
+        tags = {EXPORT_RUN_TAG: export_run} | ({VARIANT_TAG: variant} if variant else {})
+        version = registry.register(name, ref.run_id, model_uri, tags=tags).version
         created = True
     on_undo(Registration(ref.uri, ref.run_id, name, version, created, previous_candidate, previous_champion))
     if created:
@@ -442,7 +481,7 @@ def register(
     if set_candidate:
         registry.set_alias(name, CANDIDATE, version)
     tracker.parent(ref).set_tags({OUTCOME_TAG: f"registered as {name} v{version}"})
-    return Candidate(ref.uri, name, version, ref.run_id)
+    return Candidate(ref.uri, name, version, ref.run_id, variant)
 
 
 def gate(ref: TrackingRef, candidate: Candidate, cfg: GateConfig) -> GateOutcome:
@@ -451,8 +490,15 @@ def gate(ref: TrackingRef, candidate: Candidate, cfg: GateConfig) -> GateOutcome
     tracker = Tracker(ref.uri)
     _configured_waivers(tracker, ref.run_id, cfg)
     record = judge_run(
-        tracker, tracker.load_run(ref.run_id), model_name=candidate.model_name, cfg=cfg, version=candidate.version
+        tracker,
+        tracker.load_run(ref.run_id),
+        model_name=candidate.model_name,
+        cfg=cfg,
+        version=candidate.version,
+        variant=candidate.variant,
     )
+    if candidate.variant:
+        record = replace(record, candidate={**record.candidate, "variant": candidate.variant})
     log_gate(tracker, ref.run_id, record)
     registry = ModelRegistry(tracker)
     name, version = candidate.model_name, candidate.version
@@ -520,6 +566,7 @@ def release_result(candidate: Candidate, outcome: GateOutcome, *, promoted: bool
         summary=outcome.summary,
         reasons=outcome.reasons,
         markdown=outcome.markdown,
+        variant=candidate.variant,
     )
 
 
@@ -554,7 +601,7 @@ def gate_run(
     no alias. With `log_record`, the record replaces the run's `release/gate.json`."""
     tracker, record, cfg = _load(uri, run_id, overrides)
     name = _model_name(record, cfg.model_name)
-    versions = ModelRegistry(tracker).versions(name, run_id)
+    versions = _of_variant(ModelRegistry(tracker).versions(name, run_id), None)
     judged = judge_run(tracker, record, model_name=name, cfg=cfg, version=versions[0].version if versions else None)
     if log_record:
         log_gate(tracker, run_id, judged)
@@ -569,16 +616,18 @@ def promote_run(
     waive: list[str] | tuple[str, ...] = (),
     reason: str = "",
     by: str = "",
+    variant: str | None = None,
 ) -> ReleaseResult:
     """`auditflow promote RUN_ID`: register the run's model if it has no version yet, gate it
     (logging the record) and move `champion` to it when it passes; an error after registration
     undoes every step. A run that fails the gate is not promoted (`promoted` False, `reasons`
-    say why). `waive`: checks to accept first, with `reason`, as `by` (default: the login name)."""
+    say why). `waive`: checks to accept first, with `reason`, as `by` (default: the login name).
+    `variant` "adjusted": the run's logit-adjusted file, gated in the plain file's place."""
     _, record, cfg = _load(uri, run_id, overrides)
     waivers = record_waivers_of(uri, run_id, list(waive), reason=reason, by=by or getpass.getuser()) if waive else []
     ref = TrackingRef(uri=uri, experiment_id=record.experiment_id, run_id=run_id)
     with Rollback() as rollback:
-        candidate = register(ref, model_name=cfg.model_name, set_candidate=False, on_undo=rollback.add)
+        candidate = register(ref, model_name=cfg.model_name, set_candidate=False, on_undo=rollback.add, variant=variant)
         outcome = gate(ref, candidate, cfg)
         promoted = outcome.verdict == "pass"
         if promoted and outcome.champion_version != candidate.version:

@@ -143,7 +143,7 @@ def audit_pipeline(
     cfg = load_config(profile, overrides or [])
     ref = open_run(cfg, data, workdir, run_name)
     try:
-        snap = ingest_data(ref, data, cfg.data, workdir, cfg.card, cfg.fairness)
+        snap = ingest_data(ref, data, cfg.data, workdir, cfg.card, cfg.fairness, cfg.privacy)
         trained = train_model(
             ref, snap.snapshot, data_cfg=cfg.data, cfg=cfg.train, workdir=workdir, privacy_cfg=cfg.privacy
         )

@@ -9,6 +9,7 @@ logging new stage runs under that run (`auditflow bench RUN_ID`); no flow, no re
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,16 @@ from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import DataError, ModelError, TrackingError
 from auditflow.core.names import Benchmark, Evaluate, Stage
 from auditflow.core.paths import cache_dir, run_dir
-from auditflow.core.tracking import Tracker, TrackingRef
+from auditflow.core.tracking import RunLogger, Tracker, TrackingRef
 from auditflow.models.evaluation.calibration import fit_description
 from auditflow.models.export.onnx import inference_providers
-from auditflow.models.export.stage import ARTIFACT_FOLDER, ShippedCalibration, benchmark_stage, export_stage
+from auditflow.models.export.stage import (
+    ARTIFACT_FOLDER,
+    ExportStage,
+    ShippedCalibration,
+    benchmark_stage,
+    export_stage,
+)
 from auditflow.models.export.variants import read_manifest
 from auditflow.models.training.checkpoints import load_model
 
@@ -47,6 +54,16 @@ class ExportResult:
     max_abs_diff: float
     passed: bool  # FP32 parity with torch (logits and probabilities)
     failing: tuple[str, ...] = ()  # variants that did not pass their checks (not recommended)
+
+
+def _log_models(run: RunLogger, found: ExportStage, uri: str) -> tuple[str, str | None]:
+    """Log the shipped FP32 file, and the logit-adjusted variant when one was built, as MLflow
+    ONNX models of the export stage run; their model URIs."""
+    log = partial(run.log_onnx_model, example_in=found.example, uri=uri, providers=inference_providers())
+    shipped = log(found.onnx_path, example_out=found.example_outputs)
+    if found.adjusted_path is None or found.adjusted_outputs is None:
+        return shipped, None
+    return shipped, log(found.adjusted_path, example_out=found.adjusted_outputs, name="onnx_model_adjusted")
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
@@ -84,14 +101,7 @@ def export_model(
             offsets=adjusted_offsets,
             max_adjusted_drop=max_adjusted_drop,
         )
-        model_uri = run.log_onnx_model(
-            found.onnx_path,
-            example_in=found.example,
-            example_out=found.example_outputs,
-            uri=ref.uri,
-            providers=inference_providers(),
-        )
-        tracker.publish(ref, run, found.with_model_uri(model_uri))
+        tracker.publish(ref, run, found.with_model_uri(*_log_models(run, found, ref.uri)))
         if not found.passed:
             raise ModelError(
                 f"ONNX parity failed: max |logit diff| {found.parity.max_abs_diff:.3g} "

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from auditflow.audits.ingest import class_counts, ingest_params, ingest_stage
-from auditflow.core.config import CardConfig, DataConfig, FairnessConfig
+from auditflow.core.config import CardConfig, DataConfig, FairnessConfig, PrivacyConfig
 from auditflow.core.data import ingest, make_splits
 from auditflow.core.names import Stage
 from auditflow.core.paths import cache_dir
@@ -42,9 +42,10 @@ def ingest_data(
     workdir: str,
     card: CardConfig | None = None,
     fairness: FairnessConfig | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> IngestResult:
     """Ingest `source` into a snapshot in the work folder's cache and split it; warn, before any
-    training, of a fairness check the test split cannot settle."""
+    training, of a fairness or privacy check the splits cannot settle."""
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.INGEST, DESCRIPTION) as run:
         run.log_params(ingest_params(source, cfg))  # before ingesting: a rejected source still shows them
@@ -60,7 +61,9 @@ def ingest_data(
             }
             run.log_dataset(**dataset)
             tracker.parent(ref).log_dataset(**dataset)  # the pipeline run used every split
-        report = ingest_stage(snapshot, splits, source=source, cfg=cfg, card=card or CardConfig(), fairness=fairness)
+        report = ingest_stage(
+            snapshot, splits, source=source, cfg=cfg, card=card or CardConfig(), fairness=fairness, privacy=privacy
+        )
         tracker.publish(ref, run, report)
     for check in report.summary.get("settleable", []):
         if not check["can_pass"]:

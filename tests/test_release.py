@@ -595,3 +595,54 @@ def test_cli_promote_waive_records_who_and_why_and_the_gate_honours_it(store: di
 
     out = runner.invoke(app(), ["gate", run.run_id, "--workdir", workdir])  # a re-check honours it
     assert out.exit_code == 0 and "**waived**" in out.output, out.output
+
+
+def test_cli_promote_variant_adjusted_ships_the_mitigated_file_the_gate_passes(store: dict, tmp_path) -> None:
+    """Issue 19: a run whose plain model's fairness is inconclusive, and whose logit-adjusted
+    variant passes fairness and its own checks. The pipeline's gate names the variant as the
+    way forward (gate.json `alternative`); `promote` of the plain file is refused, and `promote
+    --variant adjusted` registers the adjusted file as its own version (tagged so) and makes it
+    champion; the gate record says which file it judged."""
+    from auditflow.audits.release import gate_run
+    from auditflow.core.names import Export, Fairness, Verdict, verdict_tag
+    from auditflow.core.tracking import Tracker
+
+    workdir, variant = str(store["workdir"]), Verdict.ADJUSTED_VARIANT
+    run = fake_run(store, "adjusted", release={"model_name": "cli-adjusted"})
+    tracker = Tracker(store["uri"])
+    export = tracker.load_run(run.run_id).stage_run_ids["export"]
+    tracker.client.log_dict(export, {"model_uri": store["model_uri"], "adjusted_model_uri": store["model_uri"]},
+                            "export/summary.json")  # fmt: skip
+    tracker.parent(run).set_tags(
+        {
+            TAGS["fairness"]: "inconclusive",
+            verdict_tag(Verdict.FAIRNESS_ADJUSTED): "pass",
+            verdict_tag(Verdict.onnx(variant)): "pass",
+        }
+    )
+    tracker.parent(run).log_metrics(
+        {
+            Export.VARIANT.format(variant=variant, name="accuracy"): 0.855,
+            Export.VARIANT.format(variant=variant, name="max_abs_diff"): 3e-6,
+            Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER: 0.74,
+        }
+    )
+    judged = gate_run(store["uri"], run.run_id)
+    assert judged.verdict == "fail" and "logit-adjusted variant (`model.adjusted.onnx`)" in judged.markdown
+    assert "judged by the same criteria in the plain file's place" in judged.markdown and "**pass**" in judged.markdown
+
+    out = runner.invoke(app(), ["promote", run.run_id, "--workdir", workdir])
+    assert out.exit_code == 2 and "Fairness verdict: inconclusive (required: pass)" in out.output
+    out = runner.invoke(app(), ["promote", run.run_id, "--workdir", workdir, "--variant", "adjusted"])
+    assert out.exit_code == 0, out.output
+    assert "cli-adjusted v2 (the adjusted variant) is now champion" in out.output
+    assert aliases(store, "cli-adjusted") == {"2": ("champion",), "1": ()}
+    assert version_tags(store, "cli-adjusted", "2")["auditflow.variant"] == "adjusted"
+    assert "auditflow.variant" not in version_tags(store, "cli-adjusted", "1")
+    files = Path(tracker.client.download_artifacts(run.run_id, "release", str(tmp_path)))
+    gate = json.loads((files / "gate.json").read_text())
+    assert gate["candidate"]["variant"] == "adjusted" and gate["verdict"] == "pass"
+    assert {c["key"]: c["value"] for c in gate["criteria"]}["worst_class_recall/minimum"] == 0.74
+
+    out = runner.invoke(app(), ["promote", run.run_id, "--workdir", workdir, "--variant", "fp16"])
+    assert out.exit_code == 2 and "'fp16' is not one of 'adjusted'" in out.output

@@ -8,8 +8,9 @@ worker. The pipeline runs through the deployment on a tiny image folder: by its 
 and triggered twice at once to show that the pool's GPU slot queues the second run. Results are
 read back from the MLflow server over HTTP with the reviewer's account.
 
-About 10 minutes on 2 busy CPU cores: the stack starts in about 2 minutes, each of the three
-pipeline runs takes 1-4, and the cron test waits up to 2 for its minute.
+About 6-8 minutes on 2 busy CPU cores: the stack starts in about 1-2 minutes and each of the three
+pipeline runs takes 1-2; the cron entry is armed before the GPU-slot test, so that its minute
+comes while that test's two runs hold the slot, not while the suite waits.
 """
 
 from __future__ import annotations
@@ -317,10 +318,12 @@ def assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deploy
     assert mlflow(stack, "POST", "/api/2.0/mlflow/runs/set-tag", json=tag).status_code == 403
 
 
-def test_cron_schedule_starts_a_run(stack, deployment, params):
+@pytest.fixture(scope="module")
+def cron_minute(stack, deployment, params):
     """The deployment again from prefect.yaml, with one more cron entry (`--cron`) that fires a
-    minute or two from now, in place of waiting for 03:00: the scheduler creates the run and the
-    worker executes it."""
+    minute or two from now, in place of waiting for 03:00. Armed before the GPU-slot test, so that
+    its minute passes while that test's runs hold the slot (the run waits its turn) instead of
+    the suite waiting for it."""
     now = dt.datetime.now(dt.UTC)
     at = (now + dt.timedelta(seconds=75)).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     cron = f"{at.minute} {at.hour} * * *"
@@ -328,31 +331,14 @@ def test_cron_schedule_starts_a_run(stack, deployment, params):
     try:
         schedules = prefect(stack, "GET", f"/deployments/{deployment['id']}/schedules")
         assert {s["schedule"]["cron"] for s in schedules} == {DEPLOYMENT["schedules"][0]["cron"], cron}
-        deadline = time.monotonic() + (at - now).total_seconds() + 120
-        while True:
-            found = prefect(
-                stack,
-                "POST",
-                "/flow_runs/filter",
-                {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
-            )
-            due = [
-                r for r in found if r["auto_scheduled"] and dt.datetime.fromisoformat(r["expected_start_time"]) == at
-            ]
-            if due and due[0]["state_type"] not in ("SCHEDULED", "PENDING"):
-                break
-            assert time.monotonic() < deadline, f"no run of {cron!r} started: {_states({r['id']: r for r in found})}"
-            time.sleep(2)
-        run_id = due[0]["id"]
-        runs, _ = wait_for(stack, [run_id])
-        # the worker may start a run up to its prefetch (5 s here) before the scheduled time
-        assert dt.datetime.fromisoformat(runs[run_id]["start_time"]) >= at - dt.timedelta(seconds=10)
-        assert parent_run(stack, run_id)["info"]["status"] == "FINISHED"
+        yield at
     finally:
         stack.deploy("--name", DEPLOYMENT["name"], "--params", json.dumps(params))  # prefect.yaml's schedule only
 
 
-def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_the_last_is_tracked_end_to_end(stack, deployment):
+def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_the_last_is_tracked_end_to_end(
+    stack, deployment, cron_minute
+):
     """Two runs triggered at once on a worker that would take both: the work pool's concurrency
     limit (AUDITFLOW_GPU_SLOTS = 1) keeps the second waiting until the first is done, so
     their train stages (read back from MLflow) never overlap."""
@@ -379,3 +365,27 @@ def test_gpu_slot_queues_the_second_of_two_triggered_runs_and_the_last_is_tracke
         train_windows.append((int(train["start_time"]), int(train["end_time"])))  # ms since the epoch
     train_windows.sort()
     assert train_windows[0][1] <= train_windows[1][0], f"train stages overlap: {train_windows}"
+
+
+def test_cron_schedule_starts_a_run(stack, deployment, cron_minute):
+    """The cron entry armed by `cron_minute` fired: the scheduler created the run for its minute
+    and the worker executed it, after the runs that held the GPU slot."""
+    at = cron_minute
+    deadline = time.monotonic() + max((at - dt.datetime.now(dt.UTC)).total_seconds(), 0) + RUN_TIMEOUT_S
+    while True:
+        found = prefect(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
+        )
+        due = [r for r in found if r["auto_scheduled"] and dt.datetime.fromisoformat(r["expected_start_time"]) == at]
+        if due and due[0]["state_type"] not in ("SCHEDULED", "PENDING"):
+            break
+        assert time.monotonic() < deadline, f"no run for {at:%H:%M} started: {_states({r['id']: r for r in found})}"
+        time.sleep(2)
+    run_id = due[0]["id"]
+    runs, _ = wait_for(stack, [run_id])
+    # the worker may start a run up to its prefetch (5 s here) before the scheduled time
+    assert dt.datetime.fromisoformat(runs[run_id]["start_time"]) >= at - dt.timedelta(seconds=10)
+    assert parent_run(stack, run_id)["info"]["status"] == "FINISHED"

@@ -104,8 +104,9 @@ def test_a_test_split_too_small_for_the_recall_gap_is_named_before_any_audit() -
     0.417, above the 0.3 policy. The bound is the one the audit itself then reports."""
     classes = ("circle", "square", "stripes")
     cfg = FairnessConfig()
-    worst, gap = settleability([8, 8, 8], classes, cfg)
+    worst, gap, groups = settleability([8, 8, 8], classes, cfg)
     assert worst.can_pass and not gap.can_pass
+    assert not groups.can_pass and "fairness.min_group_count=2 or fewer" in groups.text  # 8 // 3 per group
     labels = np.repeat(np.arange(3), 8)
     perfect = audit_fairness(labels, labels, classes, cfg=cfg)
     assert perfect.gap_status == "inconclusive"
@@ -118,3 +119,23 @@ def test_a_test_split_too_small_for_the_recall_gap_is_named_before_any_audit() -
     )
     # 200 per class: every check can pass
     assert all(s.can_pass for s in settleability([200, 300, 200], classes, cfg))
+
+
+def test_a_privacy_verdict_the_splits_cannot_reach_is_named_before_training() -> None:
+    """24 test images cannot state a TPR at 1% FPR (0.24 expected false positives, the audit's own
+    "not stated"); 1,000 can, and then even 1,000 members with none found bound the TPR far
+    below 5%. A limit that no attack could meet on 1,000 members is named too."""
+    from auditflow.audits.privacy_stage import settleability as privacy_settleability
+    from auditflow.core.config import PrivacyConfig
+
+    def splits(n_test: int, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(n_train) % 3, np.arange(n_test) % 3
+
+    [toy] = privacy_settleability(*reversed(splits(24, 48)), PrivacyConfig())
+    assert not toy.can_pass and toy.text.startswith("membership attack TPR at 1% FPR cannot be stated")
+    assert "with 1,000 test images or more" in toy.text and "privacy.verdict_fpr=0.417 or more" in toy.text
+    [enough] = privacy_settleability(*reversed(splits(1000, 5000)), PrivacyConfig())
+    assert enough.can_pass and enough.best_bound < 0.004
+    [strict] = privacy_settleability(*reversed(splits(1000, 5000)), PrivacyConfig(max_tpr_at_fpr=0.003))
+    assert not strict.can_pass and "exact upper bound of 0.004 on 1,000 members" in strict.text
+    assert "privacy.max_tpr_at_fpr=0.004 or more" in strict.text

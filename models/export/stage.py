@@ -108,10 +108,15 @@ class ExportStage:
     failing: tuple[str, ...]  # variants that did not pass their checks (not recommended)
     example: np.ndarray  # float32 2 x 3 x H x W model input: the ONNX model's signature example
     example_outputs: dict[str, np.ndarray]  # the FP32 file's output name -> its outputs on it
+    # the logit-adjusted variant's file and its outputs on `example`, when one was built
+    adjusted_path: str | None = None
+    adjusted_outputs: dict[str, np.ndarray] | None = None
 
-    def with_model_uri(self, model_uri: str) -> StageReport:
-        """The report with the logged ONNX model's URI in its summary."""
-        return replace(self.report, summary={**(self.report.summary or {}), "model_uri": model_uri})
+    def with_model_uri(self, model_uri: str, adjusted_uri: str | None = None) -> StageReport:
+        """The report with the logged ONNX models' URIs in its summary (the adjusted variant's
+        as `adjusted_model_uri`, which `auditflow promote --variant adjusted` registers)."""
+        uris = {"model_uri": model_uri} | ({"adjusted_model_uri": adjusted_uri} if adjusted_uri else {})
+        return replace(self.report, summary={**(self.report.summary or {}), **uris})
 
 
 def _finite(value: float) -> float | None:
@@ -456,6 +461,8 @@ def export_stage(
         cfg=cfg,
         manifest=manifest,
     )
+    adjusted = paths.get(ADJUSTED)
+    adjusted_outputs = onnx_session(adjusted).run(list(OUTPUT_NAMES), {INPUT_NAME: example}) if adjusted else None
     return ExportStage(
         report=report,
         onnx_path=str(fp32),
@@ -464,6 +471,8 @@ def export_stage(
         failing=tuple(c.variant for c in variants if c.verdict != "pass"),
         example=example,
         example_outputs=dict(zip(OUTPUT_NAMES, outputs, strict=True)),
+        adjusted_path=str(adjusted) if adjusted else None,
+        adjusted_outputs=dict(zip(OUTPUT_NAMES, adjusted_outputs, strict=True)) if adjusted_outputs else None,
     )
 
 

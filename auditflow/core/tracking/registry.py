@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # `release/status` tag says what became of it.
 RUN_TAG = "auditflow.run_id"  # model-version tag: the pipeline (parent) run
 EXPORT_RUN_TAG = "auditflow.export_run_id"  # model-version tag: the stage run that logged the model
+VARIANT_TAG = "auditflow.variant"  # model-version tag of a variant registered in the plain file's place ("adjusted")
 
 
 @dataclass(frozen=True)

@@ -137,10 +137,17 @@ class RunLogger:
         self.client.log_inputs(self.run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
 
     def log_onnx_model(
-        self, path: str | Path, *, example_in: Any, example_out: dict[str, Any], uri: str, providers: list[str]
+        self,
+        path: str | Path,
+        *,
+        example_in: Any,
+        example_out: dict[str, Any],
+        uri: str,
+        providers: list[str],
+        name: str = "onnx_model",
     ) -> str:
-        """Log an ONNX file as an MLflow model whose signature is inferred from one example
-        batch (input array -> named outputs); returns its model URI."""
+        """Log an ONNX file as MLflow model `name` of this run, whose signature is inferred from
+        one example batch (input array -> named outputs); returns its model URI."""
         import mlflow
         import onnx
         from mlflow.models import infer_signature
@@ -149,7 +156,7 @@ class RunLogger:
         with _fluent_tracking_uri(uri), mlflow.start_run(run_id=self.run_id):
             info = mlflow.onnx.log_model(
                 model,
-                name="onnx_model",
+                name=name,
                 input_example=example_in,
                 signature=infer_signature(example_in, example_out),
                 onnx_execution_providers=providers,
