@@ -111,6 +111,11 @@ def decide(
             "(release gate section): it trades some accuracy for the worst class's recall. To ship it: "
             f"`auditflow promote {run_id} --variant adjusted`.",
         )
+    elif alternative.get("reasons"):
+        steps.append(
+            f"The logit-adjusted variant `{alternative['file']}` does not pass this gate in the plain file's place "
+            f"either: {alternative['reasons'][0]}."
+        )
     if any(str(r).startswith(("Test accuracy vs", "Worst-class recall vs", "Privacy")) for r in reasons):
         champion = (gate.get("champion") or {}).get("run_id")
         if champion:

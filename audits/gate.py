@@ -252,9 +252,9 @@ def adjusted_facts(facts: RunFacts) -> RunFacts | None:
     """The run as its logit-adjusted ONNX variant (`model.adjusted.onnx`) would stand before the
     gate in the plain file's place, or None when the run exported none: that file's accuracy (no
     interval: the accuracy criterion reads the point value), the worst-class recall after the
-    adjustment, its fairness verdict (`fairness_adjusted`), its file's parity and accuracy cost
-    (`onnx_adjusted`, and its largest logit difference) for the parity criteria, and the overall
-    verdict with those two groups in place of the plain model's. Privacy carries over: the
+    adjustment, its fairness verdict (`fairness_adjusted`), its file's largest logit difference
+    for the parity bound, and the overall verdict with its file's own checks (`onnx_adjusted`:
+    parity and accuracy cost) and its fairness in place of the plain model's. Privacy carries over: the
     offsets are tuned on validation images, never on the training members, so the adjusted
     outputs are a fixed post-processing of the audited ones."""
     variant = Verdict.ADJUSTED_VARIANT
@@ -277,10 +277,7 @@ def adjusted_facts(facts: RunFacts) -> RunFacts | None:
     # a fail the gating verdicts do not explain (the run failed, a stage is missing) stays a fail
     base = "fail" if facts.overall == "fail" and worst(plain.values()) != "fail" else "pass"
     overall = worst([base, *(plain | replaced).values()]) if facts.overall is not None else None
-    tags = facts.tags | {
-        TAGS["fairness"]: fair,
-        TAGS["onnx_parity"]: worst([facts.tags.get(TAGS["onnx_parity"], "fail"), exported]),
-    }
+    tags = facts.tags | {TAGS["fairness"]: fair}
     waivers = tuple(w for w in facts.waivers if w.check not in replaced and w.check != Verdict.FAIRNESS)
     return replace(facts, metrics=metrics, tags=tags, overall=overall, version=None, waivers=waivers)
 

@@ -315,12 +315,17 @@ def _adjusted_alternative(
     judged = evaluate_gate(
         adjusted, champion, cfg, model_name=model_name, unpaired="the paired evidence is the plain model's"
     )
+    reasons = list(judged.reasons)
+    own = facts.tags.get(names.verdict_tag(names.Verdict.onnx(ADJUSTED)))
+    if own != "pass":  # first the file's own checks (parity, accuracy cost), in their words
+        said = facts.tags.get(names.Export.VARIANT.format(variant=ADJUSTED, name="judged"), own)
+        reasons.insert(0, f"its own checks (verdict/onnx_adjusted): {said}")
     return {
-        "variant": names.Verdict.ADJUSTED_VARIANT,
+        "variant": ADJUSTED,
         "file": names.Export.ADJUSTED_FILE,
         "verdict": judged.verdict,
         "summary": judged.summary(),
-        "reasons": list(judged.reasons),
+        "reasons": reasons,
     }
 
 
