@@ -254,9 +254,9 @@ def adjusted_facts(facts: RunFacts) -> RunFacts | None:
     interval: the accuracy criterion reads the point value), the worst-class recall after the
     adjustment, its fairness verdict (`fairness_adjusted`), its file's largest logit difference
     for the parity bound, and the overall verdict with its file's own checks (`onnx_adjusted`:
-    parity and accuracy cost) and its fairness in place of the plain model's. Privacy carries over: the
-    offsets are tuned on validation images, never on the training members, so the adjusted
-    outputs are a fixed post-processing of the audited ones."""
+    parity and accuracy cost) and its fairness in place of the plain model's. Privacy carries
+    over: the offsets are tuned on validation images, never on the training members, so the
+    adjusted outputs are a fixed post-processing of the audited ones."""
     variant = Verdict.ADJUSTED_VARIANT
     fair = facts.tags.get(verdict_tag(Verdict.FAIRNESS_ADJUSTED))
     exported = facts.tags.get(verdict_tag(Verdict.onnx(variant)))
@@ -278,7 +278,7 @@ def adjusted_facts(facts: RunFacts) -> RunFacts | None:
     base = "fail" if facts.overall == "fail" and worst(plain.values()) != "fail" else "pass"
     overall = worst([base, *(plain | replaced).values()]) if facts.overall is not None else None
     tags = facts.tags | {TAGS["fairness"]: fair}
-    waivers = tuple(w for w in facts.waivers if w.check not in replaced and w.check != Verdict.FAIRNESS)
+    waivers = tuple(w for w in facts.waivers if w.check not in replaced)  # the plain model's, not its
     return replace(facts, metrics=metrics, tags=tags, overall=overall, version=None, waivers=waivers)
 
 

@@ -215,6 +215,8 @@ def _model_name(record: RunRecord, configured: str | None) -> str:
 
 
 ADJUSTED = names.Verdict.ADJUSTED_VARIANT
+# why the adjusted file's regressions against the champion are raw differences, not paired tests
+PLAIN_EVIDENCE = "the paired evidence is the plain model's"
 
 
 def _exported_model(record: RunRecord, variant: str | None = None) -> tuple[str, str]:
@@ -293,7 +295,7 @@ def judge_run(
     if champion_record is not None and comparability(facts, champion_facts)[0]:
         paired = paired_with(tracker, champion_record, record, confidence=cfg.confidence)
     if variant == ADJUSTED:
-        paired = "the paired evidence is the plain model's"
+        paired = PLAIN_EVIDENCE
     if isinstance(paired, str):
         judged = evaluate_gate(facts, champion_facts, cfg, model_name=model_name, unpaired=paired)
     else:
@@ -312,9 +314,7 @@ def _adjusted_alternative(
     adjusted = adjusted_facts(facts)
     if adjusted is None:
         return None
-    judged = evaluate_gate(
-        adjusted, champion, cfg, model_name=model_name, unpaired="the paired evidence is the plain model's"
-    )
+    judged = evaluate_gate(adjusted, champion, cfg, model_name=model_name, unpaired=PLAIN_EVIDENCE)
     reasons = list(judged.reasons)
     own = facts.tags.get(names.verdict_tag(names.Verdict.onnx(ADJUSTED)))
     if own != "pass":  # first the file's own checks (parity, accuracy cost), in their words
