@@ -101,10 +101,24 @@ def _metrics(
     return headline, metrics
 
 
+def _worst_condition(cfg: FairnessConfig) -> str:
+    """The worst-class recall policy in words, for the plain and the adjusted model alike."""
+    level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
+    return condition_text("every class's recall", cfg.min_class_recall, higher_is_better=True) + f", on its {level}"
+
+
+def _gap_condition(cfg: FairnessConfig) -> str:
+    """The recall-gap policy in words, for the plain and the adjusted model alike."""
+    level = f"{cfg.confidence:.0%} simultaneous Wilson intervals"
+    return (
+        condition_text("best minus worst class recall", cfg.max_recall_gap, higher_is_better=False)
+        + f", on the {level}"
+    )
+
+
 def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig) -> tuple[Check, ...]:
     """Worst-class recall and the recall gap (on simultaneous intervals), and the largest
     within-class recall gap between attribute groups."""
-    level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
     w = groups.worst
     support = min(int(row["support"]) for row in result.per_class)  # type: ignore[call-overload]
     return (
@@ -112,8 +126,7 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
             key=Fairness.WORST_CLASS_RECALL,
             verdict=Verdict.FAIRNESS,
             title="Worst-class recall",
-            condition=condition_text("every class's recall", cfg.min_class_recall, higher_is_better=True)
-            + f", on its {level}",
+            condition=_worst_condition(cfg),
             stage=Stage.FAIRNESS,
             metric=Fairness.WORST_CLASS_RECALL,
             value=result.worst_recall,
@@ -138,8 +151,7 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
             key=Fairness.RECALL_GAP,
             verdict=Verdict.FAIRNESS,
             title="Recall gap between classes",
-            condition=condition_text("best minus worst class recall", cfg.max_recall_gap, higher_is_better=False)
-            + f", on the {level}s",
+            condition=_gap_condition(cfg),
             stage=Stage.FAIRNESS,
             metric=Fairness.RECALL_GAP,
             value=result.recall_gap,
@@ -184,15 +196,13 @@ def _checks(result: FairnessResult, groups: SubgroupResult, cfg: FairnessConfig)
 def _adjusted_checks(m: MitigationResult, cfg: FairnessConfig) -> tuple[Check, ...]:
     """The logit-adjusted model's worst-class recall and recall gap, judged as the plain model's
     are (advisory: group `fairness_adjusted`, which ships only as the optional ONNX variant)."""
-    level = f"{cfg.confidence:.0%} simultaneous Wilson interval"
     what = "logit-adjusted variant (model.adjusted.onnx; advisory)"
     return (
         Check(
             key=Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER,
             verdict=Verdict.FAIRNESS_ADJUSTED,
             title=f"Worst-class recall of the {what}",
-            condition=condition_text("every class's recall", cfg.min_class_recall, higher_is_better=True)
-            + f", on its {level}",
+            condition=_worst_condition(cfg),
             stage=Stage.FAIRNESS,
             metric=Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER,
             value=m.worst_recall_after,
@@ -206,8 +216,7 @@ def _adjusted_checks(m: MitigationResult, cfg: FairnessConfig) -> tuple[Check, .
             key=Fairness.MITIGATION_RECALL_GAP_AFTER,
             verdict=Verdict.FAIRNESS_ADJUSTED,
             title=f"Recall gap between classes of the {what}",
-            condition=condition_text("best minus worst class recall", cfg.max_recall_gap, higher_is_better=False)
-            + f", on the {level}s",
+            condition=_gap_condition(cfg),
             stage=Stage.FAIRNESS,
             metric=Fairness.MITIGATION_RECALL_GAP_AFTER,
             value=m.recall_gap_after,

@@ -33,8 +33,7 @@ class VerdictResult:
     offsets: tuple[float, ...] | None = None  # fairness: logit offsets for `model.adjusted.onnx`, when worth it
 
 
-def _verdict(outcome: fairness.AuditOutcome) -> VerdictResult:
-    offsets = fairness.offsets_to_export(outcome.report) if outcome.report.stage == Stage.FAIRNESS else None
+def _verdict(outcome: fairness.AuditOutcome, offsets: tuple[float, ...] | None = None) -> VerdictResult:
     return VerdictResult(outcome.status, outcome.reasons, outcome.headline, outcome.attack, offsets)
 
 
@@ -56,7 +55,7 @@ def fairness_audit(
             Predictions.load(predictions), attributes=attributes, attribute_source=source, classes=classes, cfg=cfg
         )
         tracker.publish(ref, run, outcome.report)
-    return _verdict(outcome)
+    return _verdict(outcome, fairness.offsets_to_export(outcome.report))
 
 
 def reference_inputs(refs: References, queries: int) -> privacy.ReferenceInputs:
