@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -210,6 +211,30 @@ def _start_temporary_api() -> subprocess.Popen[Any] | None:
     if PREFECT_API_URL.value():
         return None
     server = SubprocessASGIServer()  # Prefect's own calls get this same instance, already started
+    if server.running:
+        return server.server_process
+    for _ in range(_PORT_TRIES):
+        # Prefect draws the port from 8000-8999 at random and takes a /health answer from
+        # whatever listens there: two runs starting together could draw the same port, and
+        # the second then talked to the first one's server until its own failed to bind
+        # (exit 3) mid-run. The kernel's pick cannot be in use, and the port must be ours.
+        server.port = _kernel_port()
+        _start_unmasked(server)
+        assert server.server_process is not None
+        if _owns_port(server.server_process, server.port):
+            return server.server_process
+        log.warning("port %d answered for another process; starting the temporary server again", server.port)
+        server.server_process.terminate()  # not server.stop(): it forgets the instance Prefect's calls look up
+        server.server_process.wait()
+        server.running = False
+    raise AuditflowError(f"the temporary Prefect API server found no port of its own in {_PORT_TRIES} tries")
+
+
+_PORT_TRIES = 3
+
+
+def _start_unmasked(server: Any) -> None:
+    """`server.start()` from a thread with SIGINT blocked, so the process it starts has it blocked."""
     failure: list[BaseException] = []
 
     def start() -> None:
@@ -225,7 +250,28 @@ def _start_temporary_api() -> subprocess.Popen[Any] | None:
     thread.join()
     if failure:
         raise failure[0]
-    return server.server_process
+
+
+def _kernel_port() -> int:
+    """A free port on 127.0.0.1 as the kernel picks it (from its ephemeral range)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _owns_port(process: subprocess.Popen[Any], port: int, *, timeout: float = 120.0) -> bool:
+    """Whether `process` listens on `port`: waits while it is alive and not yet listening,
+    False once it exits (uvicorn exits 3 when the port was taken)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            sockets = psutil.Process(process.pid).net_connections(kind="tcp")
+            if any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == port for s in sockets):
+                return True
+        time.sleep(0.1)
+    return False
 
 
 class _ServerWatch(threading.Thread):
