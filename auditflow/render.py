@@ -59,6 +59,8 @@ def run_summary(result: PipelineResult, seconds: float, workdir: Path) -> None:
     if result.learning != "pass":
         table.add_row("[bold red]MODEL DID NOT LEARN[/]", f"[red]{result.learning_message}[/]")
     table.add_row("fairness", f"{result.fairness} (worst-class recall {result.worst_class_recall:.3f})")
+    flagged = "no class" if not result.shortcut_classes else f"{result.shortcut_classes} class(es)"
+    table.add_row("transparency", f"{result.transparency} (shortcut check: {flagged} flagged)")
     tpr = "not stated" if result.privacy_tpr != result.privacy_tpr else f"{result.privacy_tpr:.4f}"
     tier = "" if result.privacy_tier == "reference" else "; loss tier only, see the report"
     table.add_row("privacy", f"{result.privacy} ({result.privacy_attack} attack TPR at low FPR {tpr}{tier})")

@@ -29,6 +29,10 @@ REMEDIES: dict[str, str] = {
     "privacy": "train with differential privacy (`--profile dp`) or stronger regularisation, then audit again",
     "privacy_strength": "run the reference-model attacks (`privacy.tier: reference`) so that the audit is strong "
     "enough to be believed",
+    "transparency": "look at the report's shortcut table and the flagged class's mean map: remove the tag, "
+    "border or watermark from that class's images (or add it to every class's), retrain and audit again",
+    "transparency_method": "the explanation method failed its own check: try `transparency.method: saliency` or "
+    "more `transparency.steps`; the model's verdicts do not depend on it",
     "onnx_parity": "re-export (`auditflow bench RUN_ID`) and check the export section's largest differences",
     "calibration": "the calibrated output ships inside the ONNX file; a fail here means the temperature did not fit "
     "on validation: more validation images help",

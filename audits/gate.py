@@ -71,6 +71,7 @@ METRICS: dict[str, str] = {
 TAGS: dict[str, str] = {
     "fairness": verdict_tag(Verdict.FAIRNESS),
     "privacy": verdict_tag(Verdict.PRIVACY),
+    "transparency": verdict_tag(Verdict.TRANSPARENCY),
     "onnx_parity": verdict_tag(Verdict.ONNX_PARITY),
     "overall": verdict_tag(Verdict.OVERALL),
     "release": verdict_tag(Verdict.RELEASE),  # what this gate sets; not an input of the overall verdict here
@@ -84,6 +85,7 @@ EVIDENCE: dict[str, tuple[str, str]] = {
     "worst_class_recall": ("fairness", "#fairness"),
     "fairness": ("fairness", "#fairness"),
     "privacy": ("privacy", "#privacy"),
+    "transparency": ("transparency", "#transparency"),
     "onnx_parity": ("export", "#onnx-export"),
     "latency": ("benchmark", "#inference-benchmark"),
     "overall": ("parent", "#checks"),
@@ -164,6 +166,7 @@ PAIRED = ("accuracy/regression", "worst_class_recall/regression", _key(Verdict.P
 VERDICTS = (
     (_key(Verdict.FAIRNESS, "verdict"), "Fairness verdict", "fairness", "min_fairness_verdict"),
     (_key(Verdict.PRIVACY, "verdict"), "Privacy verdict", "privacy", "pass"),
+    (_key(Verdict.TRANSPARENCY, "verdict"), "Transparency verdict (shortcut check)", "transparency", "pass"),
     ("onnx_parity/verdict", "ONNX parity verdict", "onnx_parity", "pass"),
 )
 

@@ -26,6 +26,7 @@ from auditflow.core.names import (
     Privacy,
     Stage,
     Train,
+    Transparency,
     Verdict,
     verdict_tag,
 )
@@ -41,6 +42,26 @@ pixels = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # N x 3 x {h} 
 logits, probabilities = session.run(["{output}", "{probabilities}"], {{"{input}": pixels}})
 classes = {classes!r}
 print([(classes[i], float(p[i])) for i, p in zip(probabilities.argmax(1), probabilities)])"""
+
+
+def _transparency(record: RunRecord) -> dict[str, Any] | None:
+    """The shortcut check's verdict and the classes it flagged, with their windows, and the
+    explanation method with its sanity check; None for a run without the transparency stage."""
+    t = record.summaries.get(Stage.TRANSPARENCY)
+    if t is None:
+        return None
+    windows = {r["class"]: r["window"] for r in t["shortcut"]}
+    return {
+        "shortcut_check": record.tags.get(verdict_tag(Verdict.TRANSPARENCY), t["status"]),
+        "classes_flagged": [{"class": c, "window": windows.get(c)} for c in t["flagged"]],
+        "classes_flagged_count": number(record, Stage.TRANSPARENCY, Transparency.SHORTCUT_CLASSES),
+        "method": t["method"],
+        "sanity_rank_correlation": number(record, Stage.TRANSPARENCY, Transparency.SANITY_SPEARMAN),
+        "sanity_check": t["sanity"]["status"],
+        "maps_shown": t["sanity"]["shown"],
+        "meaning": "flagged: occluding the class's window of most attribution removes much of its recall and "
+        "pasting it onto other classes' images turns them into the class, each beyond a random window",
+    }
 
 
 def _verdicts(record: RunRecord) -> dict[str, str]:
@@ -206,6 +227,7 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
             },
         },
         "metrics": metrics,
+        "transparency": _transparency(record),
         "tradeoffs": tradeoffs,
         "limitations": [
             {

@@ -349,3 +349,104 @@ def to_png(fig: Figure) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- transparency
+_STATUS_COLOURS = {"fail": "#d62728", "inconclusive": "#ff7f0e", "pass": "#2ca02c"}
+
+
+def _shown_classes(statuses: Sequence[str], limit: int = MAX_CLASSES_SHOWN) -> list[int]:
+    """Every class, or with more than `limit` the flagged, then the unsettled, then the rest, in class order."""
+    rank = {"fail": 0, "inconclusive": 1}
+    order = sorted(range(len(statuses)), key=lambda k: (rank.get(statuses[k], 2), k))
+    return sorted(order[:limit])
+
+
+def mean_maps_figure(
+    mean_maps: np.ndarray,
+    *,
+    windows: Sequence[tuple[int, int, int] | None],
+    statuses: Sequence[str],
+    classes: Sequence[str],
+) -> Figure:
+    """Per class, the mean attribution map over its explained images, with the shortcut check's
+    window (top, left, side) outlined in the colour of its status (red: flagged)."""
+    shown = _shown_classes(statuses)
+    cols = min(len(shown), 5)
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9 + 0.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, shown, strict=False):
+        ax.imshow(mean_maps[k], cmap="magma", interpolation="nearest")
+        if windows[k] is not None:
+            top, left, side = windows[k]  # type: ignore[misc]
+            colour = _STATUS_COLOURS.get(statuses[k], "white")
+            ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), side, side, fill=False, lw=1.6, ec=colour))
+        ax.set_title(f"{classes[k]}\n{statuses[k]}", fontsize=7, pad=2, color=_STATUS_COLOURS.get(statuses[k], "k"))
+    more = ""
+    if len(shown) < len(classes):
+        more = f" ({len(shown)} of {len(classes)} classes: flagged and unsettled first)"
+    fig.suptitle(f"mean attribution per class; box: the window tested for a shortcut{more}", fontsize=7)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def attribution_examples_figure(
+    images: np.ndarray,
+    maps: np.ndarray,
+    labels: np.ndarray,
+    *,
+    predicted: np.ndarray,
+    roles: np.ndarray,
+    classes: Sequence[str],
+    statuses: Sequence[str],
+    per_class: int = 4,
+) -> Figure:
+    """Per class (rows), up to `per_class` explained images: the first the most confident right,
+    then the most confident wrong, then random ones; each image with its map laid over it,
+    titled with the prediction and whether it was right."""
+    shown = _shown_classes(statuses)
+    fig, axes = plt.subplots(
+        len(shown), per_class, figsize=(per_class * 1.15 + 1.6, len(shown) * 1.2 + 0.3), squeeze=False
+    )
+    for row, k in enumerate(shown):
+        mine = np.flatnonzero(labels == k)
+        mine = mine[np.argsort(roles[mine], kind="stable")][:per_class]
+        for j in range(per_class):
+            ax = axes[row, j]
+            ax.axis("off")
+            if j >= len(mine):
+                continue
+            i = mine[j]
+            img = images[i]
+            ax.imshow(img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray")
+            heat = maps[i] / (maps[i].max() or 1.0)
+            ax.imshow(heat, cmap="magma", alpha=0.55 * (heat > 0.05), interpolation="nearest")
+            mark = "✓" if predicted[i] == labels[i] else "✗"
+            ax.set_title(f"{mark} {classes[predicted[i]]}", fontsize=6, pad=2)
+        axes[row, 0].axis("on")
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+        axes[row, 0].set_ylabel(classes[k], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(
+        "true class (rows): confident right, confident wrong, random; the map (evidence for the true class) over "
+        "the image, titled with the prediction",
+        fontsize=7,
+    )
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def deletion_figure(fractions: Sequence[float], attributed: Sequence[float], random: Sequence[float]) -> Figure:
+    """Mean true-class probability as cells are removed: most attributed first, and at random."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    ax.plot(fractions, attributed, marker="o", ms=3, label="most attributed first")
+    ax.plot(fractions, random, marker="o", ms=3, ls="--", label="at random")
+    ax.set_xlabel("share of the image removed (mean-colour fill)")
+    ax.set_ylabel("true class probability (mean)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

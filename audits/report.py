@@ -27,10 +27,29 @@ from auditflow.audits.documents import environment, markdown_html
 from auditflow.audits.model_card import write_model_card
 from auditflow.audits.waivers import Waiver, held
 from auditflow.core.checks import overall
-from auditflow.core.names import NOTE_TAG, Evaluate, Ingest, Report, Stage, Verdict, gating_verdicts, verdict_tag
+from auditflow.core.names import (
+    NOTE_TAG,
+    Evaluate,
+    Ingest,
+    Report,
+    Stage,
+    Transparency,
+    Verdict,
+    gating_verdicts,
+    verdict_tag,
+)
 from auditflow.core.tracking import RunRecord, run_url, ui_base
 
-STAGES = (Stage.INGEST, Stage.TRAIN, Stage.EVALUATE, Stage.FAIRNESS, Stage.PRIVACY, Stage.EXPORT, Stage.BENCHMARK)
+STAGES = (
+    Stage.INGEST,
+    Stage.TRAIN,
+    Stage.EVALUATE,
+    Stage.FAIRNESS,
+    Stage.TRANSPARENCY,
+    Stage.PRIVACY,
+    Stage.EXPORT,
+    Stage.BENCHMARK,
+)
 OVERALL_NOTE = "**Overall verdict: {verdict}.** "  # leads the parent run's description
 MARKDOWN_EXTENSIONS = ["tables", "sane_lists", "fenced_code", "toc"]  # toc: ids on headings, the evidence anchors
 log = logging.getLogger(__name__)
@@ -177,6 +196,15 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         figures["recall"] = _png_b64(
             plots.recall_figure(fairness["per_class"], fairness["thresholds"]["min_class_recall"])
         )
+    if Stage.TRANSPARENCY in s:
+        d = s[Stage.TRANSPARENCY]["deletion"]
+        figures["deletion"] = _png_b64(plots.deletion_figure(d["fractions"], d["attributed"], d["random"]))
+    for name, image in (
+        ("attribution_maps", Transparency.MEAN_MAPS_PNG),
+        ("attribution_examples", Transparency.EXAMPLES_PNG),
+    ):
+        if image in record.images:
+            figures[name] = base64.b64encode(record.images[image]).decode()
     if Stage.PRIVACY in s:
         p = s[Stage.PRIVACY]
         if "attacks" in p:  # runs before the reference-model tiers have one loss curve only

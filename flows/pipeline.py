@@ -1,4 +1,5 @@
-"""The audit pipeline: ingest -> train -> evaluate -> fairness -> privacy -> export -> benchmark -> report.
+"""The audit pipeline: ingest -> train -> evaluate -> fairness -> transparency -> privacy -> export ->
+benchmark -> release -> report.
 
 Parameters are plain strings so the same flow runs from the CLI, `flow.serve` and a
 `prefect.yaml` deployment. The configuration is validated before any stage starts.
@@ -26,6 +27,7 @@ from auditflow.tasks.release import ReleaseResult, release
 from auditflow.tasks.report import ReportResult, report_run
 from auditflow.tasks.run import close_run, end_tracking_runs, open_run
 from auditflow.tasks.train import train_model
+from auditflow.tasks.transparency import transparency_audit
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class PipelineResult:
     learning_message: str
     fairness: str  # verdict/fairness: pass | fail | inconclusive (on intervals)
     worst_class_recall: float
+    transparency: str  # verdict/transparency: the shortcut check (fail: a class owes its recall to a small window)
+    shortcut_classes: int  # classes flagged by it
     privacy: str  # verdict/privacy: pass | fail | inconclusive (on the strongest attack's interval)
     privacy_attack: str  # the strongest attack run: loss, rmia or lira
     privacy_tpr: float  # its TPR at privacy.verdict_fpr (nan when not stated)
@@ -59,6 +63,7 @@ class PipelineResult:
         ref: TrackingRef,
         evaluated: EvaluateResult,
         fairness: VerdictResult,
+        transparency: VerdictResult,
         privacy: VerdictResult,
         references: References,
         released: ReleaseResult,
@@ -76,6 +81,8 @@ class PipelineResult:
             learning_message=evaluated.learning_message,
             fairness=fairness.status,
             worst_class_recall=fairness.headline,
+            transparency=transparency.status,
+            shortcut_classes=int(transparency.headline),
             privacy=privacy.status,
             privacy_attack=privacy.attack,
             privacy_tpr=privacy.headline,
@@ -158,6 +165,16 @@ def audit_pipeline(
             workdir=workdir,
         )
         fairness = fairness_audit(ref, evaluated.predictions, snap.snapshot, cfg.data, snap.classes, cfg.fairness)
+        transparency = transparency_audit(
+            ref,
+            trained.checkpoint,
+            evaluated.predictions,
+            snap.snapshot,
+            cfg.data,
+            snap.classes,
+            cfg.transparency,
+            trained.train_seconds,
+        )
         # one model at a time here (two trainings would share the same cores); Dask spreads them
         runner = task_runner(1, cfg.privacy.dask_address if cfg.privacy.reference_runner == "dask" else None)
         references = reference_models.with_options(task_runner=runner)(
@@ -203,4 +220,4 @@ def audit_pipeline(
         close_run(ref, err)
         raise
     close_run(ref)
-    return PipelineResult.of(ref, evaluated, fairness, privacy, references, released, exported, report)
+    return PipelineResult.of(ref, evaluated, fairness, transparency, privacy, references, released, exported, report)

@@ -35,7 +35,12 @@ GOOD_METRICS = {
     METRICS["onnx_max_abs_diff"]: 2e-6,
     latency_metric(GateConfig()): 1.5,
 }
-GOOD_TAGS = {TAGS["fairness"]: "pass", TAGS["privacy"]: "pass", TAGS["onnx_parity"]: "pass"}
+GOOD_TAGS = {
+    TAGS["fairness"]: "pass",
+    TAGS["privacy"]: "pass",
+    TAGS["transparency"]: "pass",
+    TAGS["onnx_parity"]: "pass",
+}
 
 
 def facts(run_id: str, version: str = "1", **metrics: float) -> RunFacts:
@@ -163,7 +168,7 @@ def test_no_champion_skips_regressions_and_the_record_is_json() -> None:
     assert record.verdict == "pass" and record.champion is None
     assert record.comparability == "no champion yet: regression criteria skipped"
     logged = json.loads(json.dumps(record.as_dict()))
-    assert logged["verdict"] == "pass" and logged["failing"] == [] and len(logged["criteria"]) == 15
+    assert logged["verdict"] == "pass" and logged["failing"] == [] and len(logged["criteria"]) == 16
     assert {"key", "condition", "value", "threshold", "status", "reason", "evidence"} <= logged["criteria"][0].keys()
     markdown = gate_markdown(logged)  # the logged form renders the same as the record
     assert markdown == gate_markdown(record)
@@ -225,7 +230,7 @@ def test_policy_rejects_unknown_fields() -> None:
 
 
 # ------------------------------------------------------------------------------ fabricated runs
-STAGES = ("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark")
+STAGES = ("ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark")
 
 
 @pytest.fixture(scope="module")

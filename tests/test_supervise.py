@@ -8,8 +8,7 @@ import sys
 import textwrap
 
 import pytest
-
-from tests.conftest import user_env
+from conftest import user_env
 
 # Another process's server already answers /api/health on the port drawn first: the run must
 # not take that answer for its own server's (the CI failure of stop 30, where two runs drew

@@ -232,6 +232,61 @@ class FairnessConfig(_Section):
     seed: int = Field(0, description="Seed of resampling.")
 
 
+class TransparencyConfig(_Section):
+    """What the shipped model looks at (Captum attributions on a seeded sample of test images),
+    whether those maps can be trusted (the model-randomisation sanity check, deletion against
+    random deletion), and the shortcut check: per class, the small window where attribution
+    concentrates, tested causally both ways against a random window of the same size."""
+
+    method: Literal["integrated_gradients", "saliency"] = Field(
+        "integrated_gradients",
+        description="Captum attribution method: Integrated Gradients (per pixel, any architecture) or the "
+        "plain input gradient (cheaper, noisier).",
+    )
+    steps: int = Field(16, ge=2, le=256, description="Integrated Gradients: points on the path from the baseline.")
+    per_class: int = Field(
+        12, ge=2, le=200, description="Test images explained per class (confident correct, confident wrong, random)."
+    )
+    confident: int = Field(2, ge=0, le=20, description="Of those, the most confident correct and wrong ones each.")
+    max_explained: int = Field(
+        240, ge=10, description="At most this many images explained in all; many classes get fewer each (2 at least)."
+    )
+    randomized_layers: int = Field(
+        2, ge=1, description="Sanity check: the top convolution and linear layers re-initialised, from the output."
+    )
+    max_sanity_correlation: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Policy: the mean rank correlation between the trained and the randomised model's maps "
+        "must be below this (its interval's upper end), or the maps are not shown as explanations.",
+    )
+    window_fraction: float = Field(
+        0.04, gt=0.0, le=0.05, description="The shortcut window's share of the image (a square, at most 5%)."
+    )
+    min_necessity_drop: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Policy: a shortcut's window, occluded, removes at least this share of the class's recall "
+        "beyond a random window (lower end of the paired exact interval).",
+    )
+    min_sufficiency_rise: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Policy: a shortcut's window, pasted onto other classes' images, turns at least this share "
+        "of them into the class beyond a random window (lower end of the paired exact interval).",
+    )
+    max_images_per_test: int = Field(
+        500, ge=10, description="Test images per causal test and class (the class's own; others for pasting)."
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1.0, description="Interval level; the shortcut tests hold at it over all classes together."
+    )
+    seed: int = Field(0, description="Seed of the sample, the random windows and the randomised layers.")
+
+
 AttackName = Literal["loss", "rmia", "lira"]
 
 
@@ -566,6 +621,7 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     fairness: FairnessConfig = FairnessConfig()
+    transparency: TransparencyConfig = TransparencyConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     export: ExportConfig = ExportConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()

@@ -30,6 +30,7 @@ class Stage:
     TRAIN = "train"
     EVALUATE = "evaluate"
     FAIRNESS = "fairness"
+    TRANSPARENCY = "transparency"
     PRIVACY = "privacy"
     EXPORT = "export"
     BENCHMARK = "benchmark"
@@ -46,6 +47,8 @@ class Verdict:
     FAIRNESS = "fairness"
     FAIRNESS_SUBGROUPS = "fairness_subgroups"
     FAIRNESS_ADJUSTED = "fairness_adjusted"  # the logit-adjusted variant's; advisory, like its file's
+    TRANSPARENCY = "transparency"  # the shortcut check
+    TRANSPARENCY_METHOD = "transparency_method"  # whether the maps can be trusted; advisory (about the method)
     PRIVACY = "privacy"
     PRIVACY_STRENGTH = "privacy_strength"
     PRIVACY_DESIGN = "privacy_design"
@@ -67,8 +70,10 @@ class Verdict:
         overall verdict itself; the release gate (a comparison with the champion, not an audit of
         this model); each optional ONNX variant other than the shipped FP32 file (`onnx_int8`,
         `onnx_fp16`, `onnx_adjusted`): its verdict only decides whether that variant is
-        recommended; and the fairness of the logit-adjusted variant (`fairness_adjusted`)."""
-        if group in (Verdict.OVERALL, Verdict.RELEASE, Verdict.FAIRNESS_ADJUSTED):
+        recommended; the fairness of the logit-adjusted variant (`fairness_adjusted`); and the
+        checks of the attribution method (`transparency_method`: they judge the explanation, not
+        the model; a method that fails its sanity check makes the shortcut check inconclusive)."""
+        if group in (Verdict.OVERALL, Verdict.RELEASE, Verdict.FAIRNESS_ADJUSTED, Verdict.TRANSPARENCY_METHOD):
             return False
         prefix = Verdict.onnx("")
         return not group.startswith(prefix) or group in (Verdict.ONNX_PARITY, Verdict.onnx(Verdict.SHIPPED_VARIANT))
@@ -211,6 +216,31 @@ class Fairness:
     WORST_CLASS_RECALL = "fairness/worst_class_recall"
     WORST_CLASS_RECALL_CI_HIGH = "fairness/worst_class_recall_ci_high"
     WORST_CLASS_RECALL_CI_LOW = "fairness/worst_class_recall_ci_low"
+
+
+class Transparency:
+    """Names under `transparency/...`."""
+
+    AUDIT_COST_VS_TRAINING = "transparency/audit_cost_vs_training"
+    AUDIT_S = "transparency/audit_s"
+    CONCENTRATION = "transparency/concentration"  # per class: per_class(CONCENTRATION, cls)
+    DELETION_AUC_ATTRIBUTED = "transparency/deletion/auc_attributed"
+    DELETION_AUC_RANDOM = "transparency/deletion/auc_random"
+    DELETION_GAP = "transparency/deletion/gap"  # random minus attributed area, paired; + _ci_low, _ci_high
+    DELETION_GAP_CI_HIGH = "transparency/deletion/gap_ci_high"
+    DELETION_GAP_CI_LOW = "transparency/deletion/gap_ci_low"
+    DELETION_PNG = "transparency/deletion.png"
+    EXAMPLES_PNG = "transparency/examples.png"
+    IMAGES_EXPLAINED = "transparency/images_explained"
+    MEAN_MAPS_PNG = "transparency/mean_maps.png"
+    NECESSITY_DROP = "transparency/necessity_drop"  # per class: per_class(NECESSITY_DROP, cls)
+    SANITY_SPEARMAN = "transparency/sanity/spearman"
+    SANITY_SPEARMAN_CI_HIGH = "transparency/sanity/spearman_ci_high"
+    SANITY_SPEARMAN_CI_LOW = "transparency/sanity/spearman_ci_low"
+    SHORTCUT_CLASSES = "transparency/shortcut_classes"  # classes flagged
+    SHORTCUT_INCONCLUSIVE = "transparency/shortcut_inconclusive"  # classes the test could not settle
+    SHORTCUT_JSON = "transparency/shortcut.json"
+    SUFFICIENCY_RISE = "transparency/sufficiency_rise"  # per class: per_class(SUFFICIENCY_RISE, cls)
 
 
 class Privacy:

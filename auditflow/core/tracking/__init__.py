@@ -40,7 +40,18 @@ from typing import Any
 from auditflow.core.config import PipelineConfig, TrackingConfig
 from auditflow.core.errors import DataError, TrackingError, TrackingOutageError
 from auditflow.core.files import SQLITE_MAGIC as SQLITE_MAGIC
-from auditflow.core.names import CHECKS, NOTE_TAG, SUMMARY, VERDICT_PREFIX, Evaluate, Ingest, Release, Stage, Train
+from auditflow.core.names import (
+    CHECKS,
+    NOTE_TAG,
+    SUMMARY,
+    VERDICT_PREFIX,
+    Evaluate,
+    Ingest,
+    Release,
+    Stage,
+    Train,
+    Transparency,
+)
 from auditflow.core.names import MAX_PART as MAX_PART
 from auditflow.core.names import metric_key as metric_key
 from auditflow.core.paths import ARTIFACT_DIR, DB_NAME
@@ -71,7 +82,7 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_VIEW = "workflowType=machine_learning"
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `auditflow ui` serves a local store
 # Images the report embeds as they were logged (drawn from data, not from summaries).
-REPORT_IMAGES = (Ingest.EXAMPLES_PNG, Evaluate.MISTAKES_PNG)
+REPORT_IMAGES = (Ingest.EXAMPLES_PNG, Evaluate.MISTAKES_PNG, Transparency.MEAN_MAPS_PNG, Transparency.EXAMPLES_PNG)
 HISTORY = ("train_loss", "val_accuracy", "train_accuracy", "val_loss")  # Train.EPOCH names, per epoch
 # Per-epoch metrics that the store refused are retried after these pauses (seconds), then the
 # stage fails naming them; training itself never waits on the store.
