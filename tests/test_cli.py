@@ -142,7 +142,7 @@ def test_ui_serves_the_store(finished_run: dict) -> None:
             except OSError:
                 time.sleep(1)
         assert status == 200
-        body = json.dumps({"experiment_ids": ["1"], "max_results": 10}).encode()
+        body = json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode()
         search = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search"
         req = urllib.request.Request(search, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:

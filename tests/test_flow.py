@@ -15,7 +15,7 @@ from auditflow.cli import app
 from auditflow.core.errors import DataError
 from auditflow.core.tracking import Tracker
 
-STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
+STAGES = {"ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark"}
 runner = CliRunner()
 
 
@@ -55,6 +55,12 @@ def test_pipeline_tracks_every_stage(pipeline_run) -> None:
     inputs = children["ingest"].inputs.dataset_inputs
     assert {i.dataset.digest for i in inputs} == {tags["auditflow.data_digest"][:36]}
     assert {t.value for i in inputs for t in i.tags} == {"train", "validation", "test"}
+    explained = children["transparency"].data
+    assert tags["verdict/transparency"] == explained.tags["verdict/transparency"] == result.transparency
+    assert explained.tags["verdict/transparency_method"] in ("pass", "fail", "inconclusive")
+    assert parent.data.metrics["transparency/shortcut_classes"] == result.shortcut_classes
+    assert 0 < explained.metrics["transparency/audit_s"] < 60 and explained.metrics["transparency/images_explained"] > 0
+    assert explained.metrics["transparency/sanity/spearman_ci_low"] <= explained.metrics["transparency/sanity/spearman"]
     privacy = children["privacy"].data
     assert result.privacy_tier == "reference" and privacy.tags["privacy/tier"] == "reference"
     assert privacy.metrics["privacy/references/count"] == 2
@@ -110,6 +116,8 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
         "## Training",
         "## Evaluation",
         "## Fairness",
+        "## Transparency",
+        "### Shortcut check",
         "## Privacy",
         "## ONNX export",
         "## Inference benchmark",
@@ -118,8 +126,10 @@ def test_report_has_every_section_and_is_reproducible(pipeline_run, tmp_path: Pa
         "## Sign-off",
     ):
         assert heading in md
-    # curves, confusion, the most confident mistakes, reliability, recall, loss, ROC, exposure, speed
-    assert html.count("data:image/png;base64,") == 9
+    # curves, confusion, the most confident mistakes, reliability, recall, deletion, loss, ROC, exposure,
+    # speed; and the mean attribution maps and examples when the maps passed their sanity check
+    shown = Tracker(result.tracking_uri).load_run(result.run_id).summaries["transparency"]["sanity"]["shown"]
+    assert html.count("data:image/png;base64,") == 10 + 2 * shown
     assert "<table>" in html and "Intended use." in html
     assert re.search(r"^- rmia: [+-]\d\.\d{4} \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], p = ", md, re.M)
     out = runner.invoke(app, ["report", result.run_id, "--workdir", str(workdir), "--out", str(tmp_path)])

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("auditflow", "models", "audits", "tasks", "flows")
 NAMES_MODULE = ROOT / "auditflow" / "core" / "names.py"
 STAGES = (
-    *("ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark", "release", "tune"),
+    *("ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark", "release"),
+    "tune",
     *("verdict", "compare"),
 )
 # A string literal (any prefix: f, r, b...) whose text starts with a stage's name and a slash.

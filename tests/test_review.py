@@ -132,7 +132,7 @@ def test_every_run_follows_the_naming_scheme_and_the_parent_has_the_headline(rev
     assert parent.data.tags["verdict/overall"] == result.overall
     assert parent.data.metrics["evaluate/test_accuracy_no_tta"] == pytest.approx(result.test_accuracy_no_tta)
     children = tracker.children(parent)
-    for stage in ("train", "evaluate", "fairness", "privacy", "export", "benchmark"):
+    for stage in ("train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark"):
         assert children[stage].inputs.dataset_inputs, f"{stage} names no dataset"
     assert {t.value for i in parent.inputs.dataset_inputs for t in i.tags} == {"train", "validation", "test"}
     # the class with a pipe logs under a legal key
@@ -173,6 +173,11 @@ def test_card_and_datasheet_numbers_equal_the_mlflow_values(reviewed_run) -> Non
     compile(html.unescape(snippet), "model_card.html", "exec")
     registered = record.tags["release/model"]  # "<name> v<version>"
     assert f"{card['model_details']['name']} v{card['model_details']['version'].split()[0]}" == registered
+    transparency = card["transparency"]
+    assert transparency["shortcut_check"] == record.tags["verdict/transparency"]
+    assert transparency["classes_flagged_count"]["metric"] == "transparency/shortcut_classes"
+    assert len(transparency["classes_flagged"]) == transparency["classes_flagged_count"]["value"]
+    assert "Shortcut check: **" in (folder / "model_card.md").read_text()
     sheet = json.loads((folder / "datasheet.json").read_text())
     assert [r["class"] for r in sheet["composition"]["per_class"]] == [PIPED_CLASS, "square", "stripes"]
     assert sheet["duplicates"]["near"]["metric"] == "ingest/near_duplicates"
@@ -225,6 +230,14 @@ def test_report_renders_in_chromium(reviewed_run, tmp_path: Path) -> None:
             assert value and threshold and evidence, row
             # a check with nothing to measure (no subgroup large enough on toy data) never passes
             assert value != "not measured" or status == "inconclusive", row
+        # the transparency section: its heading, the shortcut table with a row per class, its figures
+        assert page.js("!!document.getElementById('transparency') && !!document.getElementById('shortcut-check')")
+        shortcut = next(t for t in tables if "rise [interval]" in t["head"])
+        assert len(shortcut["rows"]) == 3 and {r[1] for r in shortcut["rows"]} <= {"pass", "fail", "inconclusive"}
+        alts = [alt for alt, _ in images]
+        assert "deletion curve: most attributed first against random" in alts
+        shown = record.summaries["transparency"]["sanity"]["shown"]
+        assert ("mean attribution map per class with the shortcut window" in alts) == shown
         badge = page.js("document.getElementById('overall-verdict').dataset.verdict")
         assert badge == record.tags["verdict/overall"] == result.overall
         anchors = page.js("Array.from(document.querySelectorAll('a[href^=\"#\"]')).map(a => a.getAttribute('href'))")

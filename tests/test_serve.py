@@ -23,7 +23,7 @@ from conftest import user_env
 
 from auditflow.core.tracking import Tracker
 
-STAGES = {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"}
+STAGES = {"ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark"}
 # The tutorial Net on toy data, with the reference tier on: a served run takes about a minute.
 SERVED = [
     "train.epochs=1",

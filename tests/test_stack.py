@@ -264,7 +264,7 @@ def assert_executed_by_the_worker_and_tracked_on_the_mlflow_server(stack, deploy
     assert tags["verdict/overall"] in {"pass", "fail", "inconclusive"}
     assert 0.0 <= metrics["evaluate/test_accuracy"] <= 1.0
     stages = stage_runs(stack, parent)
-    assert {"ingest", "train", "evaluate", "fairness", "privacy", "export", "benchmark"} <= set(stages)
+    assert {"ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark"} <= set(stages)
     assert all(r["info"]["status"] == "FINISHED" for r in stages.values())
     history = mlflow(
         stack,

@@ -237,6 +237,9 @@ class Transparency:
     SANITY_SPEARMAN = "transparency/sanity/spearman"
     SANITY_SPEARMAN_CI_HIGH = "transparency/sanity/spearman_ci_high"
     SANITY_SPEARMAN_CI_LOW = "transparency/sanity/spearman_ci_low"
+    SHORTCUT = "transparency/shortcut"  # the shortcut check's key
+    SANITY_CHECK = "transparency_method/sanity"  # the method's checks' keys (verdict group transparency_method)
+    DELETION_CHECK = "transparency_method/deletion"
     SHORTCUT_CLASSES = "transparency/shortcut_classes"  # classes flagged
     SHORTCUT_INCONCLUSIVE = "transparency/shortcut_inconclusive"  # classes the test could not settle
     SHORTCUT_JSON = "transparency/shortcut.json"

@@ -196,7 +196,7 @@ def _checks(
     if not notes:
         notes.append("no class's window is both necessary and sufficient beyond a random window")
     shortcut = Check(
-        key="transparency/shortcut",
+        key=Transparency.SHORTCUT,
         verdict=Verdict.TRANSPARENCY,
         title="No class owes its recall to a small window (shortcut)",
         condition=(
@@ -214,7 +214,7 @@ def _checks(
         note="; ".join(notes),
     )
     sanity_check = Check(
-        key="transparency_method/sanity",
+        key=Transparency.SANITY_CHECK,
         verdict=Verdict.TRANSPARENCY_METHOD,
         title="Explanations depend on the model (randomisation sanity check)",
         condition=(
@@ -232,7 +232,7 @@ def _checks(
         interval=(sanity.low, sanity.high) if sanity.low == sanity.low else None,
     )
     deletion = Check(
-        key="transparency_method/deletion",
+        key=Transparency.DELETION_CHECK,
         verdict=Verdict.TRANSPARENCY_METHOD,
         title="Explanations are faithful (deletion beats random deletion)",
         condition=(
@@ -295,6 +295,7 @@ def transparency_stage(
         test_y, shipped_logits, per_class=per, confident=min(cfg.confident, per // 2), seed=cfg.seed
     )
     xs, ys = to_input(test_x[sample.index]), test_y[sample.index]
+    method = cfg.method if attribute is None else "custom"
     attribute = attribute or explainer(cfg.method, steps=cfg.steps)
     maps = attribution_maps(model, xs, ys, attribute=attribute, baseline=baseline)
     randomized, layers = randomized_top(model, cfg.randomized_layers, seed=cfg.seed)
@@ -346,7 +347,7 @@ def transparency_stage(
     summary = {
         "audited_model": "the shipped model's weights in PyTorch, fp32 (the ONNX file computes the same function: "
         "export parity)",
-        "method": cfg.method if attribute is None or cfg.method else "custom",
+        "method": method,
         "method_reason": METHOD_REASONS.get(cfg.method, ""),
         "steps": cfg.steps,
         "baseline": "a plain image of the test split's mean colour (also the fill of occlusion and deletion)",
