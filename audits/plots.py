@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter
 from scipy.special import softmax
 
 # With more classes than this a figure shows what a reader can use (the worst classes, the largest
@@ -407,9 +408,8 @@ def attribution_examples_figure(
     then the most confident wrong, then random ones; each image with its map laid over it,
     titled with the prediction and whether it was right."""
     shown = _shown_classes(statuses)
-    fig, axes = plt.subplots(
-        len(shown), per_class, figsize=(per_class * 1.15 + 1.6, len(shown) * 1.2 + 0.3), squeeze=False
-    )
+    height = len(shown) * 1.2 + 0.6
+    fig, axes = plt.subplots(len(shown), per_class, figsize=(per_class * 1.15 + 1.6, height), squeeze=False)
     for row, k in enumerate(shown):
         mine = np.flatnonzero(labels == k)
         mine = mine[np.argsort(roles[mine], kind="stable")][:per_class]
@@ -421,8 +421,11 @@ def attribution_examples_figure(
             i = mine[j]
             img = images[i]
             ax.imshow(img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray")
-            heat = maps[i] / (maps[i].max() or 1.0)
-            ax.imshow(heat, cmap="magma", alpha=0.55 * (heat > 0.05), interpolation="nearest")
+            # per-pixel attributions are speckled: shown smoothed (a Gaussian of 1/32 of the side),
+            # more opaque where the evidence is stronger
+            heat = gaussian_filter(maps[i].astype(float), sigma=max(maps[i].shape) / 32)
+            heat = heat / (heat.max() or 1.0)
+            ax.imshow(heat, cmap="magma", alpha=0.75 * heat, interpolation="bilinear")
             mark = "✓" if predicted[i] == labels[i] else "✗"
             ax.set_title(f"{mark} {classes[predicted[i]]}", fontsize=6, pad=2)
         axes[row, 0].axis("on")
@@ -430,11 +433,11 @@ def attribution_examples_figure(
         axes[row, 0].set_yticks([])
         axes[row, 0].set_ylabel(classes[k], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(
-        "true class (rows): confident right, confident wrong, random; the map (evidence for the true class) over "
-        "the image, titled with the prediction",
+        "true class (rows): most confident right, most confident wrong, random;\n"
+        "over each image, the evidence for its true class (smoothed), titled ✓/✗ with the prediction",
         fontsize=7,
     )
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.4 / height))  # room for the two-line title
     return fig
 
 

@@ -42,8 +42,10 @@ class TagModel(nn.Module):
 
     def __init__(self, tagged: bool = True) -> None:
         super().__init__()
-        self.colour = nn.Linear(3, 3, bias=False)
-        self.colour.weight.data = 12 * torch.eye(3)
+        # the mean colour, as a layer over a 4x4 grid of cells: re-initialised, it weighs the cells
+        # differently (what the sanity check needs to see the maps change)
+        self.colour = nn.Linear(3 * 16, 3, bias=False)
+        self.colour.weight.data = torch.kron(12 * torch.eye(3), torch.full((1, 16), 1 / 16))
         self.tagged = tagged
         top, left, side = TAG
         self.window = (slice(top, top + side), slice(left, left + side))
@@ -54,7 +56,7 @@ class TagModel(nn.Module):
         self.tag.bias.data = torch.tensor([-2.0 * 1.5 * side * side])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        honest = self.colour(x.mean((2, 3)))
+        honest = self.colour(F.adaptive_avg_pool2d(x, 4).flatten(1))
         if not self.tagged:
             return honest
         tag = self.tag(x[:, :, self.window[0], self.window[1]].flatten(1))
@@ -302,3 +304,33 @@ def test_fastnet_trained_with_a_tagged_class_is_flagged_there_and_not_without_th
     assert w["top"] + w["side"] >= top + side and w["left"] + w["side"] >= left + side
     # NOTES.md: the drop and the rise with their intervals
     print("deer necessity", deer["necessity"], "sufficiency", deer["sufficiency"])
+
+
+@pytest.mark.parametrize("classes", [2, 30])
+def test_few_images_small_grayscale_and_many_classes_end_in_a_verdict_that_says_what_would_settle_it(
+    classes: int,
+) -> None:
+    """2 or 30 classes of 5 test images each, 12 px, gray: every class is judged or left open
+    with the number of images that would settle it; nothing crashes and the sample is capped."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes)
+    ).eval()
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (classes * 5, 12, 12, 1)).astype(np.uint8)
+    x, y = np.repeat(gray, 3, axis=-1), np.repeat(np.arange(classes), 5)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255).numpy()
+    names = tuple(f"c{k}" for k in range(classes))
+    found = transparency_stage(
+        model, x, y, shipped_logits=logits, classes=names, cfg=TransparencyConfig(max_explained=40), train_seconds=1.0
+    )
+    summary = found.outcome.report.summary
+    assert summary["images_explained"] <= max(40, 2 * classes) and len(summary["shortcut"]) == classes
+    assert summary["window"]["side"] == 2  # 4 of 144 pixels: under 4%
+    unsettled = [r for r in summary["shortcut"] if r["status"] == "inconclusive"]
+    assert all("would settle it" in r["note"] for r in unsettled)
+    if classes == 2:  # 5 images on each side settle neither effect
+        assert len(unsettled) == 2 and found.outcome.status == "inconclusive"
+    else:  # 145 other classes' images can show that pasting turns none: cleared, whatever the 5 own say
+        assert {r["status"] for r in summary["shortcut"]} <= {"pass", "inconclusive"}

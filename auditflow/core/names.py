@@ -147,6 +147,7 @@ class Train:
     PARAMETERS = "train/parameters"
     PLAN = "train/plan"
     PLANNED_EPOCHS = "train/planned_epochs"
+    PRECISION = "train/precision"  # why: the timings of `auto`, or the configured precision
     REUSED_FROM_RUN = "train/reused_from_run"
     TRAIN_S = "train/train_s"
     EPOCH = "train/{name}"  # .format(name=...): a per-epoch or end-of-training figure

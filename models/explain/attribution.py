@@ -46,6 +46,7 @@ Attribute = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 METHODS = ("integrated_gradients", "saliency")
 ROLES = ("confident correct", "confident wrong", "random")
+RANDOMIZE_SEED = 0x5EED_0F_7A  # offset of the re-initialised layers' seed
 
 
 def _integrated_gradients(steps: int) -> Attribute:
@@ -161,9 +162,12 @@ def randomized_top(model: nn.Module, layers: int, *, seed: int) -> tuple[nn.Modu
     clone = copy.deepcopy(model)
     found = [(n, m) for n, m in clone.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     top = found[-layers:]
-    torch.manual_seed(seed)
-    for _, module in top:
-        module.reset_parameters()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(
+            RANDOMIZE_SEED + seed
+        )  # not `seed` itself: a model built after manual_seed(seed) would come back
+        for _, module in top:
+            module.reset_parameters()
     return clone.eval(), tuple(n for n, _ in top)
 
 
@@ -237,7 +241,7 @@ def deletion_curves(
             np.put_along_axis(keep, ranking[:, : round(fraction * rows * cols)], False, axis=1)
             grid = keep.reshape(n, rows, 1, cols, 1)
             full = np.broadcast_to(grid, (n, rows, cell, cols, cell)).reshape(n, rows * cell, cols * cell)
-            mask = torch.as_tensor(np.ascontiguousarray(full[:, None, :h, :w]))
+            mask = torch.from_numpy(np.array(full[:, None, :h, :w]))
             x = torch.where(mask, images, fill)
             prob = torch.softmax(model(x).float(), 1).gather(1, y[:, None])[:, 0]
             columns.append(prob.numpy())

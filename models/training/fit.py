@@ -35,6 +35,7 @@ from auditflow.core.config import TrainConfig
 from auditflow.core.data import Splits
 from auditflow.core.errors import ConfigError, ModelError
 from auditflow.models.evaluation.inference import predict
+from auditflow.models.training import precision as precisions
 from auditflow.models.training.averaging import WarmupEMA, make_ema
 from auditflow.models.training.budget import EpochPlan, plan_epochs, replan
 from auditflow.models.training.checkpoints import (
@@ -141,6 +142,7 @@ class FitResult:
     final_val_loss: float = float("nan")
     val_seconds: float = 0.0  # sum of per-epoch validations
     privacy: dict[str, Any] = field(default_factory=dict)  # DP runs: PrivateTraining.report(); {} otherwise
+    precision: dict[str, Any] = field(default_factory=dict)  # `train.precision: auto` on a CPU: PrecisionChoice
 
 
 def _val_subset(splits: Splits, cfg: TrainConfig) -> tuple[np.ndarray, torch.Tensor]:
@@ -301,6 +303,16 @@ def fit(
     world = dist.get_world_size() if dist.is_initialized() else 1
     base, flops = _build(splits, cfg, runtime, init_state)
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
+    precision: dict[str, Any] = {}
+    if cfg.precision == "auto" and runtime.device.type == "cpu" and cfg.dp is None and world == 1:
+        batch = torch.as_tensor(np.asarray(splits.train_x[: cfg.batch_size]))
+        seconds = precisions.time_precisions(
+            base, optimizer, images=batch, labels=torch.as_tensor(splits.train_y[: cfg.batch_size]), cfg=cfg,
+            runtime=runtime,
+        )  # fmt: skip
+        picked = precisions.choose_precision(seconds, batch_size=len(batch))
+        runtime, precision = picked.runtime(runtime), picked.as_dict()
+        log.info("precision %s", picked.reason)
     trainer = _Trainer(
         cfg,
         runtime,
@@ -467,7 +479,8 @@ def fit(
         else (float("nan"),) * 2
     )
     trainer.save(plan.epochs, history, plan, scheduler=scheduler, kept=choice.kept, choice=choice.__dict__)
-    return _summary(trainer, history, plan, choice, start_epoch, flops, compile_seconds, final_acc, final_loss)
+    result = _summary(trainer, history, plan, choice, start_epoch, flops, compile_seconds, final_acc, final_loss)
+    return dataclasses.replace(result, precision=precision)
 
 
 def _build(

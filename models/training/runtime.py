@@ -41,18 +41,11 @@ class Runtime:
         }
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512_BF16 or AMX), where autocast pays."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private op: absent in some builds
-        return False
-
-
 def resolve_runtime(device: str = "auto", precision: str = "auto", num_threads: int | None = None) -> Runtime:
-    """CUDA when asked or available. `precision="auto"` is bf16 autocast on CUDA and on CPUs
-    with native bf16 (measured 1.7x faster training than fp32 on this project's 2-core AVX512_BF16
-    machine), else fp32. channels_last on CUDA only: on that CPU it slowed bf16 convolutions."""
+    """CUDA when asked or available. `precision="auto"` is bf16 autocast on CUDA; on a CPU it
+    starts as fp32 and `fit` times both precisions and keeps the faster (`precision.py`: no rule
+    on CPU flags holds on every CPU seen). channels_last on CUDA only: on a Zen 4 CPU it slowed
+    bf16 convolutions."""
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     has_cuda = torch.cuda.is_available()
@@ -63,5 +56,5 @@ def resolve_runtime(device: str = "auto", precision: str = "auto", num_threads: 
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu")
     if precision not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"train.precision={precision!r}; expected 'auto', 'fp32' or 'bf16'")
-    use_bf16 = precision == "bf16" or (precision == "auto" and (dev.type == "cuda" or cpu_has_bf16()))
+    use_bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     return Runtime(device=dev, autocast_dtype=torch.bfloat16 if use_bf16 else None, channels_last=dev.type == "cuda")

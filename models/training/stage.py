@@ -299,6 +299,8 @@ def train_report(
     the weights kept, the plan, the DP accountant's figures, the checkpoint and the summary."""
     result, reused = training.fit, training.reused
     runtime_tags = runtime.describe()
+    if result.precision:  # `auto` timed on the CPU: the precision it kept, not the first guess
+        runtime_tags["precision"] = result.precision["chosen"]
     # one GPU per process under DDP; CPU processes share the same cores
     devices = cfg.world_size if runtime.device.type == "cuda" else 1
     metrics = speed_metrics(
@@ -331,6 +333,9 @@ def train_report(
         Train.REUSED_FROM_RUN: reused["train_run"] if reused else "none",
         Train.KEPT_WEIGHTS: choice["kept"],
         Train.PLAN: result.plan["reason"],
+        Train.PRECISION: result.precision.get("reason")
+        or f"{runtime_tags['precision']}: train.precision={cfg.precision}",
+        "precision": runtime_tags["precision"],
     }
     if privacy:  # DP-SGD: what the accountant says was spent
         tags[Train.DP_ACCOUNTANT] = str(privacy.get("accountant", ""))
@@ -341,6 +346,7 @@ def train_report(
         metrics=all_metrics,
         headline=headline,
         tags=tags,
+        parent_tags={"auditflow.precision": runtime_tags["precision"]},
         files=((training.final, Train.CHECKPOINT_FOLDER),),
         summary=_summary(training, data, cfg, peak=peak, runtime_tags=runtime_tags, speed=metrics),
     )

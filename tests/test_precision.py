@@ -1,0 +1,77 @@
+"""`train.precision: auto` on a CPU: chosen by timing a few steps in each precision (issue 21)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditflow.core.config import DataConfig, TrainConfig
+from auditflow.core.data import ingest, make_splits
+from auditflow.models.training import fit as fit_module
+from auditflow.models.training import precision as precisions
+from auditflow.models.training.precision import choose_precision
+from auditflow.models.training.runtime import resolve_runtime
+
+
+def test_the_faster_precision_wins_and_a_tie_or_no_timing_keeps_fp32() -> None:
+    assert choose_precision({"fp32": 0.255, "bf16": 0.303}, batch_size=256).chosen == "fp32"  # Xeon, no AMX
+    picked = choose_precision({"fp32": 0.30, "bf16": 0.18}, batch_size=256)
+    assert picked.chosen == "bf16" and "fp32 300 ms, bf16 180 ms" in picked.reason and "batch 256" in picked.reason
+    assert choose_precision({"fp32": 0.2, "bf16": 0.2}, batch_size=8).chosen == "fp32"
+    assert choose_precision({"fp32": 0.2, "bf16": float("nan")}, batch_size=8).chosen == "fp32"
+    assert choose_precision({"fp32": float("nan"), "bf16": 0.3}, batch_size=8).chosen == "bf16"
+    runtime = resolve_runtime("cpu", "fp32")
+    assert picked.runtime(runtime).autocast_dtype == torch.bfloat16 and picked.runtime(runtime).device == runtime.device
+
+
+@pytest.fixture(scope="module")
+def toy_splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    return make_splits(ingest(str(image_folder), DataConfig(), tmp_path_factory.mktemp("cache")), DataConfig())
+
+
+@pytest.mark.parametrize(("fp32", "bf16", "chosen"), [(0.255, 0.303, "fp32"), (0.30, 0.18, "bf16")])
+def test_auto_trains_in_the_precision_its_timings_chose(
+    toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fp32: float, bf16: float, chosen: str
+) -> None:
+    timed: list[dict] = []
+
+    def fake_timings(model, optimizer, *, images, labels, cfg, runtime):
+        timed.append({"batch": len(images), "compile": cfg.compile, "device": runtime.device.type})
+        return {"fp32": fp32, "bf16": bf16}
+
+    trained_in: list[torch.dtype | None] = []
+    real_epoch = fit_module.train_one_epoch
+
+    def spy(*args, runtime, **kwargs):
+        trained_in.append(runtime.autocast_dtype)
+        return real_epoch(*args, runtime=runtime, **kwargs)
+
+    monkeypatch.setattr(precisions, "time_precisions", fake_timings)
+    monkeypatch.setattr(fit_module, "train_one_epoch", spy)
+    cfg = TrainConfig(width=8, epochs=2, batch_size=16, compile=False, precision="auto", device="cpu")
+    result = fit_module.fit(toy_splits, cfg, resolve_runtime("cpu", "auto"), checkpoint_dir=tmp_path)
+    assert timed == [{"batch": 16, "compile": False, "device": "cpu"}]  # timed once, on one training batch
+    assert result.precision["chosen"] == chosen and result.precision["seconds"] == {"fp32": fp32, "bf16": bf16}
+    assert trained_in == [torch.bfloat16 if chosen == "bf16" else None] * 2
+
+
+def test_the_real_timing_restores_the_weights_and_times_both(toy_splits) -> None:
+    from auditflow.models.training.registry import build_model
+
+    model = build_model("fastnet", 3, width=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(width=8, batch_size=8, compile=True)
+    seconds = precisions.time_precisions(
+        model,
+        optimizer,
+        images=torch.as_tensor(toy_splits.train_x[:8]),
+        labels=torch.as_tensor(toy_splits.train_y[:8]),
+        cfg=cfg,
+        runtime=resolve_runtime("cpu", "fp32"),
+    )
+    assert set(seconds) == {"fp32", "bf16"} and all(0 < s < 30 for s in seconds.values())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert optimizer.state_dict()["state"] == {}
