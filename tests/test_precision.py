@@ -75,3 +75,24 @@ def test_the_real_timing_restores_the_weights_and_times_both(toy_splits) -> None
     assert set(seconds) == {"fp32", "bf16"} and all(0 < s < 30 for s in seconds.values())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert optimizer.state_dict()["state"] == {}
+
+
+# ---------------------------------------------------------------------------- train.l1 (issue 21)
+def _zero_share(model: torch.nn.Module) -> float:
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    return sum(int((p == 0).sum()) for p in weights) / sum(p.numel() for p in weights)
+
+
+def test_l1_zeroes_weights_that_l2_with_the_same_coefficient_only_shrinks(toy_splits, tmp_path: Path) -> None:
+    from auditflow.models.training.checkpoints import load_model
+
+    base = {"model": "tutorial_net", "epochs": 3, "batch_size": 16, "lr": 0.05, "compile": False}
+    base |= {"precision": "fp32", "ema_decay": None, "schedule": "constant", "optimizer": "sgd"}
+    shares = {}
+    for name, extra in (("l1", {"l1": 0.2, "weight_decay": 0.0}), ("l2", {"l1": 0.0, "weight_decay": 0.2})):
+        cfg = TrainConfig(**base, **extra)
+        result = fit_module.fit(toy_splits, cfg, resolve_runtime("cpu", "fp32"), checkpoint_dir=tmp_path / name)
+        shares[name] = _zero_share(load_model(result.checkpoint)[0])
+    assert shares["l2"] == 0.0  # L2 shrinks every weight by a factor: none reaches zero
+    assert shares["l1"] > 0.5, shares  # the proximal step zeroes most of the tutorial Net's weights
+    assert TrainConfig().l1 == 0.0  # off by default

@@ -84,6 +84,12 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (SGD, RMSprop).")
     nesterov: bool = Field(True, description="Nesterov momentum (SGD only).")
     weight_decay: float = Field(5e-4, ge=0.0, description="Decoupled (AdamW) or L2 weight decay.")
+    l1: float = Field(
+        0.0,
+        ge=0.0,
+        description="L1 regularisation of conv/linear weights, as a proximal step after each optimiser step "
+        "(soft-thresholding by lr x l1): unlike L2, it sets small weights exactly to zero. 0 = off.",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy smoothing.")
     flip: bool = Field(True, description="Random horizontal flip augmentation.")
     crop_padding: int = Field(4, ge=0, le=16, description="Random-crop padding, pixels; 0 = off.")

@@ -95,10 +95,10 @@ def _schedule(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only, not on norms and biases."""
+    """Weight decay (and `train.l1`, `loop.shrink`) on conv/linear weights only, not on norms and biases."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "l1": True}, {"params": rest, "weight_decay": 0.0}]
 
 
 @dataclass(frozen=True)
