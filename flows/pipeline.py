@@ -14,9 +14,10 @@ from prefect import flow
 
 from auditflow.audits.decision import Decision
 from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
+from auditflow.core.paths import cache_dir
 from auditflow.core.predictions import Predictions
 from auditflow.core.tracking import TrackingRef
-from auditflow.flows.runners import task_runner
+from auditflow.flows.runners import check_shared_disk, task_runner
 from auditflow.models.references import References, decide_tier, plan_for
 from auditflow.tasks.audit import VerdictResult, fairness_audit, privacy_audit
 from auditflow.tasks.evaluate import EvaluateResult, evaluate_model
@@ -151,6 +152,8 @@ def audit_pipeline(
     ref = open_run(cfg, data, workdir, run_name)
     try:
         snap = ingest_data(ref, data, cfg.data, workdir, cfg.card, cfg.fairness, cfg.privacy)
+        if cfg.privacy.reference_runner == "dask":  # before training: the workers must see these files
+            check_shared_disk(cfg.privacy.dask_address or "", [snap.snapshot, str(cache_dir(workdir))])
         trained = train_model(
             ref, snap.snapshot, data_cfg=cfg.data, cfg=cfg.train, workdir=workdir, privacy_cfg=cfg.privacy
         )

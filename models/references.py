@@ -80,6 +80,7 @@ class ReferenceOutcome:
     epochs: int
     images: int  # training images
     query_logits: str | None = None  # .npz: member_/nonmember_query_logits (queries x n x K); None for 1 query
+    worker: str = ""  # the Dask worker that trained or fetched it ("" in this process)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ models cost and whether they came from the cache.
 
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -18,6 +20,7 @@ from auditflow.core.predictions import Predictions
 from auditflow.models.references import ReferenceOutcome, plan_for, reference_recipe, train_reference
 from auditflow.models.training.runtime import resolve_runtime
 from auditflow.models.training.stage import exclusive
+from auditflow.tasks.run import dask_worker
 
 
 @task(name="reference-model", cache_policy=NO_CACHE, task_run_name="reference-model-{index}")
@@ -46,7 +49,7 @@ def train_reference_model(
     spec = plan.specs[index]
     cache = cache_dir(workdir) / "references"
     with exclusive(cache / (spec.key + ".lock.d")):  # two runs must not train the same model at once
-        return train_reference(
+        outcome = train_reference(
             splits,
             spec,
             reference_recipe(train_cfg, epochs, train_cfg.seed),
@@ -56,3 +59,4 @@ def train_reference_model(
             cache=cache,
             queries=cfg.queries,
         )
+    return dataclasses.replace(outcome, worker=dask_worker())

@@ -74,3 +74,13 @@ def end_tracking_runs(flow: Any, run: Any, state: Any) -> None:
             log.info("ended %d MLflow run(s) left RUNNING by flow run %s: KILLED", len(ended), run.name)
     except Exception as err:
         log.warning("could not end the MLflow runs of flow run %s: %s", run.name, err)
+
+
+def dask_worker() -> str:
+    """The address of the Dask worker running the calling task, or "" outside Dask."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""

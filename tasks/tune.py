@@ -31,6 +31,7 @@ from auditflow.models.training.stage import epoch_metrics
 from auditflow.models.tuning.report import StudySummary, summarise
 from auditflow.models.tuning.space import StudyPlan, trial_config
 from auditflow.models.tuning.study import TrialScores, TrialSpec, attach_trial, pruning_callback, score_trial
+from auditflow.tasks.run import dask_worker
 
 __all__ = ["StudySummary", "TrialOutcome", "open_study_run", "run_trial", "summarise_study"]
 
@@ -90,7 +91,10 @@ def run_trial(ref: TrackingRef, spec: TrialSpec, base: dict, snapshot_path: str,
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, f"trial-{spec.number}") as run:
         run.log_params(spec.params | {"tune.trial_number": spec.number})
-        run.set_tags({Tune.STUDY: spec.study, Tune.TRIAL_NUMBER: spec.number, Tune.RETRY_OF: spec.origin})
+        run.set_tags(
+            {Tune.STUDY: spec.study, Tune.TRIAL_NUMBER: spec.number, Tune.RETRY_OF: spec.origin}
+            | {Tune.WORKER: dask_worker() or "this process"}
+        )
         runtime = resolve_runtime(cfg.train.device, cfg.train.precision, cfg.train.num_threads)
         splits = make_splits(Snapshot.open(snapshot_path), cfg.data)
         prune = pruning_callback(attach_trial(spec))

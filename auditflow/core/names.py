@@ -399,6 +399,7 @@ class Tune:
     TRIALS_JSON = "tune/trials.json"
     TRIALS_TARGET = "tune/trials_target"
     TRIAL_NUMBER = "tune/trial_number"
+    WORKER = "tune/worker"  # the Dask worker that ran the trial, or "this process"
     VAL_ACCURACY = "tune/val_accuracy"
     WORST_CLASS_RECALL = "tune/worst_class_recall"
     RECALL_OF_CLASS = "tune/recall.{cls}"  # .format(cls=...)
