@@ -196,7 +196,7 @@ def report_context(record: RunRecord) -> dict[str, Any]:
         figures["recall"] = _png_b64(
             plots.recall_figure(fairness["per_class"], fairness["thresholds"]["min_class_recall"])
         )
-    if Stage.TRANSPARENCY in s:
+    if Stage.TRANSPARENCY in s and s[Stage.TRANSPARENCY]["deletion"]["attributed"]:
         d = s[Stage.TRANSPARENCY]["deletion"]
         figures["deletion"] = _png_b64(plots.deletion_figure(d["fractions"], d["attributed"], d["random"]))
     for name, image in (

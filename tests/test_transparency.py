@@ -147,6 +147,8 @@ def test_an_edge_detector_fails_the_sanity_check_and_its_maps_are_withheld() -> 
     # what the maps cleared is not cleared: the check is open, and says why
     shortcut = _check(found, "transparency/shortcut")
     assert shortcut.status == "inconclusive" and "sanity check" in shortcut.note
+    rows = found.outcome.report.summary["shortcut"]
+    assert {r["status"] for r in rows} == {"inconclusive"} and all("sanity check" in r["note"] for r in rows)
     assert not Verdict.gates(Verdict.TRANSPARENCY_METHOD) and Verdict.gates(Verdict.TRANSPARENCY)
 
 
@@ -334,3 +336,25 @@ def test_few_images_small_grayscale_and_many_classes_end_in_a_verdict_that_says_
         assert len(unsettled) == 2 and found.outcome.status == "inconclusive"
     else:  # 145 other classes' images can show that pasting turns none: cleared, whatever the 5 own say
         assert {r["status"] for r in summary["shortcut"]} <= {"pass", "inconclusive"}
+
+
+def test_one_class_in_the_split_elongated_images_and_a_capped_test_do_not_break_it() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+    rng = np.random.default_rng(0)
+    cfg = TransparencyConfig(per_class=4, max_images_per_test=10)
+    for shape, labels in (((6, 16, 16), [0] * 6), ((8, 4, 120), [0, 1] * 4), ((60, 16, 16), [0, 1] * 30)):
+        x = rng.integers(0, 255, (*shape, 3)).astype(np.uint8)
+        y = np.asarray(labels)
+        with torch.no_grad():
+            logits = model(torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255).numpy()
+        found = transparency_stage(model, x, y, shipped_logits=logits, classes=("a", "b"), cfg=cfg, train_seconds=1.0)
+        summary = found.outcome.report.summary
+        assert summary["window"]["side"] <= min(shape[1:])
+        if shape[0] == 6:  # class 'b' has no test images; 'a' has no other class to paste onto
+            assert found.outcome.status == "inconclusive" and summary["shortcut"][0]["sufficiency"]["n"] == 0
+        if shape[0] == 60:  # 30 images of each class, 10 used: the cap is what to raise
+            open_rows = [r for r in summary["shortcut"] if r["status"] == "inconclusive"]
+            assert all("transparency.max_images_per_test=" in r["note"] for r in open_rows)

@@ -290,7 +290,7 @@ class TransparencyConfig(_Section):
     confidence: float = Field(
         0.95, gt=0.5, lt=1.0, description="Interval level; the shortcut tests hold at it over all classes together."
     )
-    seed: int = Field(0, description="Seed of the sample, the random windows and the randomised layers.")
+    seed: int = Field(0, ge=0, description="Seed of the sample, the random windows and the randomised layers.")
 
 
 AttackName = Literal["loss", "rmia", "lira"]

@@ -45,6 +45,14 @@ Attribute = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torc
 """(model, inputs N x C x H x W in [0, 1], targets N, baseline 1 x C x H x W) -> maps N x H x W (>= 0)."""
 
 METHODS = ("integrated_gradients", "saliency")
+PIXELS_PER_BATCH = 1 << 19  # images x height x width per forward pass: 512 images of 32x32, 10 of 224x224
+
+
+def batch_for(height: int, width: int) -> int:
+    """Images per forward (and backward) pass at this size, so that memory stays bounded."""
+    return max(1, PIXELS_PER_BATCH // (height * width))
+
+
 ROLES = ("confident correct", "confident wrong", "random")
 RANDOMIZE_SEED = 0x5EED_0F_7A  # offset of the re-initialised layers' seed
 
@@ -54,7 +62,11 @@ def _integrated_gradients(steps: int) -> Attribute:
         from captum.attr import IntegratedGradients
 
         attr = IntegratedGradients(model).attribute(
-            x, baselines=baseline.expand_as(x), target=y, n_steps=steps, internal_batch_size=len(x) * steps
+            x,
+            baselines=baseline.expand_as(x),
+            target=y,
+            n_steps=steps,
+            internal_batch_size=min(len(x) * steps, batch_for(*x.shape[-2:])),
         )
         return attr.sum(1).clamp(min=0)
 
@@ -243,7 +255,9 @@ def deletion_curves(
             full = np.broadcast_to(grid, (n, rows, cell, cols, cell)).reshape(n, rows * cell, cols * cell)
             mask = torch.from_numpy(np.array(full[:, None, :h, :w]))
             x = torch.where(mask, images, fill)
-            prob = torch.softmax(model(x).float(), 1).gather(1, y[:, None])[:, 0]
+            step = batch_for(h, w)
+            logits = torch.cat([model(x[i : i + step]).float() for i in range(0, n, step)]) if n else x.new_zeros(0, 1)
+            prob = torch.softmax(logits, 1).gather(1, y[:, None])[:, 0] if n else logits[:, 0]
             columns.append(prob.numpy())
         curves.append(np.stack(columns, 1) if columns else np.zeros((n, 0)))
     return Deletion(tuple(fractions), cell, curves[0], curves[1])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditflow.core.checks import judge_interval
+from auditflow.models.explain.attribution import batch_for
 from auditflow.models.export.paired import loss_interval
 
 
@@ -50,8 +51,9 @@ class Window:
 
 
 def window_side(height: int, width: int, fraction: float) -> int:
-    """The side of the largest square window covering at most `fraction` of an image (>= 1)."""
-    return max(1, int(np.floor(np.sqrt(fraction * height * width))))
+    """The side of the largest square window covering at most `fraction` of an image (>= 1, and
+    no longer than the image's shorter side)."""
+    return max(1, min(int(np.floor(np.sqrt(fraction * height * width))), height, width))
 
 
 def best_window(mean_map: np.ndarray, side: int) -> Window:
@@ -84,8 +86,10 @@ def _mask(n: int, height: int, width: int, corners: np.ndarray, side: int) -> to
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    return np.concatenate([model(x[i : i + batch_size]).argmax(1).numpy() for i in range(0, len(x), batch_size)])
+def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    step = batch_for(*x.shape[-2:])
+    parts = [model(x[i : i + step]).argmax(1).numpy() for i in range(0, len(x), step)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class Effect:
         c = int((moved_by_random & ~moved_by_window).sum())
         n = len(moved_by_window)
         low, high = loss_interval(b, c, n, level=level) if n else (-100.0, 100.0)
-        return cls(n, rates[0], rates[1], b, c, (b - c) / n if n else float("nan"), low / 100, high / 100)
+        rate = tuple(float(r) if n else float("nan") for r in rates)
+        return cls(n, rate[0], rate[1], b, c, (b - c) / n if n else float("nan"), low / 100, high / 100)
 
 
 def necessity(
@@ -152,7 +157,8 @@ def sufficiency(
     there = _mask(n, h, w, random_places(window, h, w, n=n, rng=rng), window.side)
     turned_here = _predict(model, torch.where(here, donor, others)) == cls
     turned_there = _predict(model, torch.where(there, donor, others)) == cls
-    return Effect.of(turned_here, turned_there, rates=(turned_here.mean(), turned_there.mean()), level=level)
+    rates = (turned_here.mean(), turned_there.mean()) if n else (0.0, 0.0)
+    return Effect.of(turned_here, turned_there, rates=rates, level=level)
 
 
 def decide(necessary: Effect, sufficient: Effect, *, min_drop: float, min_rise: float) -> str:

@@ -17,6 +17,7 @@ The figures are drawn by the task (`auditflow.audits.plots`), which `models` doe
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 
@@ -119,28 +120,46 @@ def _cap(index: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.permutation(index)[:limit]) if len(index) > limit else index
 
 
-def _class_note(name: str, row: ClassShortcut, cfg: TransparencyConfig, level: float, sane: bool) -> str:
+def _wanted(effect: Effect, threshold: float, level: float, available: int, cap: int, what: str) -> str | None:
+    """What would settle an open effect at its observed rates: more test images, or a larger
+    `transparency.max_images_per_test` when the split already has them."""
+    if judge_interval(effect.low, effect.high, threshold, higher_is_better=True) != "inconclusive":
+        return None
+    k = images_to_settle(effect, threshold, level=level)
+    if k is None:
+        return None
+    if effect.n >= cap and k <= available:
+        return f"transparency.max_images_per_test={k} ({what}: the split has {available:,})"
+    return f"about {k:,} {what}"
+
+
+def _class_note(
+    name: str, row: ClassShortcut, cfg: TransparencyConfig, level: float, available: tuple[int, int], *, doubted: bool
+) -> str:
     w, n, s = row.window, row.necessary, row.sufficient
     where = f"window {w.side}x{w.side} at (row {w.top}, column {w.left})"
+    pasted = (
+        f"pasted, {s.window_rate:.1%} of other classes' images classified as it against {s.random_rate:.1%} "
+        f"(rise {s.effect:.2f} [{s.low:.2f}, {s.high:.2f}], {s.n} images)"
+        if s.n
+        else "no other class's test images to paste onto"
+    )
     effects = (
         f"occluded, recall {n.window_rate:.2f} against {n.random_rate:.2f} with a random window "
-        f"(drop {n.effect:.2f} [{n.low:.2f}, {n.high:.2f}], {n.n} images); pasted, {s.window_rate:.1%} of other "
-        f"classes' images turned into it against {s.random_rate:.1%} (rise {s.effect:.2f} [{s.low:.2f}, {s.high:.2f}], "
-        f"{s.n} images)"
+        f"(drop {n.effect:.2f} [{n.low:.2f}, {n.high:.2f}], {n.n} images); {pasted}"
     )
     if row.status == "fail":
         return f"class {name!r} owes its recall to a {where}: {effects}"
-    if row.status == "pass" or sane is False:
+    if row.status == "pass":
         return f"class {name!r}: {where}; {effects}"
-    wanted = [
-        f"about {k:,} {what}"
-        for effect, threshold, what in (
-            (n, cfg.min_necessity_drop, f"test images of {name!r}"),
-            (s, cfg.min_sufficiency_rise, "other classes' test images"),
-        )
-        if judge_interval(effect.low, effect.high, threshold, higher_is_better=True) == "inconclusive"
-        and (k := images_to_settle(effect, threshold, level=level)) is not None
-    ]
+    if doubted:
+        return f"class {name!r} not cleared (the maps failed their sanity check): {where}; {effects}"
+    cap = cfg.max_images_per_test
+    found = (
+        _wanted(n, cfg.min_necessity_drop, level, available[0], cap, f"test images of {name!r}"),
+        _wanted(s, cfg.min_sufficiency_rise, level, available[1], cap, "other classes' test images"),
+    )
+    wanted = [w for w in found if w]
     settle = f"; {' and '.join(wanted)} would settle it at these rates" if wanted else ""
     return f"class {name!r} not settled: {where}; {effects}{settle}"
 
@@ -186,8 +205,7 @@ def _checks(
     notes = [r.note for r in rows if r and r.status == "fail"] + [r.note for r in unsettled]
     if missing:
         notes.append(f"no test images of {', '.join(map(repr, missing))}")
-    if sane == "fail" and status == "pass":
-        status = "inconclusive"
+    if sane == "fail" and status != "fail":
         notes.insert(
             0,
             "the maps failed their sanity check, so the window each class was tested on may not be "
@@ -236,7 +254,7 @@ def _checks(
         verdict=Verdict.TRANSPARENCY_METHOD,
         title="Explanations are faithful (deletion beats random deletion)",
         condition=(
-            f"removing the most-attributed pixels first lowers the true class's probability faster than removing "
+            f"removing the most-attributed cells first lowers the true class's probability faster than removing "
             f"as many at random: area between the curves > 0, paired, on its {cfg.confidence:.0%} t interval"
         ),
         stage=Stage.TRANSPARENCY,
@@ -315,7 +333,11 @@ def transparency_stage(
     for c in range(k):
         row = _shortcut(model, test_x, test_y, c, mean_maps[c], side, fill, cfg, level)
         if row is not None:
-            row = ClassShortcut(**{**row.__dict__, "note": _class_note(classes[c], row, cfg, level, sane != "fail")})
+            doubted = sane == "fail" and row.status == "pass"  # the window tested may not be the one it uses
+            available = (int((test_y == c).sum()), int((test_y != c).sum()))
+            row = dataclasses.replace(row, status="inconclusive" if doubted else row.status)
+            note = _class_note(classes[c], row, cfg, level, available, doubted=doubted)
+            row = dataclasses.replace(row, note=note)
         rows.append(row)
     checks = _checks(rows, classes, sanity, sane, gap, faithful, side, cfg)
     seconds = time.perf_counter() - start
@@ -350,7 +372,9 @@ def transparency_stage(
         "method": method,
         "method_reason": METHOD_REASONS.get(cfg.method, ""),
         "steps": cfg.steps,
-        "baseline": "a plain image of the test split's mean colour (also the fill of occlusion and deletion)",
+        "baseline": "a plain image of the test split's mean colour (also the fill of occlusion and deletion)"
+        if method == "integrated_gradients"
+        else "none; the fill of occlusion and deletion is a plain image of the test split's mean colour",
         "fill": [float(v) for v in fill.flatten()],
         "per_class": per,
         "images_explained": len(sample.index),
