@@ -415,12 +415,10 @@ def attribution_examples_figure(
         mine = mine[np.argsort(roles[mine], kind="stable")][:per_class]
         for j in range(per_class):
             ax = axes[row, j]
-            ax.axis("off")
+            _thumbnail(ax, images[mine[j]] if j < len(mine) else None)
             if j >= len(mine):
                 continue
             i = mine[j]
-            img = images[i]
-            ax.imshow(img if img.shape[-1] == 3 else img[..., 0], cmap=None if img.shape[-1] == 3 else "gray")
             # per-pixel attributions are speckled: shown smoothed (a Gaussian of 1/32 of the side),
             # more opaque where the evidence is stronger
             heat = gaussian_filter(maps[i].astype(float), sigma=max(maps[i].shape) / 32)
@@ -428,9 +426,6 @@ def attribution_examples_figure(
             ax.imshow(heat, cmap="magma", alpha=0.75 * heat, interpolation="bilinear")
             mark = "✓" if predicted[i] == labels[i] else "✗"
             ax.set_title(f"{mark} {classes[predicted[i]]}", fontsize=6, pad=2)
-        axes[row, 0].axis("on")
-        axes[row, 0].set_xticks([])
-        axes[row, 0].set_yticks([])
         axes[row, 0].set_ylabel(classes[k], rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(
         "true class (rows): most confident right, most confident wrong, random;\n"

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 from torch import nn
@@ -123,7 +124,7 @@ def choose_sample(labels: np.ndarray, logits: np.ndarray, *, per_class: int, con
     """Per class, up to `confident` most confident correct and `confident` most confident wrong
     test images (by the shipped model's top probability), then random others up to `per_class`."""
     rng = np.random.default_rng(seed)
-    predicted, top = logits.argmax(1), _softmax(logits).max(1)
+    predicted, top = logits.argmax(1), softmax(logits, axis=1).max(1)
     index, role = [], []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
@@ -137,12 +138,6 @@ def choose_sample(labels: np.ndarray, logits: np.ndarray, *, per_class: int, con
             index.extend(part.tolist())
             role.extend([r] * len(part))
     return Sample(np.asarray(index, np.int64), np.asarray(role, np.int64))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------- intervals

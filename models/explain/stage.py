@@ -370,7 +370,7 @@ def transparency_stage(
         "audited_model": "the shipped model's weights in PyTorch, fp32 (the ONNX file computes the same function: "
         "export parity)",
         "method": method,
-        "method_reason": METHOD_REASONS.get(cfg.method, ""),
+        "method_reason": METHOD_REASONS.get(method, "a method given by the caller"),
         "steps": cfg.steps,
         "baseline": "a plain image of the test split's mean colour (also the fill of occlusion and deletion)"
         if method == "integrated_gradients"
