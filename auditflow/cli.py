@@ -44,6 +44,9 @@ TrackingUriOpt = Annotated[
     str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
 ]
 Variant = Enum("Variant", {"adjusted": "adjusted"}, type=str)  # `promote --variant`: the file that may ship instead
+Overlap = Enum(
+    "Overlap", {"queue": "queue", "skip": "skip"}, type=str
+)  # `serve --overlap`: Prefect's ENQUEUE, CANCEL_NEW
 ReleaseSetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Release policy override, e.g. release.max_accuracy_drop=0.02 (repeatable)."),
@@ -126,8 +129,10 @@ def serve(
     workdir: WorkdirOpt = Path("."),
     name: Annotated[str, typer.Option(help="Deployment name.")] = "auditflow-scheduled",
     port: Annotated[int, typer.Option(help="Port for a Prefect server started here.")] = 4200,
+    overlap: Annotated[Overlap, typer.Option(help="A run due while the last runs: queue it, or skip it.")] = "queue",
 ) -> None:
-    """Serve the pipeline on a cron schedule (needs a Prefect server; starts one if none is set)."""
+    """Serve the pipeline on a cron schedule (needs a Prefect server; starts one if none is set).
+    One run at a time: runs that would overlap compete for the same cores, GPU and work folder."""
     from datetime import datetime
 
     from cronsim import CronSim, CronSimError  # ships with Prefect
@@ -154,12 +159,23 @@ def serve(
                 supervise.prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
                 console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
                 server = supervise.start_prefect_server(api_url, port)
-        console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}")
+        overlap = Overlap(overlap)
+        console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}, one run at a time")
+        console.print(f"a run due while the last one runs is {'queued' if overlap == 'queue' else 'skipped'}")
+        from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
         from auditflow.flows.pipeline import audit_pipeline
+
+        strategy = ConcurrencyLimitStrategy.ENQUEUE if overlap == "queue" else ConcurrencyLimitStrategy.CANCEL_NEW
 
         source = data if data.startswith("cifar10") else str(Path(data).resolve())  # runs start elsewhere
         parameters = {"profile": profile, "data": source, "overrides": list(overrides or [])}
-        audit_pipeline.serve(name=name, cron=cron, parameters=parameters | {"workdir": str(workdir.resolve())})
+        audit_pipeline.serve(
+            name=name,
+            cron=cron,
+            parameters=parameters | {"workdir": str(workdir.resolve())},
+            global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=strategy),
+        )
     except AuditflowError as err:
         raise _fail(err) from err
     finally:

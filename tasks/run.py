@@ -59,11 +59,14 @@ def close_run(ref: TrackingRef, error: BaseException | None = None) -> None:
     Tracker(ref.uri).end_run(ref.run_id, error)
 
 
-def end_tracking_runs(flow: Any, run: Any, state: Any) -> None:
+def end_tracking_runs(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_crashed` / `on_cancellation` hook of the pipeline flow: the MLflow runs of this flow
     run that are still RUNNING (the process was interrupted, or the run cancelled from the UI,
     before `close-run`) end KILLED with Prefect's reason. Never raises: a hook that fails would
-    hide the crash itself; the next start ends what is left (`end_stale_runs`)."""
+    hide the crash itself; the next start ends what is left (`end_stale_runs`). Prefect's flow
+    engine calls it positionally, its runner (a run cancelled from the UI) by keyword: the
+    parameter names are Prefect's."""
+    run = flow_run
     params = dict(run.parameters or {})
     try:
         cfg = load_config(params.get("profile", "quick"), params.get("overrides") or [])

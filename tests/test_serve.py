@@ -127,6 +127,10 @@ def test_a_served_cron_run_finishes_with_every_stage(image_folder: Path, tmp_pat
     assert deployment is not None, "no deployment registered"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["* * * * *"]
     assert deployment["parameters"]["data"] == str(image_folder)
+    # one run at a time, the next queued: in CI (seen) minutely runs that overlapped shared two
+    # loaded cores five ways and none ended within the bound
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     assert ended is not None, f"no scheduled run ended within the bound; serve's output:\n{log.read_text()[-4000:]}"
     tracker, parent = ended
     assert parent.info.status == "FINISHED", parent.data.tags.get("auditflow.error", log.read_text()[-4000:])

@@ -148,3 +148,36 @@ def test_publish_copies_verdicts_and_headline_to_the_parent(tmp_path: Path) -> N
     logged = {a.path for a in tracker.client.list_artifacts(child.info.run_id, "fairness")}
     assert {"fairness/rows.json", "fairness/doc.json", "fairness/checks.json", "fairness/summary.json"} <= logged
     assert record.stage_tags["fairness"]["mlflow.note.content"] == "a stage"
+
+
+def test_a_run_cancelled_from_prefect_ends_its_mlflow_runs_killed(tmp_path: Path) -> None:
+    """The pipeline's on_cancellation hook, called the way Prefect's runner calls it when a
+    served run is cancelled (by keyword: flow=, flow_run=, state=; seen failing in CI with a
+    parameter named otherwise), ends the run's MLflow runs KILLED with Prefect's reason."""
+    import asyncio
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun, State, StateType
+    from prefect.runner._hook_runner import _run_hooks  # the runner's own caller
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    from auditflow.core.tracking import PARENT_TAG
+    from auditflow.core.tracking.stale import END_REASON_TAG
+    from auditflow.flows.pipeline import audit_pipeline
+    from auditflow.tasks.run import end_tracking_runs
+
+    flow_run = FlowRun(flow_id=uuid4(), name="cancelled-otter", parameters={"workdir": str(tmp_path)})
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={"prefect.flow_run_id": str(flow_run.id)})
+    tracker = Tracker(ref.uri)
+    with tracker.stage(ref, "ingest"):
+        pass
+    experiment = tracker.get_run(ref.run_id).info.experiment_id
+    stage = tracker.client.create_run(experiment, tags={PARENT_TAG: ref.run_id})  # a stage cut short
+    state = State(type=StateType.CANCELLING, name="Cancelling", message="cancelled from the UI")
+    with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}):  # a flow run the API never saw
+        asyncio.run(_run_hooks([end_tracking_runs], flow_run, audit_pipeline, state))
+    parent = tracker.get_run(ref.run_id)
+    assert parent.info.status == "KILLED"
+    assert tracker.get_run(stage.info.run_id).info.status == "KILLED"
+    assert tracker.children(parent)["ingest"].info.status == "FINISHED"  # what had ended stays as it was
+    assert "'cancelled-otter' Cancelling: cancelled from the UI" in parent.data.tags[END_REASON_TAG]
