@@ -55,9 +55,10 @@ def train_model(
     `privacy_cfg.canaries` > 0 (the one-run privacy audit: drawn here, once, with
     `privacy_cfg.seed`, and returned in the result for the evaluation to score)."""
     canaries, canary_seed = (privacy_cfg.canaries, privacy_cfg.seed) if privacy_cfg else (0, 0)
-    if canaries and cfg.world_size > 1:  # the torchrun workers build their own splits
+    if canaries and cfg.processes > 1:  # the torchrun workers build their own splits
         raise ConfigError(
-            f"privacy.canaries={canaries} needs single-process training, but train.world_size={cfg.world_size}"
+            f"privacy.canaries={canaries} needs single-process training, but train.world_size={cfg.world_size} "
+            f"and train.nodes={cfg.nodes}"
         )
     tracker = Tracker(ref.uri)
     with tracker.stage(ref, Stage.TRAIN, DESCRIPTION) as run:
@@ -85,7 +86,7 @@ def train_model(
             spec=ddp_spec(snapshot_path, data_cfg, cfg, sources=sources),
         )
         epochs_log.close()
-        for stats in training.unlogged(cfg.world_size):
+        for stats in training.unlogged(cfg.processes):
             run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
         stage = train_report(training, data, cfg, peak=device_peak(runtime), runtime=runtime, sources=sources)
         tracker.publish(ref, run, stage.report)

@@ -50,7 +50,7 @@ def test_peak_of_known_gpus_comes_from_the_datasheet() -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
-    from auditflow.models.training.distributed import launch
+    from auditflow.models.training.distributed import Job, launch
 
     snap = ingest(str(image_folder), DataConfig(), tmp_path / "cache")
     cfg = TrainConfig(width=8, epochs=2, batch_size=8, lr=0.05, world_size=2)
@@ -60,5 +60,5 @@ def test_ddp_on_two_gpus(image_folder: Path, tmp_path: Path) -> None:
         "train": cfg.model_dump(mode="json"),
         "checkpoint_dir": str(tmp_path / "ckpt"),
     }
-    result, records = launch(spec, 2, tmp_path / "ddp")  # refuses ranks whose weights differ
+    result, records = launch(spec, Job(2), tmp_path / "ddp")  # refuses ranks whose weights differ
     assert [r["world_size"] for r in records] == [2, 2] and len(result.history) == 2

@@ -78,7 +78,7 @@ class TrainConfig(_Section):
         description="Seconds for training passes plus per-epoch validation. Throughput is measured "
         "before the clock starts and the epoch count (at most `epochs`) chosen to fit; None = run `epochs`.",
     )
-    batch_size: int = Field(256, gt=0, description="Images per optimiser step and process (x world_size under DDP).")
+    batch_size: int = Field(256, gt=0, description="Images per optimiser step and process (x processes under DDP).")
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("sgd", description="Optimiser.")
     lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum (SGD, RMSprop).")
@@ -121,7 +121,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed of initialisation, shuffling and augmentation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when present.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto = bf16 autocast on CUDA and on CPUs with native bf16, else fp32."
+        "auto", description="auto = bf16 autocast on CUDA; on a CPU the faster of fp32 and bf16 in a timed trial."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads; None = default.")
     compile: bool = Field(False, description="torch.compile the model (compile time is not training time).")
@@ -135,13 +135,22 @@ class TrainConfig(_Section):
         if self.dp is not None:
             clashes = {
                 "compile": self.compile,  # Opacus hooks every layer; the compiled graph would bypass them
-                "world_size": self.world_size > 1,
+                "world_size": self.processes > 1,
                 "teacher": self.teacher is not None,
             }
             bad = [name for name, on in clashes.items() if on]
             if bad:
                 raise ValueError(f"dp (differentially private training) cannot be combined with {', '.join(bad)}")
+        if self.nodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"nodes={self.nodes} needs rdzv_endpoint: host:port of this machine, where the other nodes join"
+            )
         return self
+
+    @property
+    def processes(self) -> int:
+        """Data-parallel processes in all: `world_size` on each of `nodes` machines."""
+        return self.world_size * self.nodes
 
     target_accuracy: float | None = Field(
         None, gt=0.0, le=1.0, description="Validation accuracy whose first reach is timed (seconds of training)."
@@ -157,7 +166,25 @@ class TrainConfig(_Section):
     distill_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the distillation term (0 = plain CE).")
     distill_temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the distillation term.")
     world_size: int = Field(
-        1, ge=1, le=64, description="Data-parallel processes (torchrun + DistributedDataParallel); 1 = in-process."
+        1,
+        ge=1,
+        le=64,
+        description="Data-parallel processes on each node (torchrun + DistributedDataParallel); 1 = in-process.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Machines in the data-parallel job (torchrun, c10d rendezvous at train.rdzv_endpoint); "
+        "this one is node 0, each other runs the torchrun command the train stage logs (docs/deploy.md).",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[^\s:]+:\d{1,5}$",
+        description="host:port of this machine where the other nodes join (train.nodes > 1).",
+    )
+    rdzv_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds to wait for every node to join the rendezvous before failing."
     )
     dp: DPConfig | None = Field(
         None, description="Differentially private training (Opacus DP-SGD); None = ordinary training."
@@ -644,10 +671,10 @@ class PipelineConfig(_Section):
                 f"train.model='tutorial_net' takes 32x32 images only (its classifier expects 16x5x5 features), "
                 f"but data.image_size={self.data.image_size}; use fastnet or resnet18, or data.image_size=32"
             )
-        if self.privacy.canaries and self.train.world_size > 1:
+        if self.privacy.canaries and self.train.processes > 1:
             raise ValueError(
                 f"privacy.canaries={self.privacy.canaries} needs single-process training, "
-                f"but train.world_size={self.train.world_size}"
+                f"but train.world_size={self.train.world_size} and train.nodes={self.train.nodes}"
             )
         return self
 

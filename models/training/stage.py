@@ -36,7 +36,7 @@ from auditflow.core.paths import cache_dir, trained_dir
 from auditflow.core.stage import StageReport
 from auditflow.models.training.canaries import Canaries, hold_out_canaries
 from auditflow.models.training.checkpoints import load_model, read_checkpoint
-from auditflow.models.training.distributed import launch
+from auditflow.models.training.distributed import Job, launch
 from auditflow.models.training.fit import EpochStats, FitResult, check_batch_size, fit
 from auditflow.models.training.runtime import Runtime
 from auditflow.models.training.speed import Peak, speed_metrics
@@ -200,6 +200,12 @@ def ddp_spec(snapshot_path: str, data_cfg: DataConfig, cfg: TrainConfig, *, sour
     }
 
 
+def job_for(cfg: TrainConfig, work: Path) -> Job:
+    """The torchrun job of `cfg`: its rendezvous id is the checkpoint folder's name (the data and
+    config key), so every node of the same training joins the same rendezvous."""
+    return Job(cfg.world_size, cfg.nodes, cfg.rdzv_endpoint, cfg.rdzv_timeout_s, rdzv_id=work.name)
+
+
 def train_and_keep(
     data: TrainData,
     cfg: TrainConfig,
@@ -214,15 +220,15 @@ def train_and_keep(
     """Train `cfg.model` on `data.splits` (or resume, or reuse a finished training of the same
     data and config), keep the finished training and copy its checkpoint to `data.places.final`.
 
-    `spec`: `ddp_spec(...)`, used when `cfg.world_size` > 1 (torchrun workers); `on_epoch` gets
+    `spec`: `ddp_spec(...)`, used when `cfg.processes` > 1 (torchrun workers); `on_epoch` gets
     each epoch trained in this process; `train_run` is recorded with the finished training."""
     splits, places = data.splits, data.places
-    check_batch_size(cfg.batch_size, len(splits.train_y), cfg.world_size)
+    check_batch_size(cfg.batch_size, len(splits.train_y), cfg.processes)
     work, finished = places.work, places.finished
     with exclusive(work):
         reused = reuse_finished(finished, work)
-        if cfg.world_size > 1:
-            result, _ = launch({**(spec or {}), "checkpoint_dir": str(work)}, cfg.world_size, work / "ddp")
+        if cfg.processes > 1:
+            result, _ = launch({**(spec or {}), "checkpoint_dir": str(work)}, job_for(cfg, work), work / "ddp")
         else:
 
             def train() -> FitResult:
@@ -394,6 +400,7 @@ def _summary(
         "reused_from_run": reused["train_run"] if reused else None,
         "runtime": dict(runtime_tags),
         "world_size": cfg.world_size,
+        "nodes": cfg.nodes,
         "peak_source": peak.source,
         "init_from": cfg.init_from,
         "teacher": cfg.teacher,

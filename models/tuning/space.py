@@ -288,9 +288,9 @@ def plan_study(
         raise ConfigError(f"time budget must be positive minutes, got {time_budget_min}")
     if cfg.data.val_fraction <= 0:
         raise ConfigError("trials are scored on the validation split: data.val_fraction must be above 0")
-    if cfg.train.world_size != 1 or cfg.train.init_from or cfg.train.teacher:
+    if cfg.train.processes != 1 or cfg.train.init_from or cfg.train.teacher:
         raise ConfigError(
-            "tuning trains in-process from scratch: train.world_size must be 1 and "
+            "tuning trains in-process from scratch: train.world_size and train.nodes must be 1 and "
             "train.init_from and train.teacher unset"
         )
     base = cfg.model_dump(mode="json")
