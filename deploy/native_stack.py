@@ -255,9 +255,12 @@ class NativeStack:
     def prefect_api_url(self) -> str:
         return f"http://{LOOPBACK}:{self.settings['PREFECT_PORT']}/api"
 
-    @property
-    def worker_health_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.settings['AUDITFLOW_WORKER_HEALTH_PORT']}/health"
+    def worker_health_port(self, index: int = 0) -> int:
+        """Worker `index` serves /health on AUDITFLOW_WORKER_HEALTH_PORT + index."""
+        return int(self.settings["AUDITFLOW_WORKER_HEALTH_PORT"]) + index
+
+    def worker_health_url(self, index: int = 0) -> str:
+        return f"http://{LOOPBACK}:{self.worker_health_port(index)}/health"
 
     def postgres_url(self, database: str, scheme: str = "postgresql+psycopg") -> str:
         s = self.settings
@@ -272,7 +275,7 @@ class NativeStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def up(self, deploy: bool = True) -> NativeStack:
+    def up(self, deploy: bool = True, workers: int = 1) -> NativeStack:
         """Start every service in compose's order, each once those it depends on are healthy."""
         try:
             self.start_postgres()
@@ -284,7 +287,8 @@ class NativeStack:
             self.prepare_work_pool()
             if deploy:
                 self.deploy()
-            self.start_worker()
+            for index in range(workers):
+                self.start_worker(index)
         except BaseException:
             self.stop()
             raise
@@ -465,10 +469,12 @@ class NativeStack:
             ["prefect", "work-pool", "set-concurrency-limit", pool, s["AUDITFLOW_GPU_SLOTS"]],
         )
 
-    def worker(self) -> tuple[list[str], dict[str, str]]:
+    def worker(self, index: int = 0) -> tuple[list[str], dict[str, str]]:
+        """Worker `index` (as on its own GPU host): it runs at most AUDITFLOW_WORKER_SLOTS flow
+        runs at once, the pool at most AUDITFLOW_GPU_SLOTS across all its workers."""
         s = self.settings
         cmd = ["prefect", "worker", "start", "--pool", s["AUDITFLOW_WORK_POOL"]]
-        cmd += ["--type", s["AUDITFLOW_WORK_POOL_TYPE"], "--with-healthcheck"]
+        cmd += ["--type", s["AUDITFLOW_WORK_POOL_TYPE"], "--limit", s["AUDITFLOW_WORKER_SLOTS"], "--with-healthcheck"]
         env = {
             "PREFECT_API_URL": self.prefect_api_url,
             "MLFLOW_TRACKING_URI": self.mlflow_url,
@@ -477,7 +483,7 @@ class NativeStack:
             # prefect.yaml's pull step changes into the code: here the checkout itself
             "AUDITFLOW_CODE_DIR": str(REPO),
             "PREFECT_WORKER_WEBSERVER_HOST": LOOPBACK,
-            "PREFECT_WORKER_WEBSERVER_PORT": s["AUDITFLOW_WORKER_HEALTH_PORT"],
+            "PREFECT_WORKER_WEBSERVER_PORT": str(self.worker_health_port(index)),
             "PREFECT_LOGGING_EXTRA_LOGGERS": "auditflow,models,audits",
         }
         return cmd, env
@@ -517,10 +523,11 @@ class NativeStack:
         (e.g. `--name auditflow-nightly --params '{...}' --cron '...'`)."""
         self.prefect("--no-prompt", "deploy", *(args or ("--all",)), "--prefect-file", str(PREFECT_FILE))
 
-    def start_worker(self) -> Service:
-        cmd, env = self.worker()
+    def start_worker(self, index: int = 0) -> Service:
+        cmd, env = self.worker(index)
         env = self._env({**env, **self.worker_env})
-        return self._launch("worker", cmd, env, lambda: http_ok(self.worker_health_url), cwd=self.state)
+        name = "worker" if index == 0 else f"worker-{index}"
+        return self._launch(name, cmd, env, lambda: http_ok(self.worker_health_url(index)), cwd=self.state)
 
 
 # --------------------------------------------------------------------------- command line
@@ -541,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the stack and keep it running until Ctrl-C")
     up.add_argument("--state", type=Path, help="folder for data and logs (default: a new temporary folder)")
     up.add_argument("--no-deploy", action="store_true", help="do not run `prefect deploy --all`")
+    up.add_argument("--workers", type=int, default=1, help="workers on the pool (compose: --scale worker=N)")
     up.add_argument("--env-file", type=Path, default=REPO / ".env", help="secrets file (default: .env)")
     args = parser.parse_args(argv)
 
@@ -559,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as Ctrl-C does
     with NativeStack(settings, state) as stack:
         try:
-            stack.up(deploy=not args.no_deploy)
+            stack.up(deploy=not args.no_deploy, workers=args.workers)
             print(f"MLflow   {stack.mlflow_url}  (sign in as {settings['MLFLOW_REVIEWER_USERNAME']} or the admin)")
             print(f"Prefect  {stack.prefect_api_url.removesuffix('/api')}")
             print(f"state and logs in {state}; Ctrl-C stops the stack")

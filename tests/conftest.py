@@ -38,20 +38,30 @@ os.environ.setdefault(
 
 CLASSES = ("circle", "square", "stripes")
 
-# The longest files first (slowest first in the full suite's --durations), so that no
-# worker starts one of them last; everything else keeps the collection order.
+# The longest files first, by their wall time in the last whole-suite run under CI's load (the
+# sum of --durations per file; NOTES.md), so that no worker starts one of them last and the
+# short files fill the end; everything else keeps the collection order.
 LONGEST_FIRST = (
-    "tests/test_stack.py",
-    "tests/test_faults.py",
-    "tests/test_cli.py",
     "tests/test_flow.py",  # with test_review.py and test_names.py (`SHARED_RUN_FILES`)
     "tests/test_review.py",
     "tests/test_names.py",
-    "tests/test_serve.py",
+    "tests/test_stack.py",
+    "tests/test_cli.py",
+    "tests/test_faults.py",
     "tests/test_tune_cli.py",
+    "tests/test_dask.py",
+    "tests/test_release.py",
+    "tests/test_serve.py",
     "tests/test_training_small.py",
-    "tests/test_models.py",
     "tests/test_install.py",
+    "tests/test_transparency.py",
+    "tests/test_tune.py",
+    "tests/test_supervise.py",
+    "tests/test_bench.py",
+    "tests/test_export.py",
+    "tests/test_distributed.py",
+    "tests/test_tracking.py",
+    "tests/test_models.py",
 )
 
 

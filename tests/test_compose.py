@@ -481,6 +481,7 @@ def test_healthchecks_probe_the_listening_port(services, settings):
     assert "/api/health" in " ".join(services["prefect-server"]["healthcheck"]["test"])
     _, start = find_segment(services["worker"], "prefect", "worker", "start")
     assert "--with-healthcheck" in start, "the worker serves /health only with --with-healthcheck"
+    assert option(start, "--limit") == settings["AUDITFLOW_WORKER_SLOTS"], start  # its host's GPUs
     assert env_of(services["worker"])["PREFECT_WORKER_WEBSERVER_PORT"] == settings["AUDITFLOW_WORKER_HEALTH_PORT"]
 
 

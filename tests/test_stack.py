@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -66,6 +67,18 @@ DEPLOYMENT = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][
 # --------------------------------------------------------------------------- the stack
 
 
+def _two_free_ports() -> int:
+    """A free loopback port whose successor is free too."""
+    while True:
+        port = native_stack.free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture(scope="module")
 def stack():
     try:
@@ -74,10 +87,8 @@ def stack():
         if os.environ.get("CI"):
             pytest.fail(f"{err}; .ci/run installs it")
         pytest.skip(str(err))
-    ports = {
-        key: str(native_stack.free_port())
-        for key in ("POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT", "AUDITFLOW_WORKER_HEALTH_PORT")
-    }
+    ports = {key: str(native_stack.free_port()) for key in ("POSTGRES_PORT", "MLFLOW_PORT", "PREFECT_PORT")}
+    ports["AUDITFLOW_WORKER_HEALTH_PORT"] = str(_two_free_ports())  # a second worker takes the next one
     # environ={}: the developer's shell does not leak into the test's settings
     settings = native_stack.load_settings(None, {**native_stack.random_secrets(), **ports}, environ={})
     state = Path(tempfile.mkdtemp(prefix="auditflow-stack-"))
@@ -136,9 +147,10 @@ def mlflow(stack, method: str, path: str, user: str = "reviewer", **kw) -> httpx
     return httpx.request(method, stack.mlflow_url + path, auth=auth, timeout=30, **kw)
 
 
-def trigger(stack, deployment: dict, name: str) -> str:
+def trigger(stack, deployment: dict, name: str, parameters: dict | None = None) -> str:
     """A run of the deployment, as `prefect deployment run` or the UI's Run button creates it."""
-    run = prefect(stack, "POST", f"/deployments/{deployment['id']}/create_flow_run", {"name": name})
+    body = {"name": name} | ({"parameters": parameters} if parameters else {})
+    run = prefect(stack, "POST", f"/deployments/{deployment['id']}/create_flow_run", body)
     return run["id"]
 
 
@@ -225,7 +237,7 @@ def test_every_service_is_healthy_and_listens_on_loopback(stack):
     """The compose healthchecks' probes (pg_isready, /health, /api/health, the worker's
     /health) answer; nothing listens beyond 127.0.0.1."""
     assert stack.health() == {"postgres": True, "mlflow": True, "prefect-server": True, "worker": True}
-    for url in (stack.mlflow_url, stack.prefect_api_url, stack.worker_health_url):
+    for url in (stack.mlflow_url, stack.prefect_api_url, stack.worker_health_url()):
         assert url.startswith("http://127.0.0.1:"), url
     assert sql(stack, "postgres", "SHOW listen_addresses") == "127.0.0.1"
 
@@ -389,3 +401,53 @@ def test_cron_schedule_starts_a_run(stack, deployment, cron_minute):
     # the worker may start a run up to its prefetch (5 s here) before the scheduled time
     assert dt.datetime.fromisoformat(runs[run_id]["start_time"]) >= at - dt.timedelta(seconds=10)
     assert parent_run(stack, run_id)["info"]["status"] == "FINISHED"
+
+
+def _worker_of(stack, flow_run: dict) -> str | None:
+    """The stack service (worker) whose process started `flow_run`'s process, or None."""
+    import psutil
+
+    pid = (flow_run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+    workers = {s.process.pid: s.name for s in stack.services if s.name.startswith("worker")}
+    try:
+        return next((workers[p.pid] for p in psutil.Process(int(pid)).parents() if p.pid in workers), None)
+    except (ValueError, psutil.Error):
+        return None  # not started yet, or already ended
+
+
+def test_two_workers_sharing_two_slots_run_two_triggered_runs_at_once_one_on_each(stack, deployment, params):
+    """The parallel half of the GPU-slot test: a second worker on the pool (as on a second GPU
+    host; AUDITFLOW_WORKER_SLOTS = 1 run each) and the pool's limit at 2 slots. Two runs
+    triggered together run at the same time, each on its own worker, and both finish. (Two
+    seeds: two runs of the same data and config at once would share checkpoints, and the
+    second is refused in one line, as README's fault table says.)"""
+    pool = stack.settings["AUDITFLOW_WORK_POOL"]
+    assert stack.settings["AUDITFLOW_WORKER_SLOTS"] == "1"
+    stack.prefect("work-pool", "set-concurrency-limit", pool, "2")
+    stack.start_worker(1)
+    try:
+        ids = [
+            trigger(stack, deployment, f"two-slots-{seed}", params | {"overrides": [*TINY, f"train.seed={seed}"]})
+            for seed in (1, 2)
+        ]
+        ran_on: dict[str, str] = {}
+        deadline = time.monotonic() + 2 * RUN_TIMEOUT_S
+        while True:
+            runs = {i: flow_run(stack, i) for i in ids}
+            for i, r in runs.items():
+                if r["state_type"] == "RUNNING" and i not in ran_on and (worker := _worker_of(stack, r)):
+                    ran_on[i] = worker
+            if all(r["state_type"] in TERMINAL for r in runs.values()):
+                break
+            assert time.monotonic() < deadline, f"runs not finished: {_states(runs)}"
+            time.sleep(1)
+        assert {r["state_type"] for r in runs.values()} == {"COMPLETED"}, _states(runs)
+        print("flow run -> worker:", {runs[i]["name"]: w for i, w in ran_on.items()})  # NOTES.md
+        assert sorted(ran_on.values()) == ["worker", "worker-1"], ran_on
+        windows = sorted(
+            (dt.datetime.fromisoformat(r["start_time"]), dt.datetime.fromisoformat(r["end_time"]))
+            for r in runs.values()
+        )
+        assert windows[1][0] < windows[0][1], f"the two runs did not overlap: {windows}"
+    finally:
+        stack.prefect("work-pool", "set-concurrency-limit", pool, stack.settings["AUDITFLOW_GPU_SLOTS"])
