@@ -9,7 +9,9 @@ publishes the report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
@@ -276,8 +278,9 @@ def fairness_stage(
     return AuditOutcome(report, status, result.reasons, result.worst_recall)
 
 
-def offsets_to_export(report: StageReport) -> tuple[float, ...] | None:
+def offsets_to_export(summary: Mapping[str, Any] | None) -> tuple[float, ...] | None:
     """The logit offsets the export stage folds into `model.adjusted.onnx`, from the fairness
-    stage's report; None when the adjusted model is not worth exporting (`worth_exporting`)."""
-    mitigation = (report.summary or {}).get("mitigation")
+    stage's summary (this run's report, or a past run's record); None when the adjusted model is
+    not worth exporting (`worth_exporting`)."""
+    mitigation = (summary or {}).get("mitigation")
     return tuple(mitigation["offsets"]) if mitigation and mitigation.get("exported") else None

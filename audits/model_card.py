@@ -273,14 +273,78 @@ def build_model_card(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def render_model_card(record: RunRecord) -> tuple[str, str, dict[str, Any]]:
-    """(Markdown, HTML, document) of the model card."""
+def has_adjusted_file(record: RunRecord) -> bool:
+    """Whether the run exported the logit-adjusted variant (`model.adjusted.onnx`)."""
+    return bool((record.summaries.get(Stage.EXPORT) or {}).get("adjusted_model_uri"))
+
+
+def adjusted_model_card(record: RunRecord) -> dict[str, Any]:
+    """The model card of the run's logit-adjusted file, the one `auditflow promote --variant
+    adjusted` registers: the plain card with that file's own numbers (its accuracy and what it
+    costs against the plain file, its probabilities' calibration, the recalls after the offsets),
+    its file, model URI and output, and its own checks. The privacy rows carry over: the offsets
+    are a fixed post-processing of the audited model's outputs, tuned on validation images."""
     doc = build_model_card(record)
-    title = f"Model card: {md_cell(doc['model_details']['name'])}"
+    export = record.summaries.get(Stage.EXPORT, {})
+    variant = Verdict.ADJUSTED_VARIANT
+    n_test = number(record, Stage.EVALUATE, Evaluate.TEST_IMAGES)
+    on_test = f"test split ({n_test['value']:.0f} images)" if n_test else "test split"
+    file = (export.get("files") or {}).get(variant, f"onnx/{Export.ADJUSTED_FILE}")
+
+    def own(name: str) -> str:
+        return Export.VARIANT.format(variant=variant, name=name)
+
+    privacy = [m for m in doc["metrics"] if m["name"].startswith("membership attack")]
+    doc["metrics"] = [
+        _metric(record, f"top-1 accuracy, shipped model ({Export.ADJUSTED_FILE}, no TTA)", own("accuracy"),
+                interval=False, what=on_test),
+        _metric(record, "accuracy points lost against the plain model.onnx (paired exact interval)",
+                own("accuracy_drop_points"), interval=True, what=on_test),
+        _metric(record, "expected calibration error of this file's `probabilities` output", own("probabilities_ece"),
+                interval=False, what=on_test),
+        _metric(record, "worst-class recall after the logit offsets (interval: the report's mitigation section)",
+                Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER, interval=False, what=on_test),
+        _metric(record, "recall gap after the logit offsets (interval: the report's mitigation section)",
+                Fairness.MITIGATION_RECALL_GAP_AFTER, interval=False, what=on_test),
+        *privacy,
+    ]  # fmt: skip
+    details = doc["model_details"]
+    details["variant"] = (
+        f"{Export.ADJUSTED_FILE}: the same weights, with the fairness audit's per-class logit offsets (fitted on "
+        "the validation split) added to the logits inside the graph"
+    )
+    details["mlflow"]["model_uri"] = export.get("adjusted_model_uri", "")
+    doc["output"]["meaning"] = "logits plus the per-class offsets (uncalibrated); argmax is the predicted class"
+    doc["checks"]["this_file"] = {
+        group: record.tags.get(verdict_tag(group), "not judged")
+        for group in (Verdict.onnx(variant), Verdict.FAIRNESS_ADJUSTED)
+    }
+    doc["how_to_use"] = doc["how_to_use"].replace(
+        Path((export.get("files") or {}).get("fp32", "onnx/model.onnx")).name, Path(file).name, 1
+    )
+    doc["how_to_get"] = (
+        f"MLflow model `{details['mlflow']['model_uri']}`, or the artifact `{file}` of the export stage run."
+    )
+    return doc
+
+
+def render_model_card(record: RunRecord, *, variant: str | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(Markdown, HTML, document) of the model card of the plain file, or with `variant`
+    "adjusted" of the logit-adjusted one."""
+    doc = adjusted_model_card(record) if variant == Verdict.ADJUSTED_VARIANT else build_model_card(record)
+    which = " (logit-adjusted file)" if variant else ""
+    title = f"Model card: {md_cell(doc['model_details']['name'])}{which}"
     md, html = render_document("model_card.md.j2", doc, title=title, figures={})
     return md, html, doc
 
 
 def write_model_card(record: RunRecord, out: Path) -> dict[str, Path]:
+    """`model_card.{md,html,json}`, and `model_card.adjusted.*` when the run exported the
+    logit-adjusted file."""
     md, html, doc = render_model_card(record)
-    return write_document(out, "model_card", md=md, html=html, doc=doc)
+    files = write_document(out, "model_card", md=md, html=html, doc=doc)
+    if has_adjusted_file(record):
+        md, html, doc = render_model_card(record, variant=Verdict.ADJUSTED_VARIANT)
+        adjusted = write_document(out, "model_card.adjusted", md=md, html=html, doc=doc)
+        files |= {f"adjusted_{kind}": path for kind, path in adjusted.items()}
+    return files

@@ -72,8 +72,9 @@ class ReportFiles:
 
     @property
     def model_card(self) -> tuple[Path, ...]:
-        """The model card's files (.html, .md, .json), which are also logged with the model."""
-        return tuple(p for p in self.documents if p.stem == "model_card")
+        """The model cards' files (.html, .md, .json; the logit-adjusted file's too, when the run
+        exported it), which are also logged beside the ONNX files."""
+        return tuple(p for p in self.documents if p.stem.split(".")[0] == "model_card")
 
     def artifacts(self) -> list[tuple[Path, str]]:
         """(file, artifact folder) of every file, as logged on the pipeline run."""

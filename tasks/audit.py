@@ -55,7 +55,7 @@ def fairness_audit(
             Predictions.load(predictions), attributes=attributes, attribute_source=source, classes=classes, cfg=cfg
         )
         tracker.publish(ref, run, outcome.report)
-    return _verdict(outcome, fairness.offsets_to_export(outcome.report))
+    return _verdict(outcome, fairness.offsets_to_export(outcome.report.summary))
 
 
 def reference_inputs(refs: References, queries: int) -> privacy.ReferenceInputs:

@@ -16,8 +16,9 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from auditflow.audits.fairness_stage import offsets_to_export
 from auditflow.audits.plots import throughput_figure
-from auditflow.core.config import BenchmarkConfig, DataConfig, EvalConfig, ExportConfig
+from auditflow.core.config import BenchmarkConfig, DataConfig, EvalConfig, ExportConfig, FairnessConfig
 from auditflow.core.data import Snapshot, make_splits
 from auditflow.core.errors import DataError, ModelError, TrackingError
 from auditflow.core.names import Benchmark, Evaluate, Stage
@@ -151,8 +152,11 @@ def bench_past_run(
     try:
         data_cfg = DataConfig.model_validate(record.config.get("data", {}))
         eval_cfg = EvalConfig.model_validate(record.config.get("evaluate", {}))
+        fairness_cfg = FairnessConfig.model_validate(record.config.get("fairness", {}))
     except ValueError as err:  # pydantic's ValidationError
-        raise TrackingError(f"run {run_id}'s recorded data or evaluate config does not validate: {err}") from err
+        raise TrackingError(
+            f"run {run_id}'s recorded data, evaluate or fairness config does not validate: {err}"
+        ) from err
     # the temperature the run's evaluate stage fitted; a run without one ships T = 1
     temperature = record.stage_metrics.get(Stage.EVALUATE, {}).get(Evaluate.TEMPERATURE)
     fit = (record.summaries.get(Stage.EVALUATE) or {}).get("calibration") or {}
@@ -173,6 +177,9 @@ def bench_past_run(
         eval_cfg=eval_cfg,
         temperature=1.0 if temperature is None else temperature,
         fitted_on=fitted_on,
+        # the logit-adjusted variant the run's fairness stage asked for, exported again beside it
+        adjusted_offsets=offsets_to_export(record.summaries.get(Stage.FAIRNESS)),
+        max_adjusted_drop=fairness_cfg.mitigation_max_accuracy_drop,
     )
     table = benchmark_model.fn(ref, checkpoint, exported.onnx_path, snapshot, bench_cfg)
     return BenchRunResult(exported, table, tracker.load_run(run_id).summaries.get(Stage.BENCHMARK, {}))

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -320,13 +322,31 @@ def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyP
     assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
 
 
-def test_two_runs_of_the_same_config_cannot_share_checkpoints(tmp_path: Path) -> None:
+def test_a_second_run_of_the_same_config_waits_for_the_first_then_goes_on(tmp_path: Path, caplog) -> None:
+    """Two runs of the same data and config never train into the same checkpoints at once: the
+    second waits, saying who holds them, and enters once the first has left."""
+    import threading
+    import time
+
     from auditflow.models.training.stage import exclusive
 
-    with exclusive(tmp_path / "w"):
-        with pytest.raises(ModelError, match=r"another run is training the same data and config in .*/w"):
-            with exclusive(tmp_path / "w"):
-                pass
+    entered, left = threading.Event(), []
+
+    def first() -> None:
+        with exclusive(tmp_path / "w"):
+            entered.set()
+            time.sleep(0.5)
+            left.append(time.monotonic())
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(5)
+    with caplog.at_level(logging.INFO, logger="auditflow"), exclusive(tmp_path / "w", poll_s=0.02):
+        assert left, "entered while the first run still held the lock"
+        assert time.monotonic() >= left[0]
+    thread.join()
+    said = caplog.text
+    assert f"the run of process {os.getpid()} on " in said and "waiting for it to end" in said
     with exclusive(tmp_path / "w"):  # released
         pass
 

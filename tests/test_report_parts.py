@@ -139,3 +139,56 @@ def test_report_files_say_where_each_file_is_logged(tmp_path: Path) -> None:
 def test_templates_read_names_from_the_names_module() -> None:
     template = environment().from_string('{{ m[names.Evaluate.TEST_ACCURACY] }} {{ names.verdict_tag("x") }}')
     assert template.render(m={"evaluate/test_accuracy": 0.5}) == "0.5 verdict/x"
+
+
+def test_the_adjusted_file_has_a_card_of_its_own_numbers_and_the_plain_card_keeps_its_own() -> None:
+    """Issue 19: the card `promote --variant adjusted` ships with describes model.adjusted.onnx:
+    its accuracy and cost against the plain file, its probabilities' calibration, the recalls
+    after the offsets, its model URI and file, and its own checks. Every number names the stage
+    metric it was read from."""
+    from auditflow.audits.documents import numbers_in
+    from auditflow.audits.model_card import build_model_card, has_adjusted_file, render_model_card
+    from auditflow.core.names import Export, Privacy
+
+    def own(name: str) -> str:
+        return Export.VARIANT.format(variant=Verdict.ADJUSTED_VARIANT, name=name)
+
+    export = {
+        "model_uri": "models:/m-plain",
+        "files": {"fp32": "onnx/model.onnx", "adjusted": "onnx/model.adjusted.onnx"},
+    }
+    metrics = {
+        Stage.EVALUATE: {Evaluate.TEST_ACCURACY_NO_TTA: 0.85, Evaluate.TEST_IMAGES: 1000.0},
+        Stage.EXPORT: {own("accuracy"): 0.83, own("accuracy_drop_points"): 1.7,
+                       own("accuracy_drop_points_ci_low"): 1.07, own("accuracy_drop_points_ci_high"): 2.41,
+                       own("probabilities_ece"): 0.016},
+        Stage.FAIRNESS: {Fairness.WORST_CLASS_RECALL: 0.69, Fairness.MITIGATION_WORST_CLASS_RECALL_AFTER: 0.76,
+                         Fairness.MITIGATION_RECALL_GAP_AFTER: 0.177},
+        Stage.PRIVACY: {Privacy.STRONGEST_AUC: 0.52},
+    }  # fmt: skip
+    tags = {verdict_tag(Verdict.onnx("adjusted")): "fail", verdict_tag(Verdict.FAIRNESS_ADJUSTED): "pass"}
+    assert not has_adjusted_file(_record(summaries={Stage.EXPORT: export}, stage_metrics=metrics, tags=tags))
+    adjusted = export | {"adjusted_model_uri": "models:/m-adjusted"}
+    record = _record(summaries={Stage.EXPORT: adjusted}, stage_metrics=metrics, tags=tags)
+    assert has_adjusted_file(record)
+    plain = build_model_card(record)
+    plain_md = render_model_card(record)[0]  # the plain card renders without the adjusted one's fields
+    assert "This file's own checks" not in plain_md and "| file |" not in plain_md
+    assert (
+        plain["metrics"][0]["value"]["value"] == 0.85
+        and plain["model_details"]["mlflow"]["model_uri"] == "models:/m-plain"
+    )
+    md, _, card = render_model_card(record, variant="adjusted")
+    values = {row["name"].split(" (")[0]: row["value"] and row["value"]["value"] for row in card["metrics"]}
+    assert values["top-1 accuracy, shipped model"] == 0.83
+    assert values["accuracy points lost against the plain model.onnx"] == 1.7
+    assert values["worst-class recall after the logit offsets"] == 0.76
+    assert values["recall gap after the logit offsets"] == 0.177
+    assert card["metrics"][1]["interval"][0]["value"] == 1.07  # the paired interval, from its metric
+    assert any(row["name"].startswith("membership attack AUC") for row in card["metrics"])  # carried over
+    assert card["model_details"]["mlflow"]["model_uri"] == "models:/m-adjusted"
+    assert 'InferenceSession("model.adjusted.onnx"' in card["how_to_use"]
+    assert card["checks"]["this_file"] == {"onnx_adjusted": "fail", "fairness_adjusted": "pass"}
+    assert "This file's own checks: onnx_adjusted **fail**, fairness_adjusted **pass**" in md
+    assert "model.adjusted.onnx: the same weights, with the fairness audit's per-class logit offsets" in md
+    assert all(n["stage"] in STAGES and n["metric"] in metrics[n["stage"]] for n in numbers_in(card["metrics"]))

@@ -30,6 +30,8 @@ import httpx
 import pytest
 import yaml
 
+from auditflow.core.names import Train
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -418,18 +420,16 @@ def _worker_of(stack, flow_run: dict) -> str | None:
 def test_two_workers_sharing_two_slots_run_two_triggered_runs_at_once_one_on_each(stack, deployment, params):
     """The parallel half of the GPU-slot test: a second worker on the pool (as on a second GPU
     host; AUDITFLOW_WORKER_SLOTS = 1 run each) and the pool's limit at 2 slots. Two runs
-    triggered together run at the same time, each on its own worker, and both finish. (Two
-    seeds: two runs of the same data and config at once would share checkpoints, and the
-    second is refused in one line, as README's fault table says.)"""
+    triggered together run at the same time, each on its own worker, and both finish. Both
+    train the same data and config (a seed no other test used): the later one waits for the
+    first one's training and reuses it instead of training into the same checkpoints."""
     pool = stack.settings["AUDITFLOW_WORK_POOL"]
     assert stack.settings["AUDITFLOW_WORKER_SLOTS"] == "1"
     stack.prefect("work-pool", "set-concurrency-limit", pool, "2")
     stack.start_worker(1)
     try:
-        ids = [
-            trigger(stack, deployment, f"two-slots-{seed}", params | {"overrides": [*TINY, f"train.seed={seed}"]})
-            for seed in (1, 2)
-        ]
+        same = params | {"overrides": [*TINY, "train.seed=7"]}
+        ids = [trigger(stack, deployment, f"two-slots-{n}", same) for n in (1, 2)]
         ran_on: dict[str, str] = {}
         deadline = time.monotonic() + 2 * RUN_TIMEOUT_S
         while True:
@@ -449,5 +449,9 @@ def test_two_workers_sharing_two_slots_run_two_triggered_runs_at_once_one_on_eac
             for r in runs.values()
         )
         assert windows[1][0] < windows[0][1], f"the two runs did not overlap: {windows}"
+        trains = [stage_runs(stack, parent_run(stack, i))["train"] for i in ids]
+        reused = [_tags(t).get(Train.REUSED_FROM_RUN) for t in trains]
+        ran = [t["info"]["run_id"] for t in trains]
+        assert sorted(reused, key=bool) == [None, ran[reused.index(None)]], reused  # one trained, one reused
     finally:
         stack.prefect("work-pool", "set-concurrency-limit", pool, stack.settings["AUDITFLOW_GPU_SLOTS"])

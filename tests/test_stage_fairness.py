@@ -153,12 +153,12 @@ def test_a_mitigation_that_passes_what_the_plain_model_fails_is_exported_and_aud
     assert all(c.status == "pass" for c in adjusted.values())
     assert adjusted[Fairness.MITIGATION_RECALL_GAP_AFTER].note == "plain model: fail, gap 0.500"
     assert not Verdict.gates(Verdict.FAIRNESS_ADJUSTED)
-    offsets = offsets_to_export(report)
+    offsets = offsets_to_export(report.summary)
     assert offsets is not None and offsets[2] - offsets[0] > 0.5  # class 2 raised past the margin
     assert report.summary["mitigation"]["exported"] is True
 
 
 def test_a_mitigation_that_changes_no_verdict_is_not_exported() -> None:
     report = _run(_predictions((200, 200, 200)), min_class_recall=0.9, max_recall_gap=0.1).report
-    assert offsets_to_export(report) is None and report.summary["mitigation"]["exported"] is False
+    assert offsets_to_export(report.summary) is None and report.summary["mitigation"]["exported"] is False
     assert not [c for c in report.checks if c.verdict == Verdict.FAIRNESS_ADJUSTED]

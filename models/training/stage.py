@@ -20,7 +20,10 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,16 +68,35 @@ def train_metrics(values: Mapping[str, float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def exclusive(work: Path) -> Iterator[None]:
-    """Hold `work/.lock`: two runs of the same data and config must not share checkpoints."""
+def exclusive(work: Path, *, poll_s: float = 1.0, say_every_s: float = 60.0) -> Iterator[None]:
+    """Hold `work/.lock`: two runs of the same data and config must not train into the same
+    checkpoints at once. A run that finds the lock held waits for its holder, saying so every
+    `say_every_s`, then goes on with what the holder left (its finished training, or its cache
+    entry), without training again. The holder is alive while it holds the lock: the kernel
+    releases the lock of a process that dies."""
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".lock", "w") as handle:
+    with open(work / ".lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise ModelError(
-                f"another run is training the same data and config in {work}; wait for it or change the config"
-            ) from err
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another run"
+            log.info("%s is training the same data and config in %s; waiting for it to end", holder, work)
+            start = said = time.monotonic()
+            while True:
+                time.sleep(poll_s)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - said >= say_every_s:
+                        said = time.monotonic()
+                        log.info("still waiting for %s (%.0f s)", holder, said - start)
+            log.info("%s ended after %.0f s of waiting; going on in %s", holder, time.monotonic() - start, work)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"the run of process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
         yield
 
 
