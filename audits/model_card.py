@@ -315,6 +315,13 @@ def adjusted_model_card(record: RunRecord) -> dict[str, Any]:
     )
     details["mlflow"]["model_uri"] = export.get("adjusted_model_uri", "")
     doc["output"]["meaning"] = "logits plus the per-class offsets (uncalibrated); argmax is the predicted class"
+    post = doc["output"]["postprocessing"]
+    post["how"] = (
+        f"none needed: the ONNX graph's second output `{doc['output']['probabilities']['name']}` is "
+        "softmax((logits + offsets) / temperature), with the offsets and the temperature folded into the graph "
+        "(the temperature also in the file's metadata `auditflow.temperature`). The first output is the logits "
+        "plus the offsets; the temperature changes confidences, not the predicted class."
+    )
     doc["checks"]["this_file"] = {
         group: record.tags.get(verdict_tag(group), "not judged")
         for group in (Verdict.onnx(variant), Verdict.FAIRNESS_ADJUSTED)
