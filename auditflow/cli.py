@@ -44,9 +44,8 @@ TrackingUriOpt = Annotated[
     str | None, typer.Option(help="MLflow URI; default $MLFLOW_TRACKING_URI or the workdir store.")
 ]
 Variant = Enum("Variant", {"adjusted": "adjusted"}, type=str)  # `promote --variant`: the file that may ship instead
-Overlap = Enum(
-    "Overlap", {"queue": "queue", "skip": "skip"}, type=str
-)  # `serve --overlap`: Prefect's ENQUEUE, CANCEL_NEW
+# `serve --overlap`: a run due while the last runs waits (Prefect's ENQUEUE) or is cancelled (CANCEL_NEW)
+Overlap = Enum("Overlap", {"queue": "queue", "skip": "skip"}, type=str)
 ReleaseSetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Release policy override, e.g. release.max_accuracy_drop=0.02 (repeatable)."),

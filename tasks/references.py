@@ -48,7 +48,7 @@ def train_reference_model(
     )
     spec = plan.specs[index]
     cache = cache_dir(workdir) / "references"
-    with exclusive(cache / f"{spec.key}.lock"):  # two runs must not train the same model at once
+    with exclusive(cache / spec.key):  # two runs must not train the same model at once
         outcome = train_reference(
             splits,
             spec,

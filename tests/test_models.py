@@ -333,7 +333,7 @@ def test_a_second_run_of_the_same_config_waits_for_the_first_then_goes_on(tmp_pa
     entered, left = threading.Event(), []
 
     def first() -> None:
-        with exclusive(tmp_path / "w.lock"):
+        with exclusive(tmp_path / "w"):
             entered.set()
             time.sleep(0.5)
             left.append(time.monotonic())
@@ -341,13 +341,13 @@ def test_a_second_run_of_the_same_config_waits_for_the_first_then_goes_on(tmp_pa
     thread = threading.Thread(target=first)
     thread.start()
     entered.wait(5)
-    with caplog.at_level(logging.INFO, logger="auditflow"), exclusive(tmp_path / "w.lock", poll_s=0.02):
+    with caplog.at_level(logging.INFO, logger="auditflow"), exclusive(tmp_path / "w", poll_s=0.02):
         assert left, "entered while the first run still held the lock"
         assert time.monotonic() >= left[0]
     thread.join()
     said = caplog.text
     assert f"the run of process {os.getpid()} on " in said and "waiting for it to end" in said
-    with exclusive(tmp_path / "w.lock"):  # released
+    with exclusive(tmp_path / "w"):  # released
         pass
 
 

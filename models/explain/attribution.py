@@ -54,6 +54,14 @@ def batch_for(height: int, width: int) -> int:
     return max(1, PIXELS_PER_BATCH // (height * width))
 
 
+def logits_in_batches(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model`'s fp32 logits for the images `x`, in passes of `batch_for` images (N x K; 0 x 1
+    for no images)."""
+    step = batch_for(*x.shape[-2:])
+    parts = [model(x[i : i + step]).float() for i in range(0, len(x), step)]
+    return torch.cat(parts) if parts else x.new_zeros(0, 1)
+
+
 ROLES = ("confident correct", "confident wrong", "random")
 RANDOMIZE_SEED = 0x5EED_0F_7A  # offset of the re-initialised layers' seed
 
@@ -250,9 +258,7 @@ def deletion_curves(
             full = np.broadcast_to(grid, (n, rows, cell, cols, cell)).reshape(n, rows * cell, cols * cell)
             mask = torch.from_numpy(np.array(full[:, None, :h, :w]))
             x = torch.where(mask, images, fill)
-            step = batch_for(h, w)
-            logits = torch.cat([model(x[i : i + step]).float() for i in range(0, n, step)]) if n else x.new_zeros(0, 1)
-            prob = torch.softmax(logits, 1).gather(1, y[:, None])[:, 0] if n else logits[:, 0]
+            prob = torch.softmax(logits_in_batches(model, x), 1).gather(1, y[:, None])[:, 0]
             columns.append(prob.numpy())
         curves.append(np.stack(columns, 1) if columns else np.zeros((n, 0)))
     return Deletion(tuple(fractions), cell, curves[0], curves[1])

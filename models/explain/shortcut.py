@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from auditflow.core.checks import judge_interval
-from auditflow.models.explain.attribution import batch_for
+from auditflow.models.explain.attribution import logits_in_batches
 from auditflow.models.export.paired import loss_interval
 
 
@@ -87,9 +87,7 @@ def _mask(n: int, height: int, width: int, corners: np.ndarray, side: int) -> to
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    step = batch_for(*x.shape[-2:])
-    parts = [model(x[i : i + step]).argmax(1).numpy() for i in range(0, len(x), step)]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return logits_in_batches(model, x).argmax(1).numpy()
 
 
 @dataclass(frozen=True)

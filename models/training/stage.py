@@ -68,16 +68,16 @@ def train_metrics(values: Mapping[str, float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def exclusive(lock: Path, *, poll_s: float = 1.0, say_every_s: float = 60.0) -> Iterator[None]:
-    """Hold the lock file `lock`: two runs of the same data and config must not train into the
-    same checkpoints at once. A run that finds it held waits for its holder, saying so every
+def exclusive(work: Path, *, poll_s: float = 1.0, say_every_s: float = 60.0) -> Iterator[None]:
+    """Hold `work`'s lock file: two runs of the same data and config must not train into the
+    same folder `work` at once. A run that finds it held waits for its holder, saying so every
     `say_every_s`, then goes on with what the holder left (its finished training, or its cache
     entry), without training again. The holder is alive while it holds the lock: the kernel
-    releases the lock of a process that dies. The file lives beside what it guards and is never
-    deleted, so that the folder it guards may be removed under it."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    work = lock.with_suffix("")
-    with open(lock, "a+") as handle:
+    releases the lock of a process that dies. The file (`<work>.lock`) lives beside the folder and
+    is never deleted, so that the holder may remove the folder under it; `work` itself is not
+    created here."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with open(work.with_name(work.name + ".lock"), "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -249,8 +249,8 @@ def train_and_keep(
     splits, places = data.splits, data.places
     check_batch_size(cfg.batch_size, len(splits.train_y), cfg.processes)
     work, finished = places.work, places.finished
-    with exclusive(work.with_name(work.name + ".lock")):
-        work.mkdir(parents=True, exist_ok=True)  # again: the run it waited for removed it
+    with exclusive(work):
+        work.mkdir(parents=True, exist_ok=True)  # (again: the run it waited for removes it)
         reused = reuse_finished(finished, work)
         if cfg.processes > 1:
             result, _ = launch({**(spec or {}), "checkpoint_dir": str(work)}, job_for(cfg, work), work / "ddp")
