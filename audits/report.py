@@ -286,9 +286,12 @@ def write_pdf(html: Path, pdf: Path) -> str:
     return ""
 
 
-def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> ReportFiles:
+def build_report(record: RunRecord, out_dir: str | Path, pdf: bool | None = None) -> ReportFiles:
     """Write `report.html`, `report.md`, `report.pdf`, `figures/*.png`, and the model card and
-    datasheet (`.html`, `.md`, `.json`) into `out_dir`."""
+    datasheet (`.html`, `.md`, `.json`) into `out_dir`. `pdf`: None = as the run's config says
+    (`report.pdf`; runs made before that key print one)."""
+    if pdf is None:
+        pdf = bool(record.config.get("report", {}).get("pdf", True))
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     html, md, summary, pngs = render(record)
@@ -299,7 +302,7 @@ def build_report(record: RunRecord, out_dir: str | Path, pdf: bool = True) -> Re
         path.write_bytes(pngs[path.stem])
     examples = {"examples": base64.b64encode(pngs["examples"]).decode()} if "examples" in pngs else {}
     documents = (*write_model_card(record, out).values(), *write_datasheet(record, out, examples).values())
-    note = write_pdf(out / "report.html", out / "report.pdf") if pdf else "no PDF requested"
+    note = write_pdf(out / "report.html", out / "report.pdf") if pdf else "no PDF: report.pdf is false for this run"
     if note:
         log.warning(note)
     return ReportFiles(

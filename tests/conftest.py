@@ -203,6 +203,16 @@ def prefect_harness():
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The session API's address, for `auditflow run` subprocesses whose test is not about the
+    temporary server the CLI starts without one (test_cli's run and test_faults' stopped runs
+    are): each such server costs 15-25 s of CPU on 2 cores."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
 def shared_run(prefect_harness, tmp_path_factory: pytest.TempPathFactory):
     """The session's one tiny pipeline run, every stage on, shared by the flow, review and
     naming tests: exactly what `tests/run_keys.py` runs (the toy folder with its first class

@@ -34,8 +34,9 @@ TINY = [
     "benchmark.backends=[torch-eager, onnx-fp32, onnx-int8]",
     "benchmark.min_seconds=0",
     "benchmark.max_seconds=1",
+    "report.pdf=false",  # WeasyPrint is about 10 s of CPU a run: the shared run (test_review) prints one
 ]
-SHARED_OVERRIDES = [*TINY, "privacy.queries=2", f"card.owner={OWNER}"]
+SHARED_OVERRIDES = [*TINY, "report.pdf=true", "privacy.queries=2", f"card.owner={OWNER}"]
 
 
 def _artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:

@@ -766,12 +766,12 @@ app()
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_path: Path) -> None:
+def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_path: Path, prefect_api_url: str) -> None:
     """Issue 18: `OSError: [Errno 28] No space left on device` came in a traceback box from
     shutil, naming no path and with no `error:` line (the store stayed consistent)."""
     data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
     work = tmp_path / "work"
-    env = user_env()
+    env = user_env(PREFECT_API_URL=prefect_api_url)
     done = subprocess.run(
         [sys.executable, "-c", FULL_DISK, "run", "--data", str(data), "--workdir", str(work), *TINY_SETS],
         capture_output=True,
@@ -792,10 +792,10 @@ def test_a_full_disk_is_one_line_naming_where_and_no_run_is_left_running(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_batch_larger_than_the_split_stops_the_run_in_one_line(tmp_path: Path) -> None:
+def test_a_batch_larger_than_the_split_stops_the_run_in_one_line(tmp_path: Path, prefect_api_url: str) -> None:
     data = make_image_folder(tmp_path / "data", n_train=8, n_test=2)
     sets = [a for o in [*TINY, "train.batch_size=100000"] for a in ("--set", o)]
-    env = user_env()
+    env = user_env(PREFECT_API_URL=prefect_api_url)
     cli = str(Path(sys.executable).with_name("auditflow"))
     work = tmp_path / "work"
     done = subprocess.run(

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from auditflow.cli import app
 from auditflow.core.errors import DataError
+from auditflow.core.names import Report
 from auditflow.core.tracking import Tracker
 
 STAGES = {"ingest", "train", "evaluate", "fairness", "transparency", "privacy", "export", "benchmark"}
@@ -494,3 +495,6 @@ def test_a_rare_class_with_fewer_training_than_test_images_completes(prefect_har
     assert balance["member_counts"] == balance["nonmember_counts"] and balance["alike"]
     md = Path(result.report_markdown).read_text()
     assert f"stripes ({rare['kept']} of 8 drawn)" in md and "Rare classes matched at the smaller side" in md
+    # TINY asks for no PDF (`report.pdf=false`): none is printed, and the run says why
+    assert result.report_pdf is None and not (Path(result.report_html).parent / "report.pdf").exists()
+    assert tracker.get_run(result.run_id).data.tags[Report.PDF_NOTE] == "no PDF: report.pdf is false for this run"

@@ -37,6 +37,7 @@ SERVED = [
     "benchmark.backends=[torch-eager, onnx-fp32]",
     "export.variants=[fp32]",
     "export.parity_samples=16",
+    "report.pdf=false",
 ]
 
 

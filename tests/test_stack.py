@@ -58,6 +58,7 @@ TINY = [
     "benchmark.iterations=3",
     "benchmark.warmup=1",
     "benchmark.backends=[torch-eager, onnx-fp32]",
+    "report.pdf=false",
     "benchmark.min_seconds=0",
     "benchmark.max_seconds=1",
 ]

@@ -12,9 +12,12 @@ from auditflow.core.tracking import Tracker
 
 
 @pytest.mark.slow
-def test_tune_finishes_its_trials_and_the_profile_it_writes_runs(image_folder: Path, tmp_path: Path) -> None:
+def test_tune_finishes_its_trials_and_the_profile_it_writes_runs(
+    image_folder: Path, tmp_path: Path, prefect_api_url: str
+) -> None:
     """Issue 24's command: `tune --profile tutorial --trials 3` through the entry point, then
-    `run --profile FILE` with the profile it wrote. Both reach FINISHED in MLflow."""
+    `run --profile FILE` with the profile it wrote. Both reach FINISHED in MLflow. (The run uses
+    the session's Prefect API: test_cli covers the temporary server `run` starts.)"""
     work = tmp_path / "w"
     args = ["--profile", "tutorial", "--data", str(image_folder), "--trials", "3", "--workdir", str(work)]
     out = auditflow("tune", *args)
@@ -29,9 +32,12 @@ def test_tune_finishes_its_trials_and_the_profile_it_writes_runs(image_folder: P
     assert [r.info.status for r in study] == ["FINISHED"]
     assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
 
-    light = ["--set", "benchmark.batch_sizes=[1, 4]", "--set", "benchmark.iterations=3"]
+    light = ["--set", "benchmark.batch_sizes=[1, 4]", "--set", "benchmark.iterations=3", "--set", "report.pdf=false"]
     light += ["--set", "benchmark.min_seconds=0", "--set", "benchmark.max_seconds=1"]
-    out = auditflow("run", "--profile", str(profile), "--data", str(image_folder), "--workdir", str(work), *light)
+    out = auditflow(
+        "run", "--profile", str(profile), "--data", str(image_folder), "--workdir", str(work), *light,
+        env={"PREFECT_API_URL": prefect_api_url},
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout[-4000:]
     tuned = [r for r in parent_runs(work) if r.info.run_id != study[0].info.run_id]
     assert len(tuned) == 1

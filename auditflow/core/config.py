@@ -646,6 +646,14 @@ class CardConfig(_Section):
     examples_per_class: int = Field(4, ge=1, le=16, description="Example images per class in the datasheet.")
 
 
+class ReportConfig(_Section):
+    pdf: bool = Field(
+        True,
+        description="Print the audit report to PDF with WeasyPrint (about 10 s of CPU on 2 cores); "
+        "false = HTML and Markdown only (a browser prints the HTML as well).",
+    )
+
+
 class PipelineConfig(_Section):
     """The whole run. `profile` records which profile file it came from."""
 
@@ -661,6 +669,7 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = TrackingConfig()
     card: CardConfig = CardConfig()
     release: ReleaseConfig = ReleaseConfig()
+    report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _model_fits_the_images(self) -> PipelineConfig:
