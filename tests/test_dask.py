@@ -93,16 +93,21 @@ def test_a_worker_that_cannot_see_the_work_folder_is_named_before_training(clust
 
 
 @pytest.mark.slow
-def test_tune_with_dask_runs_its_trials_on_the_cluster(cluster, image_folder: Path, tmp_path: Path) -> None:
+def test_tune_with_dask_runs_its_trials_on_the_cluster(
+    cluster, image_folder: Path, tmp_path: Path, prefect_api_url: str
+) -> None:
     """`auditflow tune --dask ADDRESS --parallel 2`, as a user types it: every trial ran on a
-    worker of the cluster (its `tune/worker` tag), and the study finished."""
+    worker of the cluster (its `tune/worker` tag), and the study finished. (On the session's
+    Prefect API: test_tune_cli covers the temporary server `tune` starts.)"""
     from test_cli import auditflow
 
     from auditflow.core.tracking import Tracker
 
     work = tmp_path / "w"
     args = ["--profile", "tutorial", "--data", str(image_folder), "--trials", "2", "--workdir", str(work)]
-    out = auditflow("tune", *args, "--parallel", "2", "--dask", cluster.scheduler_address)
+    out = auditflow(
+        "tune", *args, "--parallel", "2", "--dask", cluster.scheduler_address, env={"PREFECT_API_URL": prefect_api_url}
+    )
     assert out.returncode == 0, out.stdout[-4000:]
     tracker = Tracker(f"sqlite:///{work / 'mlflow.db'}")
     experiment = tracker.client.get_experiment_by_name("auditflow")

@@ -14,6 +14,8 @@ from auditflow.models.training import precision as precisions
 from auditflow.models.training.precision import choose_precision
 from auditflow.models.training.runtime import resolve_runtime
 
+CPU = resolve_runtime("cpu", "fp32")
+
 
 def test_the_faster_precision_wins_and_a_tie_or_no_timing_keeps_fp32() -> None:
     assert choose_precision({"fp32": 0.255, "bf16": 0.303}, batch_size=256).chosen == "fp32"  # Xeon, no AMX
@@ -96,3 +98,45 @@ def test_l1_zeroes_weights_that_l2_with_the_same_coefficient_only_shrinks(toy_sp
     assert shares["l2"] == 0.0  # L2 shrinks every weight by a factor: none reaches zero
     assert shares["l1"] > 0.5, shares  # the proximal step zeroes most of the tutorial Net's weights
     assert TrainConfig().l1 == 0.0  # off by default
+
+
+# ---------------------------------------------------------------------------- train.flip_mode (issue 21)
+def test_alternating_flips_show_each_image_both_ways_every_two_epochs() -> None:
+    from auditflow.models.training.presets import alternating_flips
+
+    first, second, third = (alternating_flips(1000, seed=3, epoch=e) for e in (1, 2, 3))
+    assert first.dtype == torch.bool and 400 < int(first.sum()) < 600  # a fair draw per image
+    assert torch.equal(second, ~first) and torch.equal(third, first)  # inverted every other epoch
+    assert torch.equal(alternating_flips(1000, seed=3, epoch=1), first)  # resumable: (seed, epoch) decide
+    assert not torch.equal(alternating_flips(1000, seed=4, epoch=1), first)
+
+
+def test_augment_flips_exactly_the_images_a_mask_names() -> None:
+    from auditflow.models.training.presets import augment
+
+    x = torch.rand(6, 3, 4, 4)
+    mask = torch.tensor([True, False, False, True, True, False])
+    out = augment(x, flip=mask, crop_padding=0)
+    assert torch.equal(out[mask], x[mask].flip(3)) and torch.equal(out[~mask], x[~mask])
+
+
+def test_fit_in_alternate_mode_gives_each_epoch_its_alternating_mask(
+    toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditflow.models.training.presets import alternating_flips
+
+    seen: list[torch.Tensor | None] = []
+    real = fit_module.train_one_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("flips"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", spy)
+    base = {"model": "tutorial_net", "epochs": 3, "batch_size": 16, "compile": False, "precision": "fp32"}
+    n = len(toy_splits.train_y)
+    fit_module.fit(toy_splits, TrainConfig(**base, flip_mode="alternate", seed=5), CPU, checkpoint_dir=tmp_path / "a")
+    assert [torch.equal(m, alternating_flips(n, seed=5, epoch=e)) for e, m in enumerate(seen, 1)] == [True] * 3
+    seen.clear()
+    fit_module.fit(toy_splits, TrainConfig(**base), CPU, checkpoint_dir=tmp_path / "r")
+    assert seen == [None] * 3 and TrainConfig().flip_mode == "random"  # the default draws per batch

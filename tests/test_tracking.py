@@ -181,3 +181,47 @@ def test_a_run_cancelled_from_prefect_ends_its_mlflow_runs_killed(tmp_path: Path
     assert tracker.get_run(stage.info.run_id).info.status == "KILLED"
     assert tracker.children(parent)["ingest"].info.status == "FINISHED"  # what had ended stays as it was
     assert "'cancelled-otter' Cancelling: cancelled from the UI" in parent.data.tags[END_REASON_TAG]
+
+
+# ---------------------------------------------------------------- a new SQLite store from a template
+def test_a_new_sqlite_store_is_a_copy_of_a_migrated_one_with_its_own_default_experiment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    from auditflow.core.tracking.seed import seed_sqlite_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    os.umask(old := os.umask(0o022))
+    (tmp_path / "a").mkdir()
+    first = open_pipeline_run(PipelineConfig(), tmp_path / "a", "t", tags={})  # builds the template
+    [template] = (tmp_path / "cache" / "auditflow").glob("mlflow-*-empty.db")
+    work = tmp_path / "b"
+    work.mkdir()
+    assert seed_sqlite_store(f"sqlite:///{work / 'mlflow.db'}")
+    assert (work / "mlflow.db").read_bytes() == template.read_bytes()  # no run, no experiment: tables only
+    assert stat.S_IMODE((work / "mlflow.db").stat().st_mode) == 0o666 & ~old  # as MLflow's own file
+    ref = open_pipeline_run(PipelineConfig(), work, "t", tags={})
+    tracker = Tracker(ref.uri)
+    tracker.end_run(ref.run_id)
+    assert tracker.get_run(ref.run_id).info.status == "FINISHED"
+    default = tracker.client.get_experiment("0")  # MLflow adds it on first open, for this store
+    assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+    assert Tracker(first.uri).get_run(first.run_id).info.run_id == first.run_id
+    assert not list(work.glob(".mlflow.db.*"))  # no copy left behind
+
+
+def test_seeding_never_replaces_a_store_and_without_a_cache_mlflow_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from auditflow.core.tracking.seed import seed_sqlite_store
+
+    (tmp_path / "cache").write_text("a file, so no cache folder can be made here")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert not seed_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # falls back quietly
+    ref = open_pipeline_run(PipelineConfig(), tmp_path, "t", tags={})  # MLflow migrates it itself
+    assert not seed_sqlite_store(ref.uri)  # exists: left alone
+    assert not seed_sqlite_store("http://127.0.0.1:5000") and not seed_sqlite_store(f"sqlite:///{tmp_path}/no/x.db")
+    assert Tracker(ref.uri).get_run(ref.run_id).info.run_id == ref.run_id

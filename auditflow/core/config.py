@@ -92,6 +92,12 @@ class TrainConfig(_Section):
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Cross-entropy smoothing.")
     flip: bool = Field(True, description="Random horizontal flip augmentation.")
+    flip_mode: Literal["random", "alternate"] = Field(
+        "random",
+        description="With flip: 'random' flips each image with probability 1/2 every epoch; 'alternate' "
+        "(airbench, Jordan 2024) draws each image's flip once from the seed and inverts it every other "
+        "epoch, so every two epochs show each image both ways.",
+    )
     crop_padding: int = Field(4, ge=0, le=16, description="Random-crop padding, pixels; 0 = off.")
     schedule: Literal["constant", "cosine", "onecycle"] = Field(
         "onecycle", description="LR schedule: constant, cosine decay, or linear warm-up + decay."

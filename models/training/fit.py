@@ -46,7 +46,7 @@ from auditflow.models.training.checkpoints import (
     state_digest,
 )
 from auditflow.models.training.loop import epoch_batches, train_one_epoch, warm_up
-from auditflow.models.training.presets import to_input
+from auditflow.models.training.presets import alternating_flips, to_input
 from auditflow.models.training.registry import build_model, prepare_from_data
 from auditflow.models.training.runtime import Runtime
 from auditflow.models.training.speed import train_flops_per_image
@@ -397,6 +397,8 @@ def fit(
         torch.manual_seed(cfg.seed * 100_003 + epoch + 7919 * rank)  # dropout, per epoch: resumable
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # same permutation on every rank
         batches = trainer.private.epoch_batches(cfg.seed * 100_003 + epoch, runtime.device) if trainer.private else None
+        alternate = cfg.flip and cfg.flip_mode == "alternate"
+        flips = alternating_flips(len(train_y), seed=cfg.seed, epoch=epoch).to(train_y.device) if alternate else None
         loss, acc, seconds, seen = train_one_epoch(
             model,
             train_x,
@@ -409,6 +411,7 @@ def fit(
             ema=trainer.ema,
             teacher=teacher,
             batches=batches,
+            flips=flips,
         )
         if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
             for buffer in base.buffers():

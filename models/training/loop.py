@@ -50,11 +50,13 @@ def train_one_epoch(
     ema: tuple[AveragedModel, WarmupEMA] | None = None,
     teacher: nn.Module | None = None,
     batches: list[torch.Tensor] | None = None,
+    flips: torch.Tensor | None = None,
 ) -> tuple[float, float, float, int]:
     """One pass over uint8 `images` (N x H x W x 3, on the device).
 
     `batches`: index batches to train on instead of this epoch's seeded permutation (DP-SGD's
     Poisson-sampled batches, whose sizes vary and may be zero).
+    `flips`: which images this epoch flips (`presets.alternating_flips`); None = as `cfg.flip`.
 
     Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
     """
@@ -68,7 +70,8 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, idx in enumerate(batches):
         y = labels[idx]
-        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher)
+        flip = flips[idx] if flips is not None else None
+        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher, flip)
         scheduler.step()
         if ema is not None and (step + 1) % cfg.ema_every == 0:
             update_ema(ema[0], ema[1], _unwrap(model))
@@ -91,9 +94,12 @@ def _train_step(
     runtime: Runtime,
     generator: torch.Generator | None = None,
     teacher: nn.Module | None = None,
+    flip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device."""
-    x = augment(to_input(images, runtime.device), flip=cfg.flip, crop_padding=cfg.crop_padding, generator=generator)
+    """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device.
+    `flip`: which images of the batch to flip; None = as `cfg.flip`."""
+    flip_as = flip if flip is not None else cfg.flip
+    x = augment(to_input(images, runtime.device), flip=flip_as, crop_padding=cfg.crop_padding, generator=generator)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():

@@ -61,6 +61,7 @@ from auditflow.core.tracking.health import _first_line, _is_store_error
 from auditflow.core.tracking.health import preflight as preflight
 from auditflow.core.tracking.run_logger import RunLogger
 from auditflow.core.tracking.run_logger import _fluent_tracking_uri as _fluent_tracking_uri
+from auditflow.core.tracking.seed import seed_sqlite_store
 from auditflow.core.tracking.stale import END_REASON_TAG, end_stale_runs, owner_tags
 from auditflow.core.tracking.stale import HOST_TAG as HOST_TAG
 from auditflow.core.tracking.stale import PID_START_TAG as PID_START_TAG
@@ -199,6 +200,7 @@ class Tracker:
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        seed_sqlite_store(uri)  # a new SQLite store: a copy of a migrated one, not MLflow's migrations
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
