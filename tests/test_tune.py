@@ -71,7 +71,8 @@ def test_default_space_covers_the_usual_knobs_and_validates() -> None:
         (
             {"lr": {"low": 0.1, "high": 0.2}},
             "search space s.yaml: unknown key 'lr': not a config field; keys are section.field with a section of "
-            "data, train, evaluate, fairness, transparency, privacy, export, benchmark, tracking, card, release",
+            "data, train, evaluate, fairness, transparency, privacy, export, benchmark, tracking, card, release, "
+            "report",
         ),
         ({"train.lr": {"low": 0.5, "high": 0.1}}, "search space s.yaml: train.lr: empty range: low=0.5 > high=0.1"),
         ({"train.width": {"choices": []}}, "search space s.yaml: train.width: empty choices: give at least one value"),
