@@ -132,32 +132,16 @@ def serve(
 ) -> None:
     """Serve the pipeline on a cron schedule (needs a Prefect server; starts one if none is set).
     One run at a time: runs that would overlap compete for the same cores, GPU and work folder."""
-    from datetime import datetime
-
-    from cronsim import CronSim, CronSimError  # ships with Prefect
-
     try:
         load_config(profile, overrides or [])
-        try:
-            CronSim(cron, datetime.now())
-        except CronSimError as err:
-            raise AuditflowError(f"invalid cron expression {cron!r}: {err}") from err
+        supervise.check_cron(cron)
     except AuditflowError as err:
         raise _fail(err) from err
     supervise.prefect_env()
     supervise.exit_on_sigterm()  # so that `finally` stops the server started below
     server = None
     try:
-        api_url = os.environ.get("PREFECT_API_URL")
-        if not api_url:
-            api_url = f"http://127.0.0.1:{port}/api"
-            # set before Prefect is first imported: it reads its settings once, and without the
-            # URL the served runs would start a temporary server of their own on the same database
-            os.environ["PREFECT_API_URL"] = api_url
-            if not supervise.server_healthy(api_url):
-                supervise.prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
-                console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
-                server = supervise.start_prefect_server(api_url, port)
+        api_url, server = supervise.api_for_serving(port, console)
         overlap = Overlap(overlap)
         console.print(f"serving [cyan]{name}[/] on cron [cyan]{cron}[/] via {api_url}, one run at a time")
         console.print(f"a run due while the last one runs is {'queued' if overlap == 'queue' else 'skipped'}")

@@ -400,6 +400,35 @@ def find_user_error(err: BaseException, workdir: Path = Path(".")) -> AuditflowE
 
 
 # ---------------------------------------------------------------------------- a Prefect server for `serve`
+def check_cron(cron: str) -> None:
+    """`AuditflowError` naming `cron` unless it is a cron expression (checked before any server starts)."""
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError  # ships with Prefect
+
+    try:
+        CronSim(cron, datetime.now())
+    except CronSimError as err:
+        raise AuditflowError(f"invalid cron expression {cron!r}: {err}") from err
+
+
+def api_for_serving(port: int, console: Console) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The Prefect API `serve` registers with: $PREFECT_API_URL, else 127.0.0.1:`port`, where a
+    server answering is used and otherwise one is started (returned, for `stop_server`)."""
+    api_url = os.environ.get("PREFECT_API_URL")
+    if api_url:
+        return api_url, None
+    api_url = f"http://127.0.0.1:{port}/api"
+    # set before Prefect is first imported: it reads its settings once, and without the URL the
+    # served runs would start a temporary server of their own on the same database
+    os.environ["PREFECT_API_URL"] = api_url
+    if server_healthy(api_url):
+        return api_url, None
+    prefect_ready(server_here=True)  # the server started here uses PREFECT_HOME's database
+    console.print(f"starting a Prefect server on 127.0.0.1:{port} (UI: http://127.0.0.1:{port})")
+    return api_url, start_prefect_server(api_url, port)
+
+
 def server_healthy(api_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=2) as resp:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prefect import flow
 
 from auditflow.audits.decision import Decision
-from auditflow.core.config import DataConfig, PrivacyConfig, TrainConfig, load_config
+from auditflow.core.config import DataConfig, PipelineConfig, PrivacyConfig, TrainConfig, load_config
 from auditflow.core.paths import cache_dir
 from auditflow.core.predictions import Predictions
 from auditflow.core.tracking import TrackingRef
@@ -22,12 +22,12 @@ from auditflow.models.references import References, decide_tier, plan_for
 from auditflow.tasks.audit import VerdictResult, fairness_audit, privacy_audit
 from auditflow.tasks.evaluate import EvaluateResult, evaluate_model
 from auditflow.tasks.export import ExportResult, benchmark_model, export_model
-from auditflow.tasks.ingest import ingest_data
+from auditflow.tasks.ingest import IngestResult, ingest_data
 from auditflow.tasks.references import train_reference_model
 from auditflow.tasks.release import ReleaseResult, release
 from auditflow.tasks.report import ReportResult, report_run
 from auditflow.tasks.run import close_run, end_tracking_runs, open_run
-from auditflow.tasks.train import train_model
+from auditflow.tasks.train import TrainResult, train_model
 from auditflow.tasks.transparency import transparency_audit
 
 
@@ -178,45 +178,8 @@ def audit_pipeline(
             cfg.transparency,
             trained.train_seconds,
         )
-        # one model at a time here (two trainings would share the same cores); Dask spreads them
-        runner = task_runner(1, cfg.privacy.dask_address if cfg.privacy.reference_runner == "dask" else None)
-        references = reference_models.with_options(task_runner=runner)(
-            evaluated.predictions,
-            snap.snapshot,
-            cfg.data,
-            cfg.train,
-            trained.epochs,
-            trained.train_seconds,
-            trained.images,
-            trained.split_images,
-            cfg.privacy,
-            workdir,
-        )
-        privacy = privacy_audit(
-            ref,
-            evaluated.predictions,
-            references,
-            trained.train_seconds,
-            snap.classes,
-            cfg.privacy,
-            cfg.fairness,
-            trained.dp_epsilon,
-            trained.dp_delta,
-        )
-        exported = export_model(
-            ref,
-            trained.checkpoint,
-            snap.snapshot,
-            cfg.data,
-            cfg.export,
-            workdir,
-            eval_cfg=cfg.evaluate,
-            temperature=evaluated.temperature,
-            fitted_on=evaluated.temperature_fitted_on,
-            adjusted_offsets=fairness.offsets,
-            max_adjusted_drop=cfg.fairness.mitigation_max_accuracy_drop,
-        )
-        benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
+        references, privacy = _privacy(ref, cfg, snap, trained, evaluated, workdir)
+        exported = _export(ref, cfg, snap, trained, evaluated, fairness, workdir)
         released = release(ref, cfg.release)
         report = report_run(ref, workdir)
     except BaseException as err:
@@ -224,3 +187,69 @@ def audit_pipeline(
         raise
     close_run(ref)
     return PipelineResult.of(ref, evaluated, fairness, transparency, privacy, references, released, exported, report)
+
+
+def _privacy(
+    ref: TrackingRef,
+    cfg: PipelineConfig,
+    snap: IngestResult,
+    trained: TrainResult,
+    evaluated: EvaluateResult,
+    workdir: str,
+) -> tuple[References, VerdictResult]:
+    """The reference models (a subflow: its task runner may be a Dask cluster), then the privacy
+    audit. Returns (References, the audit's result)."""
+    # one model at a time here (two trainings would share the same cores); Dask spreads them
+    runner = task_runner(1, cfg.privacy.dask_address if cfg.privacy.reference_runner == "dask" else None)
+    references = reference_models.with_options(task_runner=runner)(
+        evaluated.predictions,
+        snap.snapshot,
+        cfg.data,
+        cfg.train,
+        trained.epochs,
+        trained.train_seconds,
+        trained.images,
+        trained.split_images,
+        cfg.privacy,
+        workdir,
+    )
+    privacy = privacy_audit(
+        ref,
+        evaluated.predictions,
+        references,
+        trained.train_seconds,
+        snap.classes,
+        cfg.privacy,
+        cfg.fairness,
+        trained.dp_epsilon,
+        trained.dp_delta,
+    )
+    return references, privacy
+
+
+def _export(
+    ref: TrackingRef,
+    cfg: PipelineConfig,
+    snap: IngestResult,
+    trained: TrainResult,
+    evaluated: EvaluateResult,
+    fairness: VerdictResult,
+    workdir: str,
+) -> ExportResult:
+    """The ONNX files (with the calibrated output and, when the fairness stage asked, the
+    logit-adjusted file), then the inference benchmark of the shipped one. Returns the export's result."""
+    exported = export_model(
+        ref,
+        trained.checkpoint,
+        snap.snapshot,
+        cfg.data,
+        cfg.export,
+        workdir,
+        eval_cfg=cfg.evaluate,
+        temperature=evaluated.temperature,
+        fitted_on=evaluated.temperature_fitted_on,
+        adjusted_offsets=fairness.offsets,
+        max_adjusted_drop=cfg.fairness.mitigation_max_accuracy_drop,
+    )
+    benchmark_model(ref, trained.checkpoint, exported.onnx_path, snap.snapshot, cfg.benchmark)
+    return exported
