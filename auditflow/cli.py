@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from auditflow import render, supervise
-from auditflow.core.config import available_profiles, load_config
+from auditflow.core.config import available_profiles, load_config, sections_config
 from auditflow.core.errors import AuditflowError
 from auditflow.core.paths import CACHE_DIR, cache_dir, log_file, reports_dir
 from auditflow.core.tracking import preflight, resolve_tracking_uri
@@ -189,6 +189,10 @@ def bench_train_cmd(
     baseline: Annotated[
         str | None, typer.Option(help="Profile to run once (seed 0) for ratios; '' = none.")
     ] = "tutorial",
+    against: Annotated[
+        list[str] | None,
+        typer.Option(help="Also train the profile with this override, same seeds and budget (repeatable)."),
+    ] = None,
     overhead: Annotated[bool, typer.Option(help="Also run the train task in a flow and report its overhead.")] = False,
     workdir: WorkdirOpt = Path("."),
     out: Annotated[Path | None, typer.Option(help="Write all figures to this JSON file.")] = None,
@@ -198,11 +202,12 @@ def bench_train_cmd(
     import json
 
     from auditflow.core.data import ingest
-    from auditflow.models.training.benchseeds import bench_seeds, check_seeds
+    from auditflow.models.training.benchseeds import against_config, bench_seeds, check_seeds
 
     try:
         cfg = load_config(profile, overrides or [])
         base_cfg = load_config(baseline) if baseline else None
+        other = against_config(profile, [*(overrides or []), *against], " ".join(against)) if against else None
         check_seeds(seeds)
         snapshot = ingest(data, cfg.data, cache_dir(workdir))
     except AuditflowError as err:
@@ -214,6 +219,7 @@ def bench_train_cmd(
         cfg,
         seeds=seeds,
         baseline=base_cfg,
+        against=other,
         on_seed=lambda seed: console.print(f"[bold]{cfg.profile}[/] seed {seed} ..."),
     )
     render.bench_train(result, data, out_console)
@@ -335,8 +341,6 @@ def bench(
 ) -> None:
     """Export and benchmark a past run's model again (no retraining), logged to that run.
     --set takes export.* and benchmark.* fields, e.g. --set benchmark.batch_sizes='[1,32,256]'."""
-    from auditflow.core.config import sections_config
-
     try:  # the defaults of today's code, not the past run's (older) export/benchmark settings
         cfg = sections_config(overrides or [], ("export", "benchmark"), command="bench")
         uri = supervise.existing_store(tracking_uri, workdir)
@@ -389,7 +393,7 @@ def promote(
     (registering it first if it has no version); refused, with the reason, when the gate fails.
     --waive records who accepted an inconclusive check and why (MLflow tags release/waiver/CHECK and
     release/waivers.json); the gate honours it, the audit verdicts stay as they are."""
-    from auditflow.audits.release import GATE_JSON, promote_run, rebuild_report
+    from auditflow.audits.release import promote_run, rebuild_report
 
     try:
         uri = supervise.existing_store(tracking_uri, workdir)
@@ -398,11 +402,7 @@ def promote(
         if result.waivers:  # the report's sign-off block shows them
             render.waived(result.waivers, rebuild_report(uri, run_id, reports_dir(workdir, run_id)))
         if not result.promoted:
-            raise AuditflowError(
-                f"promote refused: {result.model_name} v{result.version} (run {run_id}) fails the release gate: "
-                + "; ".join(result.reasons)
-                + f" (record: {GATE_JSON} of run {run_id})"
-            )
+            raise AuditflowError(result.refusal(run_id))
     except AuditflowError as err:
         raise _fail(err) from err
     render.promotion(result)

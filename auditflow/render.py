@@ -194,6 +194,13 @@ def bench_train(result: SeedBench, data: str, out: Console) -> None:
         f"(sd {summary['accuracy_std']:.2%}, n={len(result.rows)}); mean training "
         f"{summary['train_seconds_mean']:.1f} s; peak: {result.rows[0].peak_source}"
     )
+    if gain := result.vs_against:
+        seeds = ", ".join(f"{d:+.2f}" for d in gain.points_by_seed)
+        out.print(
+            f"vs {result.profile} with {result.against_label} (same seeds, same budget): accuracy ratio "
+            f"{gain.accuracy_ratio:.4f}, {gain.points:+.2f} points (by seed: {seeds}); epochs "
+            f"{gain.epochs[0]:.1f} vs {gain.epochs[1]:.1f}; {gain.train_time_ratio:.2f}x the training time"
+        )
     ratio = result.vs_baseline
     if result.base and ratio:
         errors = "" if ratio["error_ratio"] is None else f"{ratio['error_ratio']:.2f}x the error rate, "

@@ -106,6 +106,14 @@ class ReleaseResult:
     waivers: tuple[Waiver, ...] = ()  # recorded by this promotion (`promote --waive`)
     variant: str | None = None  # "adjusted": the version holds the run's logit-adjusted file
 
+    def refusal(self, run_id: str) -> str:
+        """Why `promote` refused, in one line naming the gate record."""
+        why = "; ".join(self.reasons)
+        return (
+            f"promote refused: {self.model_name} v{self.version} (run {run_id}) fails the release gate: {why} "
+            f"(record: {GATE_JSON} of run {run_id})"
+        )
+
 
 # ---------------------------------------------------------------------------- undo records
 class Undo(Protocol):

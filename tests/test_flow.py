@@ -297,6 +297,8 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
         "2",
         "--baseline",
         "tutorial",
+        "--against",
+        "train.flip_mode=alternate",
         "--overhead",
         "--workdir",
         str(tmp_path),
@@ -325,6 +327,14 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
     assert report["vs_baseline"]["train_time_ratio"] > 0
     assert report["overhead"]["task_wall_seconds"] > 0
     assert "overhead" in res.output and "vs tutorial" in res.output
+    # --against: the same profile with the override, on the same seeds, paired
+    assert [(r["profile"], r["seed"]) for r in report["against"]] == [("quick with train.flip_mode=alternate", 0)] + [
+        ("quick with train.flip_mode=alternate", 1)
+    ]
+    gain = report["vs_against"]
+    assert len(gain["points_by_seed"]) == 2 and gain["accuracy_ratio"] > 0
+    said = " ".join(res.output.split())
+    assert "vs quick with train.flip_mode=alternate (same seeds, same budget): accuracy ratio" in said
 
 
 @pytest.mark.slow

@@ -140,3 +140,37 @@ def test_fit_in_alternate_mode_gives_each_epoch_its_alternating_mask(
     seen.clear()
     fit_module.fit(toy_splits, TrainConfig(**base), CPU, checkpoint_dir=tmp_path / "r")
     assert seen == [None] * 3 and TrainConfig().flip_mode == "random"  # the default draws per batch
+
+
+# ---------------------------------------------------------------------------- bench-train --against (issue 21)
+def _bench_row(seed: int, accuracy: float, seconds: float = 100.0, epochs: int = 7):
+    from auditflow.models.training.benchtrain import TrainBench
+
+    return TrainBench(
+        profile="quick", seed=seed, test_accuracy=accuracy, wall_seconds=seconds + 40, train_seconds=seconds,
+        images_per_second=1000.0, flops_per_image=1e8, achieved_flops_per_second=1e11, fraction_of_peak=0.1,
+        peak_source="test", time_to_target_seconds=None, epochs=epochs, plan="", val_seconds=5.0, kept_weights="ema",
+    )  # fmt: skip
+
+
+def test_the_gain_against_another_recipe_is_paired_by_seed() -> None:
+    from auditflow.models.training.benchseeds import paired_gain
+
+    new = (_bench_row(0, 0.84), _bench_row(1, 0.85, epochs=8), _bench_row(2, 0.83))
+    old = (_bench_row(0, 0.83, 110.0), _bench_row(1, 0.845), _bench_row(2, 0.835))
+    gain = paired_gain(new, old)
+    assert gain.accuracy_ratio == pytest.approx(0.84 / 0.8366666, rel=1e-6)
+    assert gain.points == pytest.approx(0.3333333, rel=1e-5)
+    assert gain.points_by_seed == pytest.approx((1.0, 0.5, -0.5))
+    assert gain.epochs == pytest.approx((7.3333333, 7.0)) and gain.train_time_ratio == pytest.approx(100 / 103.333333)
+    with pytest.raises(ValueError, match="paired seeds differ"):
+        paired_gain(new, old[:2])
+
+
+def test_the_against_recipe_is_the_profile_with_the_runs_and_then_the_against_overrides() -> None:
+    from auditflow.models.training.benchseeds import against_config
+
+    overrides = ["train.width=16", "train.flip_mode=alternate", "train.flip_mode=random"]
+    cfg, label = against_config("quick", overrides, "train.flip_mode=random")
+    assert cfg.train.width == 16 and cfg.train.flip_mode == "random" and label == "train.flip_mode=random"
+    assert cfg.profile == "quick with train.flip_mode=random"  # its rows say which recipe they are

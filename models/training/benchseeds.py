@@ -1,5 +1,7 @@
 """`auditflow bench-train`'s measurement: a profile trained over seeds 0..N-1 by direct `fit`
-calls (`bench_train`), its summary, and an optional baseline profile's seed 0 for ratios.
+calls (`bench_train`), its summary, an optional baseline profile's seed 0 for ratios, and an
+optional "against" recipe (the same profile with overrides: today's recipe, say) trained on the
+same seeds, interleaved seed by seed so that a machine that slows down mid-run slows both alike.
 
 No Prefect and no tracking: the CLI renders the result, and only `--overhead` runs a flow
 (`auditflow.flows.bench`)."""
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from auditflow.core.config import PipelineConfig
+from auditflow.core.config import PipelineConfig, load_config
 from auditflow.core.data import Snapshot
 from auditflow.core.errors import ConfigError
 from auditflow.models.training.benchtrain import TrainBench, bench_train, compare_to_baseline, summarise
@@ -25,17 +27,56 @@ class SeedBench:
     base: TrainBench | None  # the baseline profile, seed 0
     summary: dict[str, float]  # `summarise(rows)`: mean and sd of accuracy, mean training seconds
     vs_baseline: dict[str, float | None] | None  # `compare_to_baseline`; None without a baseline
+    against: tuple[TrainBench, ...] = ()  # the "against" recipe, seed 0..N-1; () without one
+    against_label: str = ""  # the overrides that make it, e.g. "train.flip_mode=random"
+    vs_against: PairedGain | None = None
 
     @property
     def all_rows(self) -> tuple[TrainBench, ...]:
-        return self.rows + ((self.base,) if self.base else ())
+        return self.rows + self.against + ((self.base,) if self.base else ())
 
     def report(self) -> dict[str, Any]:
         """The JSON form `--out` writes."""
         out: dict[str, Any] = {"rows": [asdict(r) for r in self.rows], "summary": self.summary}
         if self.base:
             out |= {"baseline": asdict(self.base), "vs_baseline": self.vs_baseline}
+        if self.vs_against:
+            out |= {"against": [asdict(r) for r in self.against], "against_label": self.against_label}
+            out |= {"vs_against": asdict(self.vs_against)}
         return out
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """The profile against another recipe trained on the same seeds with the same budget."""
+
+    accuracy_ratio: float  # mean test accuracy of the profile / of the other recipe
+    points: float  # mean difference, accuracy points (profile - other)
+    points_by_seed: tuple[float, ...]  # the paired differences, seed 0..N-1
+    train_time_ratio: float  # mean training seconds, profile / other (a budget makes both ~1)
+    epochs: tuple[float, float]  # mean epochs run: profile, other
+
+
+def paired_gain(rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...]) -> PairedGain:
+    """`rows` against `other`, seed by seed (both lists in seed order, the same seeds)."""
+    if [r.seed for r in rows] != [r.seed for r in other] or not rows:
+        raise ValueError(f"paired seeds differ: {[r.seed for r in rows]} vs {[r.seed for r in other]}")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    acc, acc_other = mean([r.test_accuracy for r in rows]), mean([r.test_accuracy for r in other])
+    return PairedGain(
+        accuracy_ratio=acc / acc_other,
+        points=100 * (acc - acc_other),
+        points_by_seed=tuple(100 * (a.test_accuracy - b.test_accuracy) for a, b in zip(rows, other, strict=True)),
+        train_time_ratio=mean([r.train_seconds for r in rows]) / mean([r.train_seconds for r in other]),
+        epochs=(mean([r.epochs for r in rows]), mean([r.epochs for r in other])),
+    )
+
+
+def against_config(profile: str, overrides: list[str], label: str) -> tuple[PipelineConfig, str]:
+    """`bench-train --against`: the profile with the run's overrides and then the against ones,
+    its rows labelled with them (e.g. "quick with train.flip_mode=random")."""
+    cfg = load_config(profile, overrides)
+    return cfg.model_copy(update={"profile": f"{cfg.profile} with {label}"}), label
 
 
 def check_seeds(seeds: int) -> None:
@@ -50,17 +91,22 @@ def bench_seeds(
     *,
     seeds: int,
     baseline: PipelineConfig | None = None,
+    against: tuple[PipelineConfig, str] | None = None,
     on_seed: Callable[[int], None] | None = None,
 ) -> SeedBench:
-    """Train `cfg` once per seed 0..`seeds`-1 (`on_seed(seed)` before each), then `baseline`
-    once with seed 0."""
+    """Train `cfg` once per seed 0..`seeds`-1 (`on_seed(seed)` before each), each seed followed
+    by `against`'s config (with its label) on the same seed, then `baseline` once with seed 0."""
     check_seeds(seeds)
-    rows = []
+    rows, other = [], []
     for seed in range(seeds):
         if on_seed is not None:
             on_seed(seed)
         rows.append(bench_train(snapshot, cfg, seed))
+        if against is not None:
+            other.append(bench_train(snapshot, against[0], seed))
     base = bench_train(snapshot, baseline, 0) if baseline else None
     summary = summarise(rows)
     ratio = compare_to_baseline(summary, base) if base else None
-    return SeedBench(cfg.profile, tuple(rows), base, summary, ratio)
+    gain = paired_gain(tuple(rows), tuple(other)) if other else None
+    label = against[1] if against else ""
+    return SeedBench(cfg.profile, tuple(rows), base, summary, ratio, tuple(other), label, gain)
