@@ -197,7 +197,7 @@ def bench_train(result: SeedBench, data: str, out: Console) -> None:
     if gain := result.vs_against:
         seeds = ", ".join(f"{d:+.2f}" for d in gain.points_by_seed)
         out.print(
-            f"vs {result.profile} with {result.against_label} (same seeds, same budget): accuracy ratio "
+            f"vs {result.against[0].profile} (same seeds, same budget): accuracy ratio "
             f"{gain.accuracy_ratio:.4f}, {gain.points:+.2f} points (by seed: {seeds}); epochs "
             f"{gain.epochs[0]:.1f} vs {gain.epochs[1]:.1f}; {gain.train_time_ratio:.2f}x the training time"
         )

@@ -171,6 +171,6 @@ def test_the_against_recipe_is_the_profile_with_the_runs_and_then_the_against_ov
     from auditflow.models.training.benchseeds import against_config
 
     overrides = ["train.width=16", "train.flip_mode=alternate", "train.flip_mode=random"]
-    cfg, label = against_config("quick", overrides, "train.flip_mode=random")
-    assert cfg.train.width == 16 and cfg.train.flip_mode == "random" and label == "train.flip_mode=random"
+    cfg = against_config("quick", overrides, "train.flip_mode=random")
+    assert cfg.train.width == 16 and cfg.train.flip_mode == "random"
     assert cfg.profile == "quick with train.flip_mode=random"  # its rows say which recipe they are

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from statistics import fmean
 from typing import Any
 
 from auditflow.core.config import PipelineConfig, load_config
@@ -28,7 +29,6 @@ class SeedBench:
     summary: dict[str, float]  # `summarise(rows)`: mean and sd of accuracy, mean training seconds
     vs_baseline: dict[str, float | None] | None  # `compare_to_baseline`; None without a baseline
     against: tuple[TrainBench, ...] = ()  # the "against" recipe, seed 0..N-1; () without one
-    against_label: str = ""  # the overrides that make it, e.g. "train.flip_mode=random"
     vs_against: PairedGain | None = None
 
     @property
@@ -41,8 +41,7 @@ class SeedBench:
         if self.base:
             out |= {"baseline": asdict(self.base), "vs_baseline": self.vs_baseline}
         if self.vs_against:
-            out |= {"against": [asdict(r) for r in self.against], "against_label": self.against_label}
-            out |= {"vs_against": asdict(self.vs_against)}
+            out |= {"against": [asdict(r) for r in self.against], "vs_against": asdict(self.vs_against)}
         return out
 
 
@@ -61,22 +60,22 @@ def paired_gain(rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...]) -> 
     """`rows` against `other`, seed by seed (both lists in seed order, the same seeds)."""
     if [r.seed for r in rows] != [r.seed for r in other] or not rows:
         raise ValueError(f"paired seeds differ: {[r.seed for r in rows]} vs {[r.seed for r in other]}")
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    acc, acc_other = mean([r.test_accuracy for r in rows]), mean([r.test_accuracy for r in other])
+    acc, acc_other = fmean(r.test_accuracy for r in rows), fmean(r.test_accuracy for r in other)
     return PairedGain(
         accuracy_ratio=acc / acc_other,
         points=100 * (acc - acc_other),
         points_by_seed=tuple(100 * (a.test_accuracy - b.test_accuracy) for a, b in zip(rows, other, strict=True)),
-        train_time_ratio=mean([r.train_seconds for r in rows]) / mean([r.train_seconds for r in other]),
-        epochs=(mean([r.epochs for r in rows]), mean([r.epochs for r in other])),
+        train_time_ratio=fmean(r.train_seconds for r in rows) / fmean(r.train_seconds for r in other),
+        epochs=(fmean(r.epochs for r in rows), fmean(r.epochs for r in other)),
     )
 
 
-def against_config(profile: str, overrides: list[str], label: str) -> tuple[PipelineConfig, str]:
+def against_config(profile: str, overrides: list[str], label: str) -> PipelineConfig:
     """`bench-train --against`: the profile with the run's overrides and then the against ones,
-    its rows labelled with them (e.g. "quick with train.flip_mode=random")."""
+    named after the latter (`label`) so that its rows say which recipe they are (e.g. "quick
+    with train.flip_mode=random")."""
     cfg = load_config(profile, overrides)
-    return cfg.model_copy(update={"profile": f"{cfg.profile} with {label}"}), label
+    return cfg.model_copy(update={"profile": f"{cfg.profile} with {label}"})
 
 
 def check_seeds(seeds: int) -> None:
@@ -91,11 +90,11 @@ def bench_seeds(
     *,
     seeds: int,
     baseline: PipelineConfig | None = None,
-    against: tuple[PipelineConfig, str] | None = None,
+    against: PipelineConfig | None = None,
     on_seed: Callable[[int], None] | None = None,
 ) -> SeedBench:
     """Train `cfg` once per seed 0..`seeds`-1 (`on_seed(seed)` before each), each seed followed
-    by `against`'s config (with its label) on the same seed, then `baseline` once with seed 0."""
+    by `against` (`against_config`) on the same seed, then `baseline` once with seed 0."""
     check_seeds(seeds)
     rows, other = [], []
     for seed in range(seeds):
@@ -103,10 +102,9 @@ def bench_seeds(
             on_seed(seed)
         rows.append(bench_train(snapshot, cfg, seed))
         if against is not None:
-            other.append(bench_train(snapshot, against[0], seed))
+            other.append(bench_train(snapshot, against, seed))
     base = bench_train(snapshot, baseline, 0) if baseline else None
     summary = summarise(rows)
     ratio = compare_to_baseline(summary, base) if base else None
     gain = paired_gain(tuple(rows), tuple(other)) if other else None
-    label = against[1] if against else ""
-    return SeedBench(cfg.profile, tuple(rows), base, summary, ratio, tuple(other), label, gain)
+    return SeedBench(cfg.profile, tuple(rows), base, summary, ratio, tuple(other), gain)

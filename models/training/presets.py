@@ -38,10 +38,12 @@ def augment(
 
     `flip`: True = each image with probability 1/2; a bool tensor of N = exactly those images."""
     n, _, h, w = batch.shape
-    if isinstance(flip, torch.Tensor) or flip:
-        mask = flip if isinstance(flip, torch.Tensor) else torch.rand(n, generator=generator, device="cpu") < 0.5
-        mask = mask.to(batch.device)
-        batch = torch.where(mask[:, None, None, None], batch.flip(3), batch)
+    if isinstance(flip, torch.Tensor):
+        mask: torch.Tensor | None = flip
+    else:
+        mask = torch.rand(n, generator=generator, device="cpu") < 0.5 if flip else None
+    if mask is not None:
+        batch = torch.where(mask.to(batch.device)[:, None, None, None], batch.flip(3), batch)
     if crop_padding > 0:
         p = crop_padding
         padded = F.pad(batch, (p, p, p, p), mode="reflect")
