@@ -412,3 +412,45 @@ def test_summarise_chooses_by_the_rule_and_reports_the_study_without_mlflow(tmp_
     assert "study-run" in found.profile_text and "run1" in found.profile_text
     assert found.report.figures, "the Pareto and history figures"
     assert (s.run_id, s.profile_path, s.study) == ("study-run", "p.yaml", plan.name)
+
+
+def test_a_new_study_starts_from_the_profile_and_reports_the_gain_over_it(tmp_path: Path) -> None:
+    """A study's first trial runs the profile's own values when the space holds them all, and
+    its summary says how much the chosen trial gained over that start. When one value lies
+    outside the space, there is no starting trial."""
+    from auditflow.models.tuning.report import summarise
+    from auditflow.models.tuning.space import starting_point
+    from auditflow.models.tuning.study import StudyDriver, TrialScores
+
+    cfg = load_config("quick", TINY)  # lr 0.2, batch 16, label smoothing 0.2
+    held = {
+        "train.lr": {"low": 0.1, "high": 0.4, "log": True},
+        "train.batch_size": {"choices": [16, 32]},
+        "train.label_smoothing": {"low": 0.1, "high": 0.3},
+    }
+    plan = plan_study(cfg, parse_space(held, "s.yaml"), source="data", trials=2, workdir=tmp_path)
+    assert starting_point(plan.base, plan.space) == {
+        "train.lr": 0.2,
+        "train.batch_size": 16,
+        "train.label_smoothing": 0.2,
+    }
+    outside = parse_space(held | {"train.batch_size": {"choices": [32, 64]}}, "s.yaml")
+    assert starting_point(plan.base, outside) is None
+
+    driver = StudyDriver(plan)
+    for accuracy in (0.70, 0.80):
+        spec = driver.ask()
+        assert spec is not None
+        if spec.number == 0:
+            assert spec.params == starting_point(plan.base, plan.space)
+        driver.tell(spec.number, TrialScores(accuracy, 0.5, (0.5, 0.5), epochs=1, train_seconds=1.0))
+    assert driver.study.trials[1].params != driver.study.trials[0].params
+
+    found = summarise(
+        driver.study, plan, run_id="r", tracking_uri="sqlite:///x.db", profile_name="tuned", profile_path="p.yaml"
+    )
+    assert (found.summary.chosen_trial, found.summary.start_trial) == (1, 0)
+    assert found.summary.start_accuracy == pytest.approx(0.70)
+    assert "The profile's own values (trial 0): validation accuracy 0.7000; the choice gains +10.00 points." in (
+        found.profile_text
+    )

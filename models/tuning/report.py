@@ -23,7 +23,7 @@ from auditflow.models.tuning.space import (
     trial_results,
     tuned_profile,
 )
-from auditflow.models.tuning.study import history_figure, importance_figure, pareto_figure
+from auditflow.models.tuning.study import START, history_figure, importance_figure, pareto_figure
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class StudySummary:
     params: dict[str, object]  # the chosen trial's sampled values
     front: list[dict[str, object]]  # Pareto front rows, best accuracy first
     profile_path: str  # the tuned profile YAML
+    start_trial: int | None  # the complete trial of the profile's own values, if the study ran one
+    start_accuracy: float | None  # its validation accuracy, 0..1
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,15 @@ def summarise(
     per state, and tags naming the choice."""
     results = trial_results(study)
     choice = choose_trial(results, plan.min_worst_recall)
+    start = next((r for r in results if study.trials[r.number].user_attrs.get(START)), None)
+    gain = (
+        []
+        if start is None
+        else [
+            f"The profile's own values (trial {start.number}): validation accuracy {start.val_accuracy:.4f}; "
+            f"the choice gains {100 * (choice.trial.val_accuracy - start.val_accuracy):+.2f} points."
+        ]
+    )
     chosen_run = study.trials[choice.trial.number].user_attrs.get("mlflow_run_id", "")
     text = tuned_profile(
         plan,
@@ -101,6 +112,7 @@ def summarise(
             f"Trial {choice.trial.number} (run {chosen_run}): validation accuracy {choice.trial.val_accuracy:.4f}, "
             f"worst-class recall {choice.trial.worst_class_recall:.4f}.",
             f"Choice: {choice.reason}.",
+            *gain,
         ],
     )
     front = [
@@ -121,6 +133,8 @@ def summarise(
         params=choice.trial.params,
         front=front,
         profile_path=profile_path,
+        start_trial=None if start is None else start.number,
+        start_accuracy=None if start is None else start.val_accuracy,
     )
     figures, importance_tags = _figures(study, results, choice, plan.min_worst_recall)
     report = StageReport(

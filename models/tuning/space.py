@@ -163,6 +163,24 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> PipelineConfig
     return build_config(raw)
 
 
+def starting_point(base: dict[str, Any], space: SearchSpace) -> dict[str, Any] | None:
+    """`base`'s own values of the space's keys, when the space holds every one of them: a study
+    runs them as its first trial, so that it says what it gained over where it started. None
+    when a value lies outside its range or choices."""
+    point: dict[str, Any] = {}
+    for key, dist in space.distributions().items():
+        section, name = key.split(".", 1)
+        value = base.get(section, {}).get(name)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            held = value in dist.choices
+        else:
+            held = isinstance(value, int | float) and dist.low <= value <= dist.high
+        if not held:
+            return None
+        point[key] = value
+    return point
+
+
 def check_space(base: dict[str, Any], space: SearchSpace, samples: int = FEASIBILITY_SAMPLES) -> float:
     """Share of `samples` random configurations of `space` (over `base`) that validate.
 

@@ -29,12 +29,20 @@ from auditflow.models.evaluation.metrics import evaluate
 from auditflow.models.training.checkpoints import load_model
 from auditflow.models.training.fit import EpochStats, fit, predict
 from auditflow.models.training.runtime import Runtime
-from auditflow.models.tuning.space import Choice, StudyPlan, TrialResult, pareto_front, trial_config
+from auditflow.models.tuning.space import (
+    Choice,
+    StudyPlan,
+    TrialResult,
+    pareto_front,
+    starting_point,
+    trial_config,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 2  # times a trial interrupted by a kill is queued again
 MAX_INVALID = 20  # sampled configurations the config rejects before the study gives up
+START = "start"  # user attribute of the trial that runs the profile's own values
 
 
 # ------------------------------------------------------------------ one trial
@@ -139,10 +147,20 @@ class StudyDriver:
         self.study.set_user_attr("fingerprint", plan.fingerprint)
         # a fresh seed per invocation: the same seed would repeat the first invocation's samples
         self.study.sampler = optuna.samplers.TPESampler(seed=len(self.study.trials))
+        if not self.study.trials:
+            self._enqueue_start()
         self.requeued = self._requeue_interrupted()
         self.deadline = None if plan.timeout_s is None else time.monotonic() + plan.timeout_s
         self.running: dict[int, optuna.Trial] = {}
         self.invalid = 0
+
+    def _enqueue_start(self) -> None:
+        """A new study's first trial is the profile's own values, where the space holds them."""
+        start = starting_point(self.plan.base, self.plan.space)
+        if start is None:
+            log.info("study %s: the profile's values lie outside the space; no starting trial", self.plan.name)
+            return
+        self.study.enqueue_trial(start, user_attrs={START: True})
 
     def _requeue_interrupted(self) -> list[int]:
         with warnings.catch_warnings():
