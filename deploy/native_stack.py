@@ -58,6 +58,9 @@ STOP_TIMEOUT_S = 20.0
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+SLOT_KEYS = ("AUDITFLOW_GPU_SLOTS", "AUDITFLOW_WORKER_SLOTS")  # flow runs at once: the pool's, one worker's
+
+
 class StackError(RuntimeError):
     """A setting is missing or a service did not start."""
 
@@ -125,6 +128,9 @@ def load_settings(
     missing = [k for k in secret_keys() if k != "MINIO_ROOT_PASSWORD" and not settings.get(k)]
     if missing:
         raise StackError(f"secrets not set: {', '.join(missing)} (copy .env.example to .env and fill it in)")
+    for key in SLOT_KEYS:  # they reach `prefect` as arguments, which would fail later and less clearly
+        if not re.fullmatch(r"[1-9][0-9]*", settings.get(key, "")):
+            raise StackError(f"{key} must be a whole number of at least 1, got {settings.get(key, '')!r}")
     return settings
 
 

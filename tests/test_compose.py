@@ -901,3 +901,50 @@ def test_native_postgres_uses_the_compose_credentials(services, settings):
     env = env_of(services["postgres"])
     keys = ("POSTGRES_USER", "POSTGRES_PASSWORD")
     assert [env[k] for k in keys] == [settings[k] for k in keys]
+
+
+# --------------------------------------------------------------------------- slot counts
+
+
+def _fake_prefect(folder: Path) -> Path:
+    """A `prefect` on PATH that appends its arguments to `calls` and succeeds."""
+    calls = folder / "calls"
+    fake = folder / "prefect"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize("key", ["AUDITFLOW_WORKER_SLOTS", "AUDITFLOW_GPU_SLOTS"])
+@pytest.mark.parametrize("value", ["0", "two", "1.5", ""])
+def test_the_worker_refuses_a_bad_slot_count_before_prefect_runs(raw_compose, settings, tmp_path, key, value):
+    """The worker's command checks both slot counts first: a bad one exits 2 with one line
+    naming it, and no `prefect` command runs."""
+    worker = _interpolate(raw_compose, [], {**settings, key: value})["services"]["worker"]
+    calls = _fake_prefect(tmp_path)
+    done = subprocess.run(
+        worker["command"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+    )
+    assert (done.returncode, done.stderr) == (2, f"{key} must be a whole number of at least 1, got '{value}'\n")
+    assert not calls.exists()
+
+
+def test_good_slot_counts_reach_the_pool_and_the_worker(raw_compose, settings, tmp_path):
+    env = {**settings, "AUDITFLOW_GPU_SLOTS": "3", "AUDITFLOW_WORKER_SLOTS": "2"}
+    worker = _interpolate(raw_compose, [], env)["services"]["worker"]
+    calls = _fake_prefect(tmp_path)
+    done = subprocess.run(
+        worker["command"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    lines = calls.read_text().splitlines()
+    assert f"work-pool set-concurrency-limit {settings['AUDITFLOW_WORK_POOL']} 3" in lines
+    assert any(line.startswith("worker start") and " --limit 2 " in f"{line} " for line in lines), lines
+
+
+@pytest.mark.parametrize("key", ["AUDITFLOW_WORKER_SLOTS", "AUDITFLOW_GPU_SLOTS"])
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "", "-1"])
+def test_the_native_stack_refuses_a_bad_slot_count(key, value):
+    with pytest.raises(native_stack.StackError) as err:
+        native_stack.load_settings(None, {**native_stack.random_secrets(), key: value}, environ={})
+    assert str(err.value) == f"{key} must be a whole number of at least 1, got {value!r}"
