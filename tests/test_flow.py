@@ -321,6 +321,7 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
     for r in report["rows"]:
         assert r["epochs"] == 4 and r["val_seconds"] > 0 and r["kept_weights"] == "raw"
         at_least(f"bench-train toy seed {r['seed']}: test accuracy", r["test_accuracy"], 0.8)
+        at_least(f"bench-train toy seed {r['seed']}: without TTA", r["shipped_accuracy"], 0.8)
         assert r["flops_per_image"] > 0 and r["fraction_of_peak"] > 0
         assert r["time_to_target_seconds"] is not None and r["time_to_target_seconds"] <= r["train_seconds"]
     assert report["baseline"]["profile"] == "tutorial"
@@ -333,6 +334,7 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
     ]
     gain = report["vs_against"]
     assert len(gain["points_by_seed"]) == 2 and gain["accuracy_ratio"] > 0
+    assert len(gain["shipped_points_by_seed"]) == 2 and gain["shipped_ratio"] > 0
     said = " ".join(res.output.split())
     assert "vs quick with train.flip_mode=alternate (same seeds, same budget): accuracy ratio" in said
 

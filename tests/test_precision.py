@@ -143,11 +143,13 @@ def test_fit_in_alternate_mode_gives_each_epoch_its_alternating_mask(
 
 
 # ---------------------------------------------------------------------------- bench-train --against (issue 21)
-def _bench_row(seed: int, accuracy: float, seconds: float = 100.0, epochs: int = 7):
+def _bench_row(seed: int, accuracy: float, seconds: float = 100.0, epochs: int = 7, shipped: float | None = None):
     from auditflow.models.training.benchtrain import TrainBench
 
     return TrainBench(
-        profile="quick", seed=seed, test_accuracy=accuracy, wall_seconds=seconds + 40, train_seconds=seconds,
+        profile="quick", seed=seed, test_accuracy=accuracy,
+        shipped_accuracy=accuracy - 0.01 if shipped is None else shipped,
+        wall_seconds=seconds + 40, train_seconds=seconds,
         images_per_second=1000.0, flops_per_image=1e8, achieved_flops_per_second=1e11, fraction_of_peak=0.1,
         peak_source="test", time_to_target_seconds=None, epochs=epochs, plan="", val_seconds=5.0, kept_weights="ema",
     )  # fmt: skip
@@ -156,9 +158,12 @@ def _bench_row(seed: int, accuracy: float, seconds: float = 100.0, epochs: int =
 def test_the_gain_against_another_recipe_is_paired_by_seed() -> None:
     from auditflow.models.training.benchseeds import paired_gain
 
-    new = (_bench_row(0, 0.84), _bench_row(1, 0.85, epochs=8), _bench_row(2, 0.83))
-    old = (_bench_row(0, 0.83, 110.0), _bench_row(1, 0.845), _bench_row(2, 0.835))
+    new = (_bench_row(0, 0.84), _bench_row(1, 0.85, epochs=8), _bench_row(2, 0.83, shipped=0.80))
+    old = (_bench_row(0, 0.83, 110.0), _bench_row(1, 0.845), _bench_row(2, 0.835, shipped=0.81))
     gain = paired_gain(new, old)
+    # without TTA (the shipped file): 0.83, 0.84, 0.80 against 0.82, 0.835, 0.81
+    assert gain.shipped_points_by_seed == pytest.approx((1.0, 0.5, -1.0))
+    assert gain.shipped_ratio == pytest.approx(0.8233333 / 0.8216666, rel=1e-6)
     assert gain.accuracy_ratio == pytest.approx(0.84 / 0.8366666, rel=1e-6)
     assert gain.points == pytest.approx(0.3333333, rel=1e-5)
     assert gain.points_by_seed == pytest.approx((1.0, 0.5, -0.5))

@@ -49,9 +49,11 @@ class SeedBench:
 class PairedGain:
     """The profile against another recipe trained on the same seeds with the same budget."""
 
-    accuracy_ratio: float  # mean test accuracy of the profile / of the other recipe
+    accuracy_ratio: float  # mean test accuracy (with TTA) of the profile / of the other recipe
     points: float  # mean difference, accuracy points (profile - other)
     points_by_seed: tuple[float, ...]  # the paired differences, seed 0..N-1
+    shipped_ratio: float  # the same ratio without TTA: the files that would ship
+    shipped_points_by_seed: tuple[float, ...]
     train_time_ratio: float  # mean training seconds, profile / other (a budget makes both ~1)
     epochs: tuple[float, float]  # mean epochs run: profile, other
 
@@ -61,10 +63,13 @@ def paired_gain(rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...]) -> 
     if [r.seed for r in rows] != [r.seed for r in other] or not rows:
         raise ValueError(f"paired seeds differ: {[r.seed for r in rows]} vs {[r.seed for r in other]}")
     acc, acc_other = fmean(r.test_accuracy for r in rows), fmean(r.test_accuracy for r in other)
+    pairs = list(zip(rows, other, strict=True))
     return PairedGain(
         accuracy_ratio=acc / acc_other,
         points=100 * (acc - acc_other),
-        points_by_seed=tuple(100 * (a.test_accuracy - b.test_accuracy) for a, b in zip(rows, other, strict=True)),
+        points_by_seed=tuple(100 * (a.test_accuracy - b.test_accuracy) for a, b in pairs),
+        shipped_ratio=fmean(r.shipped_accuracy for r in rows) / fmean(r.shipped_accuracy for r in other),
+        shipped_points_by_seed=tuple(100 * (a.shipped_accuracy - b.shipped_accuracy) for a, b in pairs),
         train_time_ratio=fmean(r.train_seconds for r in rows) / fmean(r.train_seconds for r in other),
         epochs=(fmean(r.epochs for r in rows), fmean(r.epochs for r in other)),
     )

@@ -1,8 +1,9 @@
 """Training benchmark: one profile, several seeds, `fit` called directly (no orchestration).
 
-Each seed trains from scratch, then the test split is scored with the profile's test-time
-augmentation in fp32 (as the pipeline's evaluation does). Training time excludes validation,
-checkpoints and start-up, as the public CIFAR-10 speed records time it.
+Each seed trains from scratch, then the test split is scored in fp32 with the profile's test-time
+augmentation (as the pipeline's evaluation reports it) and without (the file that ships).
+Training time excludes validation, checkpoints and start-up, as the public CIFAR-10 speed
+records time it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class TrainBench:
     profile: str
     seed: int
     test_accuracy: float  # 0..1, with the profile's TTA
+    shipped_accuracy: float  # 0..1, without TTA: what the exported file does
     wall_seconds: float  # splits + fit, as a direct call
     train_seconds: float
     images_per_second: float
@@ -54,9 +56,9 @@ def bench_train(
         result = fit(splits, train, runtime, checkpoint_dir=tmp)
         wall = time.perf_counter() - start
         model, _ = load_model(result.checkpoint, runtime.device)
-    logits = predict(
-        model, splits.test_x, resolve_runtime(train.device, "fp32"), tta=train.tta, translate=train.tta_translate
-    )
+    fp32 = resolve_runtime(train.device, "fp32")
+    logits = predict(model, splits.test_x, fp32, tta=train.tta, translate=train.tta_translate)
+    shipped = predict(model, splits.test_x, fp32, tta=False) if train.tta else logits
     peak = peak or device_peak(runtime)
     speed = speed_metrics(
         result.flops_per_image,
@@ -69,6 +71,7 @@ def bench_train(
         profile=cfg.profile,
         seed=seed,
         test_accuracy=float((logits.argmax(1) == splits.test_y).mean()),
+        shipped_accuracy=float((shipped.argmax(1) == splits.test_y).mean()),
         wall_seconds=wall,
         train_seconds=result.train_seconds,
         images_per_second=result.images_per_second,
