@@ -121,7 +121,11 @@ def study(result: StudySummary, data: str, workdir: Path) -> None:
     table.add_row("worst-class recall", f"{result.worst_class_recall:.3f}")
     if result.start_accuracy is not None:
         gain = 100 * (result.val_accuracy - result.start_accuracy)
-        start = f"trial {result.start_trial}: {result.start_accuracy:.2%} ({gain:+.2f} points)"
+        start = f"trial {result.start_trial}: {result.start_accuracy:.2%}" + (
+            " (the chosen trial: the study found nothing better)"
+            if result.start_trial == result.chosen_trial
+            else f" ({gain:+.2f} points for the chosen trial)"
+        )
         table.add_row("profile's own values", start)
     table.add_row("tuned profile", result.profile_path)
     table.add_row("MLflow", result.tracking_uri)

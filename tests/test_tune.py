@@ -454,3 +454,18 @@ def test_a_new_study_starts_from_the_profile_and_reports_the_gain_over_it(tmp_pa
     assert "The profile's own values (trial 0): validation accuracy 0.7000; the choice gains +10.00 points." in (
         found.profile_text
     )
+    best_start = optuna.create_study(study_name=plan.name)  # the start wins: said so, no gain claimed
+    for number, trial in enumerate(driver.study.trials[:2]):
+        best_start.add_trial(
+            optuna.trial.create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                value=(0.9, 0.8)[number],
+                user_attrs={**trial.user_attrs, "val_accuracy": (0.9, 0.8)[number]},
+            )
+        )
+    found = summarise(
+        best_start, plan, run_id="r", tracking_uri="sqlite:///x.db", profile_name="tuned", profile_path="p.yaml"
+    )
+    assert (found.summary.chosen_trial, found.summary.start_trial) == (0, 0)
+    assert "validation accuracy 0.9000; no trial did better." in found.profile_text

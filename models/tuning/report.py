@@ -99,7 +99,11 @@ def summarise(
         if start is None
         else [
             f"The profile's own values (trial {start.number}): validation accuracy {start.val_accuracy:.4f}; "
-            f"the choice gains {100 * (choice.trial.val_accuracy - start.val_accuracy):+.2f} points."
+            + (
+                "no trial did better."
+                if start.number == choice.trial.number
+                else f"the choice gains {100 * (choice.trial.val_accuracy - start.val_accuracy):+.2f} points."
+            )
         ]
     )
     chosen_run = study.trials[choice.trial.number].user_attrs.get("mlflow_run_id", "")
