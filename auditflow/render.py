@@ -119,14 +119,8 @@ def study(result: StudySummary, data: str, workdir: Path) -> None:
     table.add_row("chosen trial", chosen if result.rule_met else f"[red]{chosen}[/]")
     table.add_row("validation accuracy", f"{result.val_accuracy:.2%}")
     table.add_row("worst-class recall", f"{result.worst_class_recall:.3f}")
-    if result.start_accuracy is not None:
-        gain = 100 * (result.val_accuracy - result.start_accuracy)
-        start = f"trial {result.start_trial}: {result.start_accuracy:.2%}" + (
-            " (the chosen trial: the study found nothing better)"
-            if result.start_trial == result.chosen_trial
-            else f" ({gain:+.2f} points for the chosen trial)"
-        )
-        table.add_row("profile's own values", start)
+    if result.versus_start:
+        table.add_row("vs the start", result.versus_start)
     table.add_row("tuned profile", result.profile_path)
     table.add_row("MLflow", result.tracking_uri)
     out.print(table)

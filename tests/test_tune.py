@@ -469,3 +469,6 @@ def test_a_new_study_starts_from_the_profile_and_reports_the_gain_over_it(tmp_pa
     )
     assert (found.summary.chosen_trial, found.summary.start_trial) == (0, 0)
     assert "validation accuracy 0.9000; no trial did better." in found.profile_text
+    assert found.summary.versus_start == (
+        "The profile's own values (trial 0): validation accuracy 0.9000; no trial did better."
+    )

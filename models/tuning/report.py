@@ -42,6 +42,7 @@ class StudySummary:
     profile_path: str  # the tuned profile YAML
     start_trial: int | None  # the complete trial of the profile's own values, if the study ran one
     start_accuracy: float | None  # its validation accuracy, 0..1
+    versus_start: str | None  # the chosen trial against that start, one sentence (profile header, CLI)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,13 @@ def _figures(
     return figures, {}
 
 
+def _versus_start(start: TrialResult, choice: Choice) -> str:
+    said = f"The profile's own values (trial {start.number}): validation accuracy {start.val_accuracy:.4f}; "
+    if start.number == choice.trial.number:
+        return said + "no trial did better."
+    return said + f"the choice gains {100 * (choice.trial.val_accuracy - start.val_accuracy):+.2f} points."
+
+
 def summarise(
     study: optuna.Study, plan: StudyPlan, *, run_id: str, tracking_uri: str, profile_name: str, profile_path: str
 ) -> StudyFindings:
@@ -94,18 +102,7 @@ def summarise(
     results = trial_results(study)
     choice = choose_trial(results, plan.min_worst_recall)
     start = next((r for r in results if study.trials[r.number].user_attrs.get(START)), None)
-    gain = (
-        []
-        if start is None
-        else [
-            f"The profile's own values (trial {start.number}): validation accuracy {start.val_accuracy:.4f}; "
-            + (
-                "no trial did better."
-                if start.number == choice.trial.number
-                else f"the choice gains {100 * (choice.trial.val_accuracy - start.val_accuracy):+.2f} points."
-            )
-        ]
-    )
+    versus_start = None if start is None else _versus_start(start, choice)
     chosen_run = study.trials[choice.trial.number].user_attrs.get("mlflow_run_id", "")
     text = tuned_profile(
         plan,
@@ -116,7 +113,7 @@ def summarise(
             f"Trial {choice.trial.number} (run {chosen_run}): validation accuracy {choice.trial.val_accuracy:.4f}, "
             f"worst-class recall {choice.trial.worst_class_recall:.4f}.",
             f"Choice: {choice.reason}.",
-            *gain,
+            *([versus_start] if versus_start else []),
         ],
     )
     front = [
@@ -139,6 +136,7 @@ def summarise(
         profile_path=profile_path,
         start_trial=None if start is None else start.number,
         start_accuracy=None if start is None else start.val_accuracy,
+        versus_start=versus_start,
     )
     figures, importance_tags = _figures(study, results, choice, plan.min_worst_recall)
     report = StageReport(
