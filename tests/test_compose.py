@@ -916,10 +916,11 @@ def _fake_prefect(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("key", ["AUDITFLOW_WORKER_SLOTS", "AUDITFLOW_GPU_SLOTS"])
-@pytest.mark.parametrize("value", ["0", "two", "1.5", ""])
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "", "-1", "+2", "01", " 2"])
 def test_the_worker_refuses_a_bad_slot_count_before_prefect_runs(raw_compose, settings, tmp_path, key, value):
-    """The worker's command checks both slot counts first: a bad one exits 2 with one line
-    naming it, and no `prefect` command runs."""
+    """The worker's command checks both slot counts first, as `native_stack.load_settings`
+    does (the same values refused): a bad one exits 2 with one line naming it, and no
+    `prefect` command runs."""
     worker = _interpolate(raw_compose, [], {**settings, key: value})["services"]["worker"]
     calls = _fake_prefect(tmp_path)
     done = subprocess.run(
@@ -943,7 +944,7 @@ def test_good_slot_counts_reach_the_pool_and_the_worker(raw_compose, settings, t
 
 
 @pytest.mark.parametrize("key", ["AUDITFLOW_WORKER_SLOTS", "AUDITFLOW_GPU_SLOTS"])
-@pytest.mark.parametrize("value", ["0", "two", "1.5", "", "-1"])
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "", "-1", "+2", "01", " 2"])
 def test_the_native_stack_refuses_a_bad_slot_count(key, value):
     with pytest.raises(native_stack.StackError) as err:
         native_stack.load_settings(None, {**native_stack.random_secrets(), key: value}, environ={})
