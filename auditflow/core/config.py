@@ -69,6 +69,11 @@ class TrainConfig(_Section):
     model: ModelName = Field("fastnet", description="Architecture from the model registry.")
     width: int = Field(64, gt=0, description="Base channel width (fastnet, resnet18); tutorial_net ignores it.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    identity_init: bool = Field(
+        False,
+        description="fastnet: start each 3x3 convolution as a partial identity (its first input-many "
+        "filters pass their input through; airbench's dirac init, Jordan 2024, section 3.3).",
+    )
     epochs: int = Field(
         10, gt=0, le=10_000, description="Passes over the training split; with time_budget_s, the most it may run."
     )
@@ -138,6 +143,8 @@ class TrainConfig(_Section):
     def _translate_needs_tta(self) -> TrainConfig:
         if self.tta_translate and not self.tta:
             raise ValueError(f"tta_translate={self.tta_translate} needs tta=true")
+        if self.identity_init and self.model != "fastnet":
+            raise ValueError(f"identity_init=true is for model 'fastnet' only, not {self.model!r}")
         if self.dp is not None:
             clashes = {
                 "compile": self.compile,  # Opacus hooks every layer; the compiled graph would bypass them

@@ -47,7 +47,7 @@ from auditflow.models.training.checkpoints import (
 )
 from auditflow.models.training.loop import epoch_batches, train_one_epoch, warm_up
 from auditflow.models.training.presets import alternating_flips, to_input
-from auditflow.models.training.registry import build_model, prepare_from_data
+from auditflow.models.training.registry import build_model, identity_init, prepare_from_data
 from auditflow.models.training.runtime import Runtime
 from auditflow.models.training.speed import train_flops_per_image
 from auditflow.models.training.transfer import load_matching
@@ -495,6 +495,8 @@ def _build(
     model = build_model(
         cfg.model, len(splits.classes), width=cfg.width, dropout=cfg.dropout, dp_compatible=cfg.dp is not None
     )
+    if cfg.identity_init:
+        identity_init(model)
     fresh = load_matching(model, init_state) if init_state is not None else list(model.state_dict())
     if any("whiten" in name for name in fresh):
         # a seeded random sample: snapshots are stored class by class

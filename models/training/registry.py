@@ -183,6 +183,18 @@ def build_model(
     return make_compatible(model)
 
 
+@torch.no_grad()
+def identity_init(model: nn.Module) -> None:
+    """Start every 3x3 convolution of fastnet's groups as a partial identity: the first
+    `in_channels` filters copy their input channel through (`nn.init.dirac_`), the rest keep
+    their random start. Each group then begins close to passing its input on, as airbench
+    initialises (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds", section 3.3)."""
+    for module in model.modules():
+        if isinstance(module, _ConvGroup):
+            for conv in (module.conv1, module.conv2):
+                nn.init.dirac_(conv.weight[: conv.in_channels])
+
+
 def prepare_from_data(model: nn.Module, images: torch.Tensor) -> None:
     """Data-dependent initialisation (fastnet's whitening stem); a no-op for other models."""
     for module in model.modules():
