@@ -18,7 +18,7 @@ from auditflow.models.evaluation.inference import predict
 from auditflow.models.training.checkpoints import load_model
 from auditflow.models.training.fit import fit
 from auditflow.models.training.presets import augment, to_input
-from auditflow.models.training.registry import FastNet, TutorialNet, build_model
+from auditflow.models.training.registry import FastNet, TutorialNet, build_model, identity_init
 from auditflow.models.training.runtime import resolve_runtime
 
 CPU = resolve_runtime("cpu", "fp32")
@@ -81,6 +81,44 @@ def test_whitening_stem_whitens_patches() -> None:
     flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
     cov = torch.cov(flat.T)
     assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
+
+
+def test_identity_init_passes_each_groups_input_through() -> None:
+    """train.identity_init (airbench's dirac init): a group's first conv maps its input to its
+    first in_channels outputs unchanged, its second conv is a whole identity, and the filters
+    beyond the input's channels keep their random start."""
+    torch.manual_seed(0)
+    net = FastNet(width=32)
+    identity_init(net)
+    second = net.groups[1]  # 32 -> 64 channels
+    x = torch.randn(2, 32, 8, 8)
+    assert torch.allclose(second.conv1(x)[:, :32], x, atol=1e-6)
+    y = torch.randn(2, 64, 4, 4)
+    assert torch.allclose(second.conv2(y), y, atol=1e-6)
+    assert second.conv1.weight[32:].abs().sum() > 0  # the other 32 filters: random, as before
+    first = net.groups[0]  # 24 -> 32: the whitening stem's 24 maps pass through
+    z = torch.randn(1, 24, 6, 6)
+    assert torch.allclose(first.conv1(z)[:, :24], z, atol=1e-6)
+
+
+def test_fit_starts_from_identities_only_when_asked(splits, tmp_path: Path) -> None:
+    """fit applies identity_init before training: one step at lr ~0 leaves the group's second
+    conv an identity with it and random without it."""
+
+    def second_conv(identity: bool) -> torch.Tensor:
+        cfg = tiny(epochs=1, lr=1e-12, identity_init=identity, ema_decay=None, weight_decay=0.0)
+        model, _ = load_model(fit(splits, cfg, CPU, checkpoint_dir=tmp_path / str(identity)).checkpoint)
+        return model[1].groups[0].conv2.weight.detach()
+
+    eye = torch.zeros(8, 8, 3, 3)
+    nn.init.dirac_(eye)
+    assert torch.allclose(second_conv(True), eye, atol=1e-6)
+    assert not torch.allclose(second_conv(False), eye, atol=1e-2)
+
+
+def test_identity_init_is_for_fastnet_only() -> None:
+    with pytest.raises(ValueError, match="identity_init=true is for model 'fastnet' only, not 'resnet18'"):
+        TrainConfig(model="resnet18", identity_init=True)
 
 
 def test_augment_flip_and_crop() -> None:
