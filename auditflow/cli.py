@@ -186,13 +186,12 @@ def bench_train_cmd(
     data: DataOpt = "cifar10",
     overrides: SetOpt = None,
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1 to train.")] = 3,
-    baseline: Annotated[
-        str | None, typer.Option(help="Profile to run once (seed 0) for ratios; '' = none.")
-    ] = "tutorial",
+    baseline: Annotated[str | None, typer.Option(help="Profile run once (seed 0) for ratios; '' = none.")] = "tutorial",
     against: Annotated[
         list[str] | None,
         typer.Option(help="Also train the profile with this override, same seeds and budget (repeatable)."),
     ] = None,
+    equal_epochs: Annotated[bool, typer.Option(help="--against runs the profile's epochs, no budget.")] = False,
     overhead: Annotated[bool, typer.Option(help="Also run the train task in a flow and report its overhead.")] = False,
     workdir: WorkdirOpt = Path("."),
     out: Annotated[Path | None, typer.Option(help="Write all figures to this JSON file.")] = None,
@@ -208,7 +207,7 @@ def bench_train_cmd(
         cfg = load_config(profile, overrides or [])
         base_cfg = load_config(baseline) if baseline else None
         other = against_config(profile, [*(overrides or []), *against], " ".join(against)) if against else None
-        check_seeds(seeds)
+        check_seeds(seeds, equal_epochs=equal_epochs, against=bool(against))
         snapshot = ingest(data, cfg.data, cache_dir(workdir))
     except AuditflowError as err:
         raise _fail(err) from err
@@ -220,6 +219,7 @@ def bench_train_cmd(
         seeds=seeds,
         baseline=base_cfg,
         against=other,
+        equal_epochs=equal_epochs,
         on_seed=lambda seed: console.print(f"[bold]{cfg.profile}[/] seed {seed} ..."),
     )
     render.bench_train(result, data, out_console)

@@ -179,3 +179,46 @@ def test_the_against_recipe_is_the_profile_with_the_runs_and_then_the_against_ov
     cfg = against_config("quick", overrides, "train.flip_mode=random")
     assert cfg.train.width == 16 and cfg.train.flip_mode == "random"
     assert cfg.profile == "quick with train.flip_mode=random"  # its rows say which recipe they are
+
+
+@pytest.mark.parametrize("equal_epochs", [False, True])
+def test_equal_epochs_runs_the_against_recipe_for_each_seeds_epochs_of_the_profile(
+    monkeypatch: pytest.MonkeyPatch, equal_epochs: bool
+) -> None:
+    """`bench-train --against ... --equal-epochs`: the compared recipe trains each seed for the
+    epochs the budget gave the profile on that seed, with no budget of its own; without the
+    flag it keeps its budget. The summary line says which."""
+    from auditflow.core.config import load_config
+    from auditflow.models.training import benchseeds
+
+    trained: list[tuple[str, int, int, float | None]] = []
+    budget_epochs = {0: 11, 1: 13}  # what the machine's speed gave the profile, seed by seed
+
+    def fake_bench_train(snapshot, cfg, seed):
+        trained.append((cfg.profile, seed, cfg.train.epochs, cfg.train.time_budget_s))
+        return _bench_row(seed, 0.85, epochs=budget_epochs[seed] if cfg.train.time_budget_s else cfg.train.epochs)
+
+    monkeypatch.setattr(benchseeds, "bench_train", fake_bench_train)
+    cfg = load_config("quick")
+    other = benchseeds.against_config("quick", ["train.identity_init=true"], "train.identity_init=true")
+    result = benchseeds.bench_seeds(None, cfg, seeds=2, against=other, equal_epochs=equal_epochs)
+    pinned = [
+        ("quick with train.identity_init=true", 0, 11, None),
+        ("quick with train.identity_init=true", 1, 13, None),
+    ]
+    budgeted = [("quick with train.identity_init=true", s, 13, 420.0) for s in (0, 1)]
+    assert trained[0::2] == [("quick", 0, 13, 420.0), ("quick", 1, 13, 420.0)]
+    assert trained[1::2] == (pinned if equal_epochs else budgeted)
+    assert result.vs_against.equal_epochs is equal_epochs
+    assert result.vs_against.terms == (
+        "same seeds, the profile's epochs" if equal_epochs else "same seeds, same budget"
+    )
+
+
+def test_equal_epochs_without_against_is_refused_before_any_work() -> None:
+    from auditflow.core.errors import ConfigError
+    from auditflow.models.training.benchseeds import check_seeds
+
+    with pytest.raises(ConfigError, match="--equal-epochs needs --against KEY=VALUE"):
+        check_seeds(3, equal_epochs=True, against=False)
+    check_seeds(3, equal_epochs=True, against=True)

@@ -56,9 +56,17 @@ class PairedGain:
     shipped_points_by_seed: tuple[float, ...]
     train_time_ratio: float  # mean training seconds, profile / other (a budget makes both ~1)
     epochs: tuple[float, float]  # mean epochs run: profile, other
+    equal_epochs: bool = False  # the other recipe ran each seed's epochs of the profile, no budget
+
+    @property
+    def terms(self) -> str:
+        """What the two arms shared, as the summary line says it."""
+        return "same seeds, the profile's epochs" if self.equal_epochs else "same seeds, same budget"
 
 
-def paired_gain(rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...]) -> PairedGain:
+def paired_gain(
+    rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...], *, equal_epochs: bool = False
+) -> PairedGain:
     """`rows` against `other`, seed by seed (both lists in seed order, the same seeds)."""
     if [r.seed for r in rows] != [r.seed for r in other] or not rows:
         raise ValueError(f"paired seeds differ: {[r.seed for r in rows]} vs {[r.seed for r in other]}")
@@ -72,7 +80,13 @@ def paired_gain(rows: tuple[TrainBench, ...], other: tuple[TrainBench, ...]) -> 
         shipped_points_by_seed=tuple(100 * (a.shipped_accuracy - b.shipped_accuracy) for a, b in pairs),
         train_time_ratio=fmean(r.train_seconds for r in rows) / fmean(r.train_seconds for r in other),
         epochs=(fmean(r.epochs for r in rows), fmean(r.epochs for r in other)),
+        equal_epochs=equal_epochs,
     )
+
+
+def at_epochs(cfg: PipelineConfig, epochs: int) -> PipelineConfig:
+    """`cfg` trained for exactly `epochs`, without a time budget (`bench-train --equal-epochs`)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "time_budget_s": None})})
 
 
 def against_config(profile: str, overrides: list[str], label: str) -> PipelineConfig:
@@ -83,10 +97,13 @@ def against_config(profile: str, overrides: list[str], label: str) -> PipelineCo
     return cfg.model_copy(update={"profile": f"{cfg.profile} with {label}"})
 
 
-def check_seeds(seeds: int) -> None:
-    """`ConfigError` unless at least one seed is asked for (before any work)."""
+def check_seeds(seeds: int, *, equal_epochs: bool = False, against: bool = False) -> None:
+    """`ConfigError` unless at least one seed is asked for, and `--equal-epochs` only with
+    `--against` (before any work)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    if equal_epochs and not against:
+        raise ConfigError("--equal-epochs needs --against KEY=VALUE: it sets the compared recipe's epochs")
 
 
 def bench_seeds(
@@ -96,10 +113,16 @@ def bench_seeds(
     seeds: int,
     baseline: PipelineConfig | None = None,
     against: PipelineConfig | None = None,
+    equal_epochs: bool = False,
     on_seed: Callable[[int], None] | None = None,
 ) -> SeedBench:
     """Train `cfg` once per seed 0..`seeds`-1 (`on_seed(seed)` before each), each seed followed
-    by `against` (`against_config`) on the same seed, then `baseline` once with seed 0."""
+    by `against` (`against_config`) on the same seed, then `baseline` once with seed 0.
+
+    `equal_epochs`: `against` runs the epochs the budget gave `cfg` on that seed, without a
+    budget of its own. For changes that cost nothing per step (initialisation, flips, crops):
+    the machine's speed, which moves within an hour, then cannot give the two arms different
+    epoch counts."""
     check_seeds(seeds)
     rows, other = [], []
     for seed in range(seeds):
@@ -107,9 +130,9 @@ def bench_seeds(
             on_seed(seed)
         rows.append(bench_train(snapshot, cfg, seed))
         if against is not None:
-            other.append(bench_train(snapshot, against, seed))
+            other.append(bench_train(snapshot, at_epochs(against, rows[-1].epochs) if equal_epochs else against, seed))
     base = bench_train(snapshot, baseline, 0) if baseline else None
     summary = summarise(rows)
     ratio = compare_to_baseline(summary, base) if base else None
-    gain = paired_gain(tuple(rows), tuple(other)) if other else None
+    gain = paired_gain(tuple(rows), tuple(other), equal_epochs=equal_epochs) if other else None
     return SeedBench(cfg.profile, tuple(rows), base, summary, ratio, tuple(other), gain)
