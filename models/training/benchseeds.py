@@ -123,7 +123,7 @@ def bench_seeds(
     budget of its own. For changes that cost nothing per step (initialisation, flips, crops):
     the machine's speed, which moves within an hour, then cannot give the two arms different
     epoch counts."""
-    check_seeds(seeds)
+    check_seeds(seeds, equal_epochs=equal_epochs, against=against is not None)
     rows, other = [], []
     for seed in range(seeds):
         if on_seed is not None:
