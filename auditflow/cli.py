@@ -189,7 +189,7 @@ def bench_train_cmd(
     baseline: Annotated[str | None, typer.Option(help="Profile run once (seed 0) for ratios; '' = none.")] = "tutorial",
     against: Annotated[
         list[str] | None,
-        typer.Option(help="Also train the profile with this override, same seeds and budget (repeatable)."),
+        typer.Option(help="Also train the profile with this override on the same seeds (repeatable)."),
     ] = None,
     equal_epochs: Annotated[bool, typer.Option(help="--against runs the profile's epochs, no budget.")] = False,
     overhead: Annotated[bool, typer.Option(help="Also run the train task in a flow and report its overhead.")] = False,
