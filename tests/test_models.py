@@ -355,7 +355,7 @@ def test_compile_failure_falls_back_to_eager(splits, monkeypatch: pytest.MonkeyP
     cfg = tiny(compile=True)
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     x, y = torch.as_tensor(np.asarray(splits.train_x)), torch.as_tensor(splits.train_y)
-    model, _, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU)
+    model, _, step, _ = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU)
     assert model is base and step != step  # nan: nothing timed without a budget
     assert "torch.compile failed (RuntimeError: no C compiler); training eagerly" in caplog.text
 

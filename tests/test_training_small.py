@@ -84,7 +84,7 @@ def test_warm_up_compiles_times_steps_and_restores_everything(toy_splits, monkey
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     x, y = torch.as_tensor(np.asarray(toy_splits.train_x)), torch.as_tensor(toy_splits.train_y)
-    compiled, seconds, step = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, timed_steps=2)
+    compiled, seconds, step, _ = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, timed_steps=2)
     assert hasattr(compiled, "_orig_mod") and seconds > 0 and step > 0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # BN stats too
     assert all(p.grad is None for p in base.parameters())
@@ -253,13 +253,96 @@ def test_a_replanned_schedule_ends_at_zero(toy_splits, tmp_path: Path, monkeypat
     import auditflow.models.training.fit as training
 
     real = training.warm_up
-    monkeypatch.setattr(training, "warm_up", lambda *a, **k: (*real(*a, **k)[:2], 1e3))
+    monkeypatch.setattr(training, "warm_up", lambda *a, **k: (*real(*a, **k)[:2], 1e3, math.nan))
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=3, batch_size=12, lr=0.05, precision="fp32", device="cpu", time_budget_s=600.0
     )
     result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     assert result.plan["epochs"] == 3 and result.plan["reason"].startswith("re-planned after epoch 1")
     assert len(result.history) == 3 and result.history[-1].lr == 0.0
+
+
+# --- progressive resizing ------------------------------------------------------------------
+
+
+def test_progressive_resizing_buys_epochs_and_trains_the_first_ones_small() -> None:
+    full = plan_epochs(20, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=0.0, val_every=1)
+    assert full.epochs == 9 and full.low_epochs == 0 and full.size(1) is None  # 95 / 10
+    small = dict(low_size=24, low_fraction=0.5)
+    plan = plan_epochs(
+        20, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=0.0, val_every=1, low_step_seconds=0.05, **small
+    )
+    # e epochs cost 10 e - 5 floor(e / 2) s: 12 -> 90 s, 13 -> 100 s, over 95% of the budget
+    assert plan.epochs == 12 and plan.low_epochs == 6
+    assert [plan.size(e) for e in (1, 6, 7, 12)] == [24, 24, None, None]
+    assert "12 of 20 epochs fit the 100 s budget" in plan.reason
+    assert "the first 6 at 24 px, 50.0 ms per step" in plan.reason
+    untimed = plan_epochs(20, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=0.0, val_every=1, **small)
+    assert untimed.epochs == 9 and untimed.low_epochs == 4  # planned as if full size: never over the budget
+    configured = plan_epochs(5, None, step_seconds=0.1, steps_per_epoch=100, val_seconds=0.0, val_every=1, **small)
+    assert configured.epochs == 5 and configured.low_epochs == 2
+
+
+def test_a_small_first_epoch_replans_the_full_size_steps_by_the_same_ratio() -> None:
+    from auditflow.models.training.budget import replan
+
+    plan = plan_epochs(
+        20, 100.0, step_seconds=0.1, steps_per_epoch=100, val_seconds=0.0, val_every=1,
+        low_size=24, low_fraction=0.5, low_step_seconds=0.05,
+    )  # fmt: skip
+    # the downscaled first epoch took twice its estimate: full-size steps will too (0.2 s)
+    again = replan(plan, 20, 100, epoch_seconds=10.0, val_seconds=0.0, val_every=1)
+    assert again.step_seconds == pytest.approx(0.2) and again.low_step_seconds == pytest.approx(0.1)
+    assert (again.epochs, again.low_epochs) == (6, 3)  # 20 e - 10 floor(e / 2): 6 -> 90 s, 7 -> 110 s
+    assert again.reason.startswith("re-planned after epoch 1 (the warm-up estimate gave 12)")
+
+
+def test_progressive_epochs_train_on_downscaled_batches_and_evaluate_at_full_size(
+    toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import auditflow.models.training.loop as loop
+
+    sides = []
+
+    def spy(batch: torch.Tensor, size: int) -> torch.Tensor:
+        out = real(batch, size)
+        sides.append((batch.shape[-1], out.shape[-2:]))
+        return out
+
+    real = loop.downscale
+    monkeypatch.setattr(loop, "downscale", spy)
+    cfg = TrainConfig(
+        model="fastnet", width=8, epochs=5, batch_size=12, lr=0.05, precision="fp32", device="cpu",
+        progressive_size=16, progressive_fraction=0.5,
+    )  # fmt: skip
+    result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
+    steps = len(toy_splits.train_y) // 12
+    assert result.plan["low_epochs"] == 2 and len(result.history) == 5
+    assert sides == [(32, (16, 16))] * (2 * steps)  # epochs 1 and 2 only, every step
+    assert read_checkpoint(result.checkpoint)["plan"]["low_size"] == 16  # a resumed run trains the same sizes
+    model, _ = load_model(result.checkpoint)
+    assert predict(model, toy_splits.val_x, CPU).shape == (len(toy_splits.val_y), 3)  # full-size images
+
+
+def test_warm_up_times_both_sizes_and_a_size_too_large_is_refused(toy_splits) -> None:
+    from auditflow.core.errors import ConfigError
+    from auditflow.models.training.fit import OPTIMIZERS, _build, _param_groups, check_progressive_size, warm_up
+
+    cfg = TrainConfig(model="fastnet", width=8, batch_size=12, precision="fp32", device="cpu", progressive_size=16)
+    base, _ = _build(toy_splits, cfg, CPU, None)
+    optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
+    x, y = torch.as_tensor(np.asarray(toy_splits.train_x)), torch.as_tensor(toy_splits.train_y)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    timed = dict(timed_steps=2, low_size=16)
+    _, _, full, low = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, **timed)
+    assert full > 0 and low > 0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    check_progressive_size(None, 32)
+    check_progressive_size(24, 32)
+    with pytest.raises(ConfigError, match=r"^train.progressive_size=32 must be smaller than the training images "):
+        check_progressive_size(32, 32)
+    with pytest.raises(ValueError, match=r"dp .* cannot be combined with progressive_size"):
+        TrainConfig(progressive_size=24, dp={"epsilon": 8.0})
 
 
 def test_a_batch_larger_than_the_training_split_is_refused_naming_the_split() -> None:

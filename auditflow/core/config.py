@@ -104,6 +104,16 @@ class TrainConfig(_Section):
         "epoch, so every two epochs show each image both ways.",
     )
     crop_padding: int = Field(4, ge=0, le=16, description="Random-crop padding, pixels; 0 = off.")
+    progressive_size: int | None = Field(
+        None,
+        ge=8,
+        description="Progressive resizing: the first epochs (progressive_fraction of them, rounded down) train "
+        "on batches downscaled to this side (antialiased, after augmentation), cheaper steps; the rest and all "
+        "evaluation at full size. The time budget plans with both step times. None = off.",
+    )
+    progressive_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0, description="With progressive_size: the share of the epochs trained downscaled."
+    )
     schedule: Literal["constant", "cosine", "onecycle"] = Field(
         "onecycle", description="LR schedule: constant, cosine decay, or linear warm-up + decay."
     )
@@ -150,6 +160,7 @@ class TrainConfig(_Section):
                 "compile": self.compile,  # Opacus hooks every layer; the compiled graph would bypass them
                 "world_size": self.processes > 1,
                 "teacher": self.teacher is not None,
+                "progressive_size": self.progressive_size is not None,  # its epochs were never timed under DP
             }
             bad = [name for name, on in clashes.items() if on]
             if bad:

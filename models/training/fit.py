@@ -273,6 +273,15 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1) -> None
         )
 
 
+def check_progressive_size(size: int | None, side: int) -> None:
+    """`ConfigError` unless `train.progressive_size` is smaller than the images it downscales."""
+    if size is not None and size >= side:
+        raise ConfigError(
+            f"train.progressive_size={size} must be smaller than the training images ({side} px): "
+            f"it is the side the first epochs train at; try train.progressive_size={max(8, side * 3 // 4)}"
+        )
+
+
 def fit(
     splits: Splits,
     cfg: TrainConfig,
@@ -299,6 +308,7 @@ def fit(
     """
     if len(splits.train_y) == 0:
         raise ModelError(f"the training split is empty; nothing to train {cfg.model!r} on")
+    check_progressive_size(cfg.progressive_size, splits.train_x.shape[1])
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     base, flops = _build(splits, cfg, runtime, init_state)
@@ -343,10 +353,11 @@ def fit(
         steps_per_epoch = dp_sgd.steps_per_epoch(len(splits.train_y), cfg.batch_size)
 
     timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
+    low_step_seconds = math.nan  # train.progressive_size's step, timed below
     if cfg.dp is not None and timed:  # plan with DP steps: per-example gradients cost ~2 plain ones
         timing = dp_sgd.timing_steps(base, optimizer, max_grad_norm=cfg.dp.max_grad_norm, batch_size=cfg.batch_size)
         with timing as (dp_model, dp_optimizer):
-            _, compile_seconds, step_seconds = warm_up(
+            _, compile_seconds, step_seconds, _ = warm_up(
                 dp_model,
                 base,
                 dp_optimizer,
@@ -357,8 +368,16 @@ def fit(
                 timed_steps=timed,
             )
     else:
-        model, compile_seconds, step_seconds = warm_up(
-            model, base, optimizer, images=train_x, labels=train_y, cfg=cfg, runtime=runtime, timed_steps=timed
+        model, compile_seconds, step_seconds, low_step_seconds = warm_up(
+            model,
+            base,
+            optimizer,
+            images=train_x,
+            labels=train_y,
+            cfg=cfg,
+            runtime=runtime,
+            timed_steps=timed,
+            low_size=cfg.progressive_size,
         )
     if compile_seconds:
         log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
@@ -374,6 +393,9 @@ def fit(
                 steps_per_epoch=steps_per_epoch,
                 val_seconds=val_cost,
                 val_every=cfg.val_every,
+                low_size=cfg.progressive_size,
+                low_fraction=cfg.progressive_fraction,
+                low_step_seconds=low_step_seconds,
             )
         )
         if cfg.dp is not None:
@@ -412,6 +434,7 @@ def fit(
             teacher=teacher,
             batches=batches,
             flips=flips,
+            size=plan.size(epoch),
         )
         if world > 1:  # BN running stats stay local after the last step: take rank 0's everywhere
             for buffer in base.buffers():

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from auditflow.core.config import TrainConfig
 from auditflow.models.training.averaging import WarmupEMA, update_ema
-from auditflow.models.training.presets import augment, to_input
+from auditflow.models.training.presets import augment, downscale, to_input
 from auditflow.models.training.runtime import Runtime
 from auditflow.models.training.transfer import distillation_loss
 
@@ -51,12 +51,14 @@ def train_one_epoch(
     teacher: nn.Module | None = None,
     batches: list[torch.Tensor] | None = None,
     flips: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> tuple[float, float, float, int]:
     """One pass over uint8 `images` (N x H x W x 3, on the device).
 
     `batches`: index batches to train on instead of this epoch's seeded permutation (DP-SGD's
     Poisson-sampled batches, whose sizes vary and may be zero).
     `flips`: which images this epoch flips (`presets.alternating_flips`); None = as `cfg.flip`.
+    `size`: train on batches downscaled to this side (`train.progressive_size`); None = as stored.
 
     Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
     """
@@ -71,7 +73,7 @@ def train_one_epoch(
     for step, idx in enumerate(batches):
         y = labels[idx]
         flip = flips[idx] if flips is not None else None
-        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher, flip)
+        loss, logits = _train_step(model, images[idx], y, optimizer, cfg, runtime, generator, teacher, flip, size)
         scheduler.step()
         if ema is not None and (step + 1) % cfg.ema_every == 0:
             update_ema(ema[0], ema[1], _unwrap(model))
@@ -95,11 +97,15 @@ def _train_step(
     generator: torch.Generator | None = None,
     teacher: nn.Module | None = None,
     flip: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment, forward, backward, optimiser step; returns (loss, logits) still on the device.
-    `flip`: which images of the batch to flip; None = as `cfg.flip`."""
+    `flip`: which images of the batch to flip; None = as `cfg.flip`. `size`: downscale the
+    augmented batch to this side first (progressive resizing); None = as stored."""
     flip_as = flip if flip is not None else cfg.flip
     x = augment(to_input(images, runtime.device), flip=flip_as, crop_padding=cfg.crop_padding, generator=generator)
+    if size is not None and x.shape[-1] != size:
+        x = downscale(x, size)
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():
@@ -144,25 +150,36 @@ def warm_up(
     cfg: TrainConfig,
     runtime: Runtime,
     timed_steps: int = 0,
-) -> tuple[nn.Module, float, float]:
+    low_size: int | None = None,
+) -> tuple[nn.Module, float, float, float]:
     """Before the training clock starts: `torch.compile` the model when configured (two
     throwaway steps compile it, as the speed records time it), then time `timed_steps` more
-    optimiser steps for the time budget. Weights, BatchNorm statistics, gradients and the
-    optimiser state are restored afterwards.
+    optimiser steps for the time budget. With `low_size` (progressive resizing) the same
+    again on batches downscaled to that side: the compiled graph is specialised to each of
+    the two shapes, and the budget plans with both step times. Weights, BatchNorm
+    statistics, gradients and the optimiser state are restored afterwards.
 
-    Returns (model to train, compile seconds, seconds per optimiser step or nan). If
-    compilation fails (no C compiler, unsupported op), logs why and trains eagerly."""
+    Returns (model to train, compile seconds, seconds per optimiser step, the same at
+    `low_size`; nan where not timed). If compilation fails (no C compiler, unsupported op),
+    logs why and trains eagerly."""
     initial_model = copy.deepcopy(base.state_dict())
     initial_optim = copy.deepcopy(optimizer.state_dict())
     idx = torch.arange(min(cfg.batch_size, len(images)), device=images.device)
-    compile_seconds, step_seconds = 0.0, float("nan")
+    sizes = (None,) if low_size is None else (None, low_size)
+    compile_seconds, step_seconds = 0.0, {size: float("nan") for size in sizes}
+
+    def steps(net: nn.Module, count: int, size: int | None) -> None:
+        for _ in range(count):
+            _train_step(net, images[idx], labels[idx], optimizer, cfg, runtime, size=size)
+
     try:
         if cfg.compile:
-            compiled = torch.compile(model)
+            # dynamic=False: a second input shape gets a graph of its own, not one generic in shape
+            compiled = torch.compile(model, dynamic=False) if low_size else torch.compile(model)
             start = time.perf_counter()
             try:
-                for _ in range(2):
-                    _train_step(compiled, images[idx], labels[idx], optimizer, cfg, runtime)
+                for size in sizes:
+                    steps(compiled, 2, size)
                 model = compiled
             except Exception as err:  # inductor raises many types; eager training still works
                 if dist.is_initialized():
@@ -170,19 +187,18 @@ def warm_up(
                 log.warning("torch.compile failed (%s: %s); training eagerly", type(err).__name__, err)
             _sync(runtime)
             compile_seconds = time.perf_counter() - start
-        if timed_steps:
-            _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)  # eager: first-call costs
+        for size in sizes if timed_steps else ():
+            steps(model, 1, size)  # eager: first-call costs
             _sync(runtime)
             start = time.perf_counter()
-            for _ in range(timed_steps):
-                _train_step(model, images[idx], labels[idx], optimizer, cfg, runtime)
+            steps(model, timed_steps, size)
             _sync(runtime)
-            step_seconds = (time.perf_counter() - start) / timed_steps
+            step_seconds[size] = (time.perf_counter() - start) / timed_steps
     finally:
         base.load_state_dict(initial_model)
         optimizer.load_state_dict(initial_optim)
         base.zero_grad(set_to_none=True)
-    return model, compile_seconds, step_seconds
+    return model, compile_seconds, step_seconds[None], step_seconds.get(low_size, float("nan"))
 
 
 def _sync(runtime: Runtime) -> None:

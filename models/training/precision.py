@@ -65,7 +65,7 @@ def time_precisions(
     seconds = {}
     for name in CANDIDATES:
         candidate = dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if name == "bf16" else None)
-        _, _, seconds[name] = warm_up(
+        _, _, seconds[name], _ = warm_up(
             model, model, optimizer, images=images, labels=labels, cfg=eager, runtime=candidate,
             timed_steps=TIMED_STEPS,
         )  # fmt: skip

@@ -55,3 +55,9 @@ def augment(
         idx_c = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
         batch = padded[idx_n, idx_c, rows, cols]
     return batch
+
+
+def downscale(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """A float N x C x H x W batch resized to `size` x `size` (bilinear, antialiased: the area
+    a pixel covers is averaged, not sampled), for progressive resizing's early epochs."""
+    return F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
