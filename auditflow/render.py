@@ -203,7 +203,8 @@ def bench_train(result: SeedBench, data: str, out: Console) -> None:
         shipped = ", ".join(f"{d:+.2f}" for d in gain.shipped_points_by_seed)
         out.print(
             f"vs {result.against[0].profile} ({gain.terms}): accuracy ratio "
-            f"{gain.accuracy_ratio:.4f}, {gain.points:+.2f} points (by seed: {seeds}); without TTA "
+            f"{gain.accuracy_ratio:.4f} ({result.profile} / the other), {gain.points:+.2f} points "
+            f"({result.profile} minus the other; by seed: {seeds}); without TTA "
             f"(the shipped file) {gain.shipped_ratio:.4f} (by seed: {shipped}); epochs "
             f"{gain.epochs[0]:.1f} vs {gain.epochs[1]:.1f}; {gain.train_time_ratio:.2f}x the training time"
         )

@@ -19,7 +19,7 @@ def test_shipped_profiles_all_load() -> None:
 def test_quick_profile_is_the_cpu_fastnet() -> None:
     cfg = load_config("quick")
     assert cfg.train.model == "fastnet"
-    assert cfg.train.epochs == 13 and cfg.train.compile
+    assert cfg.train.epochs == 16 and cfg.train.compile and cfg.train.progressive_scale == 0.75
 
 
 def test_override_changes_field_and_parses_yaml_values() -> None:

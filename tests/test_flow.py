@@ -337,6 +337,7 @@ def test_bench_train_reports_seeds_baseline_and_overhead(prefect_harness, image_
     assert len(gain["shipped_points_by_seed"]) == 2 and gain["shipped_ratio"] > 0
     said = " ".join(res.output.split())
     assert "vs quick with train.flip_mode=alternate (same seeds, same budget): accuracy ratio" in said
+    assert "(quick / the other)" in said and "(quick minus the other; by seed: " in said
 
 
 @pytest.mark.slow

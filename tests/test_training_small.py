@@ -313,7 +313,7 @@ def test_progressive_epochs_train_on_downscaled_batches_and_evaluate_at_full_siz
     monkeypatch.setattr(loop, "downscale", spy)
     cfg = TrainConfig(
         model="fastnet", width=8, epochs=5, batch_size=12, lr=0.05, precision="fp32", device="cpu",
-        progressive_size=16, progressive_fraction=0.5,
+        progressive_scale=0.5, progressive_fraction=0.5,
     )  # fmt: skip
     result = fit(toy_splits, cfg, CPU, checkpoint_dir=tmp_path)
     steps = len(toy_splits.train_y) // 12
@@ -324,11 +324,10 @@ def test_progressive_epochs_train_on_downscaled_batches_and_evaluate_at_full_siz
     assert predict(model, toy_splits.val_x, CPU).shape == (len(toy_splits.val_y), 3)  # full-size images
 
 
-def test_warm_up_times_both_sizes_and_a_size_too_large_is_refused(toy_splits) -> None:
-    from auditflow.core.errors import ConfigError
-    from auditflow.models.training.fit import OPTIMIZERS, _build, _param_groups, check_progressive_size, warm_up
+def test_warm_up_times_both_sizes_and_restores_the_weights(toy_splits) -> None:
+    from auditflow.models.training.fit import OPTIMIZERS, _build, _param_groups, warm_up
 
-    cfg = TrainConfig(model="fastnet", width=8, batch_size=12, precision="fp32", device="cpu", progressive_size=16)
+    cfg = TrainConfig(model="fastnet", width=8, batch_size=12, precision="fp32", device="cpu", progressive_scale=0.5)
     base, _ = _build(toy_splits, cfg, CPU, None)
     optimizer = OPTIMIZERS[cfg.optimizer](_param_groups(base, cfg.weight_decay), cfg)
     x, y = torch.as_tensor(np.asarray(toy_splits.train_x)), torch.as_tensor(toy_splits.train_y)
@@ -337,12 +336,23 @@ def test_warm_up_times_both_sizes_and_a_size_too_large_is_refused(toy_splits) ->
     _, _, full, low = warm_up(base, base, optimizer, images=x, labels=y, cfg=cfg, runtime=CPU, **timed)
     assert full > 0 and low > 0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    check_progressive_size(None, 32)
-    check_progressive_size(24, 32)
-    with pytest.raises(ConfigError, match=r"^train.progressive_size=32 must be smaller than the training images "):
-        check_progressive_size(32, 32)
-    with pytest.raises(ValueError, match=r"dp .* cannot be combined with progressive_size"):
-        TrainConfig(progressive_size=24, dp={"epsilon": 8.0})
+
+
+def test_progressive_scale_sizes_any_dataset_and_leaves_tiny_images_whole(caplog) -> None:
+    from auditflow.models.training.fit import progressive_side
+
+    caplog.set_level("INFO", logger="auditflow.models.training.fit")
+    assert [progressive_side(0.75, side) for side in (32, 24, 64)] == [24, 18, 48]
+    assert progressive_side(None, 32) is None
+    assert progressive_side(0.75, 10) == 8  # the least fastnet's three poolings keep something of
+    assert progressive_side(0.75, 9) is None
+    said = "train.progressive_scale=0.75: 9 px images would train at 7 px; every epoch trains at full size"
+    assert said in caplog.text
+    assert progressive_side(0.99, 32) is None  # rounds to the full side: nothing to gain
+    with pytest.raises(ValueError, match=r"dp .* cannot be combined with progressive_scale"):
+        TrainConfig(progressive_scale=0.75, dp={"epsilon": 8.0})
+    with pytest.raises(ValueError, match="progressive_scale is for fastnet and resnet18: tutorial_net takes 32 px"):
+        TrainConfig(progressive_scale=0.75, model="tutorial_net")
 
 
 def test_a_batch_larger_than_the_training_split_is_refused_naming_the_split() -> None:

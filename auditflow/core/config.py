@@ -104,15 +104,17 @@ class TrainConfig(_Section):
         "epoch, so every two epochs show each image both ways.",
     )
     crop_padding: int = Field(4, ge=0, le=16, description="Random-crop padding, pixels; 0 = off.")
-    progressive_size: int | None = Field(
+    progressive_scale: float | None = Field(
         None,
-        ge=8,
+        gt=0.0,
+        lt=1.0,
         description="Progressive resizing: the first epochs (progressive_fraction of them, rounded down) train "
-        "on batches downscaled to this side (antialiased, after augmentation), cheaper steps; the rest and all "
-        "evaluation at full size. The time budget plans with both step times. None = off.",
+        "on batches downscaled to this share of the image side (0.75: 32 -> 24 px; antialiased, after "
+        "augmentation), cheaper steps; the rest and all evaluation at full size. The time budget plans with both "
+        "step times. fastnet and resnet18 only; None = off.",
     )
     progressive_fraction: float = Field(
-        0.5, gt=0.0, lt=1.0, description="With progressive_size: the share of the epochs trained downscaled."
+        0.5, gt=0.0, lt=1.0, description="With progressive_scale: the share of the epochs trained downscaled."
     )
     schedule: Literal["constant", "cosine", "onecycle"] = Field(
         "onecycle", description="LR schedule: constant, cosine decay, or linear warm-up + decay."
@@ -153,6 +155,8 @@ class TrainConfig(_Section):
     def _translate_needs_tta(self) -> TrainConfig:
         if self.tta_translate and not self.tta:
             raise ValueError(f"tta_translate={self.tta_translate} needs tta=true")
+        if self.progressive_scale is not None and self.model == "tutorial_net":
+            raise ValueError("progressive_scale is for fastnet and resnet18: tutorial_net takes 32 px images only")
         if self.identity_init and self.model != "fastnet":
             raise ValueError(f"identity_init=true is for model 'fastnet' only, not {self.model!r}")
         if self.dp is not None:
@@ -160,7 +164,7 @@ class TrainConfig(_Section):
                 "compile": self.compile,  # Opacus hooks every layer; the compiled graph would bypass them
                 "world_size": self.processes > 1,
                 "teacher": self.teacher is not None,
-                "progressive_size": self.progressive_size is not None,  # its epochs were never timed under DP
+                "progressive_scale": self.progressive_scale is not None,  # never timed under DP
             }
             bad = [name for name, on in clashes.items() if on]
             if bad:

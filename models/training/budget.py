@@ -23,7 +23,7 @@ class EpochPlan:
     val_seconds: float  # estimated per-epoch validation, seconds
     budget_seconds: float | None  # the configured budget; None = run the configured epochs
     reason: str  # one line for logs and the report
-    # progressive resizing (`train.progressive_size`): the first `low_epochs` train downscaled
+    # progressive resizing (`train.progressive_scale`): the first `low_epochs` train downscaled
     low_size: int | None = None
     low_fraction: float = 0.0  # share of the epochs trained downscaled (rounded down)
     low_epochs: int = 0

@@ -273,13 +273,22 @@ def check_batch_size(batch_size: int, n_train: int, world_size: int = 1) -> None
         )
 
 
-def check_progressive_size(size: int | None, side: int) -> None:
-    """`ConfigError` unless `train.progressive_size` is smaller than the images it downscales."""
-    if size is not None and size >= side:
-        raise ConfigError(
-            f"train.progressive_size={size} must be smaller than the training images ({side} px): "
-            f"it is the side the first epochs train at; try train.progressive_size={max(8, side * 3 // 4)}"
-        )
+MIN_PROGRESSIVE_SIDE = 8  # below this, fastnet's three poolings leave nothing of an image
+
+
+def progressive_side(scale: float | None, side: int) -> int | None:
+    """The side `train.progressive_scale` downscales `side`-pixel images to, or None (off, or
+    images too small to gain from it, which is logged)."""
+    if scale is None:
+        return None
+    low = round(scale * side)
+    if low < MIN_PROGRESSIVE_SIDE or low >= side:
+        log.info(
+            "train.progressive_scale=%s: %d px images would train at %d px; every epoch trains at full size",
+            scale, side, low,
+        )  # fmt: skip
+        return None
+    return low
 
 
 def fit(
@@ -308,7 +317,6 @@ def fit(
     """
     if len(splits.train_y) == 0:
         raise ModelError(f"the training split is empty; nothing to train {cfg.model!r} on")
-    check_progressive_size(cfg.progressive_size, splits.train_x.shape[1])
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     base, flops = _build(splits, cfg, runtime, init_state)
@@ -353,7 +361,8 @@ def fit(
         steps_per_epoch = dp_sgd.steps_per_epoch(len(splits.train_y), cfg.batch_size)
 
     timed = TIMED_STEPS if cfg.time_budget_s is not None and saved_plan is None else 0
-    low_step_seconds = math.nan  # train.progressive_size's step, timed below
+    low_size = progressive_side(cfg.progressive_scale, train_x.shape[1])
+    low_step_seconds = math.nan  # the downscaled step's seconds, timed below
     if cfg.dp is not None and timed:  # plan with DP steps: per-example gradients cost ~2 plain ones
         timing = dp_sgd.timing_steps(base, optimizer, max_grad_norm=cfg.dp.max_grad_norm, batch_size=cfg.batch_size)
         with timing as (dp_model, dp_optimizer):
@@ -377,7 +386,7 @@ def fit(
             cfg=cfg,
             runtime=runtime,
             timed_steps=timed,
-            low_size=cfg.progressive_size,
+            low_size=low_size,
         )
     if compile_seconds:
         log.info("compiled in %.1f s (not counted as training time)", compile_seconds)
@@ -393,7 +402,7 @@ def fit(
                 steps_per_epoch=steps_per_epoch,
                 val_seconds=val_cost,
                 val_every=cfg.val_every,
-                low_size=cfg.progressive_size,
+                low_size=low_size,
                 low_fraction=cfg.progressive_fraction,
                 low_step_seconds=low_step_seconds,
             )

@@ -58,7 +58,7 @@ def train_one_epoch(
     `batches`: index batches to train on instead of this epoch's seeded permutation (DP-SGD's
     Poisson-sampled batches, whose sizes vary and may be zero).
     `flips`: which images this epoch flips (`presets.alternating_flips`); None = as `cfg.flip`.
-    `size`: train on batches downscaled to this side (`train.progressive_size`); None = as stored.
+    `size`: train on batches downscaled to this side (`train.progressive_scale`); None = as stored.
 
     Returns (mean loss, accuracy on the augmented batches, seconds, images seen by this process).
     """
