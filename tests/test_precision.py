@@ -206,8 +206,9 @@ def test_equal_epochs_runs_the_against_recipe_for_each_seeds_epochs_of_the_profi
         ("quick with train.identity_init=true", 0, 11, None),
         ("quick with train.identity_init=true", 1, 13, None),
     ]
-    budgeted = [("quick with train.identity_init=true", s, 13, 420.0) for s in (0, 1)]
-    assert trained[0::2] == [("quick", 0, 13, 420.0), ("quick", 1, 13, 420.0)]
+    cap = cfg.train.epochs  # the profile's most epochs, which the budget then cuts
+    budgeted = [("quick with train.identity_init=true", s, cap, 420.0) for s in (0, 1)]
+    assert trained[0::2] == [("quick", 0, cap, 420.0), ("quick", 1, cap, 420.0)]
     assert trained[1::2] == (pinned if equal_epochs else budgeted)
     assert result.vs_against.equal_epochs is equal_epochs
     assert result.vs_against.terms == (

@@ -44,6 +44,7 @@ _spec.loader.exec_module(native_stack)
 TINY = [
     "train.width=8",
     "train.epochs=4",
+    "train.progressive_scale=null",  # 4 toy epochs learn more reliably at full size
     "train.batch_size=16",
     "train.lr=0.05",
     "train.precision=fp32",

@@ -24,6 +24,7 @@ from auditflow.models.tuning.study import make_pruner, pruning_callback
 runner = CliRunner()
 TINY = [
     "train.width=8",
+    "train.progressive_scale=null",  # a few toy epochs learn more reliably at full size
     "train.batch_size=16",
     "train.precision=fp32",
     "train.compile=false",
