@@ -89,6 +89,14 @@ def test_model_names_match_registry() -> None:
     assert tuple(REGISTRY) == MODEL_NAMES
 
 
+def test_cuda_graphs_need_compile_and_one_process() -> None:
+    with pytest.raises(ConfigError, match=r"cuda_graphs=true needs compile=true"):
+        load_config("quick", ["train.compile=false", "train.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match=r"cuda_graphs=true with 2 data-parallel processes: never measured"):
+        load_config("quick", ["train.cuda_graphs=true", "train.world_size=2"])
+    assert load_config("full").train.cuda_graphs and not load_config("quick").train.cuda_graphs
+
+
 def test_translate_tta_needs_tta() -> None:
     with pytest.raises(ConfigError, match=r"tta_translate=1 needs tta=true"):
         load_config("quick", ["train.tta=false", "train.tta_translate=1"])

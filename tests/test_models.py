@@ -121,6 +121,20 @@ def test_identity_init_is_for_fastnet_only() -> None:
         TrainConfig(model="resnet18", identity_init=True)
 
 
+def test_compile_options_ask_for_cuda_graphs_on_a_gpu_only() -> None:
+    """`train.cuda_graphs` becomes torch.compile's "reduce-overhead" on a CUDA runtime and
+    nothing on a CPU, where there are no CUDA graphs; two training sizes compile a graph each."""
+    from auditflow.models.training.loop import compile_options
+    from auditflow.models.training.runtime import Runtime
+
+    gpu = Runtime(device=torch.device("cuda"), autocast_dtype=torch.bfloat16, channels_last=True)
+    cpu = Runtime(device=torch.device("cpu"), autocast_dtype=None, channels_last=False)
+    graphs = TrainConfig(compile=True, cuda_graphs=True)
+    assert compile_options(graphs, gpu, two_sizes=False) == {"mode": "reduce-overhead"}
+    assert compile_options(graphs, cpu, two_sizes=True) == {"dynamic": False}
+    assert compile_options(TrainConfig(compile=True), gpu, two_sizes=False) == {}
+
+
 def test_augment_flip_and_crop() -> None:
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     g = torch.Generator().manual_seed(0)
@@ -425,6 +439,27 @@ def test_random_crops_are_windows_of_the_padded_image_at_every_offset() -> None:
         assert match, f"crop {i} is not a window of the padded image"
         offsets.add(match[0])
     assert offsets == {(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)}  # all 25 reached
+
+
+def test_an_epochs_draws_augment_as_per_batch_draws_would() -> None:
+    """`draw_augmentation` draws one epoch's flips and crops up front (one copy to the device,
+    not two or three per step): each batch is augmented exactly as `augment` drawing from the
+    same seeded generator batch by batch would, so seeded runs train on the same images."""
+    from auditflow.models.training.presets import augment, draw_augmentation
+
+    images = torch.rand(30, 3, 8, 8)
+    sizes = [12, 12, 6]
+    starts = [0, 12, 24]
+    inline = torch.Generator().manual_seed(3)
+    expected = [augment(images[s : s + n], flip=True, crop_padding=2, generator=inline) for s, n in zip(starts, sizes)]
+    masks, shifts = draw_augmentation(
+        sizes, flip=True, crop_padding=2, generator=torch.Generator().manual_seed(3), device="cpu"
+    )
+    assert masks is not None and shifts is not None and masks.shape == (30,) and shifts.shape == (30, 2)
+    for s, n, want in zip(starts, sizes, expected, strict=True):
+        got = augment(images[s : s + n], flip=masks[s : s + n], crop_padding=2, shift=shifts[s : s + n])
+        assert torch.equal(got, want)
+    assert draw_augmentation(sizes, flip=False, crop_padding=0, generator=inline, device="cpu") == (None, None)
 
 
 def test_flips_mirror_about_half_of_the_batch() -> None:

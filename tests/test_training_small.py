@@ -54,6 +54,41 @@ def test_ema_of_a_short_run_keeps_little_of_the_initialisation() -> None:
     assert 1 - ema.module.weight.item() < 0.01 < 0.99**64
 
 
+def test_ema_update_equals_averaged_models_own_update() -> None:
+    """`update_ema` (the count on the host) against `AveragedModel.update_parameters` with the
+    same warm-up rule (the count on the device, read twice per call), on a model with
+    BatchNorm buffers, bit for bit over a first copy and four averages."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    model(torch.randn(2, 3, 6, 6))  # materialise the lazy layer, move the BatchNorm statistics
+    ema, rule = make_ema(model, 0.9)
+
+    def reference_rule(averaged, current, n):  # what the rule was before: torch's multi_avg_fn hook
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - warmup_decay(0.9, int(n)))
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    reference = AveragedModel(model, multi_avg_fn=reference_rule, use_buffers=True)
+    for _ in range(5):
+        with torch.no_grad():
+            for t in model.parameters():
+                t.add_(torch.randn_like(t))
+        model(torch.randn(4, 3, 6, 6))  # BatchNorm running statistics and batch count move
+        update_ema(ema, rule, model)
+        reference.update_parameters(model)
+    for (name, mine), theirs in zip(
+        ema.module.state_dict().items(), reference.module.state_dict().values(), strict=True
+    ):
+        assert torch.equal(mine, theirs), name
+    assert rule.updates == 5 == int(ema.n_averaged)
+
+
 def test_ema_every_k_steps_keeps_the_horizon() -> None:
     rule = WarmupEMA(0.99, every=5)
     assert rule.decay == pytest.approx(0.99**5)

@@ -25,31 +25,39 @@ def warmup_decay(decay: float, updates: int) -> float:
 
 
 class WarmupEMA:
-    """`AveragedModel` `multi_avg_fn` with a warm-up decay, counting updates on the host (no
-    device sync per step to read `n_averaged`). `every` > 1 averages every k optimiser steps
-    with the decay raised to the k-th power, so the horizon in steps stays the same."""
+    """The update rule of an `AveragedModel` with a warm-up decay, counting updates on the host.
+    `every` > 1 averages every k optimiser steps with the decay raised to the k-th power, so
+    the horizon in steps stays the same."""
 
     def __init__(self, decay: float, every: int = 1, updates: int = 0) -> None:
         self.decay = decay**every
         self.updates = updates  # averages taken so far, restored on resume
 
-    @torch.no_grad()
-    def __call__(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
-        weight = 1.0 - warmup_decay(self.decay, self.updates)
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, weight)
-        else:  # BatchNorm's num_batches_tracked: follow the model
-            for a, c in zip(averaged, current, strict=True):
-                a.copy_(c)
-
 
 def make_ema(model: nn.Module, decay: float, every: int = 1) -> tuple[AveragedModel, WarmupEMA]:
     """An averaged copy of `model` (weights and BatchNorm buffers) and its update rule."""
-    rule = WarmupEMA(decay, every)
-    return AveragedModel(model, multi_avg_fn=rule, use_buffers=True), rule
+    return AveragedModel(model, use_buffers=True), WarmupEMA(decay, every)
 
 
+@torch.no_grad()
 def update_ema(ema: AveragedModel, rule: WarmupEMA, model: nn.Module) -> None:
-    """Fold `model`'s current weights into the average (the first call copies them)."""
-    ema.update_parameters(model)
+    """Fold `model`'s current weights and BatchNorm buffers into the average (the first call
+    copies them); integer buffers (BatchNorm's `num_batches_tracked`) follow the model.
+
+    Written out rather than calling `AveragedModel.update_parameters`, which reads its
+    device-side update count (`n_averaged`) twice per call: on a GPU that is two host
+    synchronisations per optimiser step, and the host can no longer queue the next step's
+    kernels while the GPU runs this one. Here the count lives on the host (`rule.updates`)."""
+    averaged = [*ema.module.parameters(), *ema.module.buffers()]
+    current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    if rule.updates == 0:
+        torch._foreach_copy_(averaged, current)
+    else:
+        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        weight = 1.0 - warmup_decay(rule.decay, rule.updates)
+        torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], weight)
+        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
+        if others:
+            torch._foreach_copy_([averaged[i] for i in others], [current[i] for i in others])
+    ema.n_averaged += 1  # on the device, unread: kept equal to `rule.updates` for AveragedModel's own users
     rule.updates += 1
