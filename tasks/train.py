@@ -18,6 +18,7 @@ from auditflow.core.errors import ConfigError
 from auditflow.core.names import Stage
 from auditflow.core.paths import cache_dir, run_dir
 from auditflow.core.tracking import DeferredMetrics, Tracker, TrackingRef, class_keys
+from auditflow.models.training.precision import trained_runtime
 from auditflow.models.training.runtime import resolve_runtime
 from auditflow.models.training.speed import device_peak
 from auditflow.models.training.stage import (
@@ -88,7 +89,8 @@ def train_model(
         epochs_log.close()
         for stats in training.unlogged(cfg.processes):
             run.log_metrics(train_metrics(epoch_metrics(stats)), step=stats.epoch)
-        stage = train_report(training, data, cfg, peak=device_peak(runtime), runtime=runtime, sources=sources)
+        peak = device_peak(trained_runtime(runtime, training.fit.precision))  # bf16 training: a bf16 peak
+        stage = train_report(training, data, cfg, peak=peak, runtime=runtime, sources=sources)
         tracker.publish(ref, run, stage.report)
     return stage.result
 

@@ -33,6 +33,18 @@ def toy_splits(image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
     return make_splits(ingest(str(image_folder), DataConfig(), tmp_path_factory.mktemp("cache")), DataConfig())
 
 
+def test_the_peak_is_measured_in_the_precision_training_kept() -> None:
+    """`auto` starts as fp32 on a CPU and may train in bf16: the utilisation's peak must be a bf16
+    one then (against an fp32 matmul, bf16 training read 110-172% of "peak")."""
+    from auditflow.models.training.precision import trained_runtime
+
+    first = resolve_runtime("cpu", "auto")
+    assert first.autocast_dtype is None
+    assert trained_runtime(first, {"chosen": "bf16", "seconds": {}, "reason": ""}).autocast_dtype == torch.bfloat16
+    assert trained_runtime(first, {"chosen": "fp32"}) == first
+    assert trained_runtime(first, {}) == first  # `precision` fixed by the config: nothing was chosen
+
+
 @pytest.mark.parametrize(("fp32", "bf16", "chosen"), [(0.255, 0.303, "fp32"), (0.30, 0.18, "bf16")])
 def test_auto_trains_in_the_precision_its_timings_chose(
     toy_splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fp32: float, bf16: float, chosen: str

@@ -20,6 +20,7 @@ from auditflow.core.data import Snapshot, make_splits
 from auditflow.models.evaluation.inference import predict
 from auditflow.models.training.checkpoints import load_model
 from auditflow.models.training.fit import fit
+from auditflow.models.training.precision import trained_runtime
 from auditflow.models.training.runtime import resolve_runtime
 from auditflow.models.training.speed import Peak, device_peak, speed_metrics
 
@@ -59,7 +60,7 @@ def bench_train(
     fp32 = resolve_runtime(train.device, "fp32")
     logits = predict(model, splits.test_x, fp32, tta=train.tta, translate=train.tta_translate)
     shipped = predict(model, splits.test_x, fp32, tta=False) if train.tta else logits
-    peak = peak or device_peak(runtime)
+    peak = peak or device_peak(trained_runtime(runtime, result.precision))
     speed = speed_metrics(
         result.flops_per_image,
         result.images_per_second,

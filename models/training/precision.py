@@ -40,6 +40,17 @@ class PrecisionChoice:
         return {"chosen": self.chosen, "seconds": dict(self.seconds), "reason": self.reason}
 
 
+def trained_runtime(runtime: Runtime, precision: Mapping[str, object]) -> Runtime:
+    """`runtime` in the precision `fit` trained in: `FitResult.precision` names the one `auto`
+    kept on a CPU ({} otherwise: `runtime` as it is). What is measured after training against the
+    training's precision (the device peak of the utilisation figure) must use this one: the
+    first guess was fp32, and bf16 training against an fp32 matmul peak read 110-172%."""
+    chosen = precision.get("chosen")
+    if chosen is None:
+        return runtime
+    return dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if chosen == "bf16" else None)
+
+
 def choose_precision(seconds: Mapping[str, float], *, steps: int = TIMED_STEPS, batch_size: int) -> PrecisionChoice:
     """The candidate with the fewest seconds per step (fp32 on a tie: it is exact); a candidate
     that could not be timed (nan) loses."""
