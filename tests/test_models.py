@@ -121,9 +121,10 @@ def test_identity_init_is_for_fastnet_only() -> None:
         TrainConfig(model="resnet18", identity_init=True)
 
 
-def test_compile_options_ask_for_cuda_graphs_on_a_gpu_only() -> None:
+def test_compile_options_ask_for_cuda_graphs_on_a_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """`train.cuda_graphs` becomes torch.compile's "reduce-overhead" on a CUDA runtime and
-    nothing on a CPU, where there are no CUDA graphs; two training sizes compile a graph each."""
+    nothing on a CPU, where there are no CUDA graphs, or under DDP; two training sizes compile a
+    graph each."""
     from auditflow.models.training.loop import compile_options
     from auditflow.models.training.runtime import Runtime
 
@@ -133,6 +134,10 @@ def test_compile_options_ask_for_cuda_graphs_on_a_gpu_only() -> None:
     assert compile_options(graphs, gpu, two_sizes=False) == {"mode": "reduce-overhead"}
     assert compile_options(graphs, cpu, two_sizes=True) == {"dynamic": False}
     assert compile_options(TrainConfig(compile=True), gpu, two_sizes=False) == {}
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # DDP: never measured with graphs
+    assert compile_options(graphs, gpu, two_sizes=False) == {}
 
 
 def test_augment_flip_and_crop() -> None:

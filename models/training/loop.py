@@ -228,7 +228,10 @@ def compile_options(cfg: TrainConfig, runtime: Runtime, *, two_sizes: bool) -> d
     if two_sizes:
         options["dynamic"] = False
     if cfg.cuda_graphs and runtime.device.type == "cuda":
-        options["mode"] = "reduce-overhead"
+        if dist.is_initialized():
+            log.info("train.cuda_graphs: off under DistributedDataParallel (never measured there)")
+        else:
+            options["mode"] = "reduce-overhead"
     return options
 
 
