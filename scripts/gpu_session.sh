@@ -11,7 +11,8 @@
 #
 # WHEELS: pydantic and its needs for this python (installed to /tmp/site); PEER: a folder with
 # airbench_peer.py and the airbench package (../shared/bench/README.md); OLD: a folder holding an
-# older `auditflow/` and `models/` (git archive REV auditflow models).
+# older `auditflow/` and `models/` (git archive REV auditflow models). scripts/gpu_prepare.sh
+# fills .gpu/ with the archive and all three.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$here/gpu-out}
