@@ -47,7 +47,9 @@ def update_ema(ema: AveragedModel, rule: WarmupEMA, model: nn.Module) -> None:
     Written out rather than calling `AveragedModel.update_parameters`, which reads its
     device-side update count (`n_averaged`) twice per call: on a GPU that is two host
     synchronisations per optimiser step, and the host can no longer queue the next step's
-    kernels while the GPU runs this one. Here the count lives on the host (`rule.updates`)."""
+    kernels while the GPU runs this one. Here the count lives on the host (`rule.updates`).
+    (On an H200 without CUDA graphs this saved nothing measurable: the host, launching ~190
+    kernels a step, was never ahead of the GPU; NOTES.md, seventeenth session.)"""
     averaged = [*ema.module.parameters(), *ema.module.buffers()]
     current = [t.detach() for t in (*model.parameters(), *model.buffers())]
     if rule.updates == 0:
