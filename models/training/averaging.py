@@ -51,15 +51,15 @@ def update_ema(ema: AveragedModel, rule: WarmupEMA, model: nn.Module) -> None:
     (On an H200 without CUDA graphs this saved nothing measurable: the host, launching ~190
     kernels a step, was never ahead of the GPU; NOTES.md, seventeenth session.)"""
     averaged = [*ema.module.parameters(), *ema.module.buffers()]
-    current = [t.detach() for t in (*model.parameters(), *model.buffers())]
+    current = [*model.parameters(), *model.buffers()]  # read under no_grad: no detach needed
     if rule.updates == 0:
         torch._foreach_copy_(averaged, current)
     else:
-        floats = [i for i, t in enumerate(averaged) if t.is_floating_point()]
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        counts = [(a, c) for a, c in zip(averaged, current, strict=True) if not a.is_floating_point()]
         weight = 1.0 - warmup_decay(rule.decay, rule.updates)
-        torch._foreach_lerp_([averaged[i] for i in floats], [current[i] for i in floats], weight)
-        others = [i for i, t in enumerate(averaged) if not t.is_floating_point()]
-        if others:
-            torch._foreach_copy_([averaged[i] for i in others], [current[i] for i in others])
+        torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        if counts:
+            torch._foreach_copy_([a for a, _ in counts], [c for _, c in counts])
     ema.n_averaged += 1  # on the device, unread: kept equal to `rule.updates` for AveragedModel's own users
     rule.updates += 1

@@ -34,7 +34,7 @@ class PrecisionChoice:
 
     def runtime(self, runtime: Runtime) -> Runtime:
         """`runtime` computing in the chosen precision."""
-        return dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if self.chosen == "bf16" else None)
+        return in_precision(runtime, self.chosen)
 
     def as_dict(self) -> dict[str, object]:
         return {"chosen": self.chosen, "seconds": dict(self.seconds), "reason": self.reason}
@@ -46,9 +46,12 @@ def trained_runtime(runtime: Runtime, precision: Mapping[str, object]) -> Runtim
     training's precision (the device peak of the utilisation figure) must use this one: the
     first guess was fp32, and bf16 training against an fp32 matmul peak read 110-172%."""
     chosen = precision.get("chosen")
-    if chosen is None:
-        return runtime
-    return dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if chosen == "bf16" else None)
+    return runtime if chosen is None else in_precision(runtime, str(chosen))
+
+
+def in_precision(runtime: Runtime, name: str) -> Runtime:
+    """`runtime` computing in precision `name` (fp32: no autocast; bf16: bf16 autocast)."""
+    return dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if name == "bf16" else None)
 
 
 def choose_precision(seconds: Mapping[str, float], *, steps: int = TIMED_STEPS, batch_size: int) -> PrecisionChoice:
@@ -75,9 +78,8 @@ def time_precisions(
     eager = cfg.model_copy(update={"compile": False})
     seconds = {}
     for name in CANDIDATES:
-        candidate = dataclasses.replace(runtime, autocast_dtype=torch.bfloat16 if name == "bf16" else None)
         _, _, seconds[name], _ = warm_up(
-            model, model, optimizer, images=images, labels=labels, cfg=eager, runtime=candidate,
+            model, model, optimizer, images=images, labels=labels, cfg=eager, runtime=in_precision(runtime, name),
             timed_steps=TIMED_STEPS,
         )  # fmt: skip
     return seconds
